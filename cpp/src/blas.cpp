@@ -1,0 +1,88 @@
+#include "specdyn/blas.hpp"
+
+#include <algorithm>
+#include <vector>
+
+extern "C" {
+int scipy_openblas_get_num_threads(void);
+void scipy_openblas_set_num_threads(int);
+char* scipy_openblas_get_config(void);
+void scipy_dsyevd_(const char*, const char*, const int*, double*, const int*, double*, double*,
+                   const int*, int*, const int*, int*, size_t, size_t);
+void scipy_dgesdd_(const char*, const int*, const int*, double*, const int*, double*, double*,
+                   const int*, double*, const int*, double*, const int*, int*, int*, size_t);
+void scipy_dgeqrf_(const int*, const int*, double*, const int*, double*, double*, const int*, int*);
+void scipy_dorgqr_(const int*, const int*, const int*, double*, const int*, const double*, double*,
+                   const int*, int*);
+void scipy_sgeqrf_(const int*, const int*, float*, const int*, float*, float*, const int*, int*);
+void scipy_sorgqr_(const int*, const int*, const int*, float*, const int*, const float*, float*,
+                   const int*, int*);
+void scipy_dstev_(const char*, const int*, double*, double*, double*, const int*, double*, int*, size_t);
+}
+
+namespace specdyn::blas {
+
+int get_num_threads() { return scipy_openblas_get_num_threads(); }
+void set_num_threads(int n) { scipy_openblas_set_num_threads(n); }
+const char* config() { return scipy_openblas_get_config(); }
+
+int syevd(int n, double* A, int lda, double* w) {
+  int info = 0, lwork = -1, liwork = -1, iwq = 0;
+  double wq = 0;
+  scipy_dsyevd_("V", "L", &n, A, &lda, w, &wq, &lwork, &iwq, &liwork, &info, 1, 1);
+  lwork = std::max(1, static_cast<int>(wq));
+  liwork = std::max(1, iwq);
+  std::vector<double> work(lwork);
+  std::vector<int> iwork(liwork);
+  scipy_dsyevd_("V", "L", &n, A, &lda, w, work.data(), &lwork, iwork.data(), &liwork, &info, 1, 1);
+  return info;
+}
+
+int gesdd(int m, int n, double* A, int lda, double* s, double* U, int ldu, double* VT, int ldvt) {
+  int info = 0, lwork = -1;
+  double wq = 0;
+  std::vector<int> iwork(8 * std::min(m, n) + 1);
+  scipy_dgesdd_("S", &m, &n, A, &lda, s, U, &ldu, VT, &ldvt, &wq, &lwork, iwork.data(), &info, 1);
+  lwork = std::max(1, static_cast<int>(wq));
+  std::vector<double> work(lwork);
+  scipy_dgesdd_("S", &m, &n, A, &lda, s, U, &ldu, VT, &ldvt, work.data(), &lwork, iwork.data(), &info,
+                1);
+  return info;
+}
+
+template <class T, class Geqrf, class Orgqr>
+static int qr_impl(int m, int n, T* A, int lda, T* R, int ldr, Geqrf geqrf, Orgqr orgqr) {
+  if (n == 0) return 0;
+  int info = 0, lwork = -1;
+  std::vector<T> tau(n);
+  T wq = 0;
+  geqrf(&m, &n, A, &lda, tau.data(), &wq, &lwork, &info);
+  lwork = std::max(1, static_cast<int>(wq));
+  std::vector<T> work(lwork);
+  geqrf(&m, &n, A, &lda, tau.data(), work.data(), &lwork, &info);
+  if (info) return info;
+  for (int j = 0; j < n; ++j)
+    for (int i = 0; i < n; ++i) R[i + static_cast<size_t>(j) * ldr] = i <= j ? A[i + static_cast<size_t>(j) * lda] : T(0);
+  lwork = -1;
+  orgqr(&m, &n, &n, A, &lda, tau.data(), &wq, &lwork, &info);
+  lwork = std::max(1, static_cast<int>(wq));
+  work.assign(lwork, T(0));
+  orgqr(&m, &n, &n, A, &lda, tau.data(), work.data(), &lwork, &info);
+  return info;
+}
+
+int qr_explicit(int m, int n, double* A, int lda, double* R, int ldr) {
+  return qr_impl(m, n, A, lda, R, ldr, scipy_dgeqrf_, scipy_dorgqr_);
+}
+int qr_explicit(int m, int n, float* A, int lda, float* R, int ldr) {
+  return qr_impl(m, n, A, lda, R, ldr, scipy_sgeqrf_, scipy_sorgqr_);
+}
+
+int stev(int n, double* d, double* e, double* Z, int ldz) {
+  int info = 0;
+  std::vector<double> work(std::max(1, 2 * n - 2));
+  scipy_dstev_("V", &n, d, e, Z, &ldz, work.data(), &info, 1);
+  return info;
+}
+
+}  // namespace specdyn::blas

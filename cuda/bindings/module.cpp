@@ -1,0 +1,32 @@
+// specdyn._cuda: device operations on raw device pointers (CuPy's data.ptr).
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "specdyn_cuda.hpp"
+
+namespace py = pybind11;
+using namespace specdyn;
+
+static void check(int code) {
+  if (code != 0) throw std::runtime_error(std::string("CUDA error: ") + cuda::error_string(code));
+}
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "specdyn CUDA kernels (loaded lazily; needs a CUDA device)";
+  m.def("device_count", [] {
+    int n = cuda::device_count();
+    if (n < 0) throw std::runtime_error("no usable CUDA driver");
+    return n;
+  });
+  m.def("normal_fill", [](std::uintptr_t ptr, unsigned long long n, unsigned long long seed,
+                          unsigned long long stream, double sigma, bool single) {
+    if (single)
+      check(cuda::normal_fill(reinterpret_cast<float*>(ptr), n, seed, stream, sigma));
+    else
+      check(cuda::normal_fill(reinterpret_cast<double*>(ptr), n, seed, stream, sigma));
+    check(cuda::synchronize());
+  }, py::arg("ptr"), py::arg("n"), py::arg("seed"), py::arg("stream"), py::arg("sigma"), py::arg("single"));
+}

@@ -1,0 +1,70 @@
+"""specdyn: spectral dynamics of wide networks.
+
+Train finite-width networks and track the spectra of their weight matrices
+(``simulate``), extract outliers (``top_singular``, ``top_eigs``,
+``spectral_density``), predict them at infinite width (``specdyn.theory``),
+and compare (``compare``), over sweeps (``sweep``) and studies
+(``specdyn.studies``).
+"""
+from __future__ import annotations
+
+import ctypes as _ctypes
+import importlib as _importlib
+
+__version__ = "0.1.0"
+
+
+def _preload_openblas() -> None:
+    # The core links against libscipy_openblas.so by soname; loading the wheel's
+    # copy first makes that resolve for installed, editable and in-tree builds.
+    try:
+        import scipy_openblas32 as _ob
+        import os
+
+        path = os.path.join(_ob.get_lib_dir(), "libscipy_openblas.so")
+        if os.path.exists(path):
+            _ctypes.CDLL(path, mode=_ctypes.RTLD_GLOBAL)
+    except Exception:  # pragma: no cover - the RPATH still applies
+        pass
+
+
+_preload_openblas()
+
+from . import _core  # noqa: E402  (needs the preload above)
+from .backend import gpu_available, info  # noqa: E402
+
+# Public names resolved lazily, so that ``import specdyn`` stays light
+# (xarray, dask and matplotlib load only when used).
+_LAZY = {
+    "rmt": ("specdyn.rmt", None),
+    "data": ("specdyn.data", None),
+    "theory": ("specdyn.theory", None),
+    "studies": ("specdyn.studies", None),
+    "parameterization": ("specdyn.parameterization", None),
+    "top_singular": ("specdyn.lanczos", "top_singular"),
+    "top_eigs": ("specdyn.lanczos", "top_eigs"),
+    "spectral_density": ("specdyn.lanczos", "spectral_density"),
+    "RunConfig": ("specdyn.config", "RunConfig"),
+    "simulate": ("specdyn.training", "simulate"),
+    "save": ("specdyn.storage", "save"),
+    "load": ("specdyn.storage", "load"),
+    "compare": ("specdyn.compare", "compare"),
+    "sweep": ("specdyn.sweep", "sweep"),
+}
+
+__all__ = ["gpu_available", "info", *_LAZY]
+
+
+def __getattr__(name: str):
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'specdyn' has no attribute {name!r}") from None
+    mod = _importlib.import_module(module)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,159 @@
+"""Run configurations: validated dataclasses, loadable from TOML.
+
+A bad value raises one ``ValueError`` naming the field and its allowed range,
+before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _validate as V
+from .parameterization import SCALINGS
+
+ACTIVATIONS = ("linear", "tanh", "relu")
+TEACHERS = ("linear", "tanh")
+
+
+@dataclass
+class RunConfig:
+    """One training run of an MLP (THEORY.md section 1 notation).
+
+    Sizes: ``width`` N, ``depth`` L hidden layers (weight matrices W0..WL;
+    W1..W(L-1) are the square hidden matrices), ``input_dim`` D,
+    ``output_dim`` C, ``samples`` P. Data: a teacher drawn from ``data_seed``
+    unless arrays are given to ``simulate``; ``online`` draws fresh samples
+    each step. Training: full-batch GD when ``batch_size`` is None, else SGD.
+    Tracking happens at every ``track_every``-th step (or at the listed steps)
+    and always at step 0 and at the last step.
+    """
+
+    width: int = 256
+    depth: int = 2
+    input_dim: int = 8
+    output_dim: int = 1
+    samples: int = 16
+    activation: str = "linear"
+    scaling: str = "mup"
+    gamma0: float = 1.0
+    eta0: float = 0.1
+    sigma: float | list[float] = 1.0
+    steps: int = 100
+    batch_size: int | None = None
+    online: bool = False
+    seed: int = 0
+    data_seed: int = 0
+    teacher: str = "linear"
+    noise: float = 0.0
+    track_every: int | list[int] = 1
+    top_k: int = 4
+    track_sharpness: bool = True
+    track_hessian: bool = False
+    bulk_steps: list[int] = field(default_factory=list)
+    bulk_bins: int = 80
+    dtype: str = "float64"
+    divergence_bound: float = 1e8
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        self.width = V.integer("width", self.width, 1)
+        self.depth = V.integer("depth", self.depth, 1, 64)
+        self.input_dim = V.integer("input_dim", self.input_dim, 1)
+        self.output_dim = V.integer("output_dim", self.output_dim, 1)
+        self.samples = V.integer("samples", self.samples, 1)
+        V.choice("activation", self.activation, ACTIVATIONS)
+        V.choice("scaling", self.scaling, SCALINGS)
+        V.choice("teacher", self.teacher, TEACHERS)
+        self.gamma0 = V.real("gamma0", self.gamma0, 0.0, None, lo_open=True)
+        self.eta0 = V.real("eta0", self.eta0, 0.0, None, lo_open=True)
+        if isinstance(self.sigma, (list, tuple)):
+            n = self.depth + 1
+            if len(self.sigma) != n:
+                raise ValueError(f"sigma must be one float or a list of {n} floats (layers W0..W{self.depth}); "
+                                 f"got {len(self.sigma)} values")
+            self.sigma = [V.real(f"sigma[{i}]", s, 0.0, None, lo_open=True) for i, s in enumerate(self.sigma)]
+        else:
+            self.sigma = V.real("sigma", self.sigma, 0.0, None, lo_open=True)
+        self.steps = V.integer("steps", self.steps, 0)
+        if self.batch_size is not None:
+            self.batch_size = V.integer("batch_size", self.batch_size, 1, self.samples)
+        if not isinstance(self.online, bool):
+            raise ValueError(f"online must be true or false; got {self.online!r}")
+        self.seed = V.integer("seed", self.seed, 0, 2**63 - 1)
+        self.data_seed = V.integer("data_seed", self.data_seed, 0, 2**63 - 1)
+        self.noise = V.real("noise", self.noise, 0.0)
+        if isinstance(self.track_every, (list, tuple)):
+            self.track_every = sorted({V.integer("track_every[]", s, 0, self.steps) for s in self.track_every})
+        else:
+            self.track_every = V.integer("track_every", self.track_every, 1)
+        # per layer, at most min(fan_out, fan_in) values are tracked
+        self.top_k = V.integer("top_k", self.top_k, 1, max(1, self.width - 1))
+        self.bulk_steps = sorted({V.integer("bulk_steps[]", s, 0, self.steps) for s in self.bulk_steps})
+        self.bulk_bins = V.integer("bulk_bins", self.bulk_bins, 4, 10000)
+        V.choice("dtype", self.dtype, ("float32", "float64"))
+        self.divergence_bound = V.real("divergence_bound", self.divergence_bound, 0.0, None, lo_open=True)
+        self.checkpoint_every = V.integer("checkpoint_every", self.checkpoint_every, 0)
+
+    # ---- derived -----------------------------------------------------------------
+    @property
+    def layer_names(self) -> list[str]:
+        """Names of the weight matrices, W0 .. WL."""
+        return [f"W{l}" for l in range(self.depth + 1)]
+
+    def tracked_steps(self) -> list[int]:
+        """Steps at which spectra and the loss are recorded (0 and the last always)."""
+        if isinstance(self.track_every, list):
+            steps = set(self.track_every)
+        else:
+            steps = set(range(0, self.steps + 1, self.track_every))
+        steps |= {0, self.steps}
+        return sorted(steps)
+
+    # ---- I/O ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "") -> "RunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ValueError(f"unknown key {where}{key!r}; allowed keys: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "RunConfig":
+        """Load a ``[run]`` table (or a top-level table) from a TOML file."""
+        data = load_toml(path)
+        table = data.get("run", data)
+        return cls.from_dict(table, where="run.")
+
+
+def load_toml(path: str | Path) -> dict:
+    """Parse a TOML file; a syntax error becomes a ValueError naming the file."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+

@@ -1,0 +1,132 @@
+"""The one place that turns (scaling, width, gamma0, eta0, sigma) into numbers.
+
+THEORY.md section 1, for depth L hidden layers of width N, input D, C outputs:
+
+    h^1     = W^0 x / sqrt(D)
+    h^{l+1} = W^l phi(h^l) / sqrt(N)
+    f(x)    = W^L phi(h^L) / (gamma sqrt(N))
+
+========  ====================  =====================  ==========================
+scaling   gamma                 raw learning rate      init of raw weights
+========  ====================  =====================  ==========================
+mup       gamma0 sqrt(N)        eta0 gamma0^2 N        N(0, sigma^2)
+ntk       gamma0                eta0 gamma0^2          N(0, sigma^2)
+sp        (none)                eta0                   N(0, sigma^2 / fan_in)
+========  ====================  =====================  ==========================
+
+Every other module asks this one for multipliers; none multiplies by sqrt(N).
+The *normalized matrix* of a layer is what multiplies its input in the forward
+pass, without the output scale 1/gamma: W / sqrt(fan_in) (muP, NTK) or W (SP).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SCALINGS = ("mup", "ntk", "sp")
+
+
+@dataclass(frozen=True)
+class LayerScale:
+    """Scales of one weight matrix W^l (shape fan_out x fan_in)."""
+
+    name: str            # "W0" .. "WL"
+    fan_in: int
+    fan_out: int
+    init_std: float      # std of the raw entries of W at initialization
+    multiplier: float    # forward: pre-activation = multiplier * W @ input
+    normalizer: float    # normalized matrix = normalizer * W
+
+
+@dataclass(frozen=True)
+class Scales:
+    """All multipliers of a network and its raw learning rate."""
+
+    layers: tuple[LayerScale, ...]
+    learning_rate: float   # raw eta of theta <- theta - eta grad L, same for every layer
+    gamma: float           # output scale (1 for SP)
+
+    @property
+    def multipliers(self) -> list[float]:
+        return [l.multiplier for l in self.layers]
+
+    @property
+    def init_stds(self) -> list[float]:
+        return [l.init_std for l in self.layers]
+
+    @property
+    def normalizers(self) -> list[float]:
+        return [l.normalizer for l in self.layers]
+
+
+def layer_shapes(width: int, depth: int, input_dim: int, output_dim: int) -> list[tuple[int, int]]:
+    """(fan_out, fan_in) of W^0 .. W^L for ``depth`` hidden layers."""
+    shapes = [(width, input_dim)]
+    shapes += [(width, width)] * (depth - 1)
+    shapes.append((output_dim, width))
+    return shapes
+
+
+def output_scale(scaling: str, width: int, gamma0: float) -> float:
+    """gamma of THEORY.md: gamma0 sqrt(N) under muP, gamma0 under NTK, 1 under SP."""
+    if scaling == "mup":
+        return gamma0 * math.sqrt(width)
+    if scaling == "ntk":
+        return gamma0
+    if scaling == "sp":
+        return 1.0
+    raise ValueError(f"scaling must be one of {SCALINGS}; got {scaling!r}")
+
+
+def learning_rate(scaling: str, width: int, gamma0: float, eta0: float) -> float:
+    """Raw learning rate: eta0 gamma0^2 N (muP), eta0 gamma0^2 (NTK), eta0 (SP)."""
+    if scaling == "mup":
+        return eta0 * gamma0**2 * width
+    if scaling == "ntk":
+        return eta0 * gamma0**2
+    if scaling == "sp":
+        return eta0
+    raise ValueError(f"scaling must be one of {SCALINGS}; got {scaling!r}")
+
+
+def effective_richness(scaling: str, width: int, gamma0: float) -> float:
+    """Richness of the muP limit that a finite-width run corresponds to.
+
+    NTK at width N is muP with richness gamma0 / sqrt(N) (THEORY.md section 1);
+    muP keeps gamma0. Used to run the one-bulk recursion for an NTK network.
+    """
+    if scaling == "mup":
+        return gamma0
+    if scaling == "ntk":
+        return gamma0 / math.sqrt(width)
+    raise ValueError(f"the infinite-width theory covers scaling 'mup' or 'ntk'; got {scaling!r}")
+
+
+def scales(scaling: str, width: int, depth: int, input_dim: int, output_dim: int,
+           gamma0: float, eta0: float, sigma) -> Scales:
+    """Multipliers, init stds and the raw learning rate of a network.
+
+    ``sigma`` is one float or one per weight matrix (depth + 1 values).
+    """
+    shapes = layer_shapes(width, depth, input_dim, output_dim)
+    sigmas = list(sigma) if isinstance(sigma, (list, tuple)) else [float(sigma)] * len(shapes)
+    if len(sigmas) != len(shapes):
+        raise ValueError(f"sigma must be one float or {len(shapes)} floats (one per layer W0..W{depth}); "
+                         f"got {len(sigmas)}")
+    gamma = output_scale(scaling, width, gamma0)
+    layers = []
+    for l, ((fan_out, fan_in), s) in enumerate(zip(shapes, sigmas)):
+        root = math.sqrt(fan_in)
+        if scaling == "sp":
+            init_std, mult, norm = s / root, 1.0, 1.0
+        else:
+            init_std, mult, norm = s, 1.0 / root, 1.0 / root
+            if l == len(shapes) - 1:
+                mult = 1.0 / (gamma * root)
+        layers.append(LayerScale(f"W{l}", fan_in, fan_out, init_std, mult, norm))
+    return Scales(tuple(layers), learning_rate(scaling, width, gamma0, eta0), gamma)
+
+
+def normalized(scale: LayerScale, weights):
+    """The normalized matrix of a layer from its raw weights (W / sqrt(fan_in) or W)."""
+    return weights * scale.normalizer

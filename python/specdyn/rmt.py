@@ -1,0 +1,159 @@
+"""Random matrices and their closed-form laws.
+
+Conventions: a matrix A of shape (n, m) with iid N(0, sigma^2 / m) entries
+is the *normalized* Gaussian matrix (W / sqrt(fan_in) with fan_in = m);
+``ratio`` is n / m. Its squared singular values follow Marchenko-Pastur with
+edges sigma^2 (1 -+ sqrt(ratio))^2; for n = m its singular values fill
+[0, 2 sigma] with the quarter-circle law.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from . import _validate as V
+
+_STREAM_USER = 0
+_STREAM_SPIKES = 4 << 32
+
+
+def gaussian(n: int, m: int, seed: int = 0, sigma: float = 1.0, dtype="float64", stream: int = 0) -> np.ndarray:
+    """An (n, m) array of iid N(0, sigma^2) from the counter-based stream (seed, stream).
+
+    Element (i, j) is element i*m + j of the stream, so the result does not
+    depend on the thread count, and ``gaussian(n, m)[:k]`` equals ``gaussian(k, m)``.
+    """
+    n = V.integer("n", n, 1)
+    m = V.integer("m", m, 1)
+    seed = V.integer("seed", seed, 0, 2**64 - 1)
+    stream = V.integer("stream", stream, 0, 2**64 - 1)
+    sigma = V.real("sigma", sigma, 0.0)
+    dt = V.dtype("dtype", dtype)
+    fill = _core.gaussian_f64 if dt == np.float64 else _core.gaussian_f32
+    return fill(n, m, seed, stream, sigma)
+
+
+# ---- closed-form laws -----------------------------------------------------------
+
+def quarter_circle_edge(sigma: float = 1.0) -> float:
+    """Top edge 2 sigma of the singular values of a square normalized Gaussian matrix."""
+    return 2.0 * V.real("sigma", sigma, 0.0, None, lo_open=True)
+
+
+def quarter_circle_density(s, sigma: float = 1.0) -> np.ndarray:
+    """Density of the singular values of a square normalized Gaussian matrix.
+
+    rho(s) = sqrt(4 sigma^2 - s^2) / (pi sigma^2) on [0, 2 sigma], 0 elsewhere.
+    """
+    sigma = V.real("sigma", sigma, 0.0, None, lo_open=True)
+    s = np.asarray(s, dtype=np.float64)
+    inside = (s >= 0) & (s <= 2 * sigma)
+    out = np.zeros_like(s)
+    out[inside] = np.sqrt(4 * sigma**2 - s[inside] ** 2) / (np.pi * sigma**2)
+    return out
+
+
+def marchenko_pastur_edges(ratio: float, sigma: float = 1.0) -> tuple[float, float]:
+    """Edges sigma^2 (1 -+ sqrt(ratio))^2 of the squared singular values."""
+    ratio = V.real("ratio", ratio, 0.0, None, lo_open=True)
+    sigma = V.real("sigma", sigma, 0.0, None, lo_open=True)
+    r = np.sqrt(ratio)
+    return float(sigma**2 * (1 - r) ** 2), float(sigma**2 * (1 + r) ** 2)
+
+
+def marchenko_pastur_density(x, ratio: float, sigma: float = 1.0) -> np.ndarray:
+    """Density of the nonzero squared singular values x of an (n, m) normalized Gaussian matrix.
+
+    ``ratio`` = n / m. Normalized over the min(n, m) nontrivial singular values,
+    so it integrates to 1 for any ratio:
+    rho(x) = sqrt((x+ - x)(x - x-)) / (2 pi sigma^2 min(ratio, 1) x).
+    """
+    lo, hi = marchenko_pastur_edges(ratio, sigma)
+    x = np.asarray(x, dtype=np.float64)
+    out = np.zeros_like(x)
+    inside = (x > lo) & (x < hi) & (x > 0)
+    xi = x[inside]
+    out[inside] = np.sqrt((hi - xi) * (xi - lo)) / (2 * np.pi * sigma**2 * min(ratio, 1.0) * xi)
+    return out
+
+
+def singular_value_edge(ratio: float = 1.0, sigma: float = 1.0) -> float:
+    """Top edge sigma (1 + sqrt(ratio)) of the singular values (2 sigma when square)."""
+    return float(np.sqrt(marchenko_pastur_edges(ratio, sigma)[1]))
+
+
+def bgn_threshold(ratio: float = 1.0, sigma: float = 1.0) -> float:
+    """Spike strength sigma * ratio^(1/4) below which no outlier separates."""
+    ratio = V.real("ratio", ratio, 0.0, None, lo_open=True)
+    sigma = V.real("sigma", sigma, 0.0, None, lo_open=True)
+    return float(sigma * ratio**0.25)
+
+
+def bgn_outliers(thetas, ratio: float = 1.0, sigma: float = 1.0) -> dict:
+    """Benaych-Georges-Nadakuditi outliers of independent spikes on a Gaussian bulk.
+
+    For A = X + sum_i theta_i u_i v_i^T with X an (n, m) normalized Gaussian
+    matrix (ratio = n / m) and unit vectors u_i, v_i independent of X, at
+    n, m -> infinity each theta above the threshold sigma ratio^(1/4) gives an
+    outlier singular value
+
+        s = sigma sqrt((1 + t^2)(ratio + t^2)) / t,      t = theta / sigma,
+
+    with squared overlaps |<u, u_hat>|^2 = 1 - ratio (1 + t^2) / (t^2 (t^2 + ratio))
+    and |<v, v_hat>|^2 = 1 - (ratio + t^2) / (t^2 (t^2 + 1)). Below threshold the
+    singular value sticks to the bulk edge and the overlaps vanish.
+
+    Returns a dict of arrays (same order as ``thetas``): ``singular_values``
+    (the edge where no outlier), ``is_outlier``, ``overlap_left``,
+    ``overlap_right`` (squared), and the scalars ``threshold`` and ``edge``.
+    """
+    ratio = V.real("ratio", ratio, 0.0, None, lo_open=True)
+    sigma = V.real("sigma", sigma, 0.0, None, lo_open=True)
+    thetas = np.atleast_1d(np.asarray(thetas, dtype=np.float64))
+    if not np.all(np.isfinite(thetas)) or np.any(thetas < 0):
+        raise ValueError("thetas must be finite and >= 0")
+    thr = bgn_threshold(ratio, sigma)
+    edge = singular_value_edge(ratio, sigma)
+    t = thetas / sigma
+    out = t > ratio**0.25
+    ts = np.where(out, t, 1.0)
+    s = np.where(out, sigma * np.sqrt((1 + ts**2) * (ratio + ts**2)) / ts, edge)
+    ol = np.where(out, 1 - ratio * (1 + ts**2) / (ts**2 * (ts**2 + ratio)), 0.0)
+    orr = np.where(out, 1 - (ratio + ts**2) / (ts**2 * (ts**2 + 1)), 0.0)
+    return {"singular_values": s, "is_outlier": out, "overlap_left": ol, "overlap_right": orr,
+            "threshold": thr, "edge": edge}
+
+
+def spiked(n: int, m: int, thetas, seed: int = 0, sigma: float = 1.0, directions: str = "independent",
+           dtype="float64"):
+    """A normalized Gaussian bulk plus finite-rank spikes: A = X + sum_i theta_i u_i v_i^T.
+
+    X is (n, m) with iid N(0, sigma^2 / m) entries (stream 0 of ``seed``).
+    ``directions="independent"``: u_i, v_i are orthonormal random vectors
+    independent of X (the BGN setting). ``"aligned"``: u_i, v_i are the i-th
+    singular vectors of X itself, the extreme case of spikes that depend on the bulk.
+
+    Returns ``(A, U, Vt)``: the matrix, U (n, r) and V (m, r) with unit columns.
+    """
+    n = V.integer("n", n, 1)
+    m = V.integer("m", m, 1)
+    sigma = V.real("sigma", sigma, 0.0)
+    V.choice("directions", directions, ("independent", "aligned"))
+    dt = V.dtype("dtype", dtype)
+    thetas = np.atleast_1d(np.asarray(thetas, dtype=np.float64))
+    r = thetas.size
+    if r > min(n, m):
+        raise ValueError(f"thetas must have at most min(n, m) = {min(n, m)} entries, got {r}")
+    if not np.all(np.isfinite(thetas)):
+        raise ValueError("thetas must be finite")
+    X = gaussian(n, m, seed=seed, sigma=sigma / np.sqrt(m), dtype="float64")
+    if directions == "independent":
+        gu = gaussian(n, r, seed=seed, stream=_STREAM_SPIKES, dtype="float64")
+        gv = gaussian(m, r, seed=seed, stream=_STREAM_SPIKES + 1, dtype="float64")
+        U, _ = np.linalg.qr(gu)
+        Vm, _ = np.linalg.qr(gv)
+    else:
+        Ux, _, Vtx = np.linalg.svd(X, full_matrices=False)
+        U, Vm = Ux[:, :r], Vtx[:r].T
+    A = X + (U * thetas) @ Vm.T
+    return A.astype(dt, copy=False), U.astype(dt, copy=False), Vm.astype(dt, copy=False)
