@@ -54,18 +54,22 @@ def test_rectangular_spectrum_follows_marchenko_pastur(n, m):
 
 def test_bgn_matches_spiked_matrices_at_n_2000():
     thetas = [3.0, 2.0, 1.4, 0.6]   # three above threshold 1, one below
-    A, U, Vm = rmt.spiked(2000, 2000, thetas, seed=1)
-    Ua, s, Vta = np.linalg.svd(A)
     pred = rmt.bgn_outliers(thetas)
     assert pred["threshold"] == 1.0
     np.testing.assert_array_equal(pred["is_outlier"], [True, True, True, False])
+    # Outliers fluctuate by O(N^-1/2) (about 0.015 here): average six seeds.
+    s, ol, orr = [], [], []
+    for seed in range(6):
+        A, U, Vm = rmt.spiked(2000, 2000, thetas, seed=seed)
+        Ua, sa, Vta = np.linalg.svd(A)
+        s.append(sa[:4])
+        ol.append(np.abs(np.sum(Ua[:, :3] * U[:, :3], axis=0)) ** 2)
+        orr.append(np.abs(np.sum(Vta[:3].T * Vm[:, :3], axis=0)) ** 2)
+    s = np.mean(s, axis=0)
     np.testing.assert_allclose(s[:3], pred["singular_values"][:3], atol=0.02)
     assert abs(s[3] - 2.0) < 0.05   # the sub-threshold spike does not separate
-    # squared overlaps of the outlier vectors with the planted ones
-    ol = np.abs(np.sum(Ua[:, :3] * U[:, :3], axis=0)) ** 2
-    orr = np.abs(np.sum(Vta[:3].T * Vm[:, :3], axis=0)) ** 2
-    np.testing.assert_allclose(ol, pred["overlap_left"][:3], atol=0.05)
-    np.testing.assert_allclose(orr, pred["overlap_right"][:3], atol=0.05)
+    np.testing.assert_allclose(np.mean(ol, axis=0), pred["overlap_left"][:3], atol=0.05)
+    np.testing.assert_allclose(np.mean(orr, axis=0), pred["overlap_right"][:3], atol=0.05)
 
 
 def test_bgn_rectangular_matches_simulation():
