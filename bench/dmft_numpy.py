@@ -19,6 +19,34 @@ from __future__ import annotations
 import numpy as np
 
 
+def single_thread_blas() -> None:
+    """Run NumPy's (and specdyn's) OpenBLAS on one thread.
+
+    On a shared machine a multithreaded OpenBLAS pool can be 30x slower than one
+    thread for the modest sizes used here; tests and benchmarks call this first.
+    """
+    import ctypes
+    import glob
+    import os
+
+    libs = os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "libscipy_openblas*.so")
+    for path in glob.glob(libs):
+        try:
+            lib = ctypes.CDLL(path)
+            for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                         "openblas_set_num_threads"):
+                if hasattr(lib, name):
+                    getattr(lib, name)(ctypes.c_int(1))
+                    break
+        except OSError:  # pragma: no cover
+            pass
+    try:
+        from specdyn import _core
+        _core.set_blas_threads(1)
+    except Exception:  # pragma: no cover
+        pass
+
+
 # ---- nodes ------------------------------------------------------------------------
 
 def quarter_circle_nodes(nodes: int, sigma: float = 1.0):
@@ -253,3 +281,38 @@ def simulate_gd(W0, W1, w, X, y, multipliers, lr, steps, track=(), top_k=4, shar
         W0 -= lr * gW0
     return {"loss": loss, "beta_f": beta_f, "sharpness": sharp, "singular_values": sv,
             "delta_singular_values": dsv, "weights": (W0, W1, w)}
+
+
+def simulation_dataset(config, X, y, seeds=(0,), steps=None, top_k=None, sharpness=True):
+    """Finite-width GD of a RunConfig's one-bulk network, as an xarray.Dataset of the shared schema.
+
+    One run per seed (NumPy RNG, not the training engine's streams), stacked on a
+    ``seed`` dim: loss(seed, step), beta_f, normalized_sharpness, and for layer W1
+    singular_values / delta_singular_values(seed, step, layer, rank).
+    """
+    import xarray as xr
+    from specdyn import parameterization as PZ
+
+    N, D = config.width, config.input_dim
+    T = config.steps if steps is None else max(steps)
+    out_steps = config.tracked_steps() if steps is None else sorted(steps)
+    k = config.top_k if top_k is None else top_k
+    sc = PZ.scales(config.scaling, N, 2, D, 1, config.gamma0, config.eta0, config.sigma)
+    sig = config.sigma if isinstance(config.sigma, list) else [config.sigma] * 3
+    runs = []
+    for seed in seeds:
+        W0, W1, w = init_network(N, D, seed, sig)
+        r = simulate_gd(W0, W1, w, X, y, sc.multipliers, sc.learning_rate, T, track=out_steps, top_k=k,
+                        sharpness=sharpness)
+        idx = np.asarray(out_steps)
+        sv = np.stack([r["singular_values"][n] for n in out_steps])[:, None, :]
+        dsv = np.stack([r["delta_singular_values"][n] for n in out_steps])[:, None, :]
+        runs.append(xr.Dataset(
+            {"loss": ("step", r["loss"][idx]), "beta_f": (("step", "input"), r["beta_f"][idx]),
+             "normalized_sharpness": ("step", r["sharpness"][idx]),
+             "singular_values": (("step", "layer", "rank"), sv),
+             "delta_singular_values": (("step", "layer", "rank"), dsv)},
+            coords={"step": idx, "layer": ["W1"], "rank": np.arange(k), "input": np.arange(D)}))
+    ds = xr.concat(runs, dim="seed").assign_coords(seed=list(seeds))
+    ds.attrs.update({"kind": "simulation", "scaling": config.scaling, "width": N, "config": config.to_json()})
+    return ds
