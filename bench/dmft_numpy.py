@@ -236,7 +236,7 @@ def init_network(width, input_dim, seed, sigma=1.0):
     return W0, W1, w
 
 
-def simulate_gd(W0, W1, w, X, y, multipliers, lr, steps, track=(), top_k=4, sharpness=True):
+def simulate_gd(W0, W1, w, X, y, multipliers, lr, steps, track=(), top_k=4, sharpness=True, track_delta=True):
     """Full-batch GD on L = (1/2P) sum (f - y)^2 with f = m2 w . (m1 W1 (m0 W0 x)).
 
     ``multipliers`` = (m0, m1, m2) from specdyn.parameterization.scales; ``lr`` the raw rate.
@@ -269,7 +269,10 @@ def simulate_gd(W0, W1, w, X, y, multipliers, lr, steps, track=(), top_k=4, shar
             sharp[n] = lr * np.linalg.eigvalsh(K)[-1] / P
         if n in track:
             sv[n] = np.linalg.svd(m1 * W1, compute_uv=False)[:top_k]
-            dsv[n] = np.linalg.svd(m1 * (W1 - W1_init), compute_uv=False)[:top_k]
+            if track_delta:
+                dsv[n] = np.linalg.svd(m1 * (W1 - W1_init), compute_uv=False)[:top_k]
+            else:
+                dsv[n] = np.full(top_k, np.nan)
         if n == steps:
             break
         e = delta / P
@@ -283,7 +286,7 @@ def simulate_gd(W0, W1, w, X, y, multipliers, lr, steps, track=(), top_k=4, shar
             "delta_singular_values": dsv, "weights": (W0, W1, w)}
 
 
-def simulation_dataset(config, X, y, seeds=(0,), steps=None, top_k=None, sharpness=True):
+def simulation_dataset(config, X, y, seeds=(0,), steps=None, top_k=None, sharpness=True, track_delta=True):
     """Finite-width GD of a RunConfig's one-bulk network, as an xarray.Dataset of the shared schema.
 
     One run per seed (NumPy RNG, not the training engine's streams), stacked on a
@@ -303,7 +306,7 @@ def simulation_dataset(config, X, y, seeds=(0,), steps=None, top_k=None, sharpne
     for seed in seeds:
         W0, W1, w = init_network(N, D, seed, sig)
         r = simulate_gd(W0, W1, w, X, y, sc.multipliers, sc.learning_rate, T, track=out_steps, top_k=k,
-                        sharpness=sharpness)
+                        sharpness=sharpness, track_delta=track_delta)
         idx = np.asarray(out_steps)
         sv = np.stack([r["singular_values"][n] for n in out_steps])[:, None, :]
         dsv = np.stack([r["delta_singular_values"][n] for n in out_steps])[:, None, :]
