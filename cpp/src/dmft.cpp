@@ -31,35 +31,39 @@ struct RowBasis {
   RowBasis(int L_, int cap_) : L(L_), cap(cap_), work(L_), c2(cap_) { Q.reserve(size_t(L_) * 16); }
 
   // coef (length cap, zero beyond rank) such that x ~ coef^T Q; appends the
-  // normalized residual when it exceeds tol * |x| (two Gram-Schmidt passes).
+  // normalized residual when it exceeds tol * |x|. One Gram-Schmidt pass gives
+  // the coefficients to rounding; a second pass (and two more on the unit
+  // residual) only when the residual becomes a new row.
   void project(const double* x, double tol, double* coef) {
     std::fill(coef, coef + cap, 0.0);
     std::copy(x, x + L, work.begin());
-    for (int pass = 0; pass < 2 && rank > 0; ++pass) {
-      blas::gemv(Op::T, L, rank, 1.0, Q.data(), L, work.data(), 0.0, c2.data());
-      blas::gemv(Op::N, L, rank, -1.0, Q.data(), L, c2.data(), 1.0, work.data());
-      for (int i = 0; i < rank; ++i) coef[i] += c2[i];
-    }
-    const double rn = blas::nrm2(L, work.data());
     const double xn = blas::nrm2(L, x);
     // below a few roundoffs the residual is noise: a row made of it would not be orthogonal
-    const double floor = 64.0 * std::numeric_limits<double>::epsilon() * xn;
-    if (rank < cap && rn > floor && rn > tol * xn) {
-      // normalize, then orthogonalize the unit residual once more (twice is enough
-      // only relative to |x|; the unit row needs it relative to itself)
-      for (int i = 0; i < L; ++i) work[i] /= rn;
-      for (int pass = 0; pass < 2 && rank > 0; ++pass) {
-        blas::gemv(Op::T, L, rank, 1.0, Q.data(), L, work.data(), 0.0, c2.data());
-        blas::gemv(Op::N, L, rank, -1.0, Q.data(), L, c2.data(), 1.0, work.data());
-        for (int i = 0; i < rank; ++i) coef[i] += rn * c2[i];
-      }
-      const double un = blas::nrm2(L, work.data());
-      Q.resize(size_t(rank + 1) * L);
-      double* row = Q.data() + size_t(rank) * L;
-      for (int i = 0; i < L; ++i) row[i] = work[i] / un;
-      coef[rank] = rn * un;
-      ++rank;
+    const double thresh = std::max(tol, 64.0 * std::numeric_limits<double>::epsilon()) * xn;
+    auto pass = [&](double scale) {
+      blas::gemv(Op::T, L, rank, 1.0, Q.data(), L, work.data(), 0.0, c2.data());
+      blas::gemv(Op::N, L, rank, -1.0, Q.data(), L, c2.data(), 1.0, work.data());
+      for (int i = 0; i < rank; ++i) coef[i] += scale * c2[i];
+    };
+    if (rank > 0) pass(1.0);
+    double rn = blas::nrm2(L, work.data());
+    if (rank >= cap || !(rn > thresh)) return;
+    if (rank > 0) {
+      pass(1.0);
+      rn = blas::nrm2(L, work.data());
+      if (!(rn > thresh)) return;
     }
+    for (int i = 0; i < L; ++i) work[i] /= rn;
+    if (rank > 0) {
+      pass(rn);
+      pass(rn);
+    }
+    const double un = blas::nrm2(L, work.data());
+    Q.resize(size_t(rank + 1) * L);
+    double* row = Q.data() + size_t(rank) * L;
+    for (int i = 0; i < L; ++i) row[i] = work[i] / un;
+    coef[rank] = rn * un;
+    ++rank;
   }
 };
 
@@ -129,11 +133,18 @@ ModeSolution solve_modes(const ModeProblem& pb) {
       }
   }
 
+  // Grams <y y^T>, <zeta zeta^T> (D x D): exact at t = 0, then updated with the
+  // rank-two changes of Y and B (O(D L) per step instead of O(D^2 L))
+  std::vector<double> YY(size_t(D) * D), BB(size_t(D) * D);
+  blas::gemm(Op::T, Op::N, D, D, L, 1.0, Y.data(), L, Y.data(), L, 0.0, YY.data(), D);
+  blas::gemm(Op::T, Op::N, D, D, L, 1.0, B.data(), L, B.data(), L, 0.0, BB.data(), D);
+  std::vector<double> rt(D), ec(D), Yv(D), Ya(D);
+
   RowBasis ba(L, cap), bq(L, cap);
   std::vector<double> m(L), qh(L), anew(L), vec(L);
   std::vector<double> beta(D), r(D), zq(D), pred(P), delta(P);
   std::vector<double> col(T1), tmp(cap);
-  std::vector<double> YY(size_t(D) * D), BB(size_t(D) * D), T2(size_t(D) * D), Mm(size_t(D) * D);
+  std::vector<double> T2(size_t(D) * D), Mm(size_t(D) * D);
 
   for (int n = 0; n <= T; ++n) {
     double* Can = out.Ca.data() + size_t(n) * cap;
@@ -175,8 +186,6 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     // 5. normalized sharpness: eta0 lambda_max(Sigma^1/2 Mm Sigma^1/2),
     //    Mm = (<y y^T> + Cw(n,n) <zeta zeta^T> + <m m> I) / D
     if (!pb.sharpness_steps || pb.sharpness_steps[n]) {
-      blas::gemm(Op::T, Op::N, D, D, L, 1.0, Y.data(), L, Y.data(), L, 0.0, YY.data(), D);
-      blas::gemm(Op::T, Op::N, D, D, L, 1.0, B.data(), L, B.data(), L, 0.0, BB.data(), D);
       const double mm = blas::dot(L, m.data(), m.data());
       const double cw = out.Cw[size_t(n) * T1 + n];
       for (int i = 0; i < D * D; ++i) Mm[i] = (YY[i] + cw * BB[i]) / D;
@@ -200,11 +209,26 @@ ModeSolution solve_modes(const ModeProblem& pb) {
       blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, tmp.data());
       blas::gemv(Op::N, L, ra, c * c, ba.Q.data(), L, tmp.data(), 1.0, anew.data());
     }
-    // y += c (r / sqrt D) (u^T A A^T w + c <qhat m> omega) + c omega (q^T W0 / N)
-    blas::ger(L, D, c / rD, vec.data(), r.data(), Y.data(), L);
-    blas::ger(L, D, c, a.data(), zq.data(), Y.data(), L);
-    // zeta += c (r / sqrt D) m
-    blas::ger(L, D, c / rD, m.data(), r.data(), B.data(), L);
+    // y += rt vec^T + ec omega^T with rt = c r / sqrt D, ec = c q^T W0 / N, and
+    // vec = u^T A A^T w + c <qhat m> omega
+    for (int d = 0; d < D; ++d) {
+      rt[d] = c * r[d] / rD;
+      ec[d] = c * zq[d];
+    }
+    blas::gemv(Op::T, L, D, 1.0, Y.data(), L, vec.data(), 0.0, Yv.data());
+    blas::gemv(Op::T, L, D, 1.0, Y.data(), L, a.data(), 0.0, Ya.data());
+    const double vv = blas::dot(L, vec.data(), vec.data()), aa = blas::dot(L, a.data(), a.data()),
+                 va = blas::dot(L, vec.data(), a.data()), mm2 = blas::dot(L, m.data(), m.data());
+    for (int i = 0; i < D; ++i)
+      for (int j = 0; j < D; ++j) {
+        YY[j * D + i] += rt[i] * Yv[j] + Yv[i] * rt[j] + ec[i] * Ya[j] + Ya[i] * ec[j] + vv * rt[i] * rt[j] +
+                         aa * ec[i] * ec[j] + va * (rt[i] * ec[j] + ec[i] * rt[j]);
+        // zeta += rt m^T, and B m = richness * beta_f
+        BB[j * D + i] += pb.richness * (rt[i] * beta[j] + beta[i] * rt[j]) + mm2 * rt[i] * rt[j];
+      }
+    blas::ger(L, D, 1.0, vec.data(), rt.data(), Y.data(), L);
+    blas::ger(L, D, 1.0, a.data(), ec.data(), Y.data(), L);
+    blas::ger(L, D, 1.0, m.data(), rt.data(), B.data(), L);
     a.swap(anew);
   }
   out.rank_a = ba.rank;
