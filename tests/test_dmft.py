@@ -70,6 +70,16 @@ def test_finite_modes_reproduce_gd(scaling, data):
                                    sim["delta_singular_values"][n], rtol=1e-7, atol=1e-10)
     if scaling == "mup":
         assert np.isfinite(th.singular_values.values[-1, 0, 0])  # an outlier escaped: the test has teeth
+        # residues: overlaps of the outlier singular vectors of A(T) with the top
+        # singular vectors of the increment A(T) - A(0)
+        m1 = sc.multipliers[1]
+        UA, sA, VAt = np.linalg.svd(m1 * sim["weights"][1])
+        Ud, _, Vdt = np.linalg.svd(m1 * (sim["weights"][1] - W1))
+        k = int(np.sum(np.isfinite(th.singular_values.values[-1, 0])))
+        np.testing.assert_allclose(th.overlap_spike_left.values[-1, 0, :k], (UA[:, :k].T @ Ud[:, 0]) ** 2,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(th.overlap_spike_right.values[-1, 0, :k], (VAt[:k] @ Vdt[0]) ** 2,
+                                   rtol=1e-6)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
