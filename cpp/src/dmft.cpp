@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "specdyn/blas.hpp"
+#include "specdyn/rng.hpp"
 
 namespace specdyn::dmft {
 
@@ -24,55 +25,48 @@ struct OneBlasThread {
 };
 
 // An orthonormal row basis Q (rank x L, row-major) that grows on demand.
+// Callers compute coef = Q x together with other products of Q (so that Q is
+// read once per step) and call finish() with recon = Q^T coef when the
+// residual may be large enough to become a new row. Whether it may is decided
+// by a sketch: kSketch random unit-variance directions z_i kept orthogonal to
+// Q give (L / kSketch) sum_i (x . z_i)^2 = |(I - P) x|^2 chi^2_k / k, so the
+// explicit residual (one more pass over Q) is needed only on the few steps
+// where the history grows.
 struct RowBasis {
+  static constexpr int kSketch = 8;
   int L = 0, cap = 0, rank = 0;
-  std::vector<double> Q, work, c2;
+  std::vector<double> Q, work, c2, Z;
 
-  RowBasis(int L_, int cap_) : L(L_), cap(cap_), work(L_), c2(cap_) { Q.reserve(size_t(L_) * 16); }
-
-  // coef (length cap, zero beyond rank) such that x ~ coef^T Q; appends the
-  // normalized residual when it exceeds tol * |x|. One Gram-Schmidt pass gives
-  // the coefficients to rounding; a second pass (and two more on the unit
-  // residual) only when the residual becomes a new row.
-  void project(const double* x, double tol, double* coef) {
-    std::fill(coef, coef + cap, 0.0);
-    std::copy(x, x + L, work.begin());
-    const double xn = blas::nrm2(L, x);
-    // below a few roundoffs the residual is noise: a row made of it would not be orthogonal
-    const double thresh = std::max(tol, 64.0 * std::numeric_limits<double>::epsilon()) * xn;
-    auto pass = [&](double scale) {
-      blas::gemv(Op::T, L, rank, 1.0, Q.data(), L, work.data(), 0.0, c2.data());
-      blas::gemv(Op::N, L, rank, -1.0, Q.data(), L, c2.data(), 1.0, work.data());
-      for (int i = 0; i < rank; ++i) coef[i] += scale * c2[i];
-    };
-    if (rank > 0) pass(1.0);
-    double rn = blas::nrm2(L, work.data());
-    if (rank >= cap || !(rn > thresh)) return;
-    if (rank > 0) {
-      pass(1.0);
-      rn = blas::nrm2(L, work.data());
-      if (!(rn > thresh)) return;
-    }
-    for (int i = 0; i < L; ++i) work[i] /= rn;
-    if (rank > 0) {
-      pass(rn);
-      pass(rn);
-    }
-    const double un = blas::nrm2(L, work.data());
-    Q.resize(size_t(rank + 1) * L);
-    double* row = Q.data() + size_t(rank) * L;
-    for (int i = 0; i < L; ++i) row[i] = work[i] / un;
-    coef[rank] = rn * un;
-    ++rank;
+  RowBasis(int L_, int cap_, uint64_t stream) : L(L_), cap(cap_), work(L_), c2(cap_), Z(size_t(kSketch) * L_) {
+    Q.reserve(size_t(L_) * 16);
+    rng::normal_fill(Z.data(), Z.size(), 0x0b1b, stream, 1.0 / std::sqrt(double(L_)));
   }
 
-  // The second half of project() when the caller already has coef[:rank] = Q x
-  // and recon = Q^T coef (computed together with other products of Q, so that
-  // Q is read once): checks the residual and appends it as a new row if large.
-  // Returns true when a row was added (its coefficient is coef[rank - 1]).
+  // below a few roundoffs a residual is noise: a row made of it would not be orthogonal
+  static double threshold(double xn, double tol) {
+    return std::max(tol, 64.0 * std::numeric_limits<double>::epsilon()) * xn;
+  }
+
+  // false when |(I - P) x| is certainly below the threshold (a miss needs
+  // chi^2_8 / 8 < 1e-4, probability ~1e-15, and would drop a residual of ~tol anyway)
+  bool may_grow(const double* x, double tol) const {
+    if (rank == 0) return true;
+    if (rank >= cap) return false;
+    const double th = threshold(blas::nrm2(L, x), tol);
+    double est = 0;
+    for (int i = 0; i < kSketch; ++i) {
+      const double d = blas::dot(L, x, Z.data() + size_t(i) * L);
+      est += d * d;
+    }
+    est *= double(L) / kSketch;
+    return est > 1e-4 * th * th;
+  }
+
+  // Given coef[:rank] = Q x and recon = Q^T coef: checks the residual and
+  // appends it as a new row when above tol |x| (two more Gram-Schmidt passes
+  // on it). Returns true when a row was added (its coefficient is coef[rank - 1]).
   bool finish(const double* x, const double* recon, double tol, double* coef) {
-    const double xn = blas::nrm2(L, x);
-    const double thresh = std::max(tol, 64.0 * std::numeric_limits<double>::epsilon()) * xn;
+    const double thresh = threshold(blas::nrm2(L, x), tol);
     for (int i = 0; i < L; ++i) work[i] = x[i] - recon[i];
     double rn = blas::nrm2(L, work.data());
     if (rank >= cap || !(rn > thresh)) return false;
@@ -97,6 +91,10 @@ struct RowBasis {
     for (int i = 0; i < L; ++i) row[i] = work[i] / un;
     coef[rank] = rn * un;
     ++rank;
+    for (int i = 0; i < kSketch; ++i) {   // keep the sketch orthogonal to Q
+      double* z = Z.data() + size_t(i) * L;
+      blas::axpy(L, -blas::dot(L, row, z), row, z);
+    }
     return true;
   }
 };
@@ -104,7 +102,8 @@ struct RowBasis {
 // Products of a row basis Q (rank x L) with a few vectors, reading Q once:
 // the rows go in blocks small enough to stay in L2 cache while every vector
 // uses them (a gemm would copy Q into packed panels first).
-int rows_per_block(int L) { return std::max(1, (384 * 1024) / (8 * std::max(L, 1))); }
+// (a multiple of 4: OpenBLAS's gemv kernels take rows in fours)
+int rows_per_block(int L) { return std::max(4, ((640 * 1024) / (8 * std::max(L, 1))) / 4 * 4); }
 
 // out_j = Q^T K_j (K_j = K + j * ldk, length rank), j < ncol; out_j has length L, stride L
 void basis_combine(const double* Q, int rank, int L, const double* K, int ldk, int ncol, double* out) {
@@ -201,7 +200,7 @@ ModeSolution solve_modes(const ModeProblem& pb) {
   blas::gemm(Op::T, Op::N, D, D, L, 1.0, B.data(), L, B.data(), L, 0.0, BB.data(), D);
   std::vector<double> rt(D), ec(D), Yv(D), Ya(D);
 
-  RowBasis ba(L, cap), bq(L, cap);
+  RowBasis ba(L, cap, rng::kProbes + 0xd0), bq(L, cap, rng::kProbes + 0xd1);
   std::vector<double> m(L), qh(L), qh_prev(L), anew(L), vec(L);
   std::vector<double> beta(D), r(D), zq(D), pred(P), delta(P);
   std::vector<double> col(T1), tmp(cap);
@@ -227,17 +226,20 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     for (int i = 0; i < L; ++i) m[i] = sr[i] * a[i];
     if (n > 0) {
       const int rq0 = bq.rank;
+      double* Cqp = out.Cqc.data() + size_t(n - 1) * cap;
+      const bool grow = bq.may_grow(qh_prev.data(), pb.history_tol);
       if (rq0 > 0) {
-        double* Cqp = out.Cqc.data() + size_t(n - 1) * cap;
         std::copy(Cqp, Cqp + rq0, K2.begin());
         blas::gemv(Op::N, rq0, n, 1.0, out.Cqc.data(), cap, col.data(), 0.0, K2.data() + rq0);
-        basis_combine(bq.Q.data(), rq0, L, K2.data(), rq0, 2, R2.data());
+        if (grow)   // the reconstruction of qhat(n-1) rides along
+          basis_combine(bq.Q.data(), rq0, L, K2.data(), rq0, 2, R2.data());
+        else
+          basis_combine(bq.Q.data(), rq0, L, K2.data() + rq0, rq0, 1, R2.data() + L);
         blas::axpy(L, c, R2.data() + L, m.data());
       } else {
         std::fill(R2.begin(), R2.begin() + L, 0.0);
       }
-      double* Cqp = out.Cqc.data() + size_t(n - 1) * cap;
-      if (bq.finish(qh_prev.data(), R2.data(), pb.history_tol, Cqp)) {
+      if (grow && bq.finish(qh_prev.data(), R2.data(), pb.history_tol, Cqp)) {
         // the new row u enters qhat(n-1) with coefficient rho: add c Cw(n-1, n) rho u
         blas::axpy(L, c * col[n - 1] * Cqp[bq.rank - 1], bq.Q.data() + size_t(bq.rank - 1) * L, m.data());
       }
@@ -295,22 +297,27 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     const bool last = n == T;
     for (int i = 0; i < L; ++i) vec[i] = sr[i] * m[i] + c * cqm_nn * a[i];
     for (int i = 0; i < L; ++i) anew[i] = a[i] + c * sr[i] * qn[i];
-    if (ra > 0) {
+    const bool grow = ba.may_grow(a.data(), pb.history_tol), hist = n > 0 && !last;
+    if (ra > 0 && (grow || hist)) {
       std::copy(Can, Can + ra, K3.begin());
       std::fill(K3.begin() + ra, K3.begin() + 3 * ra, 0.0);
-      if (n > 0 && !last) {
+      if (hist) {
         for (int j = 0; j < n; ++j) col[j] = out.Cqm[size_t(j) * T1 + n];
         blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, K3.data() + ra);
         for (int j = 0; j < n; ++j) col[j] = out.Cq[size_t(j) * T1 + n];
         blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, K3.data() + 2 * ra);
       }
-      basis_combine(ba.Q.data(), ra, L, K3.data(), ra, 3, R3.data());
-      blas::axpy(L, c, R3.data() + L, vec.data());
-      blas::axpy(L, c * c, R3.data() + 2 * L, anew.data());
-    } else {
-      std::fill(R3.begin(), R3.begin() + L, 0.0);
+      const int first = grow ? 0 : 1, ncol = (hist ? 3 : 1) - first;
+      basis_combine(ba.Q.data(), ra, L, K3.data() + first * ra, ra, ncol, R3.data() + size_t(first) * L);
+      if (hist) {
+        blas::axpy(L, c, R3.data() + L, vec.data());
+        blas::axpy(L, c * c, R3.data() + 2 * L, anew.data());
+      }
     }
-    ba.finish(a.data(), R3.data(), pb.history_tol, Can);
+    if (grow) {
+      if (ra == 0) std::fill(R3.begin(), R3.begin() + L, 0.0);
+      ba.finish(a.data(), R3.data(), pb.history_tol, Can);
+    }
     out.rank_a_at[n] = ba.rank;
     if (last) break;
     // Row by row (a row of B or Y stays in cache between its dot products and
@@ -345,11 +352,13 @@ ModeSolution solve_modes(const ModeProblem& pb) {
   }
   {  // finish qhat(T)
     double* Cqp = out.Cqc.data() + size_t(T) * cap;
-    if (bq.rank > 0)
-      blas::gemv(Op::N, L, bq.rank, 1.0, bq.Q.data(), L, Cqp, 0.0, R2.data());
-    else
-      std::fill(R2.begin(), R2.begin() + L, 0.0);
-    bq.finish(qh_prev.data(), R2.data(), pb.history_tol, Cqp);
+    if (bq.may_grow(qh_prev.data(), pb.history_tol)) {
+      if (bq.rank > 0)
+        blas::gemv(Op::N, L, bq.rank, 1.0, bq.Q.data(), L, Cqp, 0.0, R2.data());
+      else
+        std::fill(R2.begin(), R2.begin() + L, 0.0);
+      bq.finish(qh_prev.data(), R2.data(), pb.history_tol, Cqp);
+    }
     out.rank_q_at[T] = bq.rank;
   }
   out.rank_a = ba.rank;
