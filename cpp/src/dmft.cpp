@@ -1,0 +1,537 @@
+// One-bulk DMFT: the mode recursion (level one) and the outlier solver
+// (level two). Equations and notation: THEORY.md section 2 and dmft.hpp.
+#include "specdyn/dmft.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+#include "specdyn/blas.hpp"
+#include "specdyn/rng.hpp"
+
+namespace specdyn::dmft {
+
+using blas::Op;
+
+namespace {
+
+// The solver's BLAS calls are small (vectors of M R): one OpenBLAS thread is
+// faster than waking a pool for each. Restored on exit.
+struct OneBlasThread {
+  int saved;
+  OneBlasThread() : saved(blas::get_num_threads()) { blas::set_num_threads(1); }
+  ~OneBlasThread() { blas::set_num_threads(saved); }
+};
+
+// An orthonormal row basis Q (rank x L, row-major) that grows on demand.
+// Callers compute coef = Q x together with other products of Q (so that Q is
+// read once per step) and call finish() with recon = Q^T coef when the
+// residual may be large enough to become a new row. Whether it may is decided
+// by a sketch: kSketch random unit-variance directions z_i kept orthogonal to
+// Q give (L / kSketch) sum_i (x . z_i)^2 = |(I - P) x|^2 chi^2_k / k, so the
+// explicit residual (one more pass over Q) is needed only on the few steps
+// where the history grows.
+struct RowBasis {
+  static constexpr int kSketch = 8;
+  int L = 0, cap = 0, rank = 0;
+  std::vector<double> Q, work, c2, Z;
+
+  RowBasis(int L_, int cap_, uint64_t stream) : L(L_), cap(cap_), work(L_), c2(cap_), Z(size_t(kSketch) * L_) {
+    Q.reserve(size_t(L_) * 16);
+    rng::normal_fill(Z.data(), Z.size(), 0x0b1b, stream, 1.0 / std::sqrt(double(L_)));
+  }
+
+  // below a few roundoffs a residual is noise: a row made of it would not be orthogonal
+  static double threshold(double xn, double tol) {
+    return std::max(tol, 64.0 * std::numeric_limits<double>::epsilon()) * xn;
+  }
+
+  // false when |(I - P) x| is certainly below the threshold (a miss needs
+  // chi^2_8 / 8 < 1e-4, probability ~1e-15, and would drop a residual of ~tol anyway)
+  bool may_grow(const double* x, double tol) const {
+    if (rank == 0) return true;
+    if (rank >= cap) return false;
+    const double th = threshold(blas::nrm2(L, x), tol);
+    double est = 0;
+    for (int i = 0; i < kSketch; ++i) {
+      const double d = blas::dot(L, x, Z.data() + size_t(i) * L);
+      est += d * d;
+    }
+    est *= double(L) / kSketch;
+    return est > 1e-4 * th * th;
+  }
+
+  // Given coef[:rank] = Q x and recon = Q^T coef: checks the residual and
+  // appends it as a new row when above tol |x| (two more Gram-Schmidt passes
+  // on it). Returns true when a row was added (its coefficient is coef[rank - 1]).
+  bool finish(const double* x, const double* recon, double tol, double* coef) {
+    const double thresh = threshold(blas::nrm2(L, x), tol);
+    for (int i = 0; i < L; ++i) work[i] = x[i] - recon[i];
+    double rn = blas::nrm2(L, work.data());
+    if (rank >= cap || !(rn > thresh)) return false;
+    auto pass = [&](double scale) {
+      blas::gemv(Op::T, L, rank, 1.0, Q.data(), L, work.data(), 0.0, c2.data());
+      blas::gemv(Op::N, L, rank, -1.0, Q.data(), L, c2.data(), 1.0, work.data());
+      for (int i = 0; i < rank; ++i) coef[i] += scale * c2[i];
+    };
+    if (rank > 0) {
+      pass(1.0);
+      rn = blas::nrm2(L, work.data());
+      if (!(rn > thresh)) return false;
+    }
+    for (int i = 0; i < L; ++i) work[i] /= rn;
+    if (rank > 0) {
+      pass(rn);
+      pass(rn);
+    }
+    const double un = blas::nrm2(L, work.data());
+    Q.resize(size_t(rank + 1) * L);
+    double* row = Q.data() + size_t(rank) * L;
+    for (int i = 0; i < L; ++i) row[i] = work[i] / un;
+    coef[rank] = rn * un;
+    ++rank;
+    for (int i = 0; i < kSketch; ++i) {   // keep the sketch orthogonal to Q
+      double* z = Z.data() + size_t(i) * L;
+      blas::axpy(L, -blas::dot(L, row, z), row, z);
+    }
+    return true;
+  }
+};
+
+// Products of a row basis Q (rank x L) with a few vectors, reading Q once:
+// the rows go in blocks small enough to stay in L2 cache while every vector
+// uses them (a gemm would copy Q into packed panels first).
+// (a multiple of 4: OpenBLAS's gemv kernels take rows in fours)
+int rows_per_block(int L) { return std::max(4, ((640 * 1024) / (8 * std::max(L, 1))) / 4 * 4); }
+
+// out_j = Q^T K_j (K_j = K + j * ldk, length rank), j < ncol; out_j has length L, stride L
+void basis_combine(const double* Q, int rank, int L, const double* K, int ldk, int ncol, double* out) {
+  const int bs = rows_per_block(L);
+  if (rank == 0) std::fill(out, out + size_t(ncol) * L, 0.0);
+  for (int i0 = 0; i0 < rank; i0 += bs) {
+    const int nb = std::min(bs, rank - i0);
+    for (int j = 0; j < ncol; ++j)
+      blas::gemv(Op::N, L, nb, 1.0, Q + size_t(i0) * L, L, K + size_t(j) * ldk + i0, i0 == 0 ? 0.0 : 1.0,
+                 out + size_t(j) * L);
+  }
+}
+
+// K_j = Q x_j (K_j = K + j * ldk, length rank), x_j = X + j * L, j < ncol
+void basis_dots(const double* Q, int rank, int L, const double* X, int ncol, double* K, int ldk) {
+  const int bs = rows_per_block(L);
+  for (int i0 = 0; i0 < rank; i0 += bs) {
+    const int nb = std::min(bs, rank - i0);
+    for (int j = 0; j < ncol; ++j)
+      blas::gemv(Op::T, L, nb, 1.0, Q + size_t(i0) * L, L, X + size_t(j) * L, 0.0, K + size_t(j) * ldk + i0);
+  }
+}
+
+double top_eig_sym(int n, std::vector<double>& A) {
+  std::vector<double> w(n);
+  if (blas::syevd(n, A.data(), n, w.data()) != 0) return std::numeric_limits<double>::quiet_NaN();
+  return w[n - 1];
+}
+
+}  // namespace
+
+ModeSolution solve_modes(const ModeProblem& pb) {
+  const int M = pb.nodes, R = pb.coef, D = pb.input_dim, P = pb.samples, T = pb.steps;
+  if (M < 1 || R < 1 || D < 1 || P < 1 || T < 0) throw std::invalid_argument("solve_modes: bad sizes");
+  OneBlasThread one_thread;
+  const int L = M * R;
+  const int T1 = T + 1;
+  const double c = pb.c, rD = std::sqrt(double(D));
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+
+  ModeSolution out;
+  out.steps = T;
+  out.nodes = M;
+  out.coef = R;
+  out.input_dim = D;
+  out.cap = std::min(T1, L);
+  const int cap = out.cap;
+  out.loss.assign(T1, 0.0);
+  out.beta_f.assign(size_t(T1) * D, 0.0);
+  out.Cw.assign(size_t(T1) * T1, 0.0);
+  out.Cq.assign(size_t(T1) * T1, 0.0);
+  out.Cqm.assign(size_t(T1) * T1, 0.0);
+  out.sharpness.assign(T1, nan);
+  out.Ca.assign(size_t(T1) * cap, 0.0);
+  out.Cqc.assign(size_t(T1) * cap, 0.0);
+  out.s_row.resize(L);
+  out.rank_a_at.assign(T1, 0);
+  out.rank_q_at.assign(T1, 0);
+
+  // scaled state: every node multiplied by sqrt(weight_k), so <f g> = f . g
+  std::vector<double> a(L), B(size_t(D) * L), Y(size_t(D) * L);
+  for (int k = 0; k < M; ++k) {
+    const double sw = std::sqrt(pb.weights[k]);
+    for (int r = 0; r < R; ++r) {
+      out.s_row[k * R + r] = pb.s[k];
+      a[k * R + r] = sw * pb.a0[k * R + r];
+      for (int d = 0; d < D; ++d) {
+        const double b = sw * pb.B0[(size_t(k) * D + d) * R + r];
+        B[size_t(d) * L + k * R + r] = b;
+        Y[size_t(d) * L + k * R + r] = pb.s[k] * b;   // u_k^T A(0) W0(0) = s_k zeta_k
+      }
+    }
+  }
+  const double* sr = out.s_row.data();
+
+  // Sigma^{1/2}, Sigma = X^T X / P (column-major view of X is D x P)
+  std::vector<double> Sroot(size_t(D) * D, 0.0);
+  {
+    std::vector<double> Sig(size_t(D) * D), ev(D);
+    blas::gemm(Op::N, Op::T, D, D, P, 1.0 / P, pb.X, D, pb.X, D, 0.0, Sig.data(), D);
+    blas::syevd(D, Sig.data(), D, ev.data());
+    for (int i = 0; i < D; ++i)
+      for (int j = 0; j < D; ++j) {
+        double acc = 0;
+        for (int l = 0; l < D; ++l) acc += Sig[l * D + i] * std::sqrt(std::max(ev[l], 0.0)) * Sig[l * D + j];
+        Sroot[j * D + i] = acc;
+      }
+  }
+
+  // Grams <y y^T>, <zeta zeta^T> (D x D): exact at t = 0, then updated with the
+  // rank-two changes of Y and B (O(D L) per step instead of O(D^2 L))
+  std::vector<double> YY(size_t(D) * D), BB(size_t(D) * D);
+  blas::gemm(Op::T, Op::N, D, D, L, 1.0, Y.data(), L, Y.data(), L, 0.0, YY.data(), D);
+  blas::gemm(Op::T, Op::N, D, D, L, 1.0, B.data(), L, B.data(), L, 0.0, BB.data(), D);
+  std::vector<double> rt(D), ec(D), Yv(D), Ya(D);
+
+  RowBasis ba(L, cap, rng::kProbes + 0xd0), bq(L, cap, rng::kProbes + 0xd1);
+  std::vector<double> m(L), qh(L), qh_prev(L), anew(L), vec(L);
+  std::vector<double> beta(D), r(D), zq(D), pred(P), delta(P);
+  std::vector<double> col(T1), tmp(cap);
+  std::vector<double> T2(size_t(D) * D), Mm(size_t(D) * D);
+  // Each basis is read twice per step: its products with two or three vectors
+  // share one pass (basis_dots / basis_combine) and the residual checks ride along.
+  std::vector<double> K2(size_t(2) * cap), K3(size_t(3) * cap), R2(size_t(2) * L), R3(size_t(3) * L);
+  std::vector<double> X2(size_t(2) * L);
+
+  for (int n = 0; n <= T; ++n) {
+    double* Can = out.Ca.data() + size_t(n) * cap;
+    double* Cqn = out.Cqc.data() + size_t(n) * cap;
+    // 1. coefficients of omega(n) in the omega basis (its residual is checked in step 6);
+    //    Cw(j, n) = <omega(j) omega(n)> for j < n, Cw(n, n) directly
+    const int ra = ba.rank;
+    if (ra > 0) blas::gemv(Op::T, L, ra, 1.0, ba.Q.data(), L, a.data(), 0.0, Can);
+    std::fill(col.begin(), col.begin() + n, 0.0);
+    if (n > 0 && ra > 0) blas::gemv(Op::T, ra, n, 1.0, out.Ca.data(), cap, Can, 0.0, col.data());
+    col[n] = blas::dot(L, a.data(), a.data());
+    for (int j = 0; j <= n; ++j) out.Cw[size_t(j) * T1 + n] = out.Cw[size_t(n) * T1 + j] = col[j];
+    // 2. m(n) = s omega(n) + c sum_{j<n} Cw(j, n) qhat(j); on the way, finish
+    //    qhat(n-1) (residual against the basis, new row if needed)
+    for (int i = 0; i < L; ++i) m[i] = sr[i] * a[i];
+    if (n > 0) {
+      const int rq0 = bq.rank;
+      double* Cqp = out.Cqc.data() + size_t(n - 1) * cap;
+      const bool grow = bq.may_grow(qh_prev.data(), pb.history_tol);
+      if (rq0 > 0) {
+        std::copy(Cqp, Cqp + rq0, K2.begin());
+        blas::gemv(Op::N, rq0, n, 1.0, out.Cqc.data(), cap, col.data(), 0.0, K2.data() + rq0);
+        if (grow)   // the reconstruction of qhat(n-1) rides along
+          basis_combine(bq.Q.data(), rq0, L, K2.data(), rq0, 2, R2.data());
+        else
+          basis_combine(bq.Q.data(), rq0, L, K2.data() + rq0, rq0, 1, R2.data() + L);
+        blas::axpy(L, c, R2.data() + L, m.data());
+      } else {
+        std::fill(R2.begin(), R2.begin() + L, 0.0);
+      }
+      if (grow && bq.finish(qh_prev.data(), R2.data(), pb.history_tol, Cqp)) {
+        // the new row u enters qhat(n-1) with coefficient rho: add c Cw(n-1, n) rho u
+        blas::axpy(L, c * col[n - 1] * Cqp[bq.rank - 1], bq.Q.data() + size_t(bq.rank - 1) * L, m.data());
+      }
+      out.rank_q_at[n - 1] = bq.rank;
+    }
+    // 3. beta_f, loss, r = X^T Delta / P
+    blas::gemv(Op::T, L, D, 1.0 / pb.richness, B.data(), L, m.data(), 0.0, beta.data());
+    std::copy(beta.begin(), beta.end(), out.beta_f.begin() + size_t(n) * D);
+    blas::gemv(Op::T, D, P, 1.0 / rD, pb.X, D, beta.data(), 0.0, pred.data());
+    double l2 = 0;
+    for (int mu = 0; mu < P; ++mu) {
+      delta[mu] = pb.y[mu] - pred[mu];
+      l2 += delta[mu] * delta[mu];
+    }
+    out.loss[n] = l2 / (2.0 * P);
+    blas::gemv(Op::N, D, P, 1.0 / P, pb.X, D, delta.data(), 0.0, r.data());
+    // 4. qhat(n) = zeta(n) . r / sqrt(D); its coefficients and those of m(n) in one
+    //    pass over the qhat basis: Cq(j, n), Cqm(j, n) = <qhat(j) m(n)> for j < n
+    blas::gemv(Op::N, L, D, 1.0 / rD, B.data(), L, r.data(), 0.0, qh.data());
+    const int rq = bq.rank;
+    if (rq > 0) {
+      std::copy(qh.begin(), qh.end(), X2.begin());
+      std::copy(m.begin(), m.end(), X2.begin() + L);
+      basis_dots(bq.Q.data(), rq, L, X2.data(), 2, K2.data(), rq);
+      std::copy(K2.begin(), K2.begin() + rq, Cqn);
+    }
+    if (n > 0 && rq == 0) {
+      for (int j = 0; j < n; ++j) out.Cq[size_t(j) * T1 + n] = out.Cq[size_t(n) * T1 + j] = out.Cqm[size_t(j) * T1 + n] = 0.0;
+    } else if (n > 0) {
+      blas::gemv(Op::T, rq, n, 1.0, out.Cqc.data(), cap, K2.data(), 0.0, col.data());
+      for (int j = 0; j < n; ++j) out.Cq[size_t(j) * T1 + n] = out.Cq[size_t(n) * T1 + j] = col[j];
+      blas::gemv(Op::T, rq, n, 1.0, out.Cqc.data(), cap, K2.data() + rq, 0.0, col.data());
+      for (int j = 0; j < n; ++j) out.Cqm[size_t(j) * T1 + n] = col[j];
+    }
+    out.Cq[size_t(n) * T1 + n] = blas::dot(L, qh.data(), qh.data());
+    const double cqm_nn = blas::dot(L, qh.data(), m.data());
+    out.Cqm[size_t(n) * T1 + n] = cqm_nn;
+    qh_prev.swap(qh);   // qhat(n) is finished at the start of the next step
+    const double* qn = qh_prev.data();
+    // 5. normalized sharpness: eta0 lambda_max(Sigma^1/2 Mm Sigma^1/2),
+    //    Mm = (<y y^T> + Cw(n,n) <zeta zeta^T> + <m m> I) / D
+    if (!pb.sharpness_steps || pb.sharpness_steps[n]) {
+      const double mm = blas::dot(L, m.data(), m.data());
+      const double cw = out.Cw[size_t(n) * T1 + n];
+      for (int i = 0; i < D * D; ++i) Mm[i] = (YY[i] + cw * BB[i]) / D;
+      for (int i = 0; i < D; ++i) Mm[i * D + i] += mm / D;
+      blas::gemm(Op::N, Op::N, D, D, D, 1.0, Sroot.data(), D, Mm.data(), D, 0.0, T2.data(), D);
+      blas::gemm(Op::N, Op::N, D, D, D, 1.0, T2.data(), D, Sroot.data(), D, 0.0, Mm.data(), D);
+      out.sharpness[n] = pb.eta0 * top_eig_sym(D, Mm);
+    }
+    // 6. one pass over the omega basis: the reconstruction of omega(n) (its
+    //    residual) and the history sums of the updates
+    //      u^T A A^T w = s m + c sum_{j<n} Cqm(j, n) omega(j)
+    //      omega(n+1) = omega + c [s qhat + c sum_{j<n} Cq(j, n) omega(j)]
+    const bool last = n == T;
+    for (int i = 0; i < L; ++i) vec[i] = sr[i] * m[i] + c * cqm_nn * a[i];
+    for (int i = 0; i < L; ++i) anew[i] = a[i] + c * sr[i] * qn[i];
+    const bool grow = ba.may_grow(a.data(), pb.history_tol), hist = n > 0 && !last;
+    if (ra > 0 && (grow || hist)) {
+      std::copy(Can, Can + ra, K3.begin());
+      std::fill(K3.begin() + ra, K3.begin() + 3 * ra, 0.0);
+      if (hist) {
+        for (int j = 0; j < n; ++j) col[j] = out.Cqm[size_t(j) * T1 + n];
+        blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, K3.data() + ra);
+        for (int j = 0; j < n; ++j) col[j] = out.Cq[size_t(j) * T1 + n];
+        blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, K3.data() + 2 * ra);
+      }
+      const int first = grow ? 0 : 1, ncol = (hist ? 3 : 1) - first;
+      basis_combine(ba.Q.data(), ra, L, K3.data() + first * ra, ra, ncol, R3.data() + size_t(first) * L);
+      if (hist) {
+        blas::axpy(L, c, R3.data() + L, vec.data());
+        blas::axpy(L, c * c, R3.data() + 2 * L, anew.data());
+      }
+    }
+    if (grow) {
+      if (ra == 0) std::fill(R3.begin(), R3.begin() + L, 0.0);
+      ba.finish(a.data(), R3.data(), pb.history_tol, Can);
+    }
+    out.rank_a_at[n] = ba.rank;
+    if (last) break;
+    // Row by row (a row of B or Y stays in cache between its dot products and
+    // its update), one pass over each of B and Y:
+    //   zq = B qhat = q^T W0 / N, then zeta += rt m^T with rt = c r / sqrt D;
+    //   Yv = Y vec, Ya = Y omega, then y += rt vec^T + ec omega^T with ec = c zq,
+    //   vec = u^T A A^T w + c <qhat m> omega.
+    for (int d = 0; d < D; ++d) {
+      rt[d] = c * r[d] / rD;
+      double* Bd = B.data() + size_t(d) * L;
+      zq[d] = blas::dot(L, Bd, qn);
+      ec[d] = c * zq[d];
+      blas::axpy(L, rt[d], m.data(), Bd);
+    }
+    for (int d = 0; d < D; ++d) {
+      double* Yd = Y.data() + size_t(d) * L;
+      Yv[d] = blas::dot(L, Yd, vec.data());
+      Ya[d] = blas::dot(L, Yd, a.data());
+      blas::axpy(L, rt[d], vec.data(), Yd);
+      blas::axpy(L, ec[d], a.data(), Yd);
+    }
+    const double vv = blas::dot(L, vec.data(), vec.data()), aa = blas::dot(L, a.data(), a.data()),
+                 va = blas::dot(L, vec.data(), a.data()), mm2 = blas::dot(L, m.data(), m.data());
+    for (int i = 0; i < D; ++i)
+      for (int j = 0; j < D; ++j) {
+        YY[j * D + i] += rt[i] * Yv[j] + Yv[i] * rt[j] + ec[i] * Ya[j] + Ya[i] * ec[j] + vv * rt[i] * rt[j] +
+                         aa * ec[i] * ec[j] + va * (rt[i] * ec[j] + ec[i] * rt[j]);
+        // zeta += rt m^T, and B m = richness * beta_f
+        BB[j * D + i] += pb.richness * (rt[i] * beta[j] + beta[i] * rt[j]) + mm2 * rt[i] * rt[j];
+      }
+    a.swap(anew);
+  }
+  {  // finish qhat(T)
+    double* Cqp = out.Cqc.data() + size_t(T) * cap;
+    if (bq.may_grow(qh_prev.data(), pb.history_tol)) {
+      if (bq.rank > 0)
+        blas::gemv(Op::N, L, bq.rank, 1.0, bq.Q.data(), L, Cqp, 0.0, R2.data());
+      else
+        std::fill(R2.begin(), R2.begin() + L, 0.0);
+      bq.finish(qh_prev.data(), R2.data(), pb.history_tol, Cqp);
+    }
+    out.rank_q_at[T] = bq.rank;
+  }
+  out.rank_a = ba.rank;
+  out.rank_q = bq.rank;
+  out.Qa = std::move(ba.Q);
+  out.Qq = std::move(bq.Q);
+  return out;
+}
+
+// ---- level two ------------------------------------------------------------------
+
+namespace {
+
+struct Determinant {
+  int M, r;
+  double c;
+  const double* s;
+  const std::vector<double>& theta;
+  std::vector<double> Nuu, Nuv, Nvv;  // (M, r, r) per-node Grams of the spike rows
+  std::vector<double> wz, ws, G, F, ev;
+
+  Determinant(int M_, int r_, double c_, const double* s_, const std::vector<double>& th)
+      : M(M_), r(r_), c(c_), s(s_), theta(th), wz(M_), ws(M_), G(size_t(r_) * r_),
+        F(size_t(4) * r_ * r_), ev(2 * r_) {}
+
+  // F(z) = Cm^{-1} - G(z) (derivative = false) or G'(z) (derivative = true), column-major 2r x 2r
+  void build(double z, bool derivative) {
+    for (int k = 0; k < M; ++k) {
+      const double d = z * z - s[k] * s[k];
+      if (derivative) {
+        wz[k] = -(z * z + s[k] * s[k]) / (d * d);
+        ws[k] = -2.0 * z * s[k] / (d * d);
+      } else {
+        wz[k] = z / d;
+        ws[k] = s[k] / d;
+      }
+    }
+    const int n2 = 2 * r, rr = r * r;
+    std::fill(F.begin(), F.end(), 0.0);
+    auto put = [&](const std::vector<double>& N, const std::vector<double>& w, int ro, int co, bool trans) {
+      blas::gemv(Op::N, rr, M, 1.0, N.data(), rr, w.data(), 0.0, G.data());
+      for (int j = 0; j < r; ++j)
+        for (int i = 0; i < r; ++i) {
+          const double g = trans ? G[i * r + j] : G[j * r + i];
+          F[size_t(co + j) * n2 + ro + i] = derivative ? g : -g;
+        }
+    };
+    put(Nuu, wz, 0, 0, false);
+    put(Nvv, wz, r, r, false);
+    put(Nuv, ws, 0, r, false);
+    put(Nuv, ws, r, 0, true);
+    if (!derivative)  // the Grams carry sqrt(c theta_i c theta_j): Cm^{-1} becomes [[0, I], [I, 0]]
+      for (int i = 0; i < r; ++i) {
+        F[size_t(r + i) * n2 + i] += 1.0;
+        F[size_t(i) * n2 + r + i] += 1.0;
+      }
+  }
+  // eigenvalues of F(z), ascending (F overwritten by eigenvectors)
+  void eig(double z) {
+    build(z, false);
+    blas::syevd(2 * r, F.data(), 2 * r, ev.data());
+  }
+};
+
+}  // namespace
+
+OutlierResult outliers(const ModeSolution& sol, int step, int top_k, double c, double edge, double spike_tol) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  OutlierResult res;
+  res.values.assign(top_k, nan);
+  res.overlap_left.assign(top_k, nan);
+  res.overlap_right.assign(top_k, nan);
+  if (step < 0 || step > sol.steps) throw std::invalid_argument("outliers: step out of range");
+  const int n = step, M = sol.nodes, R = sol.coef, L = M * R, cap = sol.cap;
+  if (n == 0 || c == 0.0) return res;
+  OneBlasThread one_thread;
+  // the basis only grows: rows 0..n-1 use its first rank_at[n-1] rows
+  const int ra = sol.rank_a_at[n - 1], rq = sol.rank_q_at[n - 1];
+  if (ra == 0 || rq == 0) return res;
+  // U V^T = Qa^T (Ca^T Cqc) Qq on rows 0..n-1: SVD of the small core
+  std::vector<double> K(size_t(ra) * rq);
+  blas::gemm(Op::N, Op::T, ra, rq, n, 1.0, sol.Ca.data(), cap, sol.Cqc.data(), cap, 0.0, K.data(), ra);
+  const int mn = std::min(ra, rq);
+  std::vector<double> th(mn), Uk(size_t(ra) * mn), VTk(size_t(mn) * rq);
+  if (blas::gesdd(ra, rq, K.data(), ra, th.data(), Uk.data(), ra, VTk.data(), mn) != 0) return res;
+  res.spikes = th;
+  int r = 0;
+  while (r < mn && th[r] > spike_tol * th[0] && th[r] > 0.0) ++r;
+  res.rank = r;
+  if (r == 0) return res;
+  std::vector<double> theta(th.begin(), th.begin() + r);
+  // spike rows per node: tu = Qa^T U[:, :r], tv = Qq^T V[:, :r] (column-major L x r)
+  std::vector<double> tu(size_t(L) * r), tv(size_t(L) * r);
+  blas::gemm(Op::N, Op::N, L, r, ra, 1.0, sol.Qa.data(), L, Uk.data(), ra, 0.0, tu.data(), L);
+  blas::gemm(Op::N, Op::T, L, r, rq, 1.0, sol.Qq.data(), L, VTk.data(), mn, 0.0, tv.data(), L);
+  // node Grams of the node weights are folded in (rows are scaled by sqrt(weight))
+  std::vector<double> s(M);
+  for (int k = 0; k < M; ++k) s[k] = sol.s_row[size_t(k) * R];
+  Determinant det(M, r, c, s.data(), theta);
+  const size_t rr = size_t(r) * r;
+  det.Nuu.resize(rr * M);
+  det.Nuv.resize(rr * M);
+  det.Nvv.resize(rr * M);
+  // Congruence by diag(sqrt(c theta)) keeps the inertia and the roots of det F but
+  // makes F = [[0, I], [I, 0]] - G~ well conditioned however small the weakest spike.
+  for (int i = 0; i < r; ++i) {
+    const double sc = std::sqrt(c * theta[i]);
+    for (int l = 0; l < L; ++l) {
+      tu[size_t(i) * L + l] *= sc;
+      tv[size_t(i) * L + l] *= sc;
+    }
+  }
+  for (int k = 0; k < M; ++k) {
+    const double* u = tu.data() + size_t(k) * R;
+    const double* v = tv.data() + size_t(k) * R;
+    blas::gemm(Op::T, Op::N, r, r, R, 1.0, u, L, u, L, 0.0, det.Nuu.data() + rr * k, r);
+    blas::gemm(Op::T, Op::N, r, r, R, 1.0, u, L, v, L, 0.0, det.Nuv.data() + rr * k, r);
+    blas::gemm(Op::T, Op::N, r, r, R, 1.0, v, L, v, L, 0.0, det.Nvv.data() + rr * k, r);
+  }
+  // count at the edge: #neg(F) - r outliers above it
+  det.eig(edge);
+  int neg = 0;
+  for (double e : det.ev) neg += e < 0.0;
+  const int count = std::min(neg - r, top_k);
+  if (count <= 0) return res;
+  double smax = 0;
+  for (int k = 0; k < M; ++k) smax = std::max(smax, s[k]);
+  for (int k = 0; k < count; ++k) {
+    const int idx = r + k;  // this eigenvalue of F crosses zero at the (k+1)-th outlier
+    auto g = [&](double z) { det.eig(z); return det.ev[idx]; };
+    double lo = edge, glo = g(lo);
+    double hi = std::max(smax, edge) + c * theta[0] * 1.01 + 1e-12, ghi = g(hi);
+    for (int it = 0; it < 60 && ghi <= 0.0; ++it) { hi = edge + 2.0 * (hi - edge); ghi = g(hi); }
+    // Illinois false position (fl, fh: scaled copies of g for the interpolation),
+    // a bisection every fourth step so that the bracket always shrinks; g increases with z
+    double fl = glo, fh = ghi, zbest = lo, gbest = std::abs(glo);
+    if (std::abs(ghi) < gbest) { zbest = hi; gbest = std::abs(ghi); }
+    int side = 0;
+    for (int it = 0; it < 400 && hi - lo > 2e-16 * hi; ++it) {
+      double zm = (lo * fh - hi * fl) / (fh - fl);
+      if (!(zm > lo && zm < hi) || it % 4 == 3) zm = 0.5 * (lo + hi);
+      const double gm = g(zm);
+      if (std::abs(gm) < gbest) { zbest = zm; gbest = std::abs(gm); }
+      if (gm == 0.0) break;
+      if (gm < 0.0) {
+        lo = zm; fl = gm;
+        if (side == -1) fh *= 0.5;
+        side = -1;
+      } else {
+        hi = zm; fh = gm;
+        if (side == 1) fl *= 0.5;
+        side = 1;
+      }
+    }
+    const double z = zbest;
+    res.values[k] = z;
+    // residue: null vector phi of F(z), normalized by -phi^T G'(z) phi = 1
+    det.eig(z);
+    std::vector<double> phi(det.F.begin() + size_t(idx) * 2 * r, det.F.begin() + size_t(idx + 1) * 2 * r);
+    det.build(z, true);
+    double nrm = 0;
+    for (int j = 0; j < 2 * r; ++j)
+      for (int i = 0; i < 2 * r; ++i) nrm -= phi[i] * det.F[size_t(j) * 2 * r + i] * phi[j];
+    if (nrm > 0) {
+      // u_spike_1 . u_hat / sqrt 2 = (Cm^{-1} phi)_u1 = phi~_v1 / sqrt(c theta_1), same for v
+      const double sc = 1.0 / std::sqrt(nrm * c * theta[0]);
+      const double ol = phi[r] * sc;
+      const double orr = phi[0] * sc;
+      res.overlap_left[k] = 2.0 * ol * ol;
+      res.overlap_right[k] = 2.0 * orr * orr;
+    }
+  }
+  return res;
+}
+
+}  // namespace specdyn::dmft
