@@ -216,7 +216,7 @@ ProportionalResult solve_proportional(const ProportionalParams& p) {
     for (int j = 0; j < t; ++j)
       blas::axpy(two_n, -c * nu / p.gamma0 * Cw[j + t * S], &e[j * static_cast<size_t>(two_n)], et);
     for (int j = 0; j <= t; ++j)
-      Ce[j + t * S] = Ce[t + j * S] = average(md, md.wD, &e[j * static_cast<size_t>(two_n)], et, 1.0);
+      Ce[j + t * S] = Ce[t + j * S] = average(md, md.wD, &e[j * static_cast<size_t>(two_n)], et, so2);
     res.loss[t] = 0.5 * Ce[t + t * S] + 0.5 * p.noise * p.noise;
     res.readout_norm2[t] = Cw[t + t * S];
     res.readout_delta2[t] = Cw[t + t * S] - 2.0 * Cw[t] + Cw[0];
