@@ -26,6 +26,52 @@ struct Modes {
   std::vector<double> a0, b;       // initial readout coefficient rows and target rows (n x 2)
 };
 
+// Gauss rule of the continuous Marchenko-Pastur law of x = s^2 (normalized over the
+// K = min(N, D) paired modes). It is a free Poisson law whose Jacobi matrix is
+// constant after its first row: diagonal a0 = sigma^2 max(1, nu), then
+// sigma^2 (1 + nu); off-diagonal sigma^2 sqrt(nu). Nodes by Sturm bisection,
+// weights (Christoffel numbers) 1 / sum_k p_k(x)^2 from the orthonormal
+// recurrence: O(M^2), exact for polynomials in x up to degree 2M - 1 (the
+// mode averages of the recursion are such polynomials) and geometrically
+// accurate for the resolvent outside the bulk, for every nu including nu ~ 1.
+void mp_gauss(int M, double nu, double sg2, std::vector<double>& x, std::vector<double>& w) {
+  const double a0 = sg2 * std::max(1.0, nu), a = sg2 * (1.0 + nu), b = sg2 * std::sqrt(nu);
+  auto diag = [&](int i) { return i == 0 ? a0 : a; };
+  // number of eigenvalues below y (Sturm sequence of the LDL^T pivots)
+  auto below = [&](double y) {
+    int cnt = 0;
+    double q = 1.0;
+    for (int i = 0; i < M; ++i) {
+      q = diag(i) - y - (i > 0 ? b * b / q : 0.0);
+      if (q == 0.0) q = -1e-300;
+      cnt += q < 0.0;
+    }
+    return cnt;
+  };
+  const double lo0 = std::min(a0, a) - 2.0 * b - 1e-12, hi0 = std::max(a0, a) + 2.0 * b + 1e-12;
+  x.assign(M, 0.0);
+  w.assign(M, 0.0);
+#pragma omp parallel for schedule(dynamic, 16)
+  for (int k = 0; k < M; ++k) {
+    double lo = lo0, hi = hi0;
+    for (int it = 0; it < 200 && hi - lo > 4e-16 * std::max(1.0, std::abs(hi)); ++it) {
+      const double mid = 0.5 * (lo + hi);
+      if (mid <= lo || mid >= hi) break;
+      (below(mid) > k ? hi : lo) = mid;
+    }
+    const double y = 0.5 * (lo + hi);
+    double pm = 0.0, p = 1.0, sum = 1.0;
+    for (int i = 0; i + 1 < M; ++i) {
+      const double pn = ((y - diag(i)) * p - (i > 0 ? b * pm : 0.0)) / b;
+      pm = p;
+      p = pn;
+      sum += p * p;
+    }
+    x[k] = std::max(y, 0.0);
+    w[k] = 1.0 / sum;
+  }
+}
+
 Modes make_modes(const ProportionalParams& p) {
   const int M = p.nodes;
   Modes md;
@@ -37,20 +83,15 @@ Modes make_modes(const ProportionalParams& p) {
   md.a0.assign(2 * md.n, 0.0);
   md.b.assign(2 * md.n, 0.0);
   const double nu = p.nu, sg2 = p.sigma_in * p.sigma_in;
-  // x = s^2 = mid - half cos(theta): the density in theta is smooth and even,
-  // so the midpoint rule converges spectrally (also at nu = 1 where x- = 0).
-  const double mid = sg2 * (1.0 + nu), half = 2.0 * sg2 * std::sqrt(nu);
   const double fracN = std::min(1.0, 1.0 / nu), fracD = std::min(nu, 1.0);
   const double fracX = std::min(std::sqrt(nu), 1.0 / std::sqrt(nu));
+  std::vector<double> x, w;
+  mp_gauss(M, nu, sg2, x, w);
   for (int m = 0; m < M; ++m) {
-    const double th = M_PI * (m + 0.5) / M;
-    const double x = mid - half * std::cos(th);
-    const double sn = std::sin(th);
-    const double w = (M_PI / M) * half * half * sn * sn / (2.0 * M_PI * sg2 * fracD * x);
-    md.s[m] = std::sqrt(x);
-    md.wN[m] = fracN * w;
-    md.wD[m] = fracD * w;
-    md.wX[m] = fracX * w;
+    md.s[m] = std::sqrt(x[m]);
+    md.wN[m] = fracN * w[m];
+    md.wD[m] = fracD * w[m];
+    md.wX[m] = fracX * w[m];
     md.a0[2 * m] = 1.0;      // omega(0) = xi_0
     md.b[2 * m + 1] = 1.0;   // target component = xi_1
   }

@@ -20,7 +20,7 @@ struct ProportionalParams {
   double sigma_out = 1.0;   // std of the readout w at initialization
   double noise = 0.0;       // label-noise std (adds noise^2 / 2 to the population loss)
   int steps = 100;          // number of GD steps T (state at t = 0..T)
-  int nodes = 2000;         // quadrature nodes of the Marchenko-Pastur singular-value law
+  int nodes = 400;          // Gauss nodes of the Marchenko-Pastur law (paired modes)
   std::vector<int> tracked; // steps at which the outliers are solved (ascending, within 0..T)
   int top_k = 4;            // outliers reported per tracked step
   double edge_margin = 1e-4;   // outliers must exceed the bulk edge by this (absolute)

@@ -52,7 +52,7 @@ def _from_config(config: RunConfig, nu) -> dict:
 
 def proportional(config: RunConfig | None = None, *, nu: float | None = None, gamma0: float | None = None,
                  eta0: float | None = None, sigma=None, steps: int | None = None, track_every=None,
-                 top_k: int | None = None, noise: float | None = None, nodes: int = 2000,
+                 top_k: int | None = None, noise: float | None = None, nodes: int = 400,
                  edge_margin: float = 1e-4, divergence_bound: float = 1e8) -> xr.Dataset:
     """Infinite-width limit curves of the proportional two-layer linear model.
 
@@ -62,8 +62,9 @@ def proportional(config: RunConfig | None = None, *, nu: float | None = None, ga
     units: ``nu`` = N / D, ``gamma0`` (gamma = gamma0), ``eta0`` (raw rate eta0 gamma0^2 N),
     ``sigma`` (init std of W0 and w: one float or [sigma_W0, sigma_w]), ``steps``,
     ``track_every`` (int or list of steps), ``top_k``, ``noise`` (label-noise std).
-    ``nodes``: quadrature nodes of the Marchenko-Pastur law; ``edge_margin``: an outlier
-    must exceed the bulk edge sigma (1 + sqrt(nu)) by this much.
+    ``nodes``: Gauss nodes of the Marchenko-Pastur law (the loss is exact once
+    nodes > steps + 1); ``edge_margin``: an outlier must exceed the bulk edge
+    sigma (1 + sqrt(nu)) by this much.
 
     Returns an ``xarray.Dataset`` with coords ``step`` (tracked steps), ``layer``
     (["W0", "W1"]), ``rank`` (0..top_k-1) and
