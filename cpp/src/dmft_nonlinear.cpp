@@ -24,6 +24,14 @@ inline void act(Activation a, double h, double& v, double& d) {
   }
 }
 
+// The dense kernels here have tiny inner dimensions (D, P or the history length):
+// threaded OpenBLAS only adds synchronization (and stalls badly on a busy machine).
+struct SingleThreadedBlas {
+  int saved = blas::get_num_threads();
+  SingleThreadedBlas() { blas::set_num_threads(1); }
+  ~SingleThreadedBlas() { blas::set_num_threads(saved); }
+};
+
 }  // namespace
 
 MonteCarloResult monte_carlo_two_layer(const double* X, const double* Y, int P, int D,
@@ -32,6 +40,7 @@ MonteCarloResult monte_carlo_two_layer(const double* X, const double* Y, int P, 
       !(p.eta0 > 0))
     throw std::invalid_argument("monte_carlo_two_layer: parameters out of range");
   const int M = p.particles, half = M / 2, T = p.steps;
+  SingleThreadedBlas single_threaded_blas;
   const double c = p.eta0 * p.gamma0, rootD = std::sqrt(static_cast<double>(D));
   using blas::Op;
 
@@ -62,7 +71,6 @@ MonteCarloResult monte_carlo_two_layer(const double* X, const double* Y, int P, 
   for (int t = 0; t <= T; ++t) {
     // fields h_i(x_mu) = W0_i . x_mu / sqrt(D): H (M x P)
     blas::gemm(Op::T, Op::N, M, P, D, 1.0 / rootD, W.data(), D, X, D, 0.0, H.data(), M);
-#pragma omp parallel for schedule(static)
     for (int mu = 0; mu < P; ++mu) {
       const size_t o = static_cast<size_t>(mu) * M;
       for (int i = 0; i < M; ++i) {

@@ -51,7 +51,6 @@ void mp_gauss(int M, double nu, double sg2, std::vector<double>& x, std::vector<
   const double lo0 = std::min(a0, a) - 2.0 * b - 1e-12, hi0 = std::max(a0, a) + 2.0 * b + 1e-12;
   x.assign(M, 0.0);
   w.assign(M, 0.0);
-#pragma omp parallel for schedule(dynamic, 16)
   for (int k = 0; k < M; ++k) {
     double lo = lo0, hi = hi0;
     for (int it = 0; it < 200 && hi - lo > 4e-16 * std::max(1.0, std::abs(hi)); ++it) {
@@ -219,6 +218,14 @@ struct OutlierProblem {
   }
 };
 
+// The dense kernels here have tiny inner dimensions (D, P or the history length):
+// threaded OpenBLAS only adds synchronization (and stalls badly on a busy machine).
+struct SingleThreadedBlas {
+  int saved = blas::get_num_threads();
+  SingleThreadedBlas() { blas::set_num_threads(1); }
+  ~SingleThreadedBlas() { blas::set_num_threads(saved); }
+};
+
 }  // namespace
 
 ProportionalResult solve_proportional(const ProportionalParams& p) {
@@ -227,6 +234,7 @@ ProportionalResult solve_proportional(const ProportionalParams& p) {
     throw std::invalid_argument("solve_proportional: parameters out of range");
   const int T = p.steps;
   const Modes md = make_modes(p);
+  SingleThreadedBlas single_threaded_blas;
   const int n = md.n, two_n = 2 * n;
   const double nu = p.nu, c = p.eta0 * p.gamma0, so2 = p.sigma_out * p.sigma_out;
   const double sqnu = std::sqrt(nu);
