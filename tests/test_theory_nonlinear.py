@@ -141,3 +141,37 @@ def test_finite_width_converges_to_the_monte_carlo_limit(activation):
     rate = np.polyfit(np.log(widths), np.log(rms), 1)[0]
     print(f"{activation}: rms relative loss deviation {np.round(rms, 4)}, fitted rate N^{rate:.2f}")
     assert rms[-1] < 0.5 * rms[0] and -0.9 < rate < -0.3, (rms, rate)
+
+
+# ---- extrapolation in 1/sqrt(N) ------------------------------------------------------
+
+def test_extrapolation_recovers_an_exact_law():
+    from specdyn.theory.nonlinear import extrapolate_width
+    N = np.array([256.0, 1024.0, 4096.0])
+    v = np.stack([2.0 + 3.0 / np.sqrt(N), -1.0 + 0.5 / np.sqrt(N)], axis=1)
+    fit = extrapolate_width(N, v, stderr=np.full_like(v, 0.01))
+    np.testing.assert_allclose(fit["limit"], [2.0, -1.0], atol=1e-12)
+    np.testing.assert_allclose(fit["slope"], [3.0, 0.5], atol=1e-10)
+    # with the weights, the limit's error bar is the linear-model one: check against statsmodels-free algebra
+    X = np.stack([np.ones(3), 1 / np.sqrt(N)], 1)
+    assert fit["limit_stderr"][0] == pytest.approx(0.01 * np.sqrt(np.linalg.inv(X.T @ X)[0, 0]))
+    with pytest.raises(ValueError, match="widths"):
+        extrapolate_width([100, 100], [1.0, 2.0], stderr=[0.1, 0.1])
+
+
+def test_extrapolation_of_simulated_outliers_hits_the_exact_limit():
+    # the proportional model has an exact limit: extrapolating its finite-size outliers
+    # in 1/sqrt(N) must land on it within the fitted uncertainty
+    from specdyn.theory.nonlinear import extrapolate_width
+    from specdyn.theory.proportional import proportional
+    from proportional_oracle import simulate_population
+    nu, g0, eta0, steps = 0.5, 5.0, 0.1, 12
+    exact = float(proportional(nu=nu, gamma0=g0, eta0=eta0, steps=steps, top_k=1)
+                  .singular_values.sel(layer="W0", rank=0)[-1])
+    sizes, seeds = np.array([100, 200, 400]), 6
+    means, errs = [], []
+    for D in sizes:
+        s = [simulate_population(int(D), nu, g0, eta0, steps, [steps], k, top_k=1)["sv"][0, 0] for k in range(seeds)]
+        means.append(np.mean(s)); errs.append(np.std(s, ddof=1) / np.sqrt(seeds))
+    fit = extrapolate_width(nu * sizes, np.array(means), stderr=np.array(errs))
+    assert abs(float(fit["limit"]) - exact) < 4 * float(fit["limit_stderr"])

@@ -22,7 +22,7 @@ from .. import _core
 from .. import _validate as V
 from ..config import RunConfig
 
-__all__ = ["two_layer_monte_carlo"]
+__all__ = ["two_layer_monte_carlo", "extrapolate_width"]
 
 _ACTIVATIONS = {"linear": 0, "tanh": 1, "relu": 2}
 
@@ -129,3 +129,52 @@ def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 <<
                "scaling": "mup", "config": config.to_json(), "seed": seed},
     )
     return ds
+
+
+def extrapolate_width(widths, values, stderr=None) -> dict:
+    """Extrapolate finite-width measurements to N -> infinity with a fit v(N) = v_inf + b / sqrt(N).
+
+    For quantities without a derived limit (e.g. outlier singular values of nonlinear
+    networks), the limit is estimated from seed-averaged finite-width runs.
+
+    ``widths``: (K,) widths N (K >= 2, distinct, > 0); ``values``: (K,) or (K, ...)
+    seed-averaged measurements at those widths; ``stderr``: their standard errors (same
+    shape), used as weights 1/stderr^2. Without ``stderr`` the fit is unweighted and the
+    uncertainty comes from the residuals (needs K >= 3).
+
+    Returns a dict of arrays shaped like one ``values[k]``: ``limit`` (v_inf),
+    ``limit_stderr``, ``slope`` (b) and ``slope_stderr``.
+    """
+    N = V.finite_array("widths", widths, ndim=1)
+    y = V.finite_array("values", values)
+    if len(N) < 2 or np.any(N <= 0) or len(np.unique(N)) != len(N):
+        raise ValueError("widths must hold at least 2 distinct positive widths")
+    if y.shape[0] != len(N):
+        raise ValueError(f"values must have one row per width ({len(N)}); got shape {y.shape}")
+    X = np.stack([np.ones_like(N), 1.0 / np.sqrt(N)], axis=1)     # (K, 2)
+    Y = y.reshape(len(N), -1)
+    if stderr is not None:
+        s = V.finite_array("stderr", stderr).reshape(Y.shape)
+        if np.any(s <= 0):
+            raise ValueError("stderr must be > 0")
+        limit, lim_err, slope, slope_err = [], [], [], []
+        for j in range(Y.shape[1]):
+            w = 1.0 / s[:, j] ** 2
+            A = X.T @ (w[:, None] * X)
+            cov = np.linalg.inv(A)
+            coef = cov @ (X.T @ (w * Y[:, j]))
+            limit.append(coef[0]); slope.append(coef[1])
+            lim_err.append(np.sqrt(cov[0, 0])); slope_err.append(np.sqrt(cov[1, 1]))
+        out = [np.array(v) for v in (limit, lim_err, slope, slope_err)]
+    else:
+        if len(N) < 3:
+            raise ValueError("an unweighted fit needs at least 3 widths (or give stderr)")
+        coef, *_ = np.linalg.lstsq(X, Y, rcond=None)
+        resid = Y - X @ coef
+        dof = len(N) - 2
+        cov = np.linalg.inv(X.T @ X)
+        s2 = (resid**2).sum(0) / dof
+        out = [coef[0], np.sqrt(cov[0, 0] * s2), coef[1], np.sqrt(cov[1, 1] * s2)]
+    shape = y.shape[1:]
+    names = ("limit", "limit_stderr", "slope", "slope_stderr")
+    return {k: np.asarray(v).reshape(shape) for k, v in zip(names, out)}
