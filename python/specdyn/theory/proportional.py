@@ -106,7 +106,7 @@ def proportional(config: RunConfig | None = None, *, nu: float | None = None, ga
         s_out = V.real("sigma[1]", sig[1], 0.0)
     else:
         s_in = s_out = V.real("sigma", sig, 0.0, None, lo_open=True)
-    T = V.integer("steps", args["steps"], 0, 100_000)
+    T = V.integer("steps", args["steps"], 0, 20_000)   # memory O(steps * nodes), time O(steps^2 * nodes)
     k = V.integer("top_k", args["top_k"], 1, 1024)
     noise_ = V.real("noise", args["noise"], 0.0)
     nodes = V.integer("nodes", nodes, 16, 1_000_000)
