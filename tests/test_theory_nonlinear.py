@@ -47,7 +47,7 @@ def test_initial_kernels_relu_closed_form():
     X, Y = _data()
     s_in, s_out = 1.3, 0.8
     ds = two_layer_monte_carlo(_config(activation="relu", sigma=[s_in, s_out], steps=0, track_every=1), (X, Y),
-                               particles=1 << 14, replicas=6)
+                               particles=1 << 13, replicas=16)
     Kx = X @ X.T / D
     d = np.sqrt(np.diag(Kx))
     cos = np.clip(Kx / np.outer(d, d), -1, 1)
@@ -65,7 +65,7 @@ def test_initial_kernels_relu_closed_form():
 
 def test_initial_kernels_tanh_quadrature():
     X, Y = _data(3)
-    ds = two_layer_monte_carlo(_config(steps=0, track_every=1), (X, Y), particles=1 << 14, replicas=6)
+    ds = two_layer_monte_carlo(_config(steps=0, track_every=1), (X, Y), particles=1 << 13, replicas=16)
     Kx = X @ X.T / D
     est, err = ds.feature_kernel.isel(step=0).values, ds.feature_kernel_stderr.isel(step=0).values
     for mu, nu in [(0, 0), (0, 1), (2, 5), (7, 3)]:
