@@ -38,7 +38,9 @@ def simulate_population(D: int, nu: float, gamma0: float, eta0: float, steps: in
     W0 = rng.normal(0.0, sigma_in, (N, D))
     w = rng.normal(0.0, sigma_out, N)
     beta = rng.normal(0.0, 1.0, D)
-    W00 = W0.copy()
+    # W0(t) - W0(0) = sum_j alpha w_j d_j^T: keep the factors, its spectrum comes from small QRs
+    alpha = eta * m0**2 * m1
+    fac_w, fac_d = [], []
     tracked = set(tracked)
     out = {"loss": np.empty(steps + 1), "sv": [], "dsv": [], "readout": [], "sharpness": []}
     for t in range(steps + 1):
@@ -49,7 +51,13 @@ def simulate_population(D: int, nu: float, gamma0: float, eta0: float, steps: in
             A = n0 * W0
             s = top_singular_values(A, top_k)
             out["sv"].append(s)
-            out["dsv"].append(top_singular_values(n0 * (W0 - W00), top_k))
+            if fac_w:
+                Ru = np.linalg.qr(np.stack(fac_w, 1), mode="r")
+                Rv = np.linalg.qr(np.stack(fac_d, 1), mode="r")
+                ds = n0 * alpha * np.linalg.svd(Ru @ Rv.T, compute_uv=False)
+                out["dsv"].append(np.pad(ds, (0, max(0, top_k - len(ds))))[:top_k])
+            else:
+                out["dsv"].append(np.zeros(top_k))
             out["readout"].append(np.linalg.norm(w) * sc.layers[1].normalizer)
             # Gauss-Newton Hessian of L: (m0^2) J^T J with J = d beta_f / d theta; its top
             # eigenvalue = m0^2 m1^2 (s_max(W0)^2 + |w|^2)
@@ -57,6 +65,8 @@ def simulate_population(D: int, nu: float, gamma0: float, eta0: float, steps: in
         # exact population gradients of L = m0^2 |d|^2 / 2
         gw = -(m0**2) * m1 * (W0 @ d)
         gW0 = -(m0**2) * m1 * np.outer(w, d)
+        fac_w.append(w.copy())
+        fac_d.append(d.copy())
         w = w - eta * gw
         W0 = W0 - eta * gW0
     for key in ("sv", "dsv", "readout", "sharpness"):
