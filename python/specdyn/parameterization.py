@@ -20,6 +20,7 @@ pass, without the output scale 1/gamma: W / sqrt(fan_in) (muP, NTK) or W (SP).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -130,3 +131,29 @@ def scales(scaling: str, width: int, depth: int, input_dim: int, output_dim: int
 def normalized(scale: LayerScale, weights):
     """The normalized matrix of a layer from its raw weights (W / sqrt(fan_in) or W)."""
     return weights * scale.normalizer
+
+
+def proportional_scales(width: int, input_dim: int, gamma0: float, eta0: float, sigma=1.0) -> Scales:
+    """Scales of the proportional two-layer model (THEORY.md section 3).
+
+    W^0 is N x D with N / D fixed; the output scale is gamma = gamma0 (as under
+    NTK) but the raw learning rate is eta0 gamma0^2 N (as under muP): then the
+    readout and the first layer both take O(1) rank-one steps and the loss and
+    the outliers of W^0 / sqrt(D) move together on O(1) steps as D -> infinity.
+    """
+    base = scales("ntk", width, 1, input_dim, 1, gamma0, eta0, sigma)
+    return dataclasses.replace(base, learning_rate=eta0 * gamma0**2 * width)
+
+
+def proportional_eta0(scaling: str, width: int, eta0: float) -> float:
+    """The eta0 of the proportional model that a RunConfig's (scaling, width, eta0) runs at.
+
+    Only scaling "ntk" shares the output scale gamma = gamma0 of the proportional
+    model; its raw rate eta0 gamma0^2 equals the proportional eta0' gamma0^2 N
+    with eta0' = eta0 / N.
+    """
+    if scaling != "ntk":
+        raise ValueError("scaling must be 'ntk' for the proportional limit (gamma = gamma0); under 'mup' "
+                         "(gamma = gamma0 sqrt(N)) the loss is frozen for O(1) steps and no O(1)-step limit "
+                         f"curve is derived; got {scaling!r}")
+    return eta0 / width

@@ -1,0 +1,180 @@
+"""Infinite-width (muP) limit of a two-layer nonlinear network by Monte Carlo over single sites.
+
+Network (RunConfig depth 1): h = W0 x / sqrt(D), f(x) = w . phi(h) / (gamma sqrt(N)) with
+gamma = gamma0 sqrt(N), raw rate eta0 gamma0^2 N, full-batch GD on P fixed samples. As
+N -> infinity (D, P fixed) the neurons become iid single-site processes
+
+    h_i(x_mu) = W0_i . x_mu / sqrt(D),   g_i(x_mu) = w_i phi'(h_i(x_mu)),
+    f_mu = < w phi(h_mu) > / gamma0,     r_mu = y_mu - f_mu,
+    w_i   += (c / P) sum_mu r_mu phi(h_i(x_mu)),
+    W0_i  += (c / (P sqrt D)) sum_mu r_mu g_i(x_mu) x_mu,          c = eta0 gamma0,
+
+coupled only through the site average < . > (docs/theory.md). The average is estimated
+with M sampled sites (antithetic in w) per replica, natively (``_core.monte_carlo_two_layer``);
+independent replicas give the sampling error.
+"""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .. import _core
+from .. import _validate as V
+from ..config import RunConfig
+
+__all__ = ["two_layer_monte_carlo", "extrapolate_width"]
+
+_ACTIVATIONS = {"linear": 0, "tanh": 1, "relu": 2}
+
+
+def _check_config(config) -> None:
+    if not isinstance(config, RunConfig):
+        raise ValueError(f"config must be a RunConfig; got {type(config).__name__}")
+    if config.depth != 1:
+        raise ValueError("config.depth must be 1: the Monte Carlo DMFT is implemented for two-layer networks "
+                         f"(W0, W1) only; deeper nonlinear networks are not derived here; got {config.depth}")
+    if config.scaling != "mup":
+        raise ValueError("config.scaling must be 'mup': this is the mean-field (muP) limit; the NTK limit is "
+                         f"lazy and SP has no width-independent limit here; got {config.scaling!r}")
+    if config.output_dim != 1:
+        raise ValueError(f"config.output_dim must be 1 for this solver; got {config.output_dim}")
+    if config.batch_size is not None or config.online:
+        raise ValueError("config.batch_size must be None and config.online false: only full-batch GD on fixed "
+                         "samples is implemented in the Monte Carlo DMFT")
+
+
+def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, replicas: int = 4,
+                          seed: int = 0) -> xr.Dataset:
+    """Loss, kernels and sharpness of the muP limit of a two-layer network, with sampling error.
+
+    ``config``: RunConfig with depth 1, scaling "mup", output_dim 1, full batch; its gamma0,
+    eta0, sigma (one float or [sigma_W0, sigma_w]), activation, steps, track_every are used
+    (width is irrelevant in the limit). ``data``: (X (P, D), Y (P,) or (P, 1)) arrays; when
+    None, ``specdyn.data.teacher`` draws them from config.data_seed. ``particles``: sampled
+    sites per replica (even); ``replicas``: independent replicas (>= 2 for an error bar).
+
+    Returns an ``xarray.Dataset`` with coords ``step`` (tracked steps), ``sample``/``sample2``
+    (0..P-1), ``replica``; variables (mean over replicas, and ``*_stderr`` = standard
+    deviation over replicas / sqrt(replicas)):
+
+    - ``loss(step)``: (1/2P) sum_mu (f_mu - y_mu)^2;
+    - ``output(step, sample)``: f(x_mu);
+    - ``feature_kernel(step, sample, sample2)``: Phi = <phi(h_mu) phi(h_nu)>;
+    - ``gradient_kernel(step, sample, sample2)``: G = <g_mu g_nu>, g = w phi'(h);
+    - ``normalized_sharpness(step)``: eta lambda_max(K) / P = eta0 lambda_max(Phi + G o X X^T / D) / P;
+    - ``loss_replicas(replica, step)``: the per-replica curves;
+    - attrs ``kind`` = "theory", ``model`` = "two_layer_monte_carlo", ``particles``, ``status``.
+    """
+    _check_config(config)
+    particles = V.integer("particles", particles, 2, 1 << 28)
+    if particles % 2:
+        raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
+    replicas = V.integer("replicas", replicas, 1, 10_000)
+    seed = V.integer("seed", seed, 0, 2**63 - 1)
+    if data is None:
+        try:
+            from ..data import teacher
+        except ImportError:
+            raise ValueError("data must be given as (X, Y): specdyn.data is not available in this build") from None
+        X, Y = teacher(config.samples, config.input_dim, 1, seed=config.data_seed, kind=config.teacher,
+                       noise=config.noise)
+    else:
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise ValueError("data must be a pair (X, Y)")
+        X = V.finite_array("data X", data[0], ndim=2, dtypes=("float64", "float32"))
+        Y = V.finite_array("data Y", data[1], ndim=(1, 2), dtypes=("float64", "float32"))
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    Y = np.ascontiguousarray(np.asarray(Y, dtype=np.float64).reshape(len(Y), -1))
+    if Y.shape[1] != 1 or Y.shape[0] != X.shape[0]:
+        raise ValueError(f"data Y must have shape (P,) or (P, 1) with P = {X.shape[0]}; got {Y.shape}")
+    Y = Y[:, 0].copy()
+    sig = config.sigma
+    s_in, s_out = (sig[0], sig[1]) if isinstance(sig, list) else (sig, sig)
+    tracked = config.tracked_steps()
+    runs = [
+        _core.monte_carlo_two_layer(X, Y, config.gamma0, config.eta0, s_in, s_out,
+                                    _ACTIVATIONS[config.activation], config.steps, particles, seed, r,
+                                    tracked, config.divergence_bound)
+        for r in range(replicas)
+    ]
+    idx = np.asarray(tracked)
+
+    def stack(key, sel=None):
+        a = np.stack([r[key] if sel is None else r[key][sel] for r in runs])
+        mean = a.mean(0)
+        err = a.std(0, ddof=1) / np.sqrt(replicas) if replicas > 1 else np.full_like(mean, np.nan)
+        return a, mean, err
+
+    loss_all, loss, loss_err = stack("loss", idx)
+    _, out, out_err = stack("outputs", idx)
+    _, phi, phi_err = stack("phi")
+    _, grad, grad_err = stack("grad")
+    _, sharp, sharp_err = stack("sharpness")
+    diverged = [int(r["diverged_step"]) for r in runs]
+    dims3 = ("step", "sample", "sample2")
+    ds = xr.Dataset(
+        {
+            "loss": ("step", loss), "loss_stderr": ("step", loss_err),
+            "output": (("step", "sample"), out), "output_stderr": (("step", "sample"), out_err),
+            "feature_kernel": (dims3, phi), "feature_kernel_stderr": (dims3, phi_err),
+            "gradient_kernel": (dims3, grad), "gradient_kernel_stderr": (dims3, grad_err),
+            "normalized_sharpness": ("step", sharp), "normalized_sharpness_stderr": ("step", sharp_err),
+            "loss_replicas": (("replica", "step"), loss_all),
+        },
+        coords={"step": idx.astype(np.int64), "sample": np.arange(len(Y)), "sample2": np.arange(len(Y)),
+                "replica": np.arange(replicas)},
+        attrs={"kind": "theory", "model": "two_layer_monte_carlo", "particles": particles, "replicas": replicas,
+               "status": "ok" if max(diverged) < 0 else "diverged",
+               "diverged_step": min([d for d in diverged if d >= 0], default=-1),
+               "scaling": "mup", "config": config.to_json(), "seed": seed},
+    )
+    return ds
+
+
+def extrapolate_width(widths, values, stderr=None) -> dict:
+    """Extrapolate finite-width measurements to N -> infinity with a fit v(N) = v_inf + b / sqrt(N).
+
+    For quantities without a derived limit (e.g. outlier singular values of nonlinear
+    networks), the limit is estimated from seed-averaged finite-width runs.
+
+    ``widths``: (K,) widths N (K >= 2, distinct, > 0); ``values``: (K,) or (K, ...)
+    seed-averaged measurements at those widths; ``stderr``: their standard errors (same
+    shape), used as weights 1/stderr^2. Without ``stderr`` the fit is unweighted and the
+    uncertainty comes from the residuals (needs K >= 3).
+
+    Returns a dict of arrays shaped like one ``values[k]``: ``limit`` (v_inf),
+    ``limit_stderr``, ``slope`` (b) and ``slope_stderr``.
+    """
+    N = V.finite_array("widths", widths, ndim=1)
+    y = V.finite_array("values", values)
+    if len(N) < 2 or np.any(N <= 0) or len(np.unique(N)) != len(N):
+        raise ValueError("widths must hold at least 2 distinct positive widths")
+    if y.shape[0] != len(N):
+        raise ValueError(f"values must have one row per width ({len(N)}); got shape {y.shape}")
+    X = np.stack([np.ones_like(N), 1.0 / np.sqrt(N)], axis=1)     # (K, 2)
+    Y = y.reshape(len(N), -1)
+    if stderr is not None:
+        s = V.finite_array("stderr", stderr).reshape(Y.shape)
+        if np.any(s <= 0):
+            raise ValueError("stderr must be > 0")
+        limit, lim_err, slope, slope_err = [], [], [], []
+        for j in range(Y.shape[1]):
+            w = 1.0 / s[:, j] ** 2
+            A = X.T @ (w[:, None] * X)
+            cov = np.linalg.inv(A)
+            coef = cov @ (X.T @ (w * Y[:, j]))
+            limit.append(coef[0]); slope.append(coef[1])
+            lim_err.append(np.sqrt(cov[0, 0])); slope_err.append(np.sqrt(cov[1, 1]))
+        out = [np.array(v) for v in (limit, lim_err, slope, slope_err)]
+    else:
+        if len(N) < 3:
+            raise ValueError("an unweighted fit needs at least 3 widths (or give stderr)")
+        coef, *_ = np.linalg.lstsq(X, Y, rcond=None)
+        resid = Y - X @ coef
+        dof = len(N) - 2
+        cov = np.linalg.inv(X.T @ X)
+        s2 = (resid**2).sum(0) / dof
+        out = [coef[0], np.sqrt(cov[0, 0] * s2), coef[1], np.sqrt(cov[1, 1] * s2)]
+    shape = y.shape[1:]
+    names = ("limit", "limit_stderr", "slope", "slope_stderr")
+    return {k: np.asarray(v).reshape(shape) for k, v in zip(names, out)}

@@ -1,0 +1,177 @@
+"""specdyn.theory.nonlinear.two_layer_monte_carlo against independent references.
+
+References: Gaussian closed forms of the kernels at t = 0 (arc-cosine kernels for ReLU,
+2-D Gauss-Hermite quadrature for tanh), and seed-averaged finite-width muP networks
+in plain NumPy (tests/nonlinear_oracle.py) at growing width.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from specdyn.config import RunConfig
+from specdyn.theory.nonlinear import two_layer_monte_carlo
+
+from nonlinear_oracle import simulate_mup
+
+P, D = 12, 6
+
+
+def _data(seed=7):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(P, D))
+    Y = np.tanh(X @ rng.normal(size=D) / np.sqrt(D))
+    return X, Y
+
+
+def _config(**kw):
+    base = dict(width=256, depth=1, input_dim=D, samples=P, activation="tanh", scaling="mup", gamma0=1.0,
+                eta0=1.0, steps=60, track_every=[0, 10, 30, 60], sigma=1.0)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def _gauss_pair_expectation(fn, kx, sigma, order=60):
+    """E[fn(u, v)] for (u, v) ~ N(0, sigma^2 [[k11, k12], [k12, k22]]) by Gauss-Hermite."""
+    z, wts = np.polynomial.hermite_e.hermegauss(order)
+    wts = wts / wts.sum()
+    lam, Q = np.linalg.eigh(sigma**2 * kx)
+    L = Q * np.sqrt(np.maximum(lam, 0.0))      # L L^T = covariance (also when singular)
+    Z1, Z2 = np.meshgrid(z, z, indexing="ij")
+    U = L[0, 0] * Z1 + L[0, 1] * Z2
+    V = L[1, 0] * Z1 + L[1, 1] * Z2
+    return float(np.sum(np.outer(wts, wts) * fn(U, V)))
+
+
+def test_initial_kernels_relu_closed_form():
+    X, Y = _data()
+    s_in, s_out = 1.3, 0.8
+    ds = two_layer_monte_carlo(_config(activation="relu", sigma=[s_in, s_out], steps=0, track_every=1), (X, Y),
+                               particles=1 << 13, replicas=16)
+    Kx = X @ X.T / D
+    d = np.sqrt(np.diag(Kx))
+    cos = np.clip(Kx / np.outer(d, d), -1, 1)
+    th = np.arccos(cos)
+    phi = s_in**2 * np.outer(d, d) / (2 * np.pi) * (np.sin(th) + (np.pi - th) * cos)
+    grad = s_out**2 * (np.pi - th) / (2 * np.pi)
+    for name, exact in (("feature_kernel", phi), ("gradient_kernel", grad)):
+        est = ds[name].isel(step=0).values
+        err = ds[name + "_stderr"].isel(step=0).values
+        assert np.all(np.abs(est - exact) < 5 * err + 1e-12), name
+    # antithetic sites: the output at initialization is exactly the limit value 0
+    assert np.allclose(ds.output.isel(step=0), 0.0, atol=1e-12)
+    assert float(ds.loss[0]) == pytest.approx(Y @ Y / (2 * P), rel=1e-12)
+
+
+def test_initial_kernels_tanh_quadrature():
+    X, Y = _data(3)
+    ds = two_layer_monte_carlo(_config(steps=0, track_every=1), (X, Y), particles=1 << 13, replicas=16)
+    Kx = X @ X.T / D
+    est, err = ds.feature_kernel.isel(step=0).values, ds.feature_kernel_stderr.isel(step=0).values
+    for mu, nu in [(0, 0), (0, 1), (2, 5), (7, 3)]:
+        k = Kx[np.ix_([mu, nu], [mu, nu])]
+        exact = _gauss_pair_expectation(lambda u, v: np.tanh(u) * np.tanh(v), k, 1.0)
+        assert abs(est[mu, nu] - exact) < 5 * err[mu, nu] + 1e-12
+
+
+def test_small_width_simulation_agrees():
+    X, Y = _data()
+    cfg = _config()
+    tr = cfg.tracked_steps()
+    th = two_layer_monte_carlo(cfg, (X, Y), particles=1 << 13, replicas=4)
+    runs = [simulate_mup(X, Y, 512, cfg.gamma0, cfg.eta0, cfg.steps, tr, s) for s in range(4)]
+    loss = np.mean([r["loss"][tr] for r in runs], 0)
+    assert np.all(np.abs(loss - th.loss.values) / th.loss.values < 0.1)
+    assert np.abs(np.mean([r["phi"] for r in runs], 0) - th.feature_kernel.values).max() < 0.05
+    sharp = np.mean([r["sharpness"] for r in runs], 0)
+    assert np.all(np.abs(sharp - th.normalized_sharpness.values) / th.normalized_sharpness.values < 0.05)
+
+
+def test_sampling_error_shrinks_with_particles():
+    X, Y = _data()
+    cfg = _config(steps=10, track_every=[0, 10])
+    small = two_layer_monte_carlo(cfg, (X, Y), particles=1 << 10, replicas=6)
+    large = two_layer_monte_carlo(cfg, (X, Y), particles=1 << 14, replicas=6)
+    # standard error ~ M^{-1/2}: 16x the sites -> about 4x smaller
+    ratio = float(small.loss_stderr[-1] / large.loss_stderr[-1])
+    assert 1.5 < ratio < 12
+
+
+@pytest.mark.parametrize("change, word", [
+    (dict(depth=2), "depth"), (dict(scaling="ntk"), "scaling"), (dict(online=True), "online"),
+    (dict(batch_size=4), "batch_size"), (dict(output_dim=2), "output_dim"),
+])
+def test_config_without_a_derived_limit_raises(change, word):
+    with pytest.raises(ValueError, match=word):
+        two_layer_monte_carlo(_config(**change), _data())
+
+
+def test_bad_arguments_raise():
+    X, Y = _data()
+    with pytest.raises(ValueError, match="particles"):
+        two_layer_monte_carlo(_config(), (X, Y), particles=1001)
+    with pytest.raises(ValueError, match="data Y"):
+        two_layer_monte_carlo(_config(), (X, Y[:-1]))
+    with pytest.raises(ValueError, match="finite"):
+        two_layer_monte_carlo(_config(), (X * np.nan, Y))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_finite_width_converges_to_the_monte_carlo_limit(activation):
+    X, Y = _data()
+    cfg = _config(activation=activation, steps=100, track_every=[0, 10, 30, 60, 100], eta0=0.5)
+    tr = cfg.tracked_steps()
+    th = two_layer_monte_carlo(cfg, (X, Y), particles=1 << 16, replicas=4)
+    tl, tsh = th.loss.values, th.normalized_sharpness.values
+    rms = []
+    widths, seeds = (256, 1024, 4096), 8
+    for N in widths:
+        runs = [simulate_mup(X, Y, N, cfg.gamma0, cfg.eta0, cfg.steps, tr, s, activation=activation)
+                for s in range(seeds)]
+        loss = np.array([r["loss"][tr] for r in runs])
+        rms.append(np.sqrt(np.mean(((loss - tl) / tl) ** 2)))
+        print(f"{activation} N={N}: seed-mean loss rel gap", np.round(np.abs(loss.mean(0) - tl) / tl, 4))
+    # at the largest width: loss and sharpness within a few percent, kernels within a few hundredths
+    assert np.all(np.abs(loss.mean(0) - tl) / tl < 0.03)
+    sharp = np.mean([r["sharpness"] for r in runs], 0)
+    assert np.all(np.abs(sharp - tsh) / tsh < 0.03)
+    assert np.abs(np.mean([r["phi"] for r in runs], 0) - th.feature_kernel.values).max() < 0.03
+    assert np.abs(np.mean([r["grad"] for r in runs], 0) - th.gradient_kernel.values).max() < 0.05
+    rate = np.polyfit(np.log(widths), np.log(rms), 1)[0]
+    print(f"{activation}: rms relative loss deviation {np.round(rms, 4)}, fitted rate N^{rate:.2f}")
+    assert rms[-1] < 0.5 * rms[0] and -0.9 < rate < -0.3, (rms, rate)
+
+
+# ---- extrapolation in 1/sqrt(N) ------------------------------------------------------
+
+def test_extrapolation_recovers_an_exact_law():
+    from specdyn.theory.nonlinear import extrapolate_width
+    N = np.array([256.0, 1024.0, 4096.0])
+    v = np.stack([2.0 + 3.0 / np.sqrt(N), -1.0 + 0.5 / np.sqrt(N)], axis=1)
+    fit = extrapolate_width(N, v, stderr=np.full_like(v, 0.01))
+    np.testing.assert_allclose(fit["limit"], [2.0, -1.0], atol=1e-12)
+    np.testing.assert_allclose(fit["slope"], [3.0, 0.5], atol=1e-10)
+    # with the weights, the limit's error bar is the linear-model one: check against statsmodels-free algebra
+    X = np.stack([np.ones(3), 1 / np.sqrt(N)], 1)
+    assert fit["limit_stderr"][0] == pytest.approx(0.01 * np.sqrt(np.linalg.inv(X.T @ X)[0, 0]))
+    with pytest.raises(ValueError, match="widths"):
+        extrapolate_width([100, 100], [1.0, 2.0], stderr=[0.1, 0.1])
+
+
+def test_extrapolation_of_simulated_outliers_hits_the_exact_limit():
+    # the proportional model has an exact limit: extrapolating its finite-size outliers
+    # in 1/sqrt(N) must land on it within the fitted uncertainty
+    from specdyn.theory.nonlinear import extrapolate_width
+    from specdyn.theory.proportional import proportional
+    from proportional_oracle import simulate_population
+    nu, g0, eta0, steps = 0.5, 5.0, 0.1, 12
+    exact = float(proportional(nu=nu, gamma0=g0, eta0=eta0, steps=steps, top_k=1)
+                  .singular_values.sel(layer="W0", rank=0)[-1])
+    sizes, seeds = np.array([100, 200, 400]), 6
+    means, errs = [], []
+    for D in sizes:
+        s = [simulate_population(int(D), nu, g0, eta0, steps, [steps], k, top_k=1)["sv"][0, 0] for k in range(seeds)]
+        means.append(np.mean(s)); errs.append(np.std(s, ddof=1) / np.sqrt(seeds))
+    fit = extrapolate_width(nu * sizes, np.array(means), stderr=np.array(errs))
+    assert abs(float(fit["limit"]) - exact) < 4 * float(fit["limit_stderr"])
