@@ -59,4 +59,21 @@ struct EngineOut {
 EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, int cap,
                         int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept);
 
+// Size of the largest group of consecutive values (sorted either way) whose
+// neighbours differ by at most gap.
+inline int largest_cluster(const std::vector<double>& v, double gap) {
+  int best = v.empty() ? 0 : 1, run = 1;
+  for (size_t i = 1; i < v.size(); ++i) {
+    run = (v[i] - v[i - 1] <= gap && v[i - 1] - v[i] <= gap) ? run + 1 : 1;
+    best = run > best ? run : best;
+  }
+  return best;
+}
+
+// AVX2 kernel of one panel of the fused sweep (lanczos_kernels.cpp): y (rows x b,
+// row-major) = M_p X and Z += M_p^T y. Returns false (doing nothing) when the
+// CPU lacks AVX2/FMA or b > 8.
+bool fused_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
+                     double* Z);
+
 }  // namespace specdyn::lanczos::detail
