@@ -188,7 +188,7 @@ def bench_warm(n, k, repeats, rel=1e-2, tol=1e-10):
     return out
 
 
-def bench_slq(n, repeats, probes=16, degree=64, bins=60):
+def bench_slq(n, repeats, probes=16, degree=48, bins=40):
     rng = np.random.default_rng(7)
     X = rng.standard_normal((n, n)) / np.sqrt(n)  # X^T X is Wishart with ratio 1: MP law on [0, 4]
     grid = np.linspace(0.0, 4.2, bins + 1)
@@ -223,7 +223,7 @@ def main(argv=None):
         "bandwidth": bench_bandwidth(sizes[-1], [1, 2, 4, 8, 12], repeats, bw),
         "topk": bench_topk(sizes, ks, repeats, svd_sizes),
         "warm_start": bench_warm(nwarm, 10, repeats),
-        "slq": bench_slq(nslq, repeats),
+        "slq": bench_slq(nslq, repeats, probes=16, degree=48, bins=40),
     }
     result["bandwidth_after"] = memory_bandwidth()
     out_path.parent.mkdir(parents=True, exist_ok=True)

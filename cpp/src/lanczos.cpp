@@ -174,7 +174,8 @@ EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, 
     }
     bool conv = !sel.empty();
     for (int i : sel) conv = conv && accept(theta[i], res[i], out.norm);
-    if (conv || out.passes >= max_passes) {
+    // (The pass cap never stops the solver before the basis holds the wanted count.)
+    if (conv || (out.passes >= max_passes && na >= want)) {
       out.converged = conv;
       if (sel.empty()) {  // ran out of passes before the basis held k vectors
         for (int i = 0; i < std::min(na, want); ++i) sel.push_back(na - 1 - i);

@@ -70,9 +70,9 @@ inline int largest_cluster(const std::vector<double>& v, double gap) {
   return best;
 }
 
-// AVX2 kernel of one panel of the fused sweep (lanczos_kernels.cpp): y (rows x b,
-// row-major) = M_p X and Z += M_p^T y. Returns false (doing nothing) when the
-// CPU lacks AVX2/FMA or b > 8.
+// Vectorized kernel of one panel of the fused sweep (lanczos_kernels.cpp): y
+// (rows x b, row-major) = M_p X and Z += M_p^T y. AVX-512 or AVX2/FMA for
+// b <= 8; returns false (doing nothing) otherwise.
 bool fused_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
                      double* Z);
 
