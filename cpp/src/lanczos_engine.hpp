@@ -75,5 +75,15 @@ inline int largest_cluster(const std::vector<double>& v, double gap) {
 // b <= 8; returns false (doing nothing) otherwise.
 bool fused_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
                      double* Z);
+// The float version (AVX2/FMA, b <= 4).
+bool fused_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y, float* Z);
+inline bool fused_panel(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
+                        double* Z) {
+  return fused_panel_f64(M, ld, rows, c, X, b, y, Z);
+}
+inline bool fused_panel(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y,
+                        float* Z) {
+  return fused_panel_f32(M, ld, rows, c, X, b, y, Z);
+}
 
 }  // namespace specdyn::lanczos::detail

@@ -59,7 +59,7 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
   static const bool no_kernel = std::getenv("SPECDYN_NO_KERNEL") != nullptr;
   // One panel: Y_p = M_p X, then Z += M_p^T Y_p while M_p is in cache.
   auto panel = [&](int64_t i0, int64_t rows, T* z, std::vector<T>& ybuf) {
-    if constexpr (std::is_same_v<T, double>) {
+    {
       // Wider blocks run as chunks of <= 4 columns over the cached panel: the
       // vectorized kernel beats OpenBLAS's packing on such skinny products.
       if (!no_kernel) {
@@ -73,7 +73,7 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
         bool done = true;
         for (int j0 = 0; j0 < b && done; j0 += w) {
           const int bc = std::min(w, b - j0);
-          done = detail::fused_panel_f64(M + i0 * ld, ld, rows, c, X + at(0, j0, c), bc, ybuf.data(), z + at(0, j0, c));
+          done = detail::fused_panel(M + i0 * ld, ld, rows, c, X + at(0, j0, c), bc, ybuf.data(), z + at(0, j0, c));
           if (done && Y)
             for (int64_t i = 0; i < rows; ++i)
               for (int j = 0; j < bc; ++j) Y[at(i0 + i, j0 + j, r)] = ybuf[static_cast<size_t>(i) * bc + j];
