@@ -310,3 +310,22 @@ def test_spectral_density_bad_input():
         specdyn.spectral_density(X, [0, 1], probes=0)
     with pytest.raises(ValueError, match="n "):
         specdyn.spectral_density(lambda Z: Z, [0, 1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS[:3])
+def test_top_singular_large(kind):
+    A = spiked(2500, 1800, 20, kind, 3)
+    s, U, V, info = specdyn.top_singular(A, 20)
+    assert info["converged"]
+    check_triplets(A, s, U, V, 20, 1e-10)
+
+
+@pytest.mark.slow
+def test_spectral_density_slq_large():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((2048, 2048)) / np.sqrt(2048)
+    grid = np.linspace(0, 4.2, 41)
+    d, e = specdyn.spectral_density(X, grid, probes=32, degree=64)
+    de, _ = specdyn.spectral_density(X, grid, method="exact")
+    assert np.sum(np.abs(d - de) * np.diff(grid)) < 0.05
