@@ -219,7 +219,7 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
   // larger than b are caught after convergence (see below).
   const int b_cold = opt.block > 0 ? opt.block : (k <= 2 ? 1 : 2);
   int b = b_cold;
-  if (v0 && k0 > 0) b = std::max(b, std::min(k0 + (k0 >= 4 ? 2 : 1), 64));  // room for fresh directions
+  if (v0 && k0 > 0 && opt.block <= 0) b = std::max(b, std::min(k0 + (k0 >= 4 ? 2 : 1), 64));  // + fresh directions
   auto capacity = [&](int bb) {
     const int cp = opt.max_basis > 0 ? opt.max_basis : k + std::max(6 * bb, std::max(k, 24));
     return std::max(cp, k + 3 * bb);
