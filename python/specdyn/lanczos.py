@@ -221,13 +221,16 @@ def top_eigs(op, n: int | None = None, k: int = 1, which: str = "largest", tol: 
     return vals, vecs, info
 
 
-def _cdf_from_quadrature(nodes: np.ndarray, weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+def _cdf_from_quadrature(nodes: np.ndarray, weights: np.ndarray, x: np.ndarray,
+                         lower: float | None = None) -> np.ndarray:
     """Cumulative distribution of one Gauss quadrature rule at points x.
 
     The true spectral CDF passes through each jump of the quadrature's step
     function (Chebyshev-Markov-Stieltjes), so it is interpolated linearly
     through the jump midpoints, and reaches 0 and 1 half a node spacing
-    outside the extreme nodes.
+    outside the extreme nodes -- but not below ``lower`` when the spectrum is
+    known to be bounded there (0 for squared singular values: without it a
+    hard edge at 0 leaks mass to negative values).
     """
     keep = weights > 0
     t, w = nodes[keep], weights[keep]
@@ -237,13 +240,15 @@ def _cdf_from_quadrature(nodes: np.ndarray, weights: np.ndarray, x: np.ndarray) 
         return (x >= t[0]).astype(np.float64)
     mid = np.cumsum(w) - 0.5 * w
     lo = t[0] - 0.5 * (t[1] - t[0])
+    if lower is not None:
+        lo = min(max(lo, lower), t[0])
     hi = t[-1] + 0.5 * (t[-1] - t[-2])
     xs = np.concatenate([[lo], t, [hi]])
     cs = np.concatenate([[0.0], mid, [1.0]])
     return np.interp(x, xs, cs, left=0.0, right=1.0)
 
 
-def spectral_density(A, grid, method: str = "slq", probes: int = 16, degree: int = 64, seed: int = 0, *,
+def spectral_density(A, grid, method: str = "slq", probes: int = 16, degree: int = 48, seed: int = 0, *,
                      spectrum: str = "auto", n: int | None = None):
     """Spectral density on a grid of bin edges.
 
@@ -280,6 +285,7 @@ def spectral_density(A, grid, method: str = "slq", probes: int = 16, degree: int
     degree = v.integer("degree", degree, 1, 100_000)
     seed = v.integer("seed", seed, 0, 2**64 - 1)
     widths = np.diff(grid)
+    lower = None  # known lower bound of the spectrum
     if callable(A) and not isinstance(A, np.ndarray):
         if spectrum == "squared_singular_values":
             raise ValueError("spectrum='squared_singular_values' needs an array A, not a callable")
@@ -308,9 +314,10 @@ def spectral_density(A, grid, method: str = "slq", probes: int = 16, degree: int
             else:
                 fn = _core.slq_gram_f64 if M.dtype == np.float64 else _core.slq_gram_f32
                 nodes, weights = fn(M, probes, degree, seed)
+                lower = 0.0
         if method == "exact":
             return np.histogram(vals, bins=grid)[0] / (vals.size * widths), np.zeros(widths.size)
-    per_probe = np.stack([np.diff(_cdf_from_quadrature(nodes[p], weights[p], grid)) / widths
+    per_probe = np.stack([np.diff(_cdf_from_quadrature(nodes[p], weights[p], grid, lower)) / widths
                           for p in range(nodes.shape[0])])
     density = per_probe.mean(axis=0)
     error = per_probe.std(axis=0, ddof=1) / np.sqrt(per_probe.shape[0]) if per_probe.shape[0] > 1 \
