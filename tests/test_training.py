@@ -183,7 +183,7 @@ def test_teacher_is_linear_and_continues_online():
 
 _RUN_SNIPPET = """
 import sys, numpy as np, specdyn
-cfg = specdyn.RunConfig(width=96, depth=3, input_dim=16, samples=48, steps=8, activation='tanh',
+cfg = specdyn.RunConfig(width=288, depth=3, input_dim=16, samples=48, steps=8, activation='tanh',
                         track_every=4, top_k=3, batch_size=int(sys.argv[2]) if len(sys.argv) > 2 else None,
                         bulk_steps=[8], track_hessian=True)
 ds = specdyn.simulate(cfg)
