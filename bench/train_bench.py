@@ -175,16 +175,21 @@ def main():
                 row["ratio_vs_torch"] = row["specdyn_ms"] / row["torch_ms"]
             row["specdyn_gflops"] = row["gflop_per_step"] / row["specdyn_ms"] * 1e3
             # tracking: top-4 singular values of every layer's normalized matrix at every step
+            # (default tolerance of the dtype, and a loose "live" tolerance 1e-4 of ||A||)
             track = dict(track_spectra=True, track_sharpness=False, track_overlaps=False, track_delta=False)
             row["tracked_ms"] = specdyn_steps(cfg.replace(track_every=1), X, Y, steps, 2, **track)
             row["tracking_overhead"] = row["tracked_ms"] / row["specdyn_ms"] - 1.0
+            row["tracked_live_ms"] = specdyn_steps(cfg.replace(track_every=1, svd_tol=1e-4), X, Y, steps, 2, **track)
+            row["tracking_overhead_live"] = row["tracked_live_ms"] / row["specdyn_ms"] - 1.0
             results["cases"].append(row)
             print(f"{dtype} {act:6s} specdyn {row['specdyn_ms']:7.1f} ms  numpy {row['numpy_ms']:7.1f}  "
                   f"torch {row.get('torch_ms', float('nan')):7.1f}  ratio {row['ratio_vs_faster_peer']:.2f}  "
-                  f"tracked {row['tracked_ms']:7.1f} ms (+{100 * row['tracking_overhead']:.1f}%)", flush=True)
+                  f"tracked {row['tracked_ms']:7.1f} ms (+{100 * row['tracking_overhead']:.1f}%), "
+                  f"tol 1e-4: +{100 * row['tracking_overhead_live']:.1f}%", flush=True)
     results["goals"] = {"step_ratio_max": 0.9, "tracking_overhead_max": 0.10,
                         "step_ratio_met": all(r["ratio_vs_faster_peer"] <= 0.9 for r in results["cases"]),
-                        "tracking_overhead_met": all(r["tracking_overhead"] <= 0.10 for r in results["cases"])}
+                        "tracking_overhead_met": all(r["tracking_overhead"] <= 0.10 for r in results["cases"]),
+                        "tracking_overhead_live_met": all(r["tracking_overhead_live"] <= 0.10 for r in results["cases"])}
     out = Path(ARGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -159,7 +159,7 @@ Trainer<T>::Trainer(const TrainSpec& spec, const T* X, const T* Y) : spec_(spec)
   if (spec_.bulk_bins < 1) throw std::invalid_argument("nets: bulk_bins must be >= 1");
   std::sort(spec_.tracked_steps.begin(), spec_.tracked_steps.end());
   std::sort(spec_.bulk_steps.begin(), spec_.bulk_steps.end());
-  if (spec_.svd_tol <= 0) spec_.svd_tol = sizeof(T) == 8 ? 1e-8 : 1e-5;
+  if (spec_.svd_tol <= 0) spec_.svd_tol = sizeof(T) == 8 ? 1e-8 : 1e-4;
   X_.assign(X, X + spec_.samples * a.input_dim);
   Y_.assign(Y, Y + spec_.samples * a.output_dim);
   W_.resize(nl);

@@ -86,6 +86,7 @@ def build_trainer(cfg: RunConfig, data=None, **flags):
     spec.track_beta = _has_beta_f(cfg)
     spec.bulk_bins = cfg.bulk_bins
     spec.divergence_bound = cfg.divergence_bound
+    spec.svd_tol = 0.0 if cfg.svd_tol is None else cfg.svd_tol  # 0: chosen by dtype in C++
     for key, value in flags.items():
         setattr(spec, key, value)
     dt = np.dtype(cfg.dtype)
