@@ -182,6 +182,9 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     weights non-finite, or loss > divergence_bound) stops: attrs ``status`` =
     "diverged", ``diverged_step``; later values are NaN.
     In online mode the loss is measured on the P samples of the evaluation set.
+    Spectra of layers whose smaller side is >= 32 come from warm-started
+    Lanczos with residual tolerance ``config.svd_tol`` (relative to ||A||);
+    smaller layers from LAPACK.
     """
     import xarray as xr
 
