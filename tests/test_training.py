@@ -3,7 +3,6 @@ and LAPACK, SGD/GD identity, reproducibility across thread counts,
 divergence, checkpoint/resume and bad input."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
