@@ -20,7 +20,7 @@ from .parameterization import scales
 
 # NTK Grams beyond this many rows (samples x outputs) would need more memory
 # than a tracked measurement should take.
-MAX_GRAM_ROWS = 8192
+MAX_GRAM_ROWS = 4096
 
 _RECORD_KEYS = ("loss", "normalized_sharpness", "hessian_top", "singular_values", "delta_singular_values",
                 "overlap_input", "overlap_backward", "weight_norm", "beta_f", "bulk_counts", "bulk_edges")
