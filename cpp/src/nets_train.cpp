@@ -54,8 +54,7 @@ double frobenius(const T* A, int64_t n) {
   constexpr int kChunks = 64;
   double part[kChunks];
   const int64_t len = (n + kChunks - 1) / kChunks;
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
-  for (int c = 0; c < kChunks; ++c) {
+  for (int c = 0; c < kChunks; ++c) {  // serial: see the note on elementwise passes in nets.cpp
     const int64_t lo = std::min<int64_t>(n, c * len), hi = std::min<int64_t>(n, lo + len);
     double acc = 0;
     for (int64_t i = lo; i < hi; ++i) acc += static_cast<double>(A[i]) * static_cast<double>(A[i]);
@@ -389,7 +388,6 @@ void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
         const T* w = W_[l].data();
         const T* w0 = W0_[l].data();
         T* d = scratch_.data();
-#pragma omp parallel for schedule(static) if (sz > (1 << 16))
         for (int64_t i = 0; i < sz; ++i) d[i] = w[i] - w0[i];
         top_singular(l, d, true, ti);
       }
