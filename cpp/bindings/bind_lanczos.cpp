@@ -1,4 +1,198 @@
-// Placeholder until the lanczos concern lands; replaced by its bindings.
+// Bindings of the lanczos concern: conversions only. Arguments are validated
+// in python/specdyn/lanczos.py before these run; the checks here only guard
+// against misuse of the private entry points.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <stdexcept>
+
+#include "specdyn/blas.hpp"
+#include "specdyn/lanczos.hpp"
+#include "../src/lanczos_engine.hpp"
+
 namespace py = pybind11;
-void bind_lanczos(py::module_&) {}
+using namespace specdyn;
+using lanczos::Info;
+using lanczos::MatMat;
+using lanczos::Options;
+
+namespace {
+
+py::dict info_dict(const Info& i) {
+  py::dict d;
+  d["iterations"] = i.iterations;
+  d["restarts"] = i.restarts;
+  d["matrix_passes"] = i.matrix_passes;
+  d["converged"] = i.converged;
+  d["residuals"] = py::array_t<double>(static_cast<py::ssize_t>(i.residuals.size()), i.residuals.data());
+  d["norm_estimate"] = i.norm_estimate;
+  d["tol"] = i.tol_used;
+  d["block"] = i.block;
+  d["dense"] = i.dense;
+  return d;
+}
+
+Options make_options(double tol, int block, int max_passes, int max_basis, uint64_t seed) {
+  Options o;
+  o.tol = tol;
+  o.block = block;
+  o.max_passes = max_passes;
+  o.max_basis = max_basis;
+  o.seed = seed;
+  return o;
+}
+
+template <class T>
+py::array_t<T> fortran(const std::vector<T>& v, int64_t rows, int64_t cols) {
+  py::array_t<T, py::array::f_style> a({rows, cols});
+  if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), sizeof(T) * v.size());
+  return a;
+}
+
+template <class T>
+py::tuple top_singular(py::array A, int k, double tol, int block, int max_passes, int max_basis, uint64_t seed,
+                       py::object v0) {
+  if (A.ndim() != 2 || !py::isinstance<py::array_t<T>>(A)) throw py::value_error("A: wrong dtype or ndim");
+  const bool row_major = A.flags() & py::array::c_style;
+  if (!row_major && !(A.flags() & py::array::f_style)) throw py::value_error("A must be C or Fortran contiguous");
+  const int64_t n = A.shape(0), m = A.shape(1);
+  const T* pa = static_cast<const T*>(A.data());
+  py::array_t<T, py::array::f_style | py::array::forcecast> w;
+  const T* pw = nullptr;
+  int k0 = 0;
+  if (!v0.is_none()) {
+    w = py::array_t<T, py::array::f_style | py::array::forcecast>::ensure(v0);
+    if (!w || w.ndim() != 2 || w.shape(0) != m) throw py::value_error("v0 must have shape (m, k0)");
+    pw = w.data();
+    k0 = static_cast<int>(w.shape(1));
+  }
+  lanczos::Triplets<T> t;
+  {
+    py::gil_scoped_release nogil;
+    t = lanczos::top_singular<T>(pa, n, m, row_major, k, make_options(tol, block, max_passes, max_basis, seed), pw,
+                                 k0);
+  }
+  py::array_t<double> s(static_cast<py::ssize_t>(t.s.size()), t.s.data());
+  return py::make_tuple(s, fortran(t.U, n, k), fortran(t.V, m, k), info_dict(t.info));
+}
+
+// A Python callable X (n, b) -> Y (n, b) as a MatMat; holds the GIL only
+// while Python runs. Shape errors raise ValueError.
+MatMat wrap_callable(py::function f, int64_t n) {
+  return [f, n](const double* X, double* Y, int b) {
+    py::gil_scoped_acquire gil;
+    py::array_t<double, py::array::f_style> x({n, static_cast<int64_t>(b)});
+    std::memcpy(x.mutable_data(), X, sizeof(double) * static_cast<size_t>(n) * b);
+    py::object r = f(x);
+    auto y = py::array_t<double, py::array::f_style | py::array::forcecast>::ensure(r);
+    if (!y || y.size() != n * b || y.ndim() < 1 || y.shape(0) != n)
+      throw py::value_error("op must return an array of shape (n, b) for an (n, b) input");
+    std::memcpy(Y, y.data(), sizeof(double) * static_cast<size_t>(n) * b);
+  };
+}
+
+MatMat wrap_dense(const double* A, int64_t n) {
+  return [A, n](const double* X, double* Y, int b) {
+    blas::gemm(blas::Op::N, blas::Op::N, static_cast<int>(n), b, static_cast<int>(n), 1.0, A, static_cast<int>(n), X,
+               static_cast<int>(n), 0.0, Y, static_cast<int>(n));
+  };
+}
+
+py::tuple eigs_result(const lanczos::Eigs& e, int64_t n) {
+  py::array_t<double> vals(static_cast<py::ssize_t>(e.values.size()), e.values.data());
+  return py::make_tuple(vals, fortran(e.vectors, n, static_cast<int64_t>(e.values.size())), info_dict(e.info));
+}
+
+py::tuple top_eigs_impl(const MatMat& op, int64_t n, int k, bool both, double tol, int block, int max_passes,
+                        int max_basis, uint64_t seed, py::object v0) {
+  py::array_t<double, py::array::f_style | py::array::forcecast> w;
+  const double* pw = nullptr;
+  int k0 = 0;
+  if (!v0.is_none()) {
+    w = py::array_t<double, py::array::f_style | py::array::forcecast>::ensure(v0);
+    if (!w || w.ndim() != 2 || w.shape(0) != n) throw py::value_error("v0 must have shape (n, k0)");
+    pw = w.data();
+    k0 = static_cast<int>(w.shape(1));
+  }
+  lanczos::Eigs e;
+  {
+    py::gil_scoped_release nogil;
+    e = lanczos::top_eigs(op, n, k, both ? lanczos::Which::Both : lanczos::Which::Largest,
+                          make_options(tol, block, max_passes, max_basis, seed), pw, k0);
+  }
+  return eigs_result(e, n);
+}
+
+py::tuple quadrature(const lanczos::Quadrature& q) {
+  return py::make_tuple(fortran(q.nodes, q.degree, q.probes).attr("T"), fortran(q.weights, q.degree, q.probes).attr("T"));
+}
+
+template <class T>
+py::tuple slq_gram(py::array A, int probes, int degree, uint64_t seed) {
+  if (A.ndim() != 2 || !py::isinstance<py::array_t<T>>(A)) throw py::value_error("A: wrong dtype or ndim");
+  const bool row_major = A.flags() & py::array::c_style;
+  if (!row_major && !(A.flags() & py::array::f_style)) throw py::value_error("A must be C or Fortran contiguous");
+  const int64_t n = A.shape(0), m = A.shape(1);
+  lanczos::Quadrature q;
+  {
+    py::gil_scoped_release nogil;
+    lanczos::detail::BlasThreads one(1);
+    auto op = lanczos::gram_operator<T>(static_cast<const T*>(A.data()), n, m, row_major);
+    q = lanczos::slq(op, lanczos::gram_dim(n, m), probes, degree, seed);
+  }
+  return quadrature(q);
+}
+
+}  // namespace
+
+void bind_lanczos(py::module_& m) {
+  m.def("top_singular_f64", &top_singular<double>, py::arg("A"), py::arg("k"), py::arg("tol"), py::arg("block"),
+        py::arg("max_passes"), py::arg("max_basis"), py::arg("seed"), py::arg("v0") = py::none());
+  m.def("top_singular_f32", &top_singular<float>, py::arg("A"), py::arg("k"), py::arg("tol"), py::arg("block"),
+        py::arg("max_passes"), py::arg("max_basis"), py::arg("seed"), py::arg("v0") = py::none());
+  m.def(
+      "top_eigs_dense",
+      [](py::array_t<double, py::array::f_style> A, int k, bool both, double tol, int block, int max_passes,
+         int max_basis, uint64_t seed, py::object v0) {
+        if (A.ndim() != 2 || A.shape(0) != A.shape(1)) throw py::value_error("A must be square");
+        return top_eigs_impl(wrap_dense(A.data(), A.shape(0)), A.shape(0), k, both, tol, block, max_passes, max_basis,
+                             seed, v0);
+      },
+      py::arg("A"), py::arg("k"), py::arg("both"), py::arg("tol"), py::arg("block"), py::arg("max_passes"),
+      py::arg("max_basis"), py::arg("seed"), py::arg("v0") = py::none());
+  m.def(
+      "top_eigs_op",
+      [](py::function f, int64_t n, int k, bool both, double tol, int block, int max_passes, int max_basis,
+         uint64_t seed, py::object v0) {
+        return top_eigs_impl(wrap_callable(f, n), n, k, both, tol, block, max_passes, max_basis, seed, v0);
+      },
+      py::arg("op"), py::arg("n"), py::arg("k"), py::arg("both"), py::arg("tol"), py::arg("block"),
+      py::arg("max_passes"), py::arg("max_basis"), py::arg("seed"), py::arg("v0") = py::none());
+  m.def("slq_gram_f64", &slq_gram<double>, py::arg("A"), py::arg("probes"), py::arg("degree"), py::arg("seed"));
+  m.def("slq_gram_f32", &slq_gram<float>, py::arg("A"), py::arg("probes"), py::arg("degree"), py::arg("seed"));
+  m.def(
+      "slq_dense",
+      [](py::array_t<double, py::array::f_style> A, int probes, int degree, uint64_t seed) {
+        lanczos::Quadrature q;
+        {
+          py::gil_scoped_release nogil;
+          q = lanczos::slq(wrap_dense(A.data(), A.shape(0)), A.shape(0), probes, degree, seed);
+        }
+        return quadrature(q);
+      },
+      py::arg("A"), py::arg("probes"), py::arg("degree"), py::arg("seed"));
+  m.def(
+      "slq_op",
+      [](py::function f, int64_t n, int probes, int degree, uint64_t seed) {
+        lanczos::Quadrature q;
+        {
+          py::gil_scoped_release nogil;
+          q = lanczos::slq(wrap_callable(f, n), n, probes, degree, seed);
+        }
+        return quadrature(q);
+      },
+      py::arg("op"), py::arg("n"), py::arg("probes"), py::arg("degree"), py::arg("seed"));
+}

@@ -2,6 +2,19 @@
 //  * block Golub-Kahan-Lanczos for the top-k singular triplets of a dense matrix,
 //  * block Lanczos for the extreme eigenpairs of a symmetric operator (matvecs),
 //  * stochastic Lanczos quadrature (SLQ) for spectral densities.
+//
+// All three share one thick-restart block Lanczos engine with full (CGS2)
+// reorthogonalization; the Krylov basis and the small projected problems are
+// kept in double whatever the matrix dtype.
+//
+// Singular triplets: the Krylov space of Golub-Kahan-Lanczos with start block
+// V1 is K(A^T A, V1), so the solver runs block Lanczos on the Gram operator
+// A^T A (or A A^T, whichever can be applied in ONE sweep over the stored
+// matrix: row panels of a row-major M give M^T (M X) with each panel read once).
+// A block step therefore reads A once instead of twice. The answer is then
+// certified by an explicit pass: every returned triplet satisfies
+// ||A v - s u|| <= tol ||A|| and ||A^T u - s v|| <= tol ||A|| (computed, not
+// estimated), else Info::converged is false.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -20,14 +33,21 @@ struct Options {
 struct Info {
   int iterations = 0;          // block steps
   int restarts = 0;
-  int64_t matrix_passes = 0;   // reads of the whole matrix
+  int64_t matrix_passes = 0;   // reads of the whole matrix (a fused A^T(A X) sweep counts once)
   bool converged = false;
-  std::vector<double> residuals;  // final residual norm of each returned triplet
+  std::vector<double> residuals;  // final residual norm of each returned triplet / eigenpair
+  double norm_estimate = 0;    // ||A|| (or max |eigenvalue|) estimate the tolerance is relative to
+  double tol_used = 0;         // the tolerance applied (float32 matrices floor it, see top_singular)
+  int block = 0;               // block size used
+  bool dense = false;          // true when the problem was small enough for a direct LAPACK solve
 };
 
 // Top-k singular triplets of the dense n x m matrix A (row-major when
 // row_major, else column-major; no copy). s descending; U is n x k and V is
 // m x k, both column-major. v0 (m x k0, column-major) warm-starts the right block.
+// For float matrices the tolerance is floored at 1e-4 (products accumulate in float,
+// and the Gram operator squares their rounding error).
+// Throws std::invalid_argument on k outside [1, min(n, m)].
 template <class T>
 struct Triplets {
   std::vector<double> s;
@@ -45,21 +65,44 @@ using MatMat = std::function<void(const double* X, double* Y, int b)>;
 enum class Which { Largest, Both };
 
 struct Eigs {
-  std::vector<double> values;   // Largest: k descending. Both: k largest then k smallest ascending? see impl
-  std::vector<double> vectors;  // n x (#values), column-major
+  // Largest: the k largest (algebraic) eigenvalues, descending.
+  // Both: the k largest descending, then the k smallest ascending (2k values).
+  std::vector<double> values;
+  std::vector<double> vectors;  // n x (#values), column-major, same order as values
   Info info;
 };
 
+// Extreme eigenpairs of a symmetric operator. Residuals ||Op x - lambda x|| of
+// the returned pairs are computed explicitly (one extra application of Op to
+// the returned block) and certified <= tol * max|lambda|.
 Eigs top_eigs(const MatMat& op, int64_t n, int k, Which which, const Options& opt,
               const double* v0 = nullptr, int k0 = 0);
 
 // Stochastic Lanczos quadrature of a symmetric operator: for each probe the
 // Ritz values (nodes) and squared first components (weights, summing to 1).
+// The probes run as independent Lanczos recurrences in lockstep, so the
+// operator is applied to a block of `probes` vectors per step (one pass).
+// A probe whose recurrence terminates early (invariant subspace) pads its row
+// with zero weights.
 struct Quadrature {
   std::vector<double> nodes, weights;  // probes x degree, row per probe
   int probes = 0, degree = 0;
 };
 
 Quadrature slq(const MatMat& op, int64_t n, int probes, int degree, uint64_t seed);
+
+// The Gram operator of a dense n x m matrix on its smaller side: A^T A (m x m)
+// when m <= n, else A A^T (n x n); dimension via gram_dim. Applied in one fused
+// sweep over A where the layout allows it, else in two BLAS-3 passes.
+// The returned callable keeps a pointer to A: A must outlive it.
+template <class T>
+MatMat gram_operator(const T* A, int64_t n, int64_t m, bool row_major);
+inline int64_t gram_dim(int64_t n, int64_t m) { return m <= n ? m : n; }
+
+// Y = M X (r x b) and Z = M^T Y (c x b) for a row-major r x c matrix M (leading
+// dimension ld), in one sweep over row panels of M (OpenMP over panels). Y may be
+// null when only Z is wanted. X is c x b, all column-major.
+template <class T>
+void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z);
 
 }  // namespace specdyn::lanczos

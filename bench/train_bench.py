@@ -1,0 +1,195 @@
+"""Training-step benchmark: specdyn against PyTorch CPU and plain NumPy.
+
+Same model for every implementation: an MLP with L = 3 hidden layers,
+N = 2048, D = 256, P = 512 (full-batch GD on MSE, muP multipliers), tanh and
+linear, float32 and float64, all in one run on the same number of threads.
+Reports ms per step and ratios against the faster peer, and the overhead of
+tracking the top-4 singular values of every hidden layer at every step
+(warm-started Lanczos) as a fraction of the plain step.
+
+    python bench/train_bench.py            # full (integrator)
+    python bench/train_bench.py --quick    # few steps, for a shared machine
+
+Writes bench/results/train.json. Timings on a loaded machine are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def parse():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="few timed steps (shared machines)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for every implementation")
+    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--input-dim", type=int, default=256)
+    ap.add_argument("--samples", type=int, default=512)
+    ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
+    ap.add_argument("--no-torch", action="store_true")
+    return ap.parse_args()
+
+
+ARGS = parse()
+# Thread counts must be fixed before NumPy/torch/OpenBLAS start their pools.
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = str(ARGS.threads)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+
+import numpy as np  # noqa: E402
+
+import specdyn  # noqa: E402
+from specdyn import _core  # noqa: E402
+from specdyn.config import RunConfig  # noqa: E402
+from specdyn.parameterization import scales  # noqa: E402
+from specdyn.training import build_trainer  # noqa: E402
+
+
+def gflop_per_step(cfg: RunConfig) -> float:
+    N, D, P, L = cfg.width, cfg.input_dim, cfg.samples, cfg.depth
+    fwd = 2 * P * (N * D + (L - 1) * N * N + N * cfg.output_dim)
+    # backward: weight gradients (same as forward) + signals (all but the first layer)
+    bwd = fwd + 2 * P * ((L - 1) * N * N + N * cfg.output_dim)
+    return (fwd + bwd) / 1e9
+
+
+def timed(step, steps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t) / steps * 1e3
+
+
+def numpy_peer(cfg: RunConfig, X, Y):
+    """The same GD step in plain NumPy (fused in-place update, no autograd)."""
+    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
+    dt = np.dtype(cfg.dtype)
+    rng = np.random.default_rng(0)
+    W = [rng.normal(0, l.init_std, (l.fan_out, l.fan_in)).astype(dt) for l in sc.layers]
+    X, Y = X.astype(dt), Y.astype(dt)
+    m = [dt.type(v) for v in sc.multipliers]
+    lr, P, L = dt.type(sc.learning_rate), cfg.samples, cfg.depth
+    tanh = cfg.activation == "tanh"
+
+    def step():
+        hs = [X]
+        for l in range(L + 1):
+            z = hs[-1] @ W[l].T
+            z *= m[l]
+            if l < L and tanh:
+                np.tanh(z, out=z)
+            hs.append(z)
+        e = hs[-1] - Y
+        e *= dt.type(1.0 / P)
+        for l in range(L, -1, -1):
+            g = e.T @ hs[l]
+            if l > 0:
+                e = e @ W[l]
+                e *= m[l]
+                if tanh:
+                    e *= 1 - hs[l] ** 2
+            W[l] -= (lr * m[l]) * g
+    return step
+
+
+def torch_peer(cfg: RunConfig, X, Y):
+    import torch
+
+    torch.set_num_threads(ARGS.threads)
+    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
+    dt = torch.float64 if cfg.dtype == "float64" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    W = [(torch.randn(l.fan_out, l.fan_in, generator=g, dtype=dt) * l.init_std).requires_grad_(True)
+         for l in sc.layers]
+    Xt, Yt = torch.as_tensor(X, dtype=dt), torch.as_tensor(Y, dtype=dt)
+    m, lr, L, P = sc.multipliers, sc.learning_rate, cfg.depth, cfg.samples
+    phi = torch.tanh if cfg.activation == "tanh" else (lambda z: z)
+
+    def step():
+        h = Xt
+        for l in range(L + 1):
+            h = m[l] * (h @ W[l].T)
+            if l < L:
+                h = phi(h)
+        loss = ((h - Yt) ** 2).sum() / (2 * P)
+        loss.backward()
+        with torch.no_grad():
+            for w in W:
+                w -= lr * w.grad
+                w.grad = None
+    return step
+
+
+def specdyn_steps(cfg: RunConfig, X, Y, steps: int, warmup: int, **flags) -> float:
+    """ms per step of the native loop over `steps` steps (after `warmup` steps)."""
+    total = warmup + steps
+    trainer, _ = build_trainer(cfg.replace(steps=total + 1), (X, Y), **flags)
+    trainer.run(warmup)
+    t = time.perf_counter()
+    trainer.run(total)
+    return (time.perf_counter() - t) / steps * 1e3
+
+
+def main():
+    quick = ARGS.quick
+    steps = ARGS.steps or (2 if quick else 10)
+    _core.set_blas_threads(ARGS.threads)
+    _core.set_omp_threads(ARGS.threads)
+    results = {"model": dict(depth=ARGS.depth, width=ARGS.width, input_dim=ARGS.input_dim, samples=ARGS.samples,
+                             scaling="mup"),
+               "threads": ARGS.threads, "quick": quick, "timed_steps": steps, "info": specdyn.info(),
+               "machine": platform.platform(), "cases": []}
+    try:
+        import torch
+        results["torch"] = torch.__version__
+        have_torch = not ARGS.no_torch
+    except ImportError:
+        have_torch = False
+    for dtype in ("float32", "float64"):
+        for act in ("tanh", "linear"):
+            cfg = RunConfig(width=ARGS.width, depth=ARGS.depth, input_dim=ARGS.input_dim, samples=ARGS.samples,
+                            activation=act, scaling="mup", gamma0=1.0, eta0=0.05, steps=steps + 2, dtype=dtype,
+                            track_sharpness=False, top_k=4)
+            X, Y = specdyn.data.teacher(cfg.samples, cfg.input_dim)
+            row = {"dtype": dtype, "activation": act, "gflop_per_step": gflop_per_step(cfg)}
+            # plain step: tracking only at the first and the last step (loss), no spectra
+            never = dict(track_spectra=False, track_sharpness=False, track_overlaps=False, track_delta=False)
+            row["specdyn_ms"] = specdyn_steps(cfg.replace(track_every=10**6), X, Y, steps, 1, **never)
+            row["numpy_ms"] = timed(numpy_peer(cfg, X, Y), steps)
+            if have_torch:
+                row["torch_ms"] = timed(torch_peer(cfg, X, Y), steps)
+            peers = [row[k] for k in ("numpy_ms", "torch_ms") if k in row]
+            row["faster_peer_ms"] = min(peers)
+            row["ratio_vs_faster_peer"] = row["specdyn_ms"] / row["faster_peer_ms"]
+            row["ratio_vs_numpy"] = row["specdyn_ms"] / row["numpy_ms"]
+            if "torch_ms" in row:
+                row["ratio_vs_torch"] = row["specdyn_ms"] / row["torch_ms"]
+            row["specdyn_gflops"] = row["gflop_per_step"] / row["specdyn_ms"] * 1e3
+            # tracking: top-4 singular values of every layer's normalized matrix at every step
+            track = dict(track_spectra=True, track_sharpness=False, track_overlaps=False, track_delta=False)
+            row["tracked_ms"] = specdyn_steps(cfg.replace(track_every=1), X, Y, steps, 2, **track)
+            row["tracking_overhead"] = row["tracked_ms"] / row["specdyn_ms"] - 1.0
+            results["cases"].append(row)
+            print(f"{dtype} {act:6s} specdyn {row['specdyn_ms']:7.1f} ms  numpy {row['numpy_ms']:7.1f}  "
+                  f"torch {row.get('torch_ms', float('nan')):7.1f}  ratio {row['ratio_vs_faster_peer']:.2f}  "
+                  f"tracked {row['tracked_ms']:7.1f} ms (+{100 * row['tracking_overhead']:.1f}%)", flush=True)
+    results["goals"] = {"step_ratio_max": 0.9, "tracking_overhead_max": 0.10,
+                        "step_ratio_met": all(r["ratio_vs_faster_peer"] <= 0.9 for r in results["cases"]),
+                        "tracking_overhead_met": all(r["tracking_overhead"] <= 0.10 for r in results["cases"])}
+    out = Path(ARGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+// Internal: the thick-restart block Lanczos engine shared by top_singular,
+// top_eigs and (for the block orthogonalization) slq. Not part of the API.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "specdyn/blas.hpp"
+#include "specdyn/lanczos.hpp"
+
+namespace specdyn::lanczos::detail {
+
+// Sets the OpenBLAS thread count for a scope and restores it (also when an
+// operator callback throws). The solvers run OpenBLAS single-threaded around
+// their own OpenMP sweeps: OpenBLAS workers spin after each call, and on few
+// cores they would steal the cores of the next OpenMP region.
+struct BlasThreads {
+  int saved;
+  explicit BlasThreads(int n) : saved(blas::get_num_threads()) {
+    if (saved != n) blas::set_num_threads(n);
+  }
+  ~BlasThreads() {
+    if (blas::get_num_threads() != saved) blas::set_num_threads(saved);
+  }
+};
+
+// Fresh Gaussian columns for random starts and breakdown replacements.
+struct Random {
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+  void fill(double* p, int64_t n);
+};
+
+// Orthonormalize the d x b block Y against the orthonormal d x nq block Q
+// (classical Gram-Schmidt, two passes, BLAS-3) and within itself (Householder QR):
+// on return Y_in = Q C + Y R with Y orthonormal and orthogonal to Q.
+// Directions of Y_in that are (numerically) already in span(Q) are replaced by
+// random orthonormal ones with a zero row of R, so Y is always a full basis.
+// scale: a norm the "numerically zero" test is relative to (max with ||Y_in||).
+void orth_block(int64_t d, const double* Q, int nq, double* Y, int b, std::vector<double>& C,
+                std::vector<double>& R, Random& rnd, double scale);
+
+// accept(theta, residual estimate, norm estimate): is this Ritz pair converged?
+using Accept = std::function<bool(double, double, double)>;
+
+struct EngineOut {
+  std::vector<double> theta;  // wanted Ritz values (Largest: descending; Both: top desc, bottom asc)
+  std::vector<double> X;      // d x theta.size() Ritz vectors
+  std::vector<double> res;    // residual estimates from the Lanczos relation
+  int iterations = 0, restarts = 0;
+  int64_t passes = 0;
+  bool converged = false;
+  double norm = 0;            // max |Ritz value| seen
+};
+
+// Block Lanczos with thick restarts and full reorthogonalization on a
+// symmetric operator of dimension d. Requires d >= cap >= want + 2b where
+// want = k (Largest) or 2k (Both).
+EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, int cap,
+                        int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept);
+
+}  // namespace specdyn::lanczos::detail

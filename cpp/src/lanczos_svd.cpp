@@ -1,0 +1,340 @@
+// Top-k singular triplets of a dense matrix: block Lanczos on the Gram
+// operator applied in one fused sweep over A, then an explicit certificate.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+
+#include "lanczos_engine.hpp"
+#include "specdyn/blas.hpp"
+#include "specdyn/lanczos.hpp"
+
+namespace specdyn::lanczos {
+
+using blas::Op;
+
+namespace {
+
+inline size_t at(int64_t i, int64_t j, int64_t ld) { return static_cast<size_t>(i + j * ld); }
+
+// Rows per panel of the fused sweep: large enough that the c x b accumulator
+// traffic is small next to the panel, small enough that the panel is still in
+// cache when it is read the second time (for M^T Y). SPECDYN_PANEL_ROWS overrides.
+int64_t panel_rows(int64_t c, size_t elem, int b) {
+  static const int64_t env = [] {
+    const char* s = std::getenv("SPECDYN_PANEL_ROWS");
+    return s ? std::atoll(s) : 0;
+  }();
+  if (env > 0) return env;
+  const int64_t target = 1 << 20;  // ~1 MiB of matrix per panel
+  int64_t rows = target / std::max<int64_t>(1, c * static_cast<int64_t>(elem));
+  rows = std::max<int64_t>(rows, 2 * b);
+  return std::clamp<int64_t>(rows, 16, 512);
+}
+
+template <class T>
+void to_double(const T* x, double* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] = static_cast<double>(x[i]);
+}
+template <class T>
+void from_double(const double* x, T* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] = static_cast<T>(x[i]);
+}
+
+}  // namespace
+
+template <class T>
+void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z) {
+  const int64_t pr = panel_rows(c, sizeof(T), b);
+  const int64_t npanel = (r + pr - 1) / pr;
+  // Small matrices: one thread (an OpenMP region costs more than the product).
+  const bool small = r * c < (int64_t(1) << 16);
+  const int nt = static_cast<int>(std::min<int64_t>(omp_in_parallel() || small ? 1 : omp_get_max_threads(), npanel));
+  if (nt <= 1) {
+    // The sweep is memory-bound: panels keep the second read (M^T Y) in cache.
+    std::vector<T> Yp(Y ? 0 : static_cast<size_t>(pr) * b);
+    std::fill(Z, Z + static_cast<size_t>(c) * b, T(0));
+    for (int64_t p = 0; p < npanel; ++p) {
+      const int64_t i0 = p * pr, rows = std::min(pr, r - i0);
+      T* yp = Y ? Y + i0 : Yp.data();
+      const int ldy = Y ? static_cast<int>(r) : static_cast<int>(rows);
+      blas::gemm(Op::T, Op::N, static_cast<int>(rows), b, static_cast<int>(c), T(1), M + i0 * ld,
+                 static_cast<int>(ld), X, static_cast<int>(c), T(0), yp, ldy);
+      blas::gemm(Op::N, Op::N, static_cast<int>(c), b, static_cast<int>(rows), T(1), M + i0 * ld,
+                 static_cast<int>(ld), yp, ldy, T(1), Z, static_cast<int>(c));
+    }
+    return;
+  }
+  detail::BlasThreads one(1);
+  const size_t zc = static_cast<size_t>(c) * b;
+  std::vector<T> Zt(zc * nt, T(0));
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num();
+    std::vector<T> Yp(Y ? 0 : static_cast<size_t>(pr) * b);
+    T* zt = Zt.data() + zc * t;
+    // Contiguous chunks of panels per thread: each thread streams its own rows.
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < npanel; ++p) {
+      const int64_t i0 = p * pr, rows = std::min(pr, r - i0);
+      T* yp = Y ? Y + i0 : Yp.data();
+      const int ldy = Y ? static_cast<int>(r) : static_cast<int>(rows);
+      blas::gemm(Op::T, Op::N, static_cast<int>(rows), b, static_cast<int>(c), T(1), M + i0 * ld,
+                 static_cast<int>(ld), X, static_cast<int>(c), T(0), yp, ldy);
+      blas::gemm(Op::N, Op::N, static_cast<int>(c), b, static_cast<int>(rows), T(1), M + i0 * ld,
+                 static_cast<int>(ld), yp, ldy, T(1), zt, static_cast<int>(c));
+    }
+    // Reduce the per-thread accumulators, each thread a slice of Z.
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < static_cast<int64_t>(zc); ++i) {
+      T s = 0;
+      for (int u = 0; u < nt; ++u) s += Zt[zc * u + i];
+      Z[i] = s;
+    }
+  }
+}
+
+template <class T>
+MatMat gram_operator(const T* A, int64_t n, int64_t m, bool row_major) {
+  // Fused when the smaller side is the column side of a row-major view.
+  const bool fused = row_major ? (m <= n) : (n <= m);
+  const int64_t d = gram_dim(n, m);
+  return [=](const double* X, double* Z, int b) {
+    const size_t xs = static_cast<size_t>(d) * b;
+    std::vector<T> Xt, Zt;
+    const T* xp;
+    T* zp;
+    if constexpr (std::is_same_v<T, double>) {
+      xp = X;
+      zp = Z;
+    } else {
+      Xt.resize(xs);
+      Zt.resize(xs);
+      from_double(X, Xt.data(), xs);
+      xp = Xt.data();
+      zp = Zt.data();
+    }
+    if (fused) {
+      // row-major M = A (r = n, c = m) or M = A^T (r = m, c = n, from column-major A).
+      const int64_t r = row_major ? n : m, c = d;
+      gram_sweep<T>(A, r, c, c, xp, b, nullptr, zp);
+    } else {
+      const int64_t big = std::max(n, m);
+      std::vector<T> W(static_cast<size_t>(big) * b);
+      // The column-major view of A is (n x m, ld n) or, for row-major A, A^T (m x n, ld m).
+      const int64_t rows = row_major ? m : n;  // rows of the column-major view = big side
+      blas::gemm(Op::N, Op::N, static_cast<int>(rows), b, static_cast<int>(d), T(1), A, static_cast<int>(rows), xp,
+                 static_cast<int>(d), T(0), W.data(), static_cast<int>(rows));
+      blas::gemm(Op::T, Op::N, static_cast<int>(d), b, static_cast<int>(rows), T(1), A, static_cast<int>(rows),
+                 W.data(), static_cast<int>(rows), T(0), zp, static_cast<int>(d));
+    }
+    if constexpr (!std::is_same_v<T, double>) to_double(zp, Z, xs);
+  };
+}
+
+namespace {
+
+template <class T>
+void dense_svd(const T* A, int64_t n, int64_t m, bool row_major, int k, Triplets<T>& out) {
+  std::vector<double> B(static_cast<size_t>(n) * m), B0;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j)
+      B[at(i, j, n)] = static_cast<double>(row_major ? A[i * m + j] : A[at(i, j, n)]);
+  B0 = B;
+  const int64_t mn = std::min(n, m);
+  std::vector<double> s(mn), U(static_cast<size_t>(n) * mn), VT(static_cast<size_t>(mn) * m);
+  if (blas::gesdd(static_cast<int>(n), static_cast<int>(m), B.data(), static_cast<int>(n), s.data(), U.data(),
+                  static_cast<int>(n), VT.data(), static_cast<int>(mn)) != 0)
+    throw std::runtime_error("top_singular: gesdd failed");
+  out.s.assign(s.begin(), s.begin() + k);
+  out.U.resize(static_cast<size_t>(n) * k);
+  out.V.resize(static_cast<size_t>(m) * k);
+  std::vector<double> Vd(static_cast<size_t>(m) * k);
+  for (int j = 0; j < k; ++j) {
+    for (int64_t i = 0; i < n; ++i) out.U[at(i, j, n)] = static_cast<T>(U[at(i, j, n)]);
+    for (int64_t i = 0; i < m; ++i) {
+      Vd[at(i, j, m)] = VT[at(j, i, mn)];
+      out.V[at(i, j, m)] = static_cast<T>(VT[at(j, i, mn)]);
+    }
+  }
+  // Residuals of the returned (rounded-to-T) triplets, in double.
+  std::vector<double> Ud(U.begin(), U.begin() + static_cast<size_t>(n) * k), AV(static_cast<size_t>(n) * k),
+      AtU(static_cast<size_t>(m) * k);
+  blas::gemm(Op::N, Op::N, static_cast<int>(n), k, static_cast<int>(m), 1.0, B0.data(), static_cast<int>(n), Vd.data(),
+             static_cast<int>(m), 0.0, AV.data(), static_cast<int>(n));
+  blas::gemm(Op::T, Op::N, static_cast<int>(m), k, static_cast<int>(n), 1.0, B0.data(), static_cast<int>(n), Ud.data(),
+             static_cast<int>(n), 0.0, AtU.data(), static_cast<int>(m));
+  out.info.residuals.assign(k, 0.0);
+  for (int j = 0; j < k; ++j) {
+    double a = 0, b = 0;
+    for (int64_t i = 0; i < n; ++i) a += std::pow(AV[at(i, j, n)] - s[j] * Ud[at(i, j, n)], 2);
+    for (int64_t i = 0; i < m; ++i) b += std::pow(AtU[at(i, j, m)] - s[j] * Vd[at(i, j, m)], 2);
+    out.info.residuals[j] = std::sqrt(std::max(a, b));
+  }
+  out.info.norm_estimate = s.empty() ? 0.0 : s[0];
+  out.info.matrix_passes = 1;
+  out.info.converged = true;
+  out.info.dense = true;
+}
+
+}  // namespace
+
+template <class T>
+Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k, const Options& opt, const T* v0,
+                         int k0) {
+  if (n < 1 || m < 1) throw std::invalid_argument("top_singular: empty matrix");
+  if (k < 1 || k > std::min(n, m)) throw std::invalid_argument("top_singular: k must be in [1, min(n, m)]");
+  if (k0 < 0 || (k0 > 0 && !v0)) throw std::invalid_argument("top_singular: bad warm start");
+  constexpr double eps = std::numeric_limits<T>::epsilon();
+  const double tol = std::max(opt.tol, std::is_same_v<T, float> ? 1e-4 : 4 * eps);
+  Triplets<T> out;
+  out.info.tol_used = tol;
+  detail::BlasThreads one(1);  // all products below are ours; parallelism is OpenMP over panels
+
+  int b = opt.block > 0 ? opt.block : std::clamp(k, 4, 32);
+  if (v0 && k0 > 0) b = std::max(b, std::min(k0 + (k0 >= 4 ? 2 : 1), 64));  // room for fresh directions
+  int cap = opt.max_basis > 0 ? opt.max_basis : k + std::max(6 * b, k);
+  cap = std::max(cap, k + 3 * b);
+  out.info.block = b;
+  const int64_t mn = std::min(n, m);
+  if (mn <= 32 || mn < cap + b) {
+    dense_svd(A, n, m, row_major, k, out);
+    return out;
+  }
+  // Row-major view M (r x c) whose Gram M^T M is applied in one sweep; the
+  // Krylov basis lives on the c side.
+  const T* M = A;
+  const int64_t r = row_major ? n : m, c = row_major ? m : n;
+  const size_t cs = static_cast<size_t>(c);
+  const int64_t max_passes = opt.max_passes > 0 ? opt.max_passes : 1000;
+  std::vector<T> Xt, Zt;
+  MatMat op = [&](const double* X, double* Z, int bb) {
+    const size_t xs = cs * bb;
+    if constexpr (std::is_same_v<T, double>) {
+      gram_sweep<T>(M, r, c, c, X, bb, nullptr, Z);
+    } else {
+      Xt.resize(xs);
+      Zt.resize(xs);
+      from_double(X, Xt.data(), xs);
+      gram_sweep<T>(M, r, c, c, Xt.data(), bb, nullptr, Zt.data());
+      to_double(Zt.data(), Z, xs);
+    }
+  };
+
+  // Warm start on the c side (right vectors of A when row-major; else A v0).
+  std::vector<double> warm;
+  int kw = 0;
+  if (v0 && k0 > 0) {
+    kw = std::min(k0, b);
+    warm.resize(cs * kw);
+    if (row_major) {
+      to_double(v0, warm.data(), cs * kw);
+    } else {
+      std::vector<T> w(cs * kw);
+      blas::gemm(Op::N, Op::N, static_cast<int>(c), kw, static_cast<int>(r), T(1), M, static_cast<int>(c), v0,
+                 static_cast<int>(r), T(0), w.data(), static_cast<int>(c));
+      to_double(w.data(), warm.data(), cs * kw);
+      ++out.info.matrix_passes;
+    }
+  }
+
+  // Lanczos on M^T M: eigenvalue theta = s^2, and ||M^T u - s v|| = r_G / s.
+  double inner = tol;
+  auto make_accept = [eps](double t) {
+    return [t, eps](double theta, double res, double nrm) {
+      const double s1 = std::sqrt(nrm), s = std::sqrt(std::max(theta, 0.0));
+      return res <= std::max(0.5 * t * s1 * s, 100 * eps * nrm);
+    };
+  };
+  detail::Random rnd{opt.seed, 0};
+  const size_t rs = static_cast<size_t>(r);
+  for (int attempt = 0;; ++attempt) {
+    auto eo = detail::block_lanczos(op, c, k, Which::Largest, b, cap, max_passes - out.info.matrix_passes,
+                                    warm.empty() ? nullptr : warm.data(), kw, rnd, make_accept(inner));
+    out.info.iterations += eo.iterations;
+    out.info.restarts += eo.restarts;
+    out.info.matrix_passes += eo.passes;
+
+    // Certificate: one fused pass gives Y = M X and Z = M^T Y for the Ritz block X.
+    std::vector<T> Xk(cs * k), Yk(rs * k), Zk(cs * k);
+    from_double(eo.X.data(), Xk.data(), cs * k);
+    gram_sweep<T>(M, r, c, c, Xk.data(), k, Yk.data(), Zk.data());
+    ++out.info.matrix_passes;
+    std::vector<double> Xd(cs * k), Y(rs * k), Z(cs * k);
+    to_double(Xk.data(), Xd.data(), cs * k);
+    to_double(Yk.data(), Y.data(), rs * k);
+    to_double(Zk.data(), Z.data(), cs * k);
+    // Rayleigh-Ritz with M X: Y = Q R, R = P diag(s) W^T  =>  u = Q P, v = X W.
+    std::vector<double> Q = Y, Rr(static_cast<size_t>(k) * k), P(static_cast<size_t>(k) * k),
+                        WT(static_cast<size_t>(k) * k), s(k);
+    blas::qr_explicit(static_cast<int>(r), k, Q.data(), static_cast<int>(r), Rr.data(), k);
+    if (blas::gesdd(k, k, Rr.data(), k, s.data(), P.data(), k, WT.data(), k) != 0)
+      throw std::runtime_error("top_singular: gesdd failed");
+    std::vector<double> U(rs * k), V(cs * k), MV(rs * k), MtU(cs * k);
+    blas::gemm(Op::N, Op::N, static_cast<int>(r), k, k, 1.0, Q.data(), static_cast<int>(r), P.data(), k, 0.0, U.data(),
+               static_cast<int>(r));
+    blas::gemm(Op::N, Op::T, static_cast<int>(c), k, k, 1.0, Xd.data(), static_cast<int>(c), WT.data(), k, 0.0,
+               V.data(), static_cast<int>(c));
+    blas::gemm(Op::N, Op::T, static_cast<int>(r), k, k, 1.0, Y.data(), static_cast<int>(r), WT.data(), k, 0.0,
+               MV.data(), static_cast<int>(r));
+    const double s1 = s[0];
+    // Float products of the Gram operator lose accuracy by the squaring, so for
+    // float matrices (and near-zero s) M^T U is formed explicitly.
+    const bool tiny = s[k - 1] <= 1e-6 * s1 || std::is_same_v<T, float>;
+    if (!tiny) {
+      // M^T u_i = Z w_i / s_i.
+      blas::gemm(Op::N, Op::T, static_cast<int>(c), k, k, 1.0, Z.data(), static_cast<int>(c), WT.data(), k, 0.0,
+                 MtU.data(), static_cast<int>(c));
+      for (int j = 0; j < k; ++j) blas::scal(static_cast<int>(c), 1.0 / s[j], MtU.data() + at(0, j, c));
+    } else {
+      // One more pass: M^T U explicitly.
+      std::vector<T> Ut(rs * k), Wt(cs * k);
+      from_double(U.data(), Ut.data(), rs * k);
+      blas::gemm(Op::N, Op::N, static_cast<int>(c), k, static_cast<int>(r), T(1), M, static_cast<int>(c), Ut.data(),
+                 static_cast<int>(r), T(0), Wt.data(), static_cast<int>(c));
+      to_double(Wt.data(), MtU.data(), cs * k);
+      ++out.info.matrix_passes;
+    }
+    out.info.residuals.assign(k, 0.0);
+    out.info.norm_estimate = std::max(s1, std::sqrt(eo.norm));
+    bool ok = true;
+    for (int j = 0; j < k; ++j) {
+      double a = 0, bb = 0;
+      for (size_t i = 0; i < rs; ++i) a += std::pow(MV[at(i, j, r)] - s[j] * U[at(i, j, r)], 2);
+      for (size_t i = 0; i < cs; ++i) bb += std::pow(MtU[at(i, j, c)] - s[j] * V[at(i, j, c)], 2);
+      out.info.residuals[j] = std::sqrt(std::max(a, bb));
+      ok = ok && out.info.residuals[j] <= tol * out.info.norm_estimate;
+    }
+    out.s = s;
+    // M = A when row-major (u: left, v: right), M = A^T otherwise (swapped).
+    std::vector<double>& Ua = row_major ? U : V;
+    std::vector<double>& Va = row_major ? V : U;
+    out.U.resize(static_cast<size_t>(n) * k);
+    out.V.resize(static_cast<size_t>(m) * k);
+    from_double(Ua.data(), out.U.data(), out.U.size());
+    from_double(Va.data(), out.V.data(), out.V.size());
+    out.info.converged = ok;
+    if (ok || attempt >= 2 || out.info.matrix_passes >= max_passes) break;
+    // The Lanczos estimate passed but the explicit certificate did not: rerun
+    // from the refined vectors with a tighter inner tolerance.
+    inner *= 0.05;
+    warm = V;
+    kw = std::min(k, b);
+  }
+  return out;
+}
+
+template void gram_sweep<double>(const double*, int64_t, int64_t, int64_t, const double*, int, double*, double*);
+template void gram_sweep<float>(const float*, int64_t, int64_t, int64_t, const float*, int, float*, float*);
+template MatMat gram_operator<double>(const double*, int64_t, int64_t, bool);
+template MatMat gram_operator<float>(const float*, int64_t, int64_t, bool);
+template Triplets<double> top_singular<double>(const double*, int64_t, int64_t, bool, int, const Options&,
+                                               const double*, int);
+template Triplets<float> top_singular<float>(const float*, int64_t, int64_t, bool, int, const Options&, const float*,
+                                             int);
+
+}  // namespace specdyn::lanczos

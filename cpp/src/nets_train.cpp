@@ -1,0 +1,473 @@
+// The training loop with live spectral tracking (the nets concern of DESIGN.md).
+// Everything between two calls of run() stays native: (S)GD steps, minibatch
+// and online sampling from counter-based streams, and tracking on a schedule.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+
+#include "specdyn/blas.hpp"
+#include "specdyn/lanczos.hpp"
+#include "specdyn/nets.hpp"
+#include "specdyn/rng.hpp"
+
+// Until the Lanczos concern lands, spectra come from LAPACK (temporary path).
+#ifndef SPECDYN_NETS_USE_LANCZOS
+#define SPECDYN_NETS_USE_LANCZOS 0
+#endif
+
+extern "C" void scipy_dgesdd_(const char*, const int*, const int*, double*, const int*, double*, double*, const int*,
+                              double*, const int*, double*, const int*, int*, int*, size_t);
+
+namespace specdyn::nets {
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// Below this smallest dimension (or when k is a large share of it) a dense SVD is cheaper than Lanczos.
+constexpr int64_t kDenseMinDim = 32;
+// NTK Grams up to this size use a full symmetric eigensolver.
+constexpr int64_t kDenseGram = 512;
+
+// Singular values only of a column-major m x n double matrix (overwritten), descending.
+std::vector<double> singular_values_only(int m, int n, double* A) {
+  const int mn = std::min(m, n);
+  std::vector<double> s(mn);
+  int info = 0, lwork = -1, one = 1;
+  double wq = 0, dummy = 0;
+  std::vector<int> iwork(8 * mn + 1);
+  scipy_dgesdd_("N", &m, &n, A, &m, s.data(), &dummy, &one, &dummy, &one, &wq, &lwork, iwork.data(), &info, 1);
+  lwork = std::max(1, static_cast<int>(wq));
+  std::vector<double> work(lwork);
+  scipy_dgesdd_("N", &m, &n, A, &m, s.data(), &dummy, &one, &dummy, &one, work.data(), &lwork, iwork.data(), &info, 1);
+  if (info != 0) std::fill(s.begin(), s.end(), kNaN);
+  return s;
+}
+
+template <class T>
+double frobenius(const T* A, int64_t n) {
+  double acc = 0;  // serial: identical at any thread count
+  for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(A[i]) * static_cast<double>(A[i]);
+  return std::sqrt(acc);
+}
+
+// Small LAPACK problems run much faster on one BLAS thread (no wake-ups per
+// inner BLAS call, which dominate under load); restores the count after.
+class SerialBlasIf {
+ public:
+  explicit SerialBlasIf(bool serial) : saved_(serial ? blas::get_num_threads() : 0) {
+    if (saved_ > 1) blas::set_num_threads(1);
+  }
+  ~SerialBlasIf() {
+    if (saved_ > 1) blas::set_num_threads(saved_);
+  }
+  SerialBlasIf(const SerialBlasIf&) = delete;
+  SerialBlasIf& operator=(const SerialBlasIf&) = delete;
+
+ private:
+  int saved_;
+};
+constexpr int64_t kSerialLapack = 256 * 256;
+
+int64_t index_of(const std::vector<int64_t>& v, int64_t x) {
+  auto it = std::lower_bound(v.begin(), v.end(), x);
+  return it != v.end() && *it == x ? static_cast<int64_t>(it - v.begin()) : -1;
+}
+
+}  // namespace
+
+void Record::init(const TrainSpec& s) {
+  T = static_cast<int64_t>(s.tracked_steps.size());
+  Lw = s.arch.layers();
+  k = s.top_k;
+  D = s.arch.input_dim;
+  nb = static_cast<int64_t>(s.bulk_steps.size());
+  bins = s.bulk_bins;
+  loss.assign(T, kNaN);
+  sharpness.assign(T, kNaN);
+  hessian.assign(T, kNaN);
+  sv.assign(T * Lw * k, kNaN);
+  dsv.assign(sv.size(), kNaN);
+  ov_in.assign(sv.size(), kNaN);
+  ov_bw.assign(sv.size(), kNaN);
+  wnorm.assign(T * Lw, kNaN);
+  beta_f.assign(T * D, kNaN);
+  bulk_counts.assign(nb * Lw * bins, kNaN);
+  bulk_edges.assign(nb * Lw * (bins + 1), kNaN);
+}
+
+template <class T>
+Trainer<T>::Trainer(const TrainSpec& spec, const T* X, const T* Y) : spec_(spec) {
+  const Arch& a = spec_.arch;
+  a.check();
+  const int nl = a.layers();
+  if (static_cast<int>(spec_.init_stds.size()) != nl || static_cast<int>(spec_.normalizers.size()) != nl)
+    throw std::invalid_argument("nets: need one init std and one normalizer per weight matrix");
+  if (spec_.samples < 1 || spec_.batch < 1 || (!spec_.online && spec_.batch > spec_.samples))
+    throw std::invalid_argument("nets: need 1 <= batch <= samples");
+  if (spec_.top_k < 1) throw std::invalid_argument("nets: top_k must be >= 1");
+  if (spec_.bulk_bins < 1) throw std::invalid_argument("nets: bulk_bins must be >= 1");
+  std::sort(spec_.tracked_steps.begin(), spec_.tracked_steps.end());
+  std::sort(spec_.bulk_steps.begin(), spec_.bulk_steps.end());
+  if (spec_.svd_tol <= 0) spec_.svd_tol = sizeof(T) == 8 ? 1e-8 : 1e-5;
+  X_.assign(X, X + spec_.samples * a.input_dim);
+  Y_.assign(Y, Y + spec_.samples * a.output_dim);
+  W_.resize(nl);
+  W0_.resize(nl);
+  warm_.resize(nl);
+  warm_delta_.resize(nl);
+  for (int l = 0; l < nl; ++l) {
+    W_[l].resize(static_cast<size_t>(a.size(l)));
+    rng::normal_fill(W_[l].data(), W_[l].size(), spec_.seed, rng::kWeights + static_cast<uint64_t>(l),
+                     spec_.init_stds[l]);
+    if (spec_.track_delta) W0_[l] = W_[l];
+  }
+  const bool gd = !spec_.online && spec_.batch == spec_.samples;
+  pass_.resize(a, spec_.batch);
+  if (!gd) {
+    eval_.resize(a, spec_.samples);
+    Xb_.resize(static_cast<size_t>(spec_.batch * a.input_dim));
+    Yb_.resize(static_cast<size_t>(spec_.batch * a.output_dim));
+  }
+  rec_.init(spec_);
+}
+
+template <class T>
+void Trainer<T>::draw_batch(int64_t t) {
+  const Arch& a = spec_.arch;
+  const int64_t B = spec_.batch, P = spec_.samples, D = a.input_dim, C = a.output_dim;
+  if (spec_.online) {
+    // Fresh teacher samples; indices 0..P-1 are the evaluation set.
+    teacher<T>(P + t * B, B, D, C, spec_.data_seed, spec_.teacher_kind, spec_.teacher_scale, spec_.noise, Xb_.data(),
+               Yb_.data());
+    return;
+  }
+  // B distinct samples by a partial Fisher-Yates shuffle driven by the counter
+  // stream (seed, kMinibatch, step), then sorted, so that B = P is plain GD.
+  perm_.resize(static_cast<size_t>(P));
+  std::iota(perm_.begin(), perm_.end(), int64_t(0));
+  const uint64_t stream = rng::kMinibatch;
+  for (int64_t i = 0; i < B; ++i) {
+    const auto r = rng::philox4x32_10(static_cast<uint32_t>(i), static_cast<uint32_t>(i >> 32),
+                                      static_cast<uint32_t>(t), static_cast<uint32_t>(stream >> 32) ^
+                                                                    (static_cast<uint32_t>(static_cast<uint64_t>(t) >> 32) << 8),
+                                      static_cast<uint32_t>(spec_.seed), static_cast<uint32_t>(spec_.seed >> 32));
+    const uint64_t u = (static_cast<uint64_t>(r.v[0]) << 32) | r.v[1];
+    const int64_t j = i + static_cast<int64_t>(u % static_cast<uint64_t>(P - i));
+    std::swap(perm_[i], perm_[j]);
+  }
+  std::sort(perm_.begin(), perm_.begin() + B);
+  for (int64_t b = 0; b < B; ++b) {
+    std::copy_n(X_.data() + perm_[b] * D, D, Xb_.data() + b * D);
+    std::copy_n(Y_.data() + perm_[b] * C, C, Yb_.data() + b * C);
+  }
+}
+
+template <class T>
+int64_t Trainer<T>::run(int64_t until, const std::function<void(int64_t, double)>& progress, double interval) {
+  until = std::min(until, spec_.steps);
+  using clock = std::chrono::steady_clock;
+  auto last = clock::now();
+  while (!finished_ && diverged_ < 0 && (step_ < until || (step_ == spec_.steps && until == spec_.steps))) {
+    if (!body()) break;
+    if (progress) {
+      const auto now = clock::now();
+      if (std::chrono::duration<double>(now - last).count() >= interval) {
+        last = now;
+        progress(step_, last_loss_);
+      }
+    }
+  }
+  if (progress) progress(step_, last_loss_);
+  return step_;
+}
+
+template <class T>
+bool Trainer<T>::body() {
+  const Arch& a = spec_.arch;
+  const int64_t t = step_;
+  const int64_t ti = index_of(spec_.tracked_steps, t);
+  const int64_t bi_ = index_of(spec_.bulk_steps, t);
+  const bool gd = !spec_.online && spec_.batch == spec_.samples;
+  ConstWeights<T> cw(a.layers());
+  Weights<T> w(a.layers());
+  for (int l = 0; l < a.layers(); ++l) cw[l] = w[l] = W_[l].data();
+  auto diverged = [&](double loss) {
+    return !std::isfinite(loss) || loss > spec_.divergence_bound;
+  };
+  const bool want_means = ti >= 0 && spec_.track_spectra && spec_.track_overlaps;
+  std::vector<std::vector<double>> means;
+
+  if (gd) {
+    forward(a, cw, X_.data(), spec_.samples, pass_);
+    const double loss = residual(a, Y_.data(), static_cast<double>(spec_.samples), pass_);
+    last_loss_ = loss;
+    if (ti >= 0) rec_.loss[ti] = loss;
+    if (diverged(loss)) {
+      diverged_ = t;
+      return false;
+    }
+    if (ti >= 0 || bi_ >= 0) track(ti, bi_, pass_);
+    if (t == spec_.steps) {
+      if (want_means) {  // no update follows: a signal-only backward gives the means
+        backward<T>(a, w, pass_, BackwardMode{BackwardMode::SignalOnly, 0}, nullptr, &means);
+        overlaps(ti, pass_, means);
+      }
+      finished_ = true;
+      return false;
+    }
+    backward<T>(a, w, pass_, BackwardMode{BackwardMode::Update, spec_.learning_rate}, nullptr,
+             want_means ? &means : nullptr);
+    if (want_means) overlaps(ti, pass_, means);
+  } else {
+    if (ti >= 0 || bi_ >= 0 || t == spec_.steps) {
+      forward(a, cw, X_.data(), spec_.samples, eval_);
+      const double loss = residual(a, Y_.data(), static_cast<double>(spec_.samples), eval_);
+      last_loss_ = loss;
+      if (ti >= 0) rec_.loss[ti] = loss;
+      if (diverged(loss)) {
+        diverged_ = t;
+        return false;
+      }
+      if (ti >= 0 || bi_ >= 0) track(ti, bi_, eval_);
+      if (want_means) {
+        backward<T>(a, w, eval_, BackwardMode{BackwardMode::SignalOnly, 0}, nullptr, &means);
+        overlaps(ti, eval_, means);
+      }
+    }
+    if (t == spec_.steps) {
+      finished_ = true;
+      return false;
+    }
+    draw_batch(t);
+    forward(a, cw, Xb_.data(), spec_.batch, pass_);
+    const double loss = residual(a, Yb_.data(), static_cast<double>(spec_.batch), pass_);
+    if (ti < 0) last_loss_ = loss;
+    if (diverged(loss)) {
+      diverged_ = t;
+      return false;
+    }
+    backward<T>(a, w, pass_, BackwardMode{BackwardMode::Update, spec_.learning_rate});
+  }
+  ++step_;
+  return true;
+}
+
+template <class T>
+void Trainer<T>::top_singular(int l, const T* A, bool delta, int64_t ti) {
+  const Arch& a = spec_.arch;
+  const int64_t fo = a.fan_out(l), fi = a.fan_in(l), mn = std::min(fo, fi);
+  const int64_t K = rec_.k, k = std::min<int64_t>(K, mn);
+  const double norm = spec_.normalizers[l];
+  double* out = (delta ? rec_.dsv.data() : rec_.sv.data()) + (ti * rec_.Lw + l) * K;
+  std::vector<double> s, U, V;  // U fo x k, V fi x k, column-major
+  const bool dense = !SPECDYN_NETS_USE_LANCZOS || mn < kDenseMinDim || 3 * k > mn;
+  if (dense) {
+    // A row-major fo x fi is column-major A^T (fi x fo): A^T = U' S V'^T, so A's
+    // left vectors are V' and its right vectors U'.
+    std::vector<double> At(A, A + fo * fi), Up(static_cast<size_t>(fi * mn)), VTp(static_cast<size_t>(mn * fo));
+    s.resize(mn);
+    SerialBlasIf serial(fo * fi <= kSerialLapack);
+    const int info = blas::gesdd(static_cast<int>(fi), static_cast<int>(fo), At.data(), static_cast<int>(fi), s.data(),
+                                 Up.data(), static_cast<int>(fi), VTp.data(), static_cast<int>(mn));
+    if (info != 0) std::fill(s.begin(), s.end(), kNaN);
+    s.resize(k);
+    U.resize(static_cast<size_t>(fo * k));
+    V.assign(Up.begin(), Up.begin() + fi * k);
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t i = 0; i < fo; ++i) U[r * fo + i] = VTp[i * mn + r];
+  } else {
+#if SPECDYN_NETS_USE_LANCZOS
+    lanczos::Options opt;
+    opt.tol = spec_.svd_tol;
+    opt.seed = spec_.seed + 7919u * static_cast<uint64_t>(l) + (delta ? 104729u : 0u);
+    auto& warm = delta ? warm_delta_[l] : warm_[l];
+    const int k0 = warm.size() == static_cast<size_t>(fi * k) ? static_cast<int>(k) : 0;
+    auto tr = lanczos::top_singular<T>(A, fo, fi, true, static_cast<int>(k), opt, k0 ? warm.data() : nullptr, k0);
+    s = tr.s;
+    warm.assign(tr.V.begin(), tr.V.begin() + fi * k);
+    if (!delta) {
+      U.assign(tr.U.begin(), tr.U.end());
+      V.assign(tr.V.begin(), tr.V.end());
+    }
+#endif
+  }
+  for (int64_t r = 0; r < k; ++r) out[r] = norm * s[r];
+  if (!delta) {
+    U_[l] = std::move(U);
+    V_[l] = std::move(V);
+  }
+}
+
+template <class T>
+void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
+  const Arch& a = spec_.arch;
+  const int nl = a.layers();
+  if (bi_ >= 0) bulk(bi_);
+  if (ti < 0) return;
+  U_.resize(nl);
+  V_.resize(nl);
+  for (int l = 0; l < nl; ++l) {
+    const int64_t sz = a.size(l);
+    rec_.wnorm[ti * nl + l] = spec_.normalizers[l] * frobenius(W_[l].data(), sz);
+    if (!spec_.track_spectra) continue;
+    top_singular(l, W_[l].data(), false, ti);
+    if (spec_.track_delta) {
+      const int64_t k = std::min<int64_t>(rec_.k, std::min(a.fan_in(l), a.fan_out(l)));
+      double* out = rec_.dsv.data() + (ti * rec_.Lw + l) * rec_.k;
+      if (step_ == 0) {
+        for (int64_t r = 0; r < k; ++r) out[r] = 0.0;  // W(0) - W(0) = 0 exactly
+      } else {
+        scratch_.resize(static_cast<size_t>(sz));
+        const T* w = W_[l].data();
+        const T* w0 = W0_[l].data();
+        T* d = scratch_.data();
+#pragma omp parallel for schedule(static) if (sz > (1 << 16))
+        for (int64_t i = 0; i < sz; ++i) d[i] = w[i] - w0[i];
+        top_singular(l, d, true, ti);
+      }
+    }
+  }
+  ConstWeights<T> cw(nl);
+  for (int l = 0; l < nl; ++l) cw[l] = W_[l].data();
+  if (spec_.track_sharpness) rec_.sharpness[ti] = spec_.learning_rate * ntk_top(ev) / static_cast<double>(spec_.samples);
+  if (spec_.track_hessian) rec_.hessian[ti] = hessian_top(ev);
+  if (spec_.track_beta && a.output_dim == 1 && a.activation == Activation::Linear) {
+    // f(x) = b . x with b^T = m_L W^L ... m_0 W^0; beta_f = b / teacher_scale.
+    std::vector<double> b(W_[a.depth].begin(), W_[a.depth].end()), nb;
+    double c = a.multipliers[a.depth];
+    for (int l = a.depth - 1; l >= 0; --l) {
+      const int64_t fi = a.fan_in(l), fo = a.fan_out(l);
+      nb.assign(static_cast<size_t>(fi), 0.0);
+      const T* w = W_[l].data();
+      for (int64_t i = 0; i < fo; ++i)
+        for (int64_t j = 0; j < fi; ++j) nb[j] += b[i] * static_cast<double>(w[i * fi + j]);
+      b.swap(nb);
+      c *= a.multipliers[l];
+    }
+    for (int64_t j = 0; j < a.input_dim; ++j) rec_.beta_f[ti * a.input_dim + j] = c * b[j] / spec_.teacher_scale;
+  }
+}
+
+template <class T>
+void Trainer<T>::overlaps(int64_t ti, const Pass<T>& ev, const std::vector<std::vector<double>>& means) {
+  const Arch& a = spec_.arch;
+  const int nl = a.layers();
+  const int64_t n = ev.n, K = rec_.k;
+  for (int l = 0; l < nl; ++l) {
+    if (V_.size() <= static_cast<size_t>(l) || V_[l].empty()) continue;
+    const int64_t fi = a.fan_in(l), fo = a.fan_out(l), k = std::min<int64_t>(K, std::min(fi, fo));
+    std::vector<double> in(static_cast<size_t>(fi), 0.0);
+    const T* h = ev.input(l);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = 0; i < fi; ++i) in[i] += h[j * fi + i];
+    auto sq_overlap = [](const double* v, const std::vector<double>& d) {
+      double dv = 0, dd = 0;
+      for (size_t i = 0; i < d.size(); ++i) {
+        dv += v[i] * d[i];
+        dd += d[i] * d[i];
+      }
+      return dd > 0 ? dv * dv / dd : kNaN;  // v is a unit vector
+    };
+    for (int64_t r = 0; r < k; ++r) {
+      rec_.ov_in[(ti * nl + l) * K + r] = sq_overlap(V_[l].data() + r * fi, in);
+      rec_.ov_bw[(ti * nl + l) * K + r] = sq_overlap(U_[l].data() + r * fo, means[l]);
+    }
+  }
+}
+
+template <class T>
+double Trainer<T>::ntk_top(const Pass<T>& ev) {
+  const Arch& a = spec_.arch;
+  ConstWeights<T> cw(a.layers());
+  for (int l = 0; l < a.layers(); ++l) cw[l] = W_[l].data();
+  std::vector<double> K;
+  ntk_gram(a, cw, ev, K);
+  const int64_t m = ev.n * a.output_dim;
+#if SPECDYN_NETS_USE_LANCZOS
+  if (m > kDenseGram) {
+    lanczos::Options opt;
+    opt.tol = 1e-10;
+    opt.seed = spec_.seed + 15485863u;
+    auto op = [&](const double* X, double* Y, int b) {
+      blas::gemm(blas::Op::N, blas::Op::N, static_cast<int>(m), b, static_cast<int>(m), 1.0, K.data(),
+                 static_cast<int>(m), X, static_cast<int>(m), 0.0, Y, static_cast<int>(m));
+    };
+    auto e = lanczos::top_eigs(op, m, 1, lanczos::Which::Largest, opt);
+    return e.values.empty() ? kNaN : e.values[0];
+  }
+#endif
+  std::vector<double> w(static_cast<size_t>(m));
+  SerialBlasIf serial(m * m <= kSerialLapack);
+  const int info = blas::syevd(static_cast<int>(m), K.data(), static_cast<int>(m), w.data());
+  return info == 0 ? w.back() : kNaN;
+}
+
+template <class T>
+double Trainer<T>::hessian_top(const Pass<T>& ev) {
+#if SPECDYN_NETS_USE_LANCZOS
+  const Arch& a = spec_.arch;
+  const int nl = a.layers();
+  const int64_t np = a.num_params();
+  ConstWeights<T> cw(nl);
+  for (int l = 0; l < nl; ++l) cw[l] = W_[l].data();
+  std::vector<T> v(static_cast<size_t>(np)), hv(static_cast<size_t>(np));
+  ConstWeights<T> V(nl);
+  Weights<T> HV(nl);
+  int64_t off = 0;
+  for (int l = 0; l < nl; ++l) {
+    V[l] = v.data() + off;
+    HV[l] = hv.data() + off;
+    off += a.size(l);
+  }
+  auto op = [&](const double* X, double* Y, int b) {
+    for (int j = 0; j < b; ++j) {
+      for (int64_t i = 0; i < np; ++i) v[i] = static_cast<T>(X[j * np + i]);
+      hvp(a, cw, ev, V, HV);
+      for (int64_t i = 0; i < np; ++i) Y[j * np + i] = static_cast<double>(hv[i]);
+    }
+  };
+  lanczos::Options opt;
+  opt.tol = sizeof(T) == 8 ? 1e-8 : 1e-5;
+  opt.seed = spec_.seed + 32452843u;
+  const bool warm = hess_warm_.size() == static_cast<size_t>(np);
+  auto e = lanczos::top_eigs(op, np, 1, lanczos::Which::Largest, opt, warm ? hess_warm_.data() : nullptr, warm ? 1 : 0);
+  if (e.values.empty()) return kNaN;
+  hess_warm_.assign(e.vectors.begin(), e.vectors.begin() + np);
+  return e.values[0];
+#else
+  (void)ev;
+  return kNaN;  // needs lanczos::top_eigs
+#endif
+}
+
+template <class T>
+void Trainer<T>::bulk(int64_t bi_) {
+  const Arch& a = spec_.arch;
+  const int nl = a.layers();
+  const int64_t bins = rec_.bins;
+  for (int l = 0; l < nl; ++l) {
+    const int64_t fi = a.fan_in(l), fo = a.fan_out(l);
+    std::vector<double> At(W_[l].begin(), W_[l].end());
+    SerialBlasIf serial(fi * fo <= kSerialLapack);
+    auto s = singular_values_only(static_cast<int>(fi), static_cast<int>(fo), At.data());
+    for (auto& v : s) v *= spec_.normalizers[l];
+    const double hi = s.empty() || !(s[0] > 0) ? 1.0 : s[0] * (1 + 1e-9);
+    double* counts = rec_.bulk_counts.data() + (bi_ * nl + l) * bins;
+    double* edges = rec_.bulk_edges.data() + (bi_ * nl + l) * (bins + 1);
+    for (int64_t b = 0; b <= bins; ++b) edges[b] = hi * static_cast<double>(b) / static_cast<double>(bins);
+    std::fill(counts, counts + bins, 0.0);
+    for (double v : s) {
+      if (!std::isfinite(v)) continue;
+      const int64_t b = std::min<int64_t>(bins - 1, static_cast<int64_t>(v / hi * static_cast<double>(bins)));
+      counts[b] += 1;
+    }
+  }
+}
+
+template class Trainer<float>;
+template class Trainer<double>;
+
+}  // namespace specdyn::nets

@@ -1,0 +1,243 @@
+"""Finite-width training with live spectral tracking: ``simulate(config)``.
+
+Python decides what to compute (parameterization, data, schedule, checkpoints);
+the C++ Trainer runs every step and every tracked measurement natively with
+the GIL released, returning to Python only between checkpoint chunks and for
+progress reports (at most every ``progress_interval`` seconds).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import _core
+from . import data as _data
+from .config import RunConfig
+from .parameterization import scales
+
+# NTK Grams beyond this many rows (samples x outputs) would need more memory
+# than a tracked measurement should take.
+MAX_GRAM_ROWS = 8192
+
+_RECORD_KEYS = ("loss", "normalized_sharpness", "hessian_top", "singular_values", "delta_singular_values",
+                "overlap_input", "overlap_backward", "weight_norm", "beta_f", "bulk_counts", "bulk_edges")
+
+
+def _as_config(config) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        return RunConfig.from_dict(config)
+    raise ValueError(f"config must be a RunConfig or a dict of its fields; got {type(config).__name__}")
+
+
+def _has_beta_f(cfg: RunConfig) -> bool:
+    return cfg.activation == "linear" and cfg.output_dim == 1
+
+
+def _check(cfg: RunConfig, data, resume: bool, checkpoint) -> None:
+    if data is not None and cfg.online:
+        raise ValueError("data must be None when online=True (online training draws fresh teacher samples)")
+    if cfg.track_sharpness and cfg.samples * cfg.output_dim > MAX_GRAM_ROWS:
+        raise ValueError(f"samples * output_dim must be <= {MAX_GRAM_ROWS} when track_sharpness is true "
+                         f"(the NTK Gram is (P C) x (P C)); got {cfg.samples * cfg.output_dim}")
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be true or false; got {resume!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint (the path of the checkpoint file)")
+    if checkpoint is not None and cfg.checkpoint_every < 1:
+        raise ValueError("checkpoint_every must be >= 1 when a checkpoint path is given")
+
+
+def build_trainer(cfg: RunConfig, data=None, **flags):
+    """The native Trainer of a validated config (internal; benchmarks use it to switch tracking parts).
+
+    ``flags`` override TrainSpec switches: track_spectra, track_delta, track_overlaps,
+    track_sharpness, track_hessian, svd_tol.
+    """
+    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
+    if data is None:
+        X, Y = _data.teacher(cfg.samples, cfg.input_dim, cfg.output_dim, cfg.data_seed, cfg.teacher, cfg.noise)
+    else:
+        X, Y = _data.check_data(data, cfg.samples, cfg.input_dim, cfg.output_dim)
+    spec = _core.TrainSpec()
+    spec.arch = dict(input_dim=cfg.input_dim, width=cfg.width, output_dim=cfg.output_dim, depth=cfg.depth,
+                     activation=cfg.activation, multipliers=sc.multipliers)
+    spec.init_stds = sc.init_stds
+    spec.normalizers = sc.normalizers
+    spec.learning_rate = sc.learning_rate
+    spec.samples = cfg.samples
+    spec.batch = cfg.batch_size if cfg.batch_size is not None else cfg.samples
+    spec.online = cfg.online
+    spec.steps = cfg.steps
+    spec.seed = cfg.seed
+    spec.data_seed = cfg.data_seed
+    spec.teacher_kind = _data.TEACHER_KINDS.index(cfg.teacher)
+    spec.teacher_scale = _data.teacher_scale(cfg.input_dim)
+    spec.noise = cfg.noise
+    spec.tracked_steps = cfg.tracked_steps()
+    spec.bulk_steps = list(cfg.bulk_steps)
+    spec.top_k = cfg.top_k
+    spec.track_sharpness = cfg.track_sharpness
+    spec.track_hessian = cfg.track_hessian
+    spec.track_beta = _has_beta_f(cfg)
+    spec.bulk_bins = cfg.bulk_bins
+    spec.divergence_bound = cfg.divergence_bound
+    for key, value in flags.items():
+        setattr(spec, key, value)
+    dt = np.dtype(cfg.dtype)
+    cls = _core.Trainer_f64 if dt == np.float64 else _core.Trainer_f32
+    return cls(spec, np.ascontiguousarray(X, dtype=dt), np.ascontiguousarray(Y, dtype=dt)), (X, Y)
+
+
+def _save_checkpoint(path: Path, cfg: RunConfig, trainer, X, Y) -> None:
+    state = trainer.get_state()
+    rec = trainer.record()
+    arrays = {"config": np.array(cfg.to_json()), "X": X, "Y": Y,
+              "step": np.array(state["step"]), "finished": np.array(state["finished"]),
+              "diverged_step": np.array(state["diverged_step"]), "hessian_warm": state["hessian_warm"]}
+    for name in ("weights", "initial_weights", "warm", "warm_delta"):
+        for l, a in enumerate(state[name]):
+            arrays[f"{name}_{l}"] = a
+    for key in _RECORD_KEYS:
+        arrays[f"record_{key}"] = rec[key]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)  # atomic: a checkpoint is either the old one or the new one
+
+
+def _load_checkpoint(path: Path, cfg: RunConfig, data):
+    with np.load(path, allow_pickle=False) as z:
+        if str(z["config"]) != cfg.to_json():
+            raise ValueError(f"checkpoint {str(path)!r} was written by a different config; resume needs the same one")
+        X, Y = z["X"], z["Y"]
+        if data is not None:
+            Xd, Yd = _data.check_data(data, cfg.samples, cfg.input_dim, cfg.output_dim)
+            if not (np.array_equal(Xd, X) and np.array_equal(Yd, Y)):
+                raise ValueError(f"data differs from the data of checkpoint {str(path)!r}")
+        n = cfg.depth + 1
+        state = {name: [z[f"{name}_{l}"] for l in range(n)]
+                 for name in ("weights", "initial_weights", "warm", "warm_delta")}
+        state.update(hessian_warm=z["hessian_warm"], step=int(z["step"]), finished=bool(z["finished"]),
+                     diverged_step=int(z["diverged_step"]))
+        record = {key: z[f"record_{key}"] for key in _RECORD_KEYS}
+    return (X, Y), state, record
+
+
+def _progress_callback(progress, steps: int):
+    if progress is None or progress is False:
+        return None, None
+    if callable(progress):
+        return (lambda step, loss: progress(int(step), steps, float(loss))), None
+    if progress is True:
+        from rich.progress import Progress
+
+        bar = Progress()
+        task = bar.add_task("training", total=max(steps, 1))
+        bar.start()
+
+        def cb(step, loss):
+            bar.update(task, completed=step, description=f"training (loss {loss:.3g})")
+
+        return cb, bar
+    raise ValueError("progress must be None, True (a progress bar) or a callable(step, steps, loss)")
+
+
+def simulate(config, data=None, progress: bool | Callable[[int, int, float], None] | None = None,
+             resume: bool = False, checkpoint: str | os.PathLike | None = None):
+    """Train one network and track its spectra; returns an ``xarray.Dataset``.
+
+    Parameters
+    ----------
+    config : RunConfig (or a dict of its fields)
+    data : optional ``(X, Y)``, X of shape (samples, input_dim), Y of shape
+        (samples, output_dim) or (samples,); default: ``specdyn.data.teacher``
+        with the config's ``data_seed``, ``teacher`` and ``noise``.
+    progress : None, True (a rich progress bar) or ``callable(step, steps, loss)``,
+        called at most every ~0.5 s.
+    resume, checkpoint : with ``checkpoint`` a path and ``config.checkpoint_every > 0``
+        the state is saved every ``checkpoint_every`` steps; ``resume=True``
+        continues from that file (if it exists) to the same result bit for bit.
+
+    Returns
+    -------
+    Dataset with coords ``step`` (tracked steps), ``layer`` ("W0".."WL"),
+    ``rank`` (0..top_k-1), ``input`` (0..D-1, linear nets with C = 1) and
+    variables ``loss(step)``, ``singular_values(step, layer, rank)`` and
+    ``delta_singular_values`` (of the normalized W and W - W(0)),
+    ``normalized_sharpness(step)`` (eta lambda_max(K) / P), ``hessian_top(step)``,
+    ``weight_norm(step, layer)`` (Frobenius, normalized), ``overlap_input`` and
+    ``overlap_backward(step, layer, rank)`` (squared overlaps of the right/left
+    singular vectors with the layer's mean input / mean backward signal),
+    ``beta_f(step, input)``, and with ``bulk_steps`` the histograms
+    ``bulk_counts(bulk_step, layer, bin)`` over ``bulk_edges(bulk_step, layer, bin_edge)``
+    of all singular values of each normalized matrix. A diverged run (loss or
+    weights non-finite, or loss > divergence_bound) stops: attrs ``status`` =
+    "diverged", ``diverged_step``; later values are NaN.
+    In online mode the loss is measured on the P samples of the evaluation set.
+    """
+    import xarray as xr
+
+    cfg = _as_config(config)
+    _check(cfg, data, resume, checkpoint)
+    path = Path(checkpoint) if checkpoint is not None else None
+    state = record = None
+    if resume and path.exists():
+        data_used, state, record = _load_checkpoint(path, cfg, data)
+        trainer, (X, Y) = build_trainer(cfg, data_used)
+        trainer.set_state(state)
+        trainer.set_record(record)
+    else:
+        trainer, (X, Y) = build_trainer(cfg, data)
+
+    cb, bar = _progress_callback(progress, cfg.steps)
+    try:
+        while not trainer.finished and trainer.diverged_step < 0:
+            until = cfg.steps
+            if path is not None:
+                until = min(cfg.steps, (trainer.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every)
+            trainer.run(until, cb)
+            if path is not None and not trainer.finished and trainer.diverged_step < 0:
+                _save_checkpoint(path, cfg, trainer, X, Y)
+    finally:
+        if bar is not None:
+            bar.stop()
+
+    rec = trainer.record()
+    steps = np.asarray(cfg.tracked_steps(), dtype=np.int64)
+    layers = cfg.layer_names
+    ranks = np.arange(cfg.top_k, dtype=np.int64)
+    slr = ("step", "layer", "rank")
+    variables = {
+        "loss": (("step",), rec["loss"]),
+        "singular_values": (slr, rec["singular_values"]),
+        "delta_singular_values": (slr, rec["delta_singular_values"]),
+        "normalized_sharpness": (("step",), rec["normalized_sharpness"]),
+        "hessian_top": (("step",), rec["hessian_top"]),
+        "weight_norm": (("step", "layer"), rec["weight_norm"]),
+        "overlap_input": (slr, rec["overlap_input"]),
+        "overlap_backward": (slr, rec["overlap_backward"]),
+    }
+    coords = {"step": steps, "layer": layers, "rank": ranks}
+    if _has_beta_f(cfg):
+        variables["beta_f"] = (("step", "input"), rec["beta_f"])
+        coords["input"] = np.arange(cfg.input_dim, dtype=np.int64)
+    if cfg.bulk_steps:
+        variables["bulk_counts"] = (("bulk_step", "layer", "bin"), rec["bulk_counts"])
+        variables["bulk_edges"] = (("bulk_step", "layer", "bin_edge"), rec["bulk_edges"])
+        coords["bulk_step"] = np.asarray(cfg.bulk_steps, dtype=np.int64)
+    diverged = int(trainer.diverged_step)
+    attrs = {"config": cfg.to_json(), "status": "diverged" if diverged >= 0 else "ok", "diverged_step": diverged,
+             "kind": "simulation", "scaling": cfg.scaling, "width": cfg.width, "seed": cfg.seed}
+    ds = xr.Dataset(variables, coords=coords, attrs=attrs)
+    if diverged >= 0 and path is not None and path.exists():
+        path.unlink()  # a diverged run is final; nothing to resume
+    if trainer.finished and path is not None and path.exists():
+        path.unlink()
+    return ds

@@ -1,0 +1,300 @@
+"""top_singular / top_eigs / spectral_density against LAPACK (numpy.linalg)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import specdyn
+from specdyn.lanczos import ConvergenceWarning
+
+KINDS = ("separated", "clustered", "repeated", "rank_deficient")
+
+
+def spiked(n, m, k, kind, seed, dtype=np.float64, order="C"):
+    """A Gaussian bulk (top edge ~ 1 + sqrt(m/n)... scaled to about 1) plus spikes."""
+    rng = np.random.default_rng(seed)
+    r = min(n, m)
+    q = min(k + 3, r)
+    U, _ = np.linalg.qr(rng.standard_normal((n, q)))
+    V, _ = np.linalg.qr(rng.standard_normal((m, q)))
+    if kind == "separated":
+        s = 3.0 + 2.0 * np.arange(q)[::-1]
+    elif kind == "clustered":
+        s = 4.0 + 1e-3 * np.arange(q)[::-1]
+    elif kind == "repeated":
+        s = np.repeat([6.0, 4.0, 3.0], int(np.ceil(q / 3)))[:q]
+    else:  # low rank: no bulk, rank q <= k + 3
+        s = 1.0 + np.arange(q)[::-1]
+        return np.asarray((U * s) @ V.T, dtype=dtype, order=order)
+    A = (U * s) @ V.T + rng.standard_normal((n, m)) / np.sqrt(n + m)
+    return np.asarray(A, dtype=dtype, order=order)
+
+
+def check_triplets(A, s, U, V, k, tol):
+    Ad = A.astype(np.float64)
+    ref = np.linalg.svd(Ad, compute_uv=False)
+    norm = ref[0]
+    assert s.shape == (k,) and U.shape == (A.shape[0], k) and V.shape == (A.shape[1], k)
+    assert np.all(np.diff(s) <= 1e-12 * norm)  # descending
+    np.testing.assert_allclose(s, ref[:k], rtol=0, atol=10 * tol * norm + 1e-13 * norm)
+    Ud, Vd = U.astype(np.float64), V.astype(np.float64)
+    # Residuals recomputed here, independently of info.
+    r1 = np.linalg.norm(Ad @ Vd - Ud * s, axis=0)
+    r2 = np.linalg.norm(Ad.T @ Ud - Vd * s, axis=0)
+    assert np.all(r1 <= 10 * tol * norm + 1e-12 * norm)
+    assert np.all(r2 <= 10 * tol * norm + 1e-12 * norm)
+    np.testing.assert_allclose(Vd.T @ Vd, np.eye(k), atol=100 * tol + 1e-10)
+    np.testing.assert_allclose(Ud.T @ Ud, np.eye(k), atol=100 * tol + 1e-10)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 600),
+    m=st.integers(1, 600),
+    k=st.integers(1, 20),
+    kind=st.sampled_from(KINDS),
+    order=st.sampled_from("CF"),
+    seed=st.integers(0, 2**31),
+)
+def test_top_singular_float64_matches_lapack(n, m, k, kind, order, seed):
+    k = min(k, n, m)
+    A = spiked(n, m, k, kind, seed, np.float64, order)
+    if kind == "rank_deficient":
+        k = min(k, np.linalg.matrix_rank(A))
+    tol = 1e-10
+    s, U, V, info = specdyn.top_singular(A, k, tol=tol)
+    assert info["converged"]
+    assert np.all(info["residuals"] <= tol * info["norm_estimate"] * (1 + 1e-12))
+    check_triplets(A, s, U, V, k, tol)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    n=st.integers(40, 400),
+    m=st.integers(40, 400),
+    k=st.integers(1, 10),
+    kind=st.sampled_from(KINDS[:3]),
+    seed=st.integers(0, 2**31),
+)
+def test_top_singular_float32(n, m, k, kind, seed):
+    A = spiked(n, m, k, kind, seed, np.float32)
+    s, U, V, info = specdyn.top_singular(A, k)
+    assert U.dtype == np.float32 and V.dtype == np.float32
+    assert info["tol"] == pytest.approx(1e-4)
+    assert info["converged"]
+    check_triplets(A, s, U, V, k, 1e-4)
+
+
+@pytest.mark.parametrize("order", "CF")
+def test_repeated_outliers_subspace(order):
+    # Singular value 5 with multiplicity 4: the subspace must be the exact one.
+    rng = np.random.default_rng(3)
+    n, m = 500, 300
+    U0, _ = np.linalg.qr(rng.standard_normal((n, 6)))
+    V0, _ = np.linalg.qr(rng.standard_normal((m, 6)))
+    A = (U0 * [5, 5, 5, 5, 3, 2]) @ V0.T + 0.02 * rng.standard_normal((n, m)) / np.sqrt(n)
+    A = np.asarray(A, order=order)
+    s, U, V, info = specdyn.top_singular(A, 5)
+    ref_U, ref_s, ref_Vt = np.linalg.svd(A, full_matrices=False)
+    check_triplets(A, s, U, V, 5, 1e-10)
+    # The subspace of the 4 (nearly) repeated values: principal angles ~ 0.
+    cosines = np.linalg.svd(V[:, :4].T @ ref_Vt[:4].T, compute_uv=False)
+    assert np.min(cosines) > 1 - 1e-8
+
+
+def test_c_and_fortran_order_agree():
+    A = spiked(400, 350, 6, "separated", 1)
+    sc, Uc, Vc, _ = specdyn.top_singular(A, 6)
+    sf, Uf, Vf, _ = specdyn.top_singular(np.asfortranarray(A), 6)
+    np.testing.assert_allclose(sc, sf, rtol=1e-12)
+    np.testing.assert_allclose(np.abs(np.sum(Uc * Uf, axis=0)), 1, atol=1e-9)
+    # A strided view is accepted too (one copy).
+    B = np.zeros((800, 350))
+    B[::2] = A
+    sv, *_ = specdyn.top_singular(B[::2], 6)
+    np.testing.assert_allclose(sv, sc, rtol=1e-12)
+
+
+@pytest.mark.parametrize("order", "CF")
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_warm_start_from_exact_converges_in_one_or_two_steps(order, k):
+    A = spiked(600, 500, k, "separated", 7, order=order)
+    _, _, Vt = np.linalg.svd(A, full_matrices=False)
+    s, U, V, info = specdyn.top_singular(A, k, v0=Vt[:k].T)
+    assert info["converged"]
+    assert info["iterations"] <= 2
+    check_triplets(A, s, U, V, k, 1e-10)
+
+
+def test_warm_start_after_perturbation_is_cheaper():
+    A = spiked(600, 600, 5, "separated", 11)
+    s, U, V, cold = specdyn.top_singular(A, 5)
+    B = A + 1e-2 * np.linalg.norm(A, 2) * np.random.default_rng(0).standard_normal(A.shape) / np.sqrt(2 * 600)
+    s2, U2, V2, warm = specdyn.top_singular(B, 5, v0=V)
+    s3, *_ , cold2 = specdyn.top_singular(B, 5)
+    check_triplets(B, s2, U2, V2, 5, 1e-10)
+    assert warm["matrix_passes"] < cold2["matrix_passes"]
+
+
+def test_non_convergence_is_reported():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((500, 500))  # no gap at the top edge: slow
+    with pytest.warns(ConvergenceWarning):
+        s, U, V, info = specdyn.top_singular(A, 10, max_passes=3)
+    assert not info["converged"]
+
+
+def test_zero_matrix_and_tiny():
+    s, U, V, info = specdyn.top_singular(np.zeros((200, 150)), 3)
+    np.testing.assert_array_equal(s, 0)
+    assert info["converged"]
+    s, U, V, info = specdyn.top_singular(np.array([[3.0]]), 1)
+    assert s[0] == pytest.approx(3.0)
+
+
+def test_rank_deficient_k_above_rank():
+    # Only the values are well defined beyond the rank; the zero ones are found.
+    A = spiked(300, 200, 2, "rank_deficient", 5)  # rank 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        s, U, V, info = specdyn.top_singular(A, 8)
+    ref = np.linalg.svd(A, compute_uv=False)
+    np.testing.assert_allclose(s, ref[:8], atol=1e-9 * ref[0])
+    assert np.linalg.norm(A @ V - U * s) <= 1e-9 * ref[0]
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((np.ones((5, 4)), 5), "k must be"),
+        ((np.ones((5, 4)), 0), "k must be"),
+        ((np.ones((5, 4)), 1.5), "k must be"),
+        ((np.array([[1.0, np.nan], [0.0, 1.0]]), 1), "finite"),
+        ((np.array([[1.0, np.inf], [0.0, 1.0]]), 1), "finite"),
+        ((np.ones((3, 3), dtype=complex), 1), "dtype"),
+        ((np.ones(5), 1), "ndim"),
+        ((np.ones((2, 2, 2)), 1), "ndim"),
+        ((np.ones((0, 3)), 1), "at least one"),
+    ],
+)
+def test_top_singular_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        specdyn.top_singular(*args)
+
+
+def test_top_singular_bad_options():
+    A = np.ones((10, 8))
+    with pytest.raises(ValueError, match="tol"):
+        specdyn.top_singular(A, 1, tol=0.0)
+    with pytest.raises(ValueError, match="v0"):
+        specdyn.top_singular(A, 1, v0=np.ones((7, 2)))
+    with pytest.raises(ValueError, match="v0"):
+        specdyn.top_singular(A, 1, v0=np.full((8, 1), np.nan))
+    with pytest.raises(ValueError, match="block"):
+        specdyn.top_singular(A, 1, block=0)
+
+
+def sym_spectrum(n, seed):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    ev = rng.uniform(-1, 1, n)
+    top, bottom = [10, 9, 9, 8, 7.5], [-6, -6, -7, -8]
+    if n >= 9:
+        ev[:5], ev[-4:] = top, bottom
+    A = (Q * ev) @ Q.T
+    return (A + A.T) / 2
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(2, 400), k=st.integers(1, 8), which=st.sampled_from(["largest", "both"]),
+       as_callable=st.booleans(), seed=st.integers(0, 2**31))
+def test_top_eigs_matches_eigh(n, k, which, as_callable, seed):
+    k = min(k, n if which == "largest" else n // 2)
+    A = sym_spectrum(n, seed)
+    w = np.linalg.eigvalsh(A)
+    op = (lambda X: A @ X) if as_callable else A
+    vals, vecs, info = specdyn.top_eigs(op, n=n, k=k, which=which)
+    assert info["converged"]
+    ref = w[::-1][:k] if which == "largest" else np.concatenate([w[::-1][:k], w[:k]])
+    norm = np.max(np.abs(w))
+    np.testing.assert_allclose(vals, ref, atol=1e-8 * norm)
+    res = np.linalg.norm(A @ vecs - vecs * vals, axis=0)
+    assert np.all(res <= 1e-9 * norm)
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(vals.size), atol=1e-8)
+
+
+def test_top_eigs_warm_start_and_vector_callable():
+    A = sym_spectrum(300, 2)
+    w, Q = np.linalg.eigh(A)
+    vals, vecs, info = specdyn.top_eigs(A, k=3, v0=Q[:, ::-1][:, :3])
+    assert info["iterations"] <= 2
+    # A callable written for matvecs on (n,) inputs works when b == 1.
+    vals1, _, info1 = specdyn.top_eigs(lambda x: A @ x[:, 0] if x.ndim == 2 and x.shape[1] == 1 else A @ x,
+                                       n=300, k=1, block=1)
+    assert vals1[0] == pytest.approx(w[-1], rel=1e-9)
+
+
+def test_top_eigs_bad_input():
+    A = sym_spectrum(50, 0)
+    with pytest.raises(ValueError, match="shape"):
+        specdyn.top_eigs(lambda X: (A @ X)[:-1], n=50, k=2)
+    with pytest.raises(ValueError, match="non-finite"):
+        specdyn.top_eigs(lambda X: X * np.nan, n=50, k=2)
+    with pytest.raises(ValueError, match="n "):
+        specdyn.top_eigs(lambda X: X, k=2)
+    with pytest.raises(ValueError, match="symmetric"):
+        specdyn.top_eigs(np.triu(np.ones((5, 5))), k=1)
+    with pytest.raises(ValueError, match="square"):
+        specdyn.top_eigs(np.ones((5, 4)), k=1)
+    with pytest.raises(ValueError, match="k must be"):
+        specdyn.top_eigs(A, k=26, which="both")
+    with pytest.raises(ValueError, match="which"):
+        specdyn.top_eigs(A, k=1, which="smallest")
+
+
+def test_spectral_density_exact_is_histogram():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 200)) / np.sqrt(300)
+    grid = np.linspace(0, 3.5, 15)
+    d, e = specdyn.spectral_density(X, grid, method="exact")
+    ref = np.histogram(np.linalg.svd(X, compute_uv=False) ** 2, bins=grid)[0] / 200 / np.diff(grid)
+    np.testing.assert_allclose(d, ref)
+    assert np.all(e == 0)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "wide", "symmetric", "callable"])
+def test_spectral_density_slq_close_to_exact(layout):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((900, 600)) / np.sqrt(900)
+    kw = {}
+    if layout == "F":
+        X = np.asfortranarray(X)
+    elif layout == "wide":
+        X = np.ascontiguousarray(X.T)
+    elif layout in ("symmetric", "callable"):
+        S = X.T @ X
+        X = S if layout == "symmetric" else (lambda Z: S @ Z)
+        kw = {"n": 600} if layout == "callable" else {}
+    grid = np.linspace(0, 3.2, 17)
+    d, e = specdyn.spectral_density(X, grid, probes=12, degree=60, **kw)
+    de, _ = specdyn.spectral_density(X, grid, method="exact", **kw)
+    l1 = np.sum(np.abs(d - de) * np.diff(grid))
+    assert l1 < 0.06
+    assert np.all(e >= 0)
+    assert np.sum(d * np.diff(grid)) == pytest.approx(1.0, abs=0.02)
+
+
+def test_spectral_density_bad_input():
+    X = np.ones((5, 4))
+    with pytest.raises(ValueError, match="grid"):
+        specdyn.spectral_density(X, [1.0, 0.5])
+    with pytest.raises(ValueError, match="method"):
+        specdyn.spectral_density(X, [0, 1], method="kpm")
+    with pytest.raises(ValueError, match="probes"):
+        specdyn.spectral_density(X, [0, 1], probes=0)
+    with pytest.raises(ValueError, match="n "):
+        specdyn.spectral_density(lambda Z: Z, [0, 1])

@@ -1,0 +1,295 @@
+"""simulate(): the training loop and its tracking against a plain NumPy loop
+and LAPACK, SGD/GD identity, reproducibility across thread counts,
+divergence, checkpoint/resume and bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import specdyn
+from specdyn import _core
+from specdyn.config import RunConfig
+from specdyn.data import teacher
+from specdyn.parameterization import scales
+
+K_WEIGHTS = 1 << 32  # rng::kWeights
+
+
+def numpy_run(cfg: RunConfig, X, Y, steps: int):
+    """Plain NumPy full-batch GD of the same network; returns losses and weights per step."""
+    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
+    W = [_core.gaussian_f64(l.fan_out, l.fan_in, cfg.seed, K_WEIGHTS + i, l.init_std) for i, l in enumerate(sc.layers)]
+    phi = {"linear": (lambda z: z, lambda h: np.ones_like(h)),
+           "tanh": (np.tanh, lambda h: 1 - h**2),
+           "relu": (lambda z: np.maximum(z, 0), lambda h: (h > 0).astype(float))}[cfg.activation]
+    P = X.shape[0]
+    losses, history = [], [[w.copy() for w in W]]
+    for t in range(steps + 1):
+        hs = [X]
+        for l, (w, m) in enumerate(zip(W, sc.multipliers)):
+            z = m * hs[-1] @ w.T
+            hs.append(phi[0](z) if l < cfg.depth else z)
+        r = hs[-1] - Y
+        losses.append((r**2).sum() / (2 * P))
+        if t == steps:
+            break
+        e = r / P
+        grads = [None] * len(W)
+        for l in range(cfg.depth, -1, -1):
+            m = sc.multipliers[l]
+            grads[l] = m * e.T @ hs[l]
+            if l > 0:
+                e = (m * e @ W[l]) * phi[1](hs[l])
+        W = [w - sc.learning_rate * g for w, g in zip(W, grads)]
+        history.append([w.copy() for w in W])
+    return np.array(losses), history, sc
+
+
+def assert_close(a, b, tol=1e-10):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    scale = max(1.0, np.nanmax(np.abs(b)))
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    assert np.nanmax(np.abs(a - b)) <= tol * scale
+
+
+@pytest.mark.parametrize("act,scaling", [("linear", "mup"), ("tanh", "ntk"), ("relu", "sp"), ("tanh", "mup")])
+def test_gd_matches_numpy_loop_and_lapack(act, scaling):
+    cfg = RunConfig(width=24, depth=3, input_dim=5, output_dim=2, samples=12, activation=act, scaling=scaling,
+                    gamma0=0.8, eta0=0.3 if scaling != "sp" else 0.05, steps=9, track_every=3, top_k=3,
+                    bulk_steps=[9], bulk_bins=10)
+    X, Y = teacher(cfg.samples, cfg.input_dim, cfg.output_dim, seed=cfg.data_seed)
+    ds = specdyn.simulate(cfg)
+    losses, history, sc = numpy_run(cfg, X, Y, cfg.steps)
+    steps = ds.step.values
+    assert list(steps) == [0, 3, 6, 9]
+    assert_close(ds.loss.values, losses[steps])
+    for i, t in enumerate(steps):
+        for l, lay in enumerate(sc.layers):
+            A = lay.normalizer * history[t][l]
+            s = np.linalg.svd(A, compute_uv=False)
+            k = min(cfg.top_k, len(s))
+            assert_close(ds.singular_values.values[i, l, :k], s[:k], 1e-8)
+            assert np.all(np.isnan(ds.singular_values.values[i, l, k:]))
+            d = np.linalg.svd(lay.normalizer * (history[t][l] - history[0][l]), compute_uv=False)
+            assert_close(ds.delta_singular_values.values[i, l, :k], d[:k], 1e-8)
+            assert_close(ds.weight_norm.values[i, l], np.linalg.norm(A))
+    # bulk histogram of the last step: all singular values, counted
+    counts = ds.bulk_counts.sel(bulk_step=9).values
+    for l, lay in enumerate(sc.layers):
+        s = np.linalg.svd(lay.normalizer * history[9][l], compute_uv=False)
+        edges = ds.bulk_edges.sel(bulk_step=9).values[l]
+        ref, _ = np.histogram(s, bins=edges)
+        np.testing.assert_array_equal(counts[l], ref)
+
+
+def test_sharpness_and_overlaps_match_reference():
+    cfg = RunConfig(width=16, depth=2, input_dim=4, output_dim=1, samples=10, activation="tanh", steps=4,
+                    track_every=2, top_k=2, gamma0=1.0, eta0=0.5)
+    X, Y = teacher(cfg.samples, cfg.input_dim, cfg.output_dim)
+    ds = specdyn.simulate(cfg)
+    _, history, sc = numpy_run(cfg, X, Y, cfg.steps)
+    for i, t in enumerate(ds.step.values):
+        W = history[t]
+        K = _core.nets_ntk_gram(W, sc.multipliers, cfg.activation, X)  # checked against autograd elsewhere
+        S = sc.learning_rate * np.linalg.eigvalsh(K)[-1] / cfg.samples
+        assert_close(ds.normalized_sharpness.values[i], S, 1e-9)
+        # overlaps of the hidden layer W1 with its mean input and mean backward signal
+        h1 = np.tanh(sc.multipliers[0] * X @ W[0].T)
+        h2 = np.tanh(sc.multipliers[1] * h1 @ W[1].T)
+        f = sc.multipliers[2] * h2 @ W[2].T
+        e = (f - Y) / cfg.samples
+        g2 = (sc.multipliers[2] * e @ W[2]) * (1 - h2**2)
+        U, _, Vt = np.linalg.svd(W[1])
+        m_in, m_bw = h1.mean(0), g2.mean(0)
+        ov_in = (Vt[:2] @ m_in) ** 2 / (m_in @ m_in)
+        ov_bw = (U[:, :2].T @ m_bw) ** 2 / (m_bw @ m_bw)
+        assert_close(ds.overlap_input.sel(layer="W1").values[i], ov_in, 1e-7)
+        assert_close(ds.overlap_backward.sel(layer="W1").values[i], ov_bw, 1e-7)
+
+
+def test_schema_and_beta_f():
+    cfg = RunConfig(width=32, depth=2, input_dim=6, samples=20, steps=5, top_k=3)
+    X, Y = teacher(cfg.samples, cfg.input_dim)
+    ds = specdyn.simulate(cfg)
+    assert ds.step.dtype == np.int64 and list(ds.layer.values) == ["W0", "W1", "W2"]
+    assert list(ds["rank"].values) == [0, 1, 2] and list(ds["input"].values) == list(range(6))
+    for name, dims in [("loss", ("step",)), ("singular_values", ("step", "layer", "rank")),
+                       ("delta_singular_values", ("step", "layer", "rank")), ("normalized_sharpness", ("step",)),
+                       ("hessian_top", ("step",)), ("weight_norm", ("step", "layer")),
+                       ("overlap_input", ("step", "layer", "rank")), ("overlap_backward", ("step", "layer", "rank")),
+                       ("beta_f", ("step", "input"))]:
+        assert ds[name].dims == dims, name
+    assert ds.attrs["kind"] == "simulation" and ds.attrs["status"] == "ok" and ds.attrs["diverged_step"] == -1
+    assert ds.attrs["scaling"] == "mup" and ds.attrs["width"] == 32 and ds.attrs["seed"] == 0
+    assert RunConfig.from_json(ds.attrs["config"]) == cfg
+    # f(x) = beta_f . x / sqrt(D): check against the network output
+    _, history, sc = numpy_run(cfg, X, Y, cfg.steps)
+    W = history[-1]
+    f = _core.nets_forward(W, sc.multipliers, "linear", X)[:, 0]
+    assert_close(X @ ds.beta_f.values[-1] / np.sqrt(cfg.input_dim), f)
+    # the readout has one singular value; the rest is NaN
+    assert np.all(np.isnan(ds.singular_values.sel(layer="W2").values[:, 1:]))
+    assert "beta_f" not in specdyn.simulate(cfg.replace(activation="tanh", steps=1))
+
+
+def test_user_data_and_one_dimensional_targets():
+    cfg = RunConfig(width=16, depth=1, input_dim=3, samples=8, steps=3)
+    X, Y = teacher(8, 3, seed=5)
+    a = specdyn.simulate(cfg, data=(X, Y))
+    b = specdyn.simulate(cfg, data=(X, Y[:, 0]))
+    np.testing.assert_array_equal(a.loss.values, b.loss.values)
+    c = specdyn.simulate(cfg.replace(data_seed=5))
+    np.testing.assert_array_equal(a.loss.values, c.loss.values)
+
+
+def test_sgd_with_full_batch_is_gd_exactly():
+    cfg = RunConfig(width=32, depth=2, input_dim=5, samples=16, steps=6, activation="tanh", top_k=2)
+    gd = specdyn.simulate(cfg)
+    sgd = specdyn.simulate(cfg.replace(batch_size=16))
+    for name in gd.data_vars:
+        np.testing.assert_array_equal(gd[name].values, sgd[name].values)
+    small = specdyn.simulate(cfg.replace(batch_size=4, steps=30))
+    assert not np.array_equal(small.loss.values[:7], gd.loss.values)
+    assert small.loss.values[-1] < small.loss.values[0]
+
+
+def test_online_training_learns():
+    cfg = RunConfig(width=32, depth=2, input_dim=5, samples=64, batch_size=16, online=True, steps=40,
+                    track_every=10, eta0=0.5)
+    ds = specdyn.simulate(cfg)
+    assert ds.attrs["status"] == "ok"
+    assert ds.loss.values[-1] < 0.7 * ds.loss.values[0]
+
+
+def test_teacher_is_linear_and_continues_online():
+    X, Y = teacher(40, 6, 2, seed=3)
+    beta = np.linalg.lstsq(X, Y, rcond=None)[0] * np.sqrt(6)
+    np.testing.assert_allclose(X @ beta / np.sqrt(6), Y, atol=1e-12)
+    X2, Y2 = teacher(10, 6, 2, seed=3, first=30)
+    np.testing.assert_array_equal(X2, X[30:])
+    np.testing.assert_array_equal(Y2, Y[30:])
+    Xt, Yt = teacher(40, 6, 2, seed=3, kind="tanh")
+    np.testing.assert_allclose(Yt, np.tanh(Y), atol=1e-15)
+    _, Yn = teacher(40, 6, 2, seed=3, noise=0.5)
+    assert 0.3 < np.std(Yn - Y) < 0.7
+    assert abs(X.mean()) < 0.2 and abs(X.std() - 1) < 0.15
+
+
+_RUN_SNIPPET = """
+import sys, numpy as np, specdyn
+cfg = specdyn.RunConfig(width=96, depth=3, input_dim=16, samples=48, steps=8, activation='tanh',
+                        track_every=4, top_k=3, batch_size=int(sys.argv[2]) if len(sys.argv) > 2 else None,
+                        bulk_steps=[8], track_hessian=True)
+ds = specdyn.simulate(cfg)
+np.savez(sys.argv[1], **{k: ds[k].values for k in ds.data_vars})
+"""
+
+
+@pytest.mark.parametrize("batch", [None, 20])
+def test_same_seed_same_run_at_any_thread_count(tmp_path, batch):
+    outs = []
+    for threads in (1, 2):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+                   PYTHONPATH=str(Path(specdyn.__file__).parent.parent))
+        out = tmp_path / f"t{threads}.npz"
+        args = [sys.executable, "-c", _RUN_SNIPPET, str(out)] + ([str(batch)] if batch else [])
+        subprocess.run(args, env=env, check=True, timeout=300)
+        outs.append(np.load(out))
+    for k in outs[0].files:
+        np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+
+
+def test_divergence_is_recorded_not_raised():
+    cfg = RunConfig(width=32, depth=2, input_dim=4, samples=8, steps=50, eta0=200.0, gamma0=1.0,
+                    activation="linear")
+    ds = specdyn.simulate(cfg)
+    assert ds.attrs["status"] == "diverged"
+    t = ds.attrs["diverged_step"]
+    assert 0 < t < 50
+    after = ds.step.values > t
+    assert np.all(np.isnan(ds.loss.values[after]))
+    assert np.all(np.isnan(ds.singular_values.values[after]))
+    at = ds.step.values == t
+    assert not np.isfinite(ds.loss.values[at][0]) or ds.loss.values[at][0] > cfg.divergence_bound
+    assert np.all(np.isfinite(ds.loss.values[ds.step.values < t]))
+    # a bound reached before non-finite values also stops the run
+    low = specdyn.simulate(cfg.replace(eta0=0.1, divergence_bound=1e-6))
+    assert low.attrs["status"] == "diverged" and low.attrs["diverged_step"] == 0
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("batch", [None, 6])
+def test_checkpoint_resume_is_bit_for_bit(tmp_path, batch):
+    cfg = RunConfig(width=40, depth=3, input_dim=5, samples=16, steps=30, activation="tanh", track_every=[0, 3, 7, 11, 20],
+                    top_k=3, checkpoint_every=5, batch_size=batch, bulk_steps=[10, 30], track_hessian=True)
+    full = specdyn.simulate(cfg)
+    path = tmp_path / "run.ckpt"
+
+    def stop(step, steps, loss):
+        if step >= 17:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        specdyn.simulate(cfg, checkpoint=path, progress=stop)
+    assert path.exists()
+    resumed = specdyn.simulate(cfg, checkpoint=path, resume=True)
+    for name in full.data_vars:
+        np.testing.assert_array_equal(full[name].values, resumed[name].values, err_msg=name)
+    assert not path.exists()  # a finished run leaves no checkpoint behind
+    with pytest.raises(_Stop):
+        specdyn.simulate(cfg, checkpoint=path, progress=stop)
+    with pytest.raises(ValueError, match="different config"):
+        specdyn.simulate(cfg.replace(seed=1), checkpoint=path, resume=True)
+
+
+@pytest.mark.parametrize("changes,field", [
+    (dict(width=0), "width"), (dict(activation="gelu"), "activation"), (dict(scaling="xyz"), "scaling"),
+    (dict(eta0=0.0), "eta0"), (dict(batch_size=17), "batch_size"), (dict(top_k=16), "top_k"),
+    (dict(depth=0), "depth"), (dict(gamma0=-1.0), "gamma0"), (dict(sigma=[1.0]), "sigma"),
+])
+def test_bad_config_raises_one_value_error(changes, field):
+    base = dict(width=16, depth=2, input_dim=3, samples=16, steps=2)
+    with pytest.raises(ValueError, match=field):
+        specdyn.simulate(RunConfig(**{**base, **changes}))
+
+
+def test_bad_data_and_arguments():
+    cfg = RunConfig(width=16, depth=1, input_dim=3, samples=8, steps=2)
+    X, Y = teacher(8, 3)
+    with pytest.raises(ValueError, match="data X"):
+        specdyn.simulate(cfg, data=(X[:7], Y))
+    with pytest.raises(ValueError, match="data Y"):
+        specdyn.simulate(cfg, data=(X, np.ones((8, 2))))
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        specdyn.simulate(cfg, data=(bad, Y))
+    with pytest.raises(ValueError, match="data"):
+        specdyn.simulate(cfg, data=X)
+    with pytest.raises(ValueError, match="online"):
+        specdyn.simulate(cfg.replace(online=True), data=(X, Y))
+    with pytest.raises(ValueError, match="checkpoint"):
+        specdyn.simulate(cfg, resume=True)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        specdyn.simulate(cfg, checkpoint="x.ckpt")
+    with pytest.raises(ValueError, match="config"):
+        specdyn.simulate("not a config")
+    with pytest.raises(ValueError, match="progress"):
+        specdyn.simulate(cfg, progress=3)
+
+
+def test_float32_tracks_float64():
+    cfg = RunConfig(width=64, depth=2, input_dim=8, samples=32, steps=10, activation="tanh", track_every=5)
+    a = specdyn.simulate(cfg)
+    b = specdyn.simulate(cfg.replace(dtype="float32"))
+    np.testing.assert_allclose(b.loss.values, a.loss.values, rtol=1e-4)
+    np.testing.assert_allclose(b.singular_values.values, a.singular_values.values, rtol=1e-4)
