@@ -1,0 +1,322 @@
+"""Infinite-width theory of the one-bulk model (THEORY.md section 2).
+
+The network is h1 = W0 x / sqrt(D), h2 = A h1 with the square bulk
+A = W1 / sqrt(N), f = w . h2 / (gamma sqrt(N)), C = 1 output, trained by
+full-batch GD. Under muP its dynamics close on mode averages over the
+singular values s of A(0) (quarter circle on [0, 2 sigma]); the C++ core
+(``specdyn._core.dmft_solve_modes``) runs that recursion on a Gauss rule
+and the outlier solver (``dmft_outliers``) finds the singular values of
+A(t) = A(0) + c U V^T above the bulk edge.
+
+Public entry points:
+
+* ``one_bulk(config, data)``: the N -> infinity curves as an ``xarray.Dataset``
+  with the names of ``specdyn.simulate``.
+* ``one_bulk_finite(config, weights, data)``: the same recursion on the actual
+  SVD modes of one finite network: it reproduces that network's GD to rounding.
+* ``quarter_circle_nodes(nodes, sigma)``: the quadrature rule.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _core
+from .. import _validate as V
+from .. import parameterization as PZ
+from ..config import RunConfig
+from ..rmt import bgn_outliers
+
+LAYER = "W1"
+_COVERS = ("the one-bulk theory covers depth=2 (W0, one square bulk W1, readout W2), activation='linear', "
+           "output_dim=1, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or "
+           "'ntk' (as muP at richness gamma0/sqrt(width))")
+
+
+def quarter_circle_nodes(nodes: int, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre rule in phi for the quarter-circle law, s = 2 sigma sin(phi).
+
+    rho(s) ds = (4 / pi) cos(phi)^2 dphi on [0, pi / 2]; the integrand of every
+    mode average is smooth in phi. Returns (s, weights), shapes (nodes,), weights
+    summing to 1.
+    """
+    nodes = V.integer("nodes", nodes, 8)
+    sigma = V.real("sigma", sigma, 0.0, None, lo_open=True)
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    phi = (x + 1.0) * (np.pi / 4.0)
+    return 2.0 * sigma * np.sin(phi), w * np.cos(phi) ** 2
+
+
+# ---- inputs ------------------------------------------------------------------------
+
+def _check_config(config) -> None:
+    if not isinstance(config, RunConfig):
+        raise ValueError(f"config must be a specdyn.RunConfig; got {type(config).__name__}")
+    bad = []
+    if config.depth != 2:
+        bad.append(f"depth={config.depth}")
+    if config.activation != "linear":
+        bad.append(f"activation={config.activation!r}")
+    if config.output_dim != 1:
+        bad.append(f"output_dim={config.output_dim}")
+    if config.scaling not in ("mup", "ntk"):
+        bad.append(f"scaling={config.scaling!r}")
+    if config.batch_size is not None:
+        bad.append(f"batch_size={config.batch_size}")
+    if config.online:
+        bad.append("online=True")
+    if bad:
+        raise ValueError(f"{_COVERS}; got {', '.join(bad)}")
+
+
+def _sigmas(config) -> tuple[float, float, float]:
+    s = config.sigma
+    if isinstance(s, (list, tuple)):
+        return float(s[0]), float(s[1]), float(s[2])
+    return float(s), float(s), float(s)
+
+
+def _data(config, data) -> tuple[np.ndarray, np.ndarray]:
+    P, D = config.samples, config.input_dim
+    if data is None:
+        try:
+            from ..data import teacher
+        except ImportError:  # pragma: no cover - until specdyn.data lands
+            raise ValueError("data=None needs specdyn.data.teacher; pass data=(X, y) instead") from None
+        data = teacher(P, D, output_dim=1, seed=config.data_seed, kind=config.teacher, noise=config.noise)
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError("data must be a pair (X, y) with X of shape (samples, input_dim) and y of shape "
+                         f"(samples,) or (samples, 1); samples={P}, input_dim={D}")
+    X = V.finite_array("data X", data[0], ndim=2).astype(np.float64)
+    y = V.finite_array("data y", data[1], ndim=(1, 2)).astype(np.float64)
+    if X.shape != (P, D):
+        raise ValueError(f"data X must have shape (samples, input_dim) = ({P}, {D}); got {X.shape}")
+    if y.ndim == 2 and y.shape[1] != 1:
+        raise ValueError(f"data y must have shape ({P},) or ({P}, 1); got {y.shape}")
+    y = y.reshape(-1)
+    if y.shape[0] != P:
+        raise ValueError(f"data y must have shape ({P},) or ({P}, 1); got {np.shape(data[1])}")
+    return np.ascontiguousarray(X), np.ascontiguousarray(y)
+
+
+def _steps(config, steps) -> tuple[int, list[int]]:
+    """(T, output steps)."""
+    if steps is None:
+        out = config.tracked_steps()
+        return config.steps, out
+    if isinstance(steps, (list, tuple, np.ndarray)):
+        out = sorted({V.integer("steps[]", int(s) if isinstance(s, np.integer) else s, 0) for s in steps})
+        if not out:
+            raise ValueError("steps must be a non-negative integer or a non-empty list of them")
+        return out[-1], out
+    T = V.integer("steps", steps, 0)
+    return T, list(range(T + 1))
+
+
+def _outlier_steps(outlier_steps, out_steps) -> list[int]:
+    if outlier_steps is None:
+        return list(out_steps)
+    if isinstance(outlier_steps, (int, np.integer)) and not isinstance(outlier_steps, bool):
+        outlier_steps = [outlier_steps]
+    chosen = sorted({V.integer("outlier_steps[]", int(s) if isinstance(s, np.integer) else s, 0)
+                     for s in outlier_steps})
+    missing = [s for s in chosen if s not in set(out_steps)]
+    if missing:
+        raise ValueError(f"outlier_steps must be among the output steps; {missing} are not")
+    return chosen
+
+
+# ---- the solver --------------------------------------------------------------------
+
+def solve_modes(s, weights, a0, B0, X, y, c, richness, eta0, steps, history_tol=1e-13, sharpness_steps=None):
+    """Run the mode recursion in the C++ core (no argument checks: internal and tests).
+
+    s, weights (M,); a0 (M, R), B0 (M, D, R) coefficient rows of omega and zeta at t = 0;
+    X (P, D), y (P,); c = eta0 * richness. Returns the core's ``DmftModeSolution``
+    (loss, beta_f, Cw, Cq, Cqm, sharpness; compressed histories for ``dmft_outliers``).
+    """
+    flags = None
+    if sharpness_steps is not None:
+        flags = np.zeros(steps + 1, dtype=np.uint8)
+        flags[list(sharpness_steps)] = 1
+    return _core.dmft_solve_modes(np.ascontiguousarray(s, float), np.ascontiguousarray(weights, float),
+                                  np.ascontiguousarray(a0, float), np.ascontiguousarray(B0, float),
+                                  X, y, float(c), float(richness), float(eta0), int(steps),
+                                  float(history_tol), flags)
+
+
+def limit_initial(s, input_dim: int, sigma_in: float, sigma_out: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficient rows at t = 0 in xi ~ N(0, I_{1+D}): omega(0) = sigma_out xi_0, zeta(0) = sigma_in xi_{1:}."""
+    M, D = len(s), input_dim
+    a0 = np.zeros((M, 1 + D))
+    a0[:, 0] = sigma_out
+    B0 = np.zeros((M, D, 1 + D))
+    B0[:, np.arange(D), 1 + np.arange(D)] = sigma_in
+    return a0, B0
+
+
+def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, kind_attrs):
+    import xarray as xr
+
+    T = sol.steps
+    idx = np.asarray(out_steps, dtype=np.int64)
+    loss = np.asarray(sol.loss)
+    diverged = np.flatnonzero(~np.isfinite(loss) | (loss > config.divergence_bound))
+    div_step = int(diverged[0]) if diverged.size else -1
+    live = [n for n in outlier_steps if div_step < 0 or n < div_step]
+    S = len(idx)
+    sv = np.full((S, 1, top_k), np.nan)
+    naive = np.full((S, 1, top_k), np.nan)
+    dsv = np.full((S, 1, top_k), np.nan)
+    ol = np.full((S, 1, top_k), np.nan)
+    orr = np.full((S, 1, top_k), np.nan)
+    if live:
+        res = _core.dmft_outliers(sol, live, top_k, float(c), float(edge))
+        pos = {n: i for i, n in enumerate(out_steps)}
+        for i, n in enumerate(live):
+            j = pos[n]
+            sv[j, 0] = res["values"][i]
+            ol[j, 0] = res["overlap_left"][i]
+            orr[j, 0] = res["overlap_right"][i]
+            theta = c * res["spikes"][i]                     # singular values of A(n) - A(0)
+            dsv[j, 0] = np.where(np.isfinite(theta), theta, 0.0 if n > 0 else np.nan)
+            if n == 0:
+                dsv[j, 0] = 0.0
+            th = np.nan_to_num(theta, nan=0.0)
+            b = bgn_outliers(th, ratio=1.0, sigma=sigma_bulk)
+            naive[j, 0] = np.where(b["is_outlier"], b["singular_values"], np.nan)
+    Cw = np.asarray(sol.Cw)
+    Cq = np.asarray(sol.Cq)
+    beta_f = np.asarray(sol.beta_f)[idx]
+    sharp = np.asarray(sol.sharpness)[idx]
+    if div_step >= 0:
+        after = idx >= div_step
+        for arr in (sv, naive, dsv, ol, orr):
+            arr[after] = np.nan
+    coords = {"step": idx, "layer": [LAYER], "rank": np.arange(top_k), "input": np.arange(config.input_dim),
+              "step_b": idx}
+    dims3 = ("step", "layer", "rank")
+    ds = xr.Dataset(
+        {
+            "loss": ("step", loss[idx]),
+            "beta_f": (("step", "input"), beta_f),
+            "normalized_sharpness": ("step", sharp),
+            "singular_values": (dims3, sv),
+            "naive_singular_values": (dims3, naive),
+            "delta_singular_values": (dims3, dsv),
+            "overlap_spike_left": (dims3, ol),
+            "overlap_spike_right": (dims3, orr),
+            "C_w": ("step", np.diag(Cw)[idx]),
+            "C_q": ("step", np.diag(Cq)[idx]),
+            "C_w_two_time": (("step", "step_b"), Cw[np.ix_(idx, idx)]),
+            "C_q_two_time": (("step", "step_b"), Cq[np.ix_(idx, idx)]),
+        },
+        coords=coords,
+    )
+    ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2"
+    ds["singular_values"].attrs["long_name"] = "outlier singular values of A = W1/sqrt(N) above the bulk edge (NaN: none)"
+    ds["naive_singular_values"].attrs["long_name"] = "BGN outliers of an independent spike with the increment's singular values"
+    ds["delta_singular_values"].attrs["long_name"] = "singular values of A(t) - A(0) = c U V^T"
+    ds["overlap_spike_left"].attrs["long_name"] = "|<left outlier vector, top left singular vector of A(t)-A(0)>|^2"
+    ds["overlap_spike_right"].attrs["long_name"] = "|<right outlier vector, top right singular vector of A(t)-A(0)>|^2"
+    ds["normalized_sharpness"].attrs["long_name"] = "eta lambda_max(NTK) / P (edge of stability at 2)"
+    ds["C_w"].attrs["long_name"] = "|w(t)|^2 / N"
+    ds["C_q"].attrs["long_name"] = "|q(t)|^2 / N, q = W0 r / sqrt(D)"
+    ds.attrs.update({
+        "config": config.to_json(), "status": "ok" if div_step < 0 else "diverged", "diverged_step": div_step,
+        "scaling": config.scaling, "width": config.width, "seed": config.seed, "update_strength": float(c),
+        "bulk_edge": float(edge), "steps_run": int(T),
+    })
+    ds.attrs.update(kind_attrs)
+    return ds
+
+
+def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None = None, outlier_steps=None,
+             edge_margin: float = 1e-3, history_tol: float = 1e-13):
+    """Infinite-width curves of the one-bulk model for a run configuration.
+
+    Parameters
+    ----------
+    config : RunConfig with depth=2, activation="linear", output_dim=1, batch_size=None,
+        scaling "mup" (the muP limit, richness gamma0) or "ntk" (the same recursion at the
+        effective richness gamma0 / sqrt(width) of ``parameterization.effective_richness``).
+        sigma may be one float or [sigma_W0, sigma_bulk, sigma_readout].
+    data : (X (P, D), y (P,) or (P, 1)) with P = config.samples, D = config.input_dim;
+        None draws the teacher of ``specdyn.data.teacher`` from config.data_seed.
+    nodes : quadrature nodes M >= 8 over the quarter circle.
+    steps : None (config.steps, output at config.tracked_steps()), an int T (every step
+        0..T) or a list of output steps (run to the largest).
+    top_k : outliers reported per step (default config.top_k).
+    outlier_steps : output steps at which to solve for outliers (default all of them).
+    edge_margin : outliers must exceed 2 sigma_bulk (1 + edge_margin).
+    history_tol : relative tolerance of the compressed histories (0: exact to rounding).
+
+    Returns
+    -------
+    xarray.Dataset with coords step, layer=["W1"], rank, input (and step_b for the
+    two-time order parameters) and variables loss(step), beta_f(step, input),
+    normalized_sharpness(step), singular_values(step, layer, rank) (NaN: no outlier),
+    naive_singular_values, delta_singular_values, overlap_spike_left/right,
+    C_w(step), C_q(step), C_w_two_time / C_q_two_time(step, step_b); attrs kind="theory".
+    Cost O(T^2 M D) at worst, O(T M D (r + D)) with a history of numerical rank r.
+    """
+    _check_config(config)
+    nodes = V.integer("nodes", nodes, 8)
+    T, out_steps = _steps(config, steps)
+    top_k = config.top_k if top_k is None else V.integer("top_k", top_k, 1)
+    o_steps = _outlier_steps(outlier_steps, out_steps)
+    edge_margin = V.real("edge_margin", edge_margin, 0.0)
+    history_tol = V.real("history_tol", history_tol, 0.0, 1e-3)
+    X, y = _data(config, data)
+    sig_in, sig_bulk, sig_out = _sigmas(config)
+    g = PZ.effective_richness(config.scaling, config.width, config.gamma0)
+    c = config.eta0 * g
+    s, wts = quarter_circle_nodes(nodes, sig_bulk)
+    a0, B0 = limit_initial(s, config.input_dim, sig_in, sig_out)
+    with np.errstate(all="ignore"):
+        sol = solve_modes(s, wts, a0, B0, X, y, c, g, config.eta0, T, history_tol, sharpness_steps=out_steps)
+    edge = 2.0 * sig_bulk * (1.0 + edge_margin)
+    return _dataset(config, sol, out_steps, o_steps, top_k, c, edge, sig_bulk,
+                    {"kind": "theory", "model": "one_bulk", "nodes": nodes, "richness": g})
+
+
+def one_bulk_finite(config, weights, data=None, steps=None, top_k: int | None = None, outlier_steps=None,
+                    history_tol: float = 0.0):
+    """The same recursion on the actual SVD modes of one finite network.
+
+    ``weights`` = (W0 (N, D), W1 (N, N), w (N,) or (1, N)): raw weights at t = 0 of the
+    network of ``config`` (width N = config.width). One node per singular mode of
+    A(0) = W1 / sqrt(N) with weight 1/N; the result equals that network's full-batch
+    GD to rounding (loss, beta_f, sharpness, the top singular values of A(t) above
+    the largest s_k(0)). Same Dataset schema as ``one_bulk``, kind="finite_modes".
+    Cost O(N^3) for the SVD plus O(T N (T + D)).
+    """
+    _check_config(config)
+    T, out_steps = _steps(config, steps)
+    top_k = config.top_k if top_k is None else V.integer("top_k", top_k, 1)
+    o_steps = _outlier_steps(outlier_steps, out_steps)
+    history_tol = V.real("history_tol", history_tol, 0.0, 1e-3)
+    X, y = _data(config, data)
+    N, D = config.width, config.input_dim
+    if not isinstance(weights, (tuple, list)) or len(weights) != 3:
+        raise ValueError(f"weights must be (W0 ({N}, {D}), W1 ({N}, {N}), w ({N},))")
+    W0 = V.finite_array("weights W0", weights[0], ndim=2).astype(np.float64)
+    W1 = V.finite_array("weights W1", weights[1], ndim=2).astype(np.float64)
+    w = V.finite_array("weights w", weights[2], ndim=(1, 2)).astype(np.float64).reshape(-1)
+    if W0.shape != (N, D) or W1.shape != (N, N) or w.shape != (N,):
+        raise ValueError(f"weights must have shapes W0 ({N}, {D}), W1 ({N}, {N}), w ({N},); got "
+                         f"{W0.shape}, {W1.shape}, {np.shape(weights[2])}")
+    sc = PZ.scales(config.scaling, N, 2, D, 1, config.gamma0, config.eta0, config.sigma)
+    A = sc.layers[1].normalizer * W1
+    U, s, Vt = np.linalg.svd(A)
+    a0 = (U.T @ w)[:, None]
+    B0 = (Vt @ W0)[:, :, None]
+    g = PZ.effective_richness(config.scaling, N, config.gamma0)
+    c = config.eta0 * g
+    with np.errstate(all="ignore"):
+        sol = solve_modes(s, np.full(N, 1.0 / N), a0, B0, X, y, c, g, config.eta0, T, history_tol,
+                          sharpness_steps=out_steps)
+    edge = float(s[0]) * (1.0 + 1e-12)
+    return _dataset(config, sol, out_steps, o_steps, top_k, c, edge, _sigmas(config)[1],
+                    {"kind": "finite_modes", "model": "one_bulk", "nodes": N, "richness": g})
