@@ -339,7 +339,7 @@ def collect(store, dims: Iterable[str] = ("scaling", "width", "eta0", "seed"), g
     Runs that share all of ``dims`` must not exist (ValueError). Steps that
     differ between runs are joined (NaN where a run has no value). Adds
     ``status(dims...)`` ("ok" / "diverged" / "" for missing combinations) and
-    ``diverged_step``.
+    ``diverged_step``; ``attrs["config"]`` is the config of the first run.
     """
     import numpy as np
     import xarray as xr
@@ -365,6 +365,7 @@ def collect(store, dims: Iterable[str] = ("scaling", "width", "eta0", "seed"), g
                        diverged_step=xr.DataArray(int(ds.attrs.get("diverged_step", -1))))
         ds.attrs = {}
         parts.append(ds.expand_dims({"run": [len(parts)]}))
+    first_config = storage.load(store, groups[0]).attrs["config"]
     combined = xr.concat(parts, dim="run", join="outer", combine_attrs="drop", fill_value=np.nan)
     for i, d in enumerate(dims):
         combined = combined.assign_coords({d: ("run", [lab[i] for lab in labels])})
@@ -376,7 +377,9 @@ def collect(store, dims: Iterable[str] = ("scaling", "width", "eta0", "seed"), g
         if combined[d].dtype == object:
             combined[d] = combined[d].astype(str)
     order = dims + [d for d in combined.dims if d not in dims]
-    return combined.transpose(*order)
+    combined = combined.transpose(*order)
+    combined.attrs["config"] = first_config  # a representative run's config (fields outside dims)
+    return combined
 
 
 # ``specdyn.sweep`` is both this module and its main function: importing the
