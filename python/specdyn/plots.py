@@ -305,7 +305,7 @@ def run_overview(run, path):
     axes[0][0].set_title(f"{run.attrs.get('scaling')} N = {run.attrs.get('width')}, {run.attrs.get('status')}")
     for ax, layer in zip(axes[0][1:], layers):
         sv = run.singular_values.sel(layer=layer)
-        for k in sv.rank.values:
+        for k in sv["rank"].values:
             if np.isfinite(sv.sel(rank=k).values).any():
                 ax.plot(steps, sv.sel(rank=k).values, label=f"s{int(k) + 1}")
         ax.set_xlabel("training step t (GD steps)")

@@ -481,9 +481,13 @@ def _fit_edge(widths, edges) -> dict:
     if len(x) >= 3:
         from scipy.optimize import curve_fit
 
+        import warnings
+
         try:
-            (e, a, p), _ = curve_fit(lambda n, e, a, p: e + a * n ** (-p), x, y, p0=(y[-1], (y[0] - y[-1]) * x[0] ** (2 / 3), 2 / 3),
-                                     bounds=([-np.inf, -np.inf, 0.05], [np.inf, np.inf, 3.0]), maxfev=20000)
+            with warnings.catch_warnings():  # an exact fit (3 widths) has no covariance
+                warnings.simplefilter("ignore")
+                (e, a, p), _ = curve_fit(lambda n, e, a, p: e + a * n ** (-p), x, y, p0=(y[-1], (y[0] - y[-1]) * x[0] ** (2 / 3), 2 / 3),
+                                         bounds=([-np.inf, -np.inf, 0.05], [np.inf, np.inf, 3.0]), maxfev=20000)
             return {"edge_inf": float(e), "rate": float(p), "amplitude": float(a), "rate_fitted": True}
         except Exception:
             pass
