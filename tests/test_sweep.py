@@ -125,6 +125,16 @@ def test_dask_threads_client_and_collect(tmp_path, fake):
     assert set(both.status.values.ravel()) == {"ok"}
 
 
+def test_scheduler_address(tmp_path, fake):
+    from distributed import LocalCluster
+
+    _, fake_run = fake
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        summary = specdyn.sweep(fake_run, {"widths": [8, 16]}, tmp_path / "s.zarr",
+                                client=cluster.scheduler_address, progress=False, base=BASE)
+    assert summary["completed"] == 2 and len(run_groups(tmp_path / "s.zarr")) == 2
+
+
 def test_killed_sweep_resumes_none_lost_none_repeated(tmp_path, fake, monkeypatch):
     fake_dir, fake_run = fake
     store = tmp_path / "kill.zarr"

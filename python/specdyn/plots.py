@@ -75,7 +75,8 @@ def singular_value_trajectories(ds, summary, path, layer=None, ranks=(0,)):
         if "theory_singular_values" in ds and sc in (None, "mup"):
             for k in ranks:
                 th = ds.theory_singular_values.sel(rank=k).values
-                ax.plot(steps, th, "k--", lw=1.4, label="one-bulk theory (N = inf)" if k == ranks[0] else None)
+                ax.plot(steps, th, "k--", lw=1.6, zorder=5,
+                        label="one-bulk theory (N = inf)" if k == ranks[0] else None)
         ax.axhline(2.0 * _sigma(ds, layer), color="0.6", lw=0.8, ls=":", label="bulk edge 2 sigma")
         if sc is not None:
             spread = summary.get("spread", {}).get(sc)

@@ -276,6 +276,11 @@ def analyze_width_consistency(store):
         head["deviation"][sc] = dev
         head["reference"][sc] = ref_name
         head["decay_exponent"][sc] = _fit_power(list(dev), list(dev.values()))
+    # every square hidden layer (W1..W(L-1)): the same spread, per layer
+    head["spread_by_layer"] = {
+        str(l): {str(sc): float((lambda c: (c.max("width") - c.min("width")).max("step"))(
+            _seed_mean(ds.singular_values.sel(layer=l, rank=0, scaling=sc)))) for sc in ds.scaling.values}
+        for l in _hidden_layers(ds)}
     if "mup" in head["spread"] and "ntk" in head["spread"] and head["spread"]["ntk"] > 0:
         head["spread_ratio"] = head["spread"]["mup"] / head["spread"]["ntk"]
     head["final_s1"] = {str(sc): {int(w): float(s1.sel(scaling=sc, width=w).isel(step=-1)) for w in widths}
