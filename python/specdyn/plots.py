@@ -218,13 +218,17 @@ def sharpness_trajectories(ds, summary, path, scaling=None):
             if (run.status == "diverged").any():
                 top.annotate("diverged", (0.5, 0.9), xycoords="axes fraction", ha="center", color="C3")
         top.axhline(2.0, color="k", ls="--", lw=1.0, label="edge of stability (2)")
+        if j == len(etas) - 1:
+            top.plot([], [], color="0.4", ls=":", label="eta x top Hessian eigenvalue")
+            bot.plot([], [], "x", color="C3", ms=9, mew=2, label="catapult peak")
+            bot.legend(fontsize=8)
         top.set_title(f"{_title(sc)}, eta0 = {e:g}")
         top.grid(alpha=0.3)
         bot.set_yscale("log")
         bot.grid(alpha=0.3)
         bot.set_xlabel("training step t (GD steps)")
-    axes[0][0].set_ylabel("S = eta lambda_max(NTK)/P  (dotted: eta lambda_max(H))")
-    axes[1][0].set_ylabel("training loss (x = catapult peak)")
+    axes[0][0].set_ylabel("sharpness S = eta lambda_max(K) / P")
+    axes[1][0].set_ylabel("training loss (MSE/2)")
     axes[0][-1].legend(fontsize=8)
     return _save(fig, path)
 
