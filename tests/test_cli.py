@@ -105,6 +105,13 @@ def test_demo_tiny(tmp_path):
     assert summary["theory"] is True and summary["spread_ratio"] == pytest.approx(
         summary["spread"]["mup"] / summary["spread"]["ntk"])
     assert len(storage.completed_groups(out / "demo.zarr")) == 5  # 4 runs + theory
+    # a second demo with other settings in the same folder analyzes its own runs only
+    res = invoke("demo", "--out", out, "--widths", "16,24", "--steps", "8", "--serial")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["widths"] == [16, 24]
+    res = invoke("plot", out / "demo.zarr")
+    assert res.exit_code == 0, res.output
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.toml")), ids=lambda p: p.name)

@@ -230,7 +230,7 @@ def width_consistency(widths=(256, 512, 1024), scalings=("mup", "ntk"), seeds=(0
                                      "match_width": match})
         if theory:
             one_bulk_theory(base, path)
-        ds, head = analyze_width_consistency(path)
+        ds, head = analyze_width_consistency(path, groups=summary["groups"])
     head["sweep"] = _sweep_brief(summary)
     return ds, head
 
@@ -239,7 +239,7 @@ def _sweep_brief(summary: dict) -> dict:
     return {k: summary[k] for k in ("total", "skipped", "completed", "diverged", "failed", "wall_s")}
 
 
-def analyze_width_consistency(store):
+def analyze_width_consistency(store, groups=None):
     """Collect a width-consistency store; headline from the data.
 
     ``spread[scaling]`` = max over tracked t of (max - min over widths) of the
@@ -248,7 +248,7 @@ def analyze_width_consistency(store):
     (muP, when stored) or the largest width; ``decay_exponent[scaling]``: p of
     deviation ~ N^-p; ``spread_ratio`` = spread(mup) / spread(ntk).
     """
-    ds = collect(store, dims=("scaling", "width", "seed"))
+    ds = collect(store, dims=("scaling", "width", "seed"), groups=groups)
     head = _summary_base(store, ("scaling", "width", "seed"))
     head["study"] = "width_consistency"
     layer = _hidden_layers(ds)[0]
@@ -311,16 +311,16 @@ def lr_transfer(eta0s=(0.03, 0.1, 0.3, 1.0, 3.0), widths=(64, 128, 256), scaling
     with _Store(store) as path:
         summary = sweep(simulate_run, grid, path, client=client, workers=workers, progress=progress, base=base,
                         study_attrs={"study": "lr_transfer", "base": base.to_json()})
-        ds, head = analyze_lr_transfer(path)
+        ds, head = analyze_lr_transfer(path, groups=summary["groups"])
     head["sweep"] = _sweep_brief(summary)
     return ds, head
 
 
-def analyze_lr_transfer(store):
+def analyze_lr_transfer(store, groups=None):
     """``final_loss(scaling, width, eta0)``: seed-mean loss at the last step (inf if
     any seed diverged); ``optimal_eta0[scaling][N]`` its argmin over eta0;
     ``drift_log2[scaling]`` = log2(max/min) of the optimal eta0 across widths."""
-    ds = collect(store, dims=("scaling", "width", "eta0", "seed"))
+    ds = collect(store, dims=("scaling", "width", "eta0", "seed"), groups=groups)
     head = _summary_base(store, ("scaling", "width", "eta0", "seed"))
     head["study"] = "lr_transfer"
     last = ds.loss.isel(step=-1)
@@ -388,12 +388,12 @@ def edge_of_stability(eta0s=(1.0, 2.0, 4.0, 8.0), widths=(64, 128, 256), scaling
         summary = sweep(simulate_run, grid, path, client=client, workers=workers, progress=progress, base=base,
                         study_attrs={"study": "edge_of_stability", "base": base.to_json(),
                                      "catapult_factor": catapult_factor})
-        ds, head = analyze_edge_of_stability(path, catapult_factor)
+        ds, head = analyze_edge_of_stability(path, catapult_factor, groups=summary["groups"])
     head["sweep"] = _sweep_brief(summary)
     return ds, head
 
 
-def analyze_edge_of_stability(store, catapult_factor: float | None = None):
+def analyze_edge_of_stability(store, catapult_factor: float | None = None, groups=None):
     """``steady_sharpness(scaling, width, eta0)``: mean of the seed-mean S over the
     last quarter of the run's steps (step >= 0.75 T); NaN where a seed diverged.
     ``width_spread[scaling][eta0]``: max - min of it across widths;
@@ -401,7 +401,7 @@ def analyze_edge_of_stability(store, catapult_factor: float | None = None):
     ``catapults``: loss spikes (``detect_catapults``) per run, marked in
     ``catapult(scaling, width, eta0, seed, step)``. ``hessian_sharpness`` =
     raw eta x hessian_top (the full-Hessian stability ratio, also against 2)."""
-    ds = collect(store, dims=("scaling", "width", "eta0", "seed"))
+    ds = collect(store, dims=("scaling", "width", "eta0", "seed"), groups=groups)
     meta = storage.read_attrs(store).get("specdyn_sweep", {})
     factor = float(catapult_factor if catapult_factor is not None else meta.get("catapult_factor", 2.0))
     head = _summary_base(store, ("scaling", "width", "eta0", "seed"))
@@ -473,7 +473,7 @@ def many_outputs(kappa=0.5, widths=(64, 128, 256), seeds=(0,), base=None, input_
         summary = sweep(simulate_run, points, path, client=client, workers=workers, progress=progress,
                         study_attrs={"study": "many_outputs", "base": base.to_json(), "kappa": kappa,
                                      "outlier_gap": outlier_gap})
-        ds, head = analyze_many_outputs(path, outlier_gap)
+        ds, head = analyze_many_outputs(path, outlier_gap, groups=summary["groups"])
     head["sweep"] = _sweep_brief(summary)
     return ds, head
 
@@ -504,12 +504,12 @@ def _fit_edge(widths, edges) -> dict:
     return {"edge_inf": float(e), "rate": p, "amplitude": float(a), "rate_fitted": False}
 
 
-def analyze_many_outputs(store, outlier_gap: float | None = None):
+def analyze_many_outputs(store, outlier_gap: float | None = None, groups=None):
     """``edge(N)``: seed-mean top singular value of W1 at the last step (without an
     outlier, the top of the bulk); ``relative_gap(N)`` = (s_1 - s_2) / s_1 there,
     ``isolated_outlier`` when it exceeds ``outlier_gap``; ``edge_fit``: edge(N) =
     edge_inf + a N^-rate (rate fitted with >= 3 widths)."""
-    ds = collect(store, dims=("width", "seed"))
+    ds = collect(store, dims=("width", "seed"), groups=groups)
     meta = storage.read_attrs(store).get("specdyn_sweep", {})
     gap_limit = float(outlier_gap if outlier_gap is not None else meta.get("outlier_gap", 0.1))
     head = _summary_base(store, ("width", "seed"))
@@ -556,19 +556,19 @@ def naive_vs_two_level(widths=(256, 512), seeds=(0,), base=None, store=None, cli
         th, note = one_bulk_theory(base, path)
         if th is None:
             raise RuntimeError(f"naive_vs_two_level needs the one-bulk theory: {note}")
-        ds, head = analyze_naive_vs_two_level(path)
+        ds, head = analyze_naive_vs_two_level(path, groups=summary["groups"])
     head["sweep"] = _sweep_brief(summary)
     return ds, head
 
 
-def analyze_naive_vs_two_level(store):
+def analyze_naive_vs_two_level(store, groups=None):
     """Errors max_t |s_1^sim(t) - s_1^pred(t)| of both predictions per width (a
     prediction without an outlier counts as the bulk edge 2 sigma); ``missed``:
     tracked steps where the simulation at the largest width has s_1 above the
     edge by > 0.05 and a theory predicts no outlier."""
     from .rmt import quarter_circle_edge
 
-    ds = collect(store, dims=("width", "seed"))
+    ds = collect(store, dims=("width", "seed"), groups=groups)
     head = _summary_base(store, ("width", "seed"))
     head["study"] = "naive_vs_two_level"
     if not storage.is_complete(store, THEORY_GROUP):
@@ -646,7 +646,9 @@ def analyze(store):
     if name not in STUDIES:
         raise ValueError(f"store {str(store)!r} was not written by a study (recorded study: {name!r}); "
                          f"known studies: {', '.join(STUDIES)}")
-    return STUDIES[name].analyze(store)
+    done = set(storage.completed_groups(store))
+    groups = [g for g in meta.get("groups") or [] if g in done] or None
+    return STUDIES[name].analyze(store, groups=groups)
 
 
 def to_json(summary: dict) -> str:

@@ -256,11 +256,13 @@ def sweep(study_or_runfn, grid, store, client=None, workers: int | None = None,
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
 
+    # the latest sweep's description: `specdyn plot STORE` analyzes these groups
     storage.write_attrs(store, {"specdyn_sweep": {
         "study": study_name,
         "grid": grid if isinstance(grid, dict) else None,
         "base": _as_dict(base) or None,
         **(study_attrs or {}),
+        "groups": list(unique),
     }})
     done = set(storage.completed_groups(store))
     todo = [(g, c) for g, c in unique.items() if g not in done]
