@@ -70,6 +70,16 @@ def test_finite_modes_reproduce_gd(scaling, data):
                                    sim["delta_singular_values"][n], rtol=1e-7, atol=1e-10)
     if scaling == "mup":
         assert np.isfinite(th.singular_values.values[-1, 0, 0])  # an outlier escaped: the test has teeth
+        # residues: overlaps of the outlier singular vectors of A(T) with the top
+        # singular vectors of the increment A(T) - A(0)
+        m1 = sc.multipliers[1]
+        UA, sA, VAt = np.linalg.svd(m1 * sim["weights"][1])
+        Ud, _, Vdt = np.linalg.svd(m1 * (sim["weights"][1] - W1))
+        k = int(np.sum(np.isfinite(th.singular_values.values[-1, 0])))
+        np.testing.assert_allclose(th.overlap_spike_left.values[-1, 0, :k], (UA[:, :k].T @ Ud[:, 0]) ** 2,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(th.overlap_spike_right.values[-1, 0, :k], (VAt[:k] @ Vdt[0]) ** 2,
+                                   rtol=1e-6)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -252,3 +262,21 @@ def test_schema_and_divergence(data):
     bad = one_bulk(config(gamma0=6.0, eta0=0.6, steps=60), data, steps=60)
     assert bad.attrs["status"] == "diverged" and bad.attrs["diverged_step"] > 0
     assert np.all(np.isnan(bad.singular_values.sel(step=slice(bad.attrs["diverged_step"], None)).values))
+
+
+def test_per_layer_sigma_matches_simulation(data):
+    """sigma = [W0, bulk, readout]: the bulk edge 2 sigma_1 and the initial rows follow each layer."""
+    X, y = data
+    cfg = config(sigma=[0.8, 1.2, 0.9], steps=20, top_k=1)
+    steps = [0, 2, 5, 10, 20]
+    th = one_bulk(cfg, data, steps=steps)
+    assert th.attrs["bulk_edge"] == pytest.approx(2 * 1.2 * (1 + 1e-3))
+    sim = dn.simulation_dataset(cfg.replace(width=400), X, y, seeds=(0, 1), steps=steps, top_k=1)
+    cmp = specdyn.compare(sim, th)
+    assert float(cmp.loss_rel_gap.sel(step=[2, 5, 10]).max()) < 0.1
+    assert cmp.attrs["summary"]["normalized_sharpness"]["max_rel_gap"] < 0.08
+    assert cmp.attrs["summary"]["singular_values"]["max_abs_gap"] < 0.06
+    # the same data with sigma = 1 everywhere is visibly different
+    other = one_bulk(cfg.replace(sigma=1.0), data, steps=steps)
+    wrong = specdyn.compare(sim, other).attrs["summary"]
+    assert wrong["loss"]["max_rel_gap"] > 0.2 or wrong["singular_values"]["max_abs_gap"] > 0.15

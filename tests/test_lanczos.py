@@ -51,7 +51,7 @@ def check_triplets(A, s, U, V, k, tol):
     np.testing.assert_allclose(Ud.T @ Ud, np.eye(k), atol=100 * tol + 1e-10)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(1, 600),
     m=st.integers(1, 600),
@@ -72,7 +72,7 @@ def test_top_singular_float64_matches_lapack(n, m, k, kind, order, seed):
     check_triplets(A, s, U, V, k, tol)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     n=st.integers(40, 400),
     m=st.integers(40, 400),
@@ -122,7 +122,7 @@ def test_c_and_fortran_order_agree():
 @pytest.mark.parametrize("order", "CF")
 @pytest.mark.parametrize("k", [1, 5, 10])
 def test_warm_start_from_exact_converges_in_one_or_two_steps(order, k):
-    A = spiked(600, 500, k, "separated", 7, order=order)
+    A = spiked(400, 300, k, "separated", 7, order=order)
     _, _, Vt = np.linalg.svd(A, full_matrices=False)
     s, U, V, info = specdyn.top_singular(A, k, v0=Vt[:k].T)
     assert info["converged"]
@@ -130,14 +130,19 @@ def test_warm_start_from_exact_converges_in_one_or_two_steps(order, k):
     check_triplets(A, s, U, V, k, 1e-10)
 
 
-def test_warm_start_after_perturbation_is_cheaper():
-    A = spiked(600, 600, 5, "separated", 11)
-    s, U, V, cold = specdyn.top_singular(A, 5)
-    B = A + 1e-2 * np.linalg.norm(A, 2) * np.random.default_rng(0).standard_normal(A.shape) / np.sqrt(2 * 600)
+@pytest.mark.parametrize("rel", [1e-11, 1e-6, 1e-2])
+def test_warm_start_after_perturbation(rel):
+    A = spiked(500, 400, 5, "separated", 11)
+    s, U, V, _ = specdyn.top_singular(A, 5)
+    E = np.random.default_rng(0).standard_normal(A.shape)
+    B = A + rel * s[0] * E / np.linalg.norm(E, 2)
     s2, U2, V2, warm = specdyn.top_singular(B, 5, v0=V)
-    s3, *_ , cold2 = specdyn.top_singular(B, 5)
+    *_, cold = specdyn.top_singular(B, 5)
     check_triplets(B, s2, U2, V2, 5, 1e-10)
-    assert warm["matrix_passes"] < cold2["matrix_passes"]
+    if rel < 1e-10:  # barely moved: the previous block converges at once
+        assert warm["iterations"] <= 2 and warm["matrix_passes"] < cold["matrix_passes"]
+    else:  # moved: the warm probe (one wide step) never costs more passes than a cold solve
+        assert warm["matrix_passes"] <= cold["matrix_passes"]
 
 
 def test_non_convergence_is_reported():
@@ -146,6 +151,13 @@ def test_non_convergence_is_reported():
     with pytest.warns(ConvergenceWarning):
         s, U, V, info = specdyn.top_singular(A, 10, max_passes=3)
     assert not info["converged"]
+
+
+def test_pass_cap_below_the_basis_size_still_returns_k():
+    A = spiked(400, 400, 10, "separated", 2)
+    with pytest.warns(ConvergenceWarning):
+        s, U, V, info = specdyn.top_singular(A, 10, max_passes=1)
+    assert s.shape == (10,) and np.all(np.isfinite(s)) and not info["converged"]
 
 
 def test_zero_matrix_and_tiny():
@@ -209,8 +221,8 @@ def sym_spectrum(n, seed):
     return (A + A.T) / 2
 
 
-@settings(max_examples=15, deadline=None)
-@given(n=st.integers(2, 400), k=st.integers(1, 8), which=st.sampled_from(["largest", "both"]),
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(2, 300), k=st.integers(1, 8), which=st.sampled_from(["largest", "both"]),
        as_callable=st.booleans(), seed=st.integers(0, 2**31))
 def test_top_eigs_matches_eigh(n, k, which, as_callable, seed):
     k = min(k, n if which == "largest" else n // 2)
@@ -298,3 +310,22 @@ def test_spectral_density_bad_input():
         specdyn.spectral_density(X, [0, 1], probes=0)
     with pytest.raises(ValueError, match="n "):
         specdyn.spectral_density(lambda Z: Z, [0, 1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS[:3])
+def test_top_singular_large(kind):
+    A = spiked(2500, 1800, 20, kind, 3)
+    s, U, V, info = specdyn.top_singular(A, 20)
+    assert info["converged"]
+    check_triplets(A, s, U, V, 20, 1e-10)
+
+
+@pytest.mark.slow
+def test_spectral_density_slq_large():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((2048, 2048)) / np.sqrt(2048)
+    grid = np.linspace(0, 4.2, 41)
+    d, e = specdyn.spectral_density(X, grid, probes=32, degree=64)
+    de, _ = specdyn.spectral_density(X, grid, method="exact")
+    assert np.sum(np.abs(d - de) * np.diff(grid)) < 0.05

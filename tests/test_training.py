@@ -3,7 +3,6 @@ and LAPACK, SGD/GD identity, reproducibility across thread counts,
 divergence, checkpoint/resume and bad input."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -256,6 +255,7 @@ def test_checkpoint_resume_is_bit_for_bit(tmp_path, batch):
     (dict(width=0), "width"), (dict(activation="gelu"), "activation"), (dict(scaling="xyz"), "scaling"),
     (dict(eta0=0.0), "eta0"), (dict(batch_size=17), "batch_size"), (dict(top_k=16), "top_k"),
     (dict(depth=0), "depth"), (dict(gamma0=-1.0), "gamma0"), (dict(sigma=[1.0]), "sigma"),
+    (dict(svd_tol=0.0), "svd_tol"), (dict(samples=9000, track_sharpness=True), "samples"),
 ])
 def test_bad_config_raises_one_value_error(changes, field):
     base = dict(width=16, depth=2, input_dim=3, samples=16, steps=2)
@@ -333,3 +333,12 @@ def test_sharpness_by_lanczos_for_large_grams():
         K = _core.nets_ntk_gram(history[t], sc.multipliers, cfg.activation, X)
         S = sc.learning_rate * np.linalg.eigvalsh(K)[-1] / cfg.samples
         assert abs(ds.normalized_sharpness.values[i] - S) <= 1e-9 * S
+
+
+def test_progress_reports_reach_the_last_step():
+    cfg = RunConfig(width=16, depth=2, input_dim=3, samples=8, steps=25, track_every=5)
+    seen = []
+    ds = specdyn.simulate(cfg, progress=lambda step, steps, loss: seen.append((step, steps, loss)))
+    assert seen and seen[-1][0] == 25 and all(s == 25 for _, s, _ in seen)
+    assert seen[-1][2] == pytest.approx(ds.loss.values[-1])
+    specdyn.simulate(cfg, progress=True)  # a rich progress bar; must not fail

@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "specdyn/blas.hpp"
+#include "specdyn/rng.hpp"
 
 namespace specdyn::dmft {
 
@@ -24,34 +25,60 @@ struct OneBlasThread {
 };
 
 // An orthonormal row basis Q (rank x L, row-major) that grows on demand.
+// Callers compute coef = Q x together with other products of Q (so that Q is
+// read once per step) and call finish() with recon = Q^T coef when the
+// residual may be large enough to become a new row. Whether it may is decided
+// by a sketch: kSketch random unit-variance directions z_i kept orthogonal to
+// Q give (L / kSketch) sum_i (x . z_i)^2 = |(I - P) x|^2 chi^2_k / k, so the
+// explicit residual (one more pass over Q) is needed only on the few steps
+// where the history grows.
 struct RowBasis {
+  static constexpr int kSketch = 8;
   int L = 0, cap = 0, rank = 0;
-  std::vector<double> Q, work, c2;
+  std::vector<double> Q, work, c2, Z;
 
-  RowBasis(int L_, int cap_) : L(L_), cap(cap_), work(L_), c2(cap_) { Q.reserve(size_t(L_) * 16); }
+  RowBasis(int L_, int cap_, uint64_t stream) : L(L_), cap(cap_), work(L_), c2(cap_), Z(size_t(kSketch) * L_) {
+    Q.reserve(size_t(L_) * 16);
+    rng::normal_fill(Z.data(), Z.size(), 0x0b1b, stream, 1.0 / std::sqrt(double(L_)));
+  }
 
-  // coef (length cap, zero beyond rank) such that x ~ coef^T Q; appends the
-  // normalized residual when it exceeds tol * |x|. One Gram-Schmidt pass gives
-  // the coefficients to rounding; a second pass (and two more on the unit
-  // residual) only when the residual becomes a new row.
-  void project(const double* x, double tol, double* coef) {
-    std::fill(coef, coef + cap, 0.0);
-    std::copy(x, x + L, work.begin());
-    const double xn = blas::nrm2(L, x);
-    // below a few roundoffs the residual is noise: a row made of it would not be orthogonal
-    const double thresh = std::max(tol, 64.0 * std::numeric_limits<double>::epsilon()) * xn;
+  // below a few roundoffs a residual is noise: a row made of it would not be orthogonal
+  static double threshold(double xn, double tol) {
+    return std::max(tol, 64.0 * std::numeric_limits<double>::epsilon()) * xn;
+  }
+
+  // false when |(I - P) x| is certainly below the threshold (a miss needs
+  // chi^2_8 / 8 < 1e-4, probability ~1e-15, and would drop a residual of ~tol anyway)
+  bool may_grow(const double* x, double tol) const {
+    if (rank == 0) return true;
+    if (rank >= cap) return false;
+    const double th = threshold(blas::nrm2(L, x), tol);
+    double est = 0;
+    for (int i = 0; i < kSketch; ++i) {
+      const double d = blas::dot(L, x, Z.data() + size_t(i) * L);
+      est += d * d;
+    }
+    est *= double(L) / kSketch;
+    return est > 1e-4 * th * th;
+  }
+
+  // Given coef[:rank] = Q x and recon = Q^T coef: checks the residual and
+  // appends it as a new row when above tol |x| (two more Gram-Schmidt passes
+  // on it). Returns true when a row was added (its coefficient is coef[rank - 1]).
+  bool finish(const double* x, const double* recon, double tol, double* coef) {
+    const double thresh = threshold(blas::nrm2(L, x), tol);
+    for (int i = 0; i < L; ++i) work[i] = x[i] - recon[i];
+    double rn = blas::nrm2(L, work.data());
+    if (rank >= cap || !(rn > thresh)) return false;
     auto pass = [&](double scale) {
       blas::gemv(Op::T, L, rank, 1.0, Q.data(), L, work.data(), 0.0, c2.data());
       blas::gemv(Op::N, L, rank, -1.0, Q.data(), L, c2.data(), 1.0, work.data());
       for (int i = 0; i < rank; ++i) coef[i] += scale * c2[i];
     };
-    if (rank > 0) pass(1.0);
-    double rn = blas::nrm2(L, work.data());
-    if (rank >= cap || !(rn > thresh)) return;
     if (rank > 0) {
       pass(1.0);
       rn = blas::nrm2(L, work.data());
-      if (!(rn > thresh)) return;
+      if (!(rn > thresh)) return false;
     }
     for (int i = 0; i < L; ++i) work[i] /= rn;
     if (rank > 0) {
@@ -64,8 +91,41 @@ struct RowBasis {
     for (int i = 0; i < L; ++i) row[i] = work[i] / un;
     coef[rank] = rn * un;
     ++rank;
+    for (int i = 0; i < kSketch; ++i) {   // keep the sketch orthogonal to Q
+      double* z = Z.data() + size_t(i) * L;
+      blas::axpy(L, -blas::dot(L, row, z), row, z);
+    }
+    return true;
   }
 };
+
+// Products of a row basis Q (rank x L) with a few vectors, reading Q once:
+// the rows go in blocks small enough to stay in L2 cache while every vector
+// uses them (a gemm would copy Q into packed panels first).
+// (a multiple of 4: OpenBLAS's gemv kernels take rows in fours)
+int rows_per_block(int L) { return std::max(4, ((640 * 1024) / (8 * std::max(L, 1))) / 4 * 4); }
+
+// out_j = Q^T K_j (K_j = K + j * ldk, length rank), j < ncol; out_j has length L, stride L
+void basis_combine(const double* Q, int rank, int L, const double* K, int ldk, int ncol, double* out) {
+  const int bs = rows_per_block(L);
+  if (rank == 0) std::fill(out, out + size_t(ncol) * L, 0.0);
+  for (int i0 = 0; i0 < rank; i0 += bs) {
+    const int nb = std::min(bs, rank - i0);
+    for (int j = 0; j < ncol; ++j)
+      blas::gemv(Op::N, L, nb, 1.0, Q + size_t(i0) * L, L, K + size_t(j) * ldk + i0, i0 == 0 ? 0.0 : 1.0,
+                 out + size_t(j) * L);
+  }
+}
+
+// K_j = Q x_j (K_j = K + j * ldk, length rank), x_j = X + j * L, j < ncol
+void basis_dots(const double* Q, int rank, int L, const double* X, int ncol, double* K, int ldk) {
+  const int bs = rows_per_block(L);
+  for (int i0 = 0; i0 < rank; i0 += bs) {
+    const int nb = std::min(bs, rank - i0);
+    for (int j = 0; j < ncol; ++j)
+      blas::gemv(Op::T, L, nb, 1.0, Q + size_t(i0) * L, L, X + size_t(j) * L, 0.0, K + size_t(j) * ldk + i0);
+  }
+}
 
 double top_eig_sym(int n, std::vector<double>& A) {
   std::vector<double> w(n);
@@ -140,26 +200,50 @@ ModeSolution solve_modes(const ModeProblem& pb) {
   blas::gemm(Op::T, Op::N, D, D, L, 1.0, B.data(), L, B.data(), L, 0.0, BB.data(), D);
   std::vector<double> rt(D), ec(D), Yv(D), Ya(D);
 
-  RowBasis ba(L, cap), bq(L, cap);
-  std::vector<double> m(L), qh(L), anew(L), vec(L);
+  RowBasis ba(L, cap, rng::kProbes + 0xd0), bq(L, cap, rng::kProbes + 0xd1);
+  std::vector<double> m(L), qh(L), qh_prev(L), anew(L), vec(L);
   std::vector<double> beta(D), r(D), zq(D), pred(P), delta(P);
   std::vector<double> col(T1), tmp(cap);
   std::vector<double> T2(size_t(D) * D), Mm(size_t(D) * D);
+  // Each basis is read twice per step: its products with two or three vectors
+  // share one pass (basis_dots / basis_combine) and the residual checks ride along.
+  std::vector<double> K2(size_t(2) * cap), K3(size_t(3) * cap), R2(size_t(2) * L), R3(size_t(3) * L);
+  std::vector<double> X2(size_t(2) * L);
 
   for (int n = 0; n <= T; ++n) {
     double* Can = out.Ca.data() + size_t(n) * cap;
     double* Cqn = out.Cqc.data() + size_t(n) * cap;
-    // 1. omega(n) into the history; Cw(j, n) for j <= n
-    ba.project(a.data(), pb.history_tol, Can);
+    // 1. coefficients of omega(n) in the omega basis (its residual is checked in step 6);
+    //    Cw(j, n) = <omega(j) omega(n)> for j < n, Cw(n, n) directly
     const int ra = ba.rank;
-    out.rank_a_at[n] = ra;
-    blas::gemv(Op::T, ra, n + 1, 1.0, out.Ca.data(), cap, Can, 0.0, col.data());
+    if (ra > 0) blas::gemv(Op::T, L, ra, 1.0, ba.Q.data(), L, a.data(), 0.0, Can);
+    std::fill(col.begin(), col.begin() + n, 0.0);
+    if (n > 0 && ra > 0) blas::gemv(Op::T, ra, n, 1.0, out.Ca.data(), cap, Can, 0.0, col.data());
+    col[n] = blas::dot(L, a.data(), a.data());
     for (int j = 0; j <= n; ++j) out.Cw[size_t(j) * T1 + n] = out.Cw[size_t(n) * T1 + j] = col[j];
-    // 2. m(n) = s omega(n) + c sum_{j<n} Cw(j, n) qhat(j)
+    // 2. m(n) = s omega(n) + c sum_{j<n} Cw(j, n) qhat(j); on the way, finish
+    //    qhat(n-1) (residual against the basis, new row if needed)
     for (int i = 0; i < L; ++i) m[i] = sr[i] * a[i];
-    if (n > 0 && bq.rank > 0) {
-      blas::gemv(Op::N, bq.rank, n, 1.0, out.Cqc.data(), cap, col.data(), 0.0, tmp.data());
-      blas::gemv(Op::N, L, bq.rank, c, bq.Q.data(), L, tmp.data(), 1.0, m.data());
+    if (n > 0) {
+      const int rq0 = bq.rank;
+      double* Cqp = out.Cqc.data() + size_t(n - 1) * cap;
+      const bool grow = bq.may_grow(qh_prev.data(), pb.history_tol);
+      if (rq0 > 0) {
+        std::copy(Cqp, Cqp + rq0, K2.begin());
+        blas::gemv(Op::N, rq0, n, 1.0, out.Cqc.data(), cap, col.data(), 0.0, K2.data() + rq0);
+        if (grow)   // the reconstruction of qhat(n-1) rides along
+          basis_combine(bq.Q.data(), rq0, L, K2.data(), rq0, 2, R2.data());
+        else
+          basis_combine(bq.Q.data(), rq0, L, K2.data() + rq0, rq0, 1, R2.data() + L);
+        blas::axpy(L, c, R2.data() + L, m.data());
+      } else {
+        std::fill(R2.begin(), R2.begin() + L, 0.0);
+      }
+      if (grow && bq.finish(qh_prev.data(), R2.data(), pb.history_tol, Cqp)) {
+        // the new row u enters qhat(n-1) with coefficient rho: add c Cw(n-1, n) rho u
+        blas::axpy(L, c * col[n - 1] * Cqp[bq.rank - 1], bq.Q.data() + size_t(bq.rank - 1) * L, m.data());
+      }
+      out.rank_q_at[n - 1] = bq.rank;
     }
     // 3. beta_f, loss, r = X^T Delta / P
     blas::gemv(Op::T, L, D, 1.0 / pb.richness, B.data(), L, m.data(), 0.0, beta.data());
@@ -172,17 +256,29 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     }
     out.loss[n] = l2 / (2.0 * P);
     blas::gemv(Op::N, D, P, 1.0 / P, pb.X, D, delta.data(), 0.0, r.data());
-    // 4. qhat(n) = zeta(n) . r / sqrt(D); Cq(j, n), Cqm(j, n) = <qhat(j) m(n)>
+    // 4. qhat(n) = zeta(n) . r / sqrt(D); its coefficients and those of m(n) in one
+    //    pass over the qhat basis: Cq(j, n), Cqm(j, n) = <qhat(j) m(n)> for j < n
     blas::gemv(Op::N, L, D, 1.0 / rD, B.data(), L, r.data(), 0.0, qh.data());
-    bq.project(qh.data(), pb.history_tol, Cqn);
     const int rq = bq.rank;
-    out.rank_q_at[n] = rq;
-    blas::gemv(Op::T, rq, n + 1, 1.0, out.Cqc.data(), cap, Cqn, 0.0, col.data());
-    for (int j = 0; j <= n; ++j) out.Cq[size_t(j) * T1 + n] = out.Cq[size_t(n) * T1 + j] = col[j];
-    blas::gemv(Op::T, L, rq, 1.0, bq.Q.data(), L, m.data(), 0.0, tmp.data());
-    blas::gemv(Op::T, rq, n + 1, 1.0, out.Cqc.data(), cap, tmp.data(), 0.0, col.data());
-    for (int j = 0; j <= n; ++j) out.Cqm[size_t(j) * T1 + n] = col[j];
-    const double cqm_nn = col[n];
+    if (rq > 0) {
+      std::copy(qh.begin(), qh.end(), X2.begin());
+      std::copy(m.begin(), m.end(), X2.begin() + L);
+      basis_dots(bq.Q.data(), rq, L, X2.data(), 2, K2.data(), rq);
+      std::copy(K2.begin(), K2.begin() + rq, Cqn);
+    }
+    if (n > 0 && rq == 0) {
+      for (int j = 0; j < n; ++j) out.Cq[size_t(j) * T1 + n] = out.Cq[size_t(n) * T1 + j] = out.Cqm[size_t(j) * T1 + n] = 0.0;
+    } else if (n > 0) {
+      blas::gemv(Op::T, rq, n, 1.0, out.Cqc.data(), cap, K2.data(), 0.0, col.data());
+      for (int j = 0; j < n; ++j) out.Cq[size_t(j) * T1 + n] = out.Cq[size_t(n) * T1 + j] = col[j];
+      blas::gemv(Op::T, rq, n, 1.0, out.Cqc.data(), cap, K2.data() + rq, 0.0, col.data());
+      for (int j = 0; j < n; ++j) out.Cqm[size_t(j) * T1 + n] = col[j];
+    }
+    out.Cq[size_t(n) * T1 + n] = blas::dot(L, qh.data(), qh.data());
+    const double cqm_nn = blas::dot(L, qh.data(), m.data());
+    out.Cqm[size_t(n) * T1 + n] = cqm_nn;
+    qh_prev.swap(qh);   // qhat(n) is finished at the start of the next step
+    const double* qn = qh_prev.data();
     // 5. normalized sharpness: eta0 lambda_max(Sigma^1/2 Mm Sigma^1/2),
     //    Mm = (<y y^T> + Cw(n,n) <zeta zeta^T> + <m m> I) / D
     if (!pb.sharpness_steps || pb.sharpness_steps[n]) {
@@ -194,29 +290,55 @@ ModeSolution solve_modes(const ModeProblem& pb) {
       blas::gemm(Op::N, Op::N, D, D, D, 1.0, T2.data(), D, Sroot.data(), D, 0.0, Mm.data(), D);
       out.sharpness[n] = pb.eta0 * top_eig_sym(D, Mm);
     }
-    if (n == T) break;
-    // 6. updates, all from the state at step n
-    blas::gemv(Op::T, L, D, 1.0, B.data(), L, qh.data(), 0.0, zq.data());       // q^T W0 / N
-    // u^T A A^T w = s m + c sum_{j<n} Cqm(j, n) omega(j)
+    // 6. one pass over the omega basis: the reconstruction of omega(n) (its
+    //    residual) and the history sums of the updates
+    //      u^T A A^T w = s m + c sum_{j<n} Cqm(j, n) omega(j)
+    //      omega(n+1) = omega + c [s qhat + c sum_{j<n} Cq(j, n) omega(j)]
+    const bool last = n == T;
     for (int i = 0; i < L; ++i) vec[i] = sr[i] * m[i] + c * cqm_nn * a[i];
-    // omega(n+1) = omega + c [s qhat + c sum_{j<n} Cq(j, n) omega(j)]
-    for (int i = 0; i < L; ++i) anew[i] = a[i] + c * sr[i] * qh[i];
-    if (n > 0) {
-      for (int j = 0; j < n; ++j) col[j] = out.Cqm[size_t(j) * T1 + n];
-      blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, tmp.data());
-      blas::gemv(Op::N, L, ra, c, ba.Q.data(), L, tmp.data(), 1.0, vec.data());
-      for (int j = 0; j < n; ++j) col[j] = out.Cq[size_t(j) * T1 + n];
-      blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, tmp.data());
-      blas::gemv(Op::N, L, ra, c * c, ba.Q.data(), L, tmp.data(), 1.0, anew.data());
+    for (int i = 0; i < L; ++i) anew[i] = a[i] + c * sr[i] * qn[i];
+    const bool grow = ba.may_grow(a.data(), pb.history_tol), hist = n > 0 && !last;
+    if (ra > 0 && (grow || hist)) {
+      std::copy(Can, Can + ra, K3.begin());
+      std::fill(K3.begin() + ra, K3.begin() + 3 * ra, 0.0);
+      if (hist) {
+        for (int j = 0; j < n; ++j) col[j] = out.Cqm[size_t(j) * T1 + n];
+        blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, K3.data() + ra);
+        for (int j = 0; j < n; ++j) col[j] = out.Cq[size_t(j) * T1 + n];
+        blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, K3.data() + 2 * ra);
+      }
+      const int first = grow ? 0 : 1, ncol = (hist ? 3 : 1) - first;
+      basis_combine(ba.Q.data(), ra, L, K3.data() + first * ra, ra, ncol, R3.data() + size_t(first) * L);
+      if (hist) {
+        blas::axpy(L, c, R3.data() + L, vec.data());
+        blas::axpy(L, c * c, R3.data() + 2 * L, anew.data());
+      }
     }
-    // y += rt vec^T + ec omega^T with rt = c r / sqrt D, ec = c q^T W0 / N, and
-    // vec = u^T A A^T w + c <qhat m> omega
+    if (grow) {
+      if (ra == 0) std::fill(R3.begin(), R3.begin() + L, 0.0);
+      ba.finish(a.data(), R3.data(), pb.history_tol, Can);
+    }
+    out.rank_a_at[n] = ba.rank;
+    if (last) break;
+    // Row by row (a row of B or Y stays in cache between its dot products and
+    // its update), one pass over each of B and Y:
+    //   zq = B qhat = q^T W0 / N, then zeta += rt m^T with rt = c r / sqrt D;
+    //   Yv = Y vec, Ya = Y omega, then y += rt vec^T + ec omega^T with ec = c zq,
+    //   vec = u^T A A^T w + c <qhat m> omega.
     for (int d = 0; d < D; ++d) {
       rt[d] = c * r[d] / rD;
+      double* Bd = B.data() + size_t(d) * L;
+      zq[d] = blas::dot(L, Bd, qn);
       ec[d] = c * zq[d];
+      blas::axpy(L, rt[d], m.data(), Bd);
     }
-    blas::gemv(Op::T, L, D, 1.0, Y.data(), L, vec.data(), 0.0, Yv.data());
-    blas::gemv(Op::T, L, D, 1.0, Y.data(), L, a.data(), 0.0, Ya.data());
+    for (int d = 0; d < D; ++d) {
+      double* Yd = Y.data() + size_t(d) * L;
+      Yv[d] = blas::dot(L, Yd, vec.data());
+      Ya[d] = blas::dot(L, Yd, a.data());
+      blas::axpy(L, rt[d], vec.data(), Yd);
+      blas::axpy(L, ec[d], a.data(), Yd);
+    }
     const double vv = blas::dot(L, vec.data(), vec.data()), aa = blas::dot(L, a.data(), a.data()),
                  va = blas::dot(L, vec.data(), a.data()), mm2 = blas::dot(L, m.data(), m.data());
     for (int i = 0; i < D; ++i)
@@ -226,10 +348,18 @@ ModeSolution solve_modes(const ModeProblem& pb) {
         // zeta += rt m^T, and B m = richness * beta_f
         BB[j * D + i] += pb.richness * (rt[i] * beta[j] + beta[i] * rt[j]) + mm2 * rt[i] * rt[j];
       }
-    blas::ger(L, D, 1.0, vec.data(), rt.data(), Y.data(), L);
-    blas::ger(L, D, 1.0, a.data(), ec.data(), Y.data(), L);
-    blas::ger(L, D, 1.0, m.data(), rt.data(), B.data(), L);
     a.swap(anew);
+  }
+  {  // finish qhat(T)
+    double* Cqp = out.Cqc.data() + size_t(T) * cap;
+    if (bq.may_grow(qh_prev.data(), pb.history_tol)) {
+      if (bq.rank > 0)
+        blas::gemv(Op::N, L, bq.rank, 1.0, bq.Q.data(), L, Cqp, 0.0, R2.data());
+      else
+        std::fill(R2.begin(), R2.begin() + L, 0.0);
+      bq.finish(qh_prev.data(), R2.data(), pb.history_tol, Cqp);
+    }
+    out.rank_q_at[T] = bq.rank;
   }
   out.rank_a = ba.rank;
   out.rank_q = bq.rank;

@@ -174,7 +174,8 @@ EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, 
     }
     bool conv = !sel.empty();
     for (int i : sel) conv = conv && accept(theta[i], res[i], out.norm);
-    if (conv || out.passes >= max_passes) {
+    // (The pass cap never stops the solver before the basis holds the wanted count.)
+    if (conv || (out.passes >= max_passes && na >= want)) {
       out.converged = conv;
       if (sel.empty()) {  // ran out of passes before the basis held k vectors
         for (int i = 0; i < std::min(na, want); ++i) sel.push_back(na - 1 - i);
@@ -259,6 +260,7 @@ Eigs top_eigs(const MatMat& op, int64_t n, int k, Which which, const Options& op
     detail::Accept accept = [tol](double, double r, double nrm) { return r <= 0.5 * tol * nrm; };
     std::vector<double> warm(v0 ? v0 : nullptr, v0 ? v0 + static_cast<size_t>(n) * k0 : nullptr);
     int kw = k0;
+    bool escalated = false;
     for (int attempt = 0;; ++attempt) {
       auto eo = detail::block_lanczos(op, n, k, which, b, cap, max_passes - out.info.matrix_passes,
                                       warm.empty() ? nullptr : warm.data(), kw, rnd, accept);
@@ -285,7 +287,22 @@ Eigs top_eigs(const MatMat& op, int64_t n, int k, Which which, const Options& op
         ok = ok && out.info.residuals[j] <= tol * out.info.norm_estimate;
       }
       out.info.converged = ok;
-      if (ok || attempt >= 2 || out.info.matrix_passes >= max_passes) break;
+      // Block Krylov finds at most b copies of a repeated eigenvalue.
+      const std::vector<double> top(eo.theta.begin(), eo.theta.begin() + k),
+          bot(eo.theta.begin() + k, eo.theta.end());
+      const double gap = 1e-7 * out.info.norm_estimate;
+      if (ok && !escalated && opt.block <= 0 &&
+          std::max(detail::largest_cluster(top, gap), detail::largest_cluster(bot, gap)) >= std::max(b, 2) &&
+          want + 2 * (want + 2) <= n) {
+        escalated = true;
+        b = std::min(want + 2, 64);
+        cap = std::min<int64_t>(n, std::max(cap, want + 4 * b));
+        out.info.block = b;
+        warm = eo.X;
+        kw = std::min(w, b);
+        continue;
+      }
+      if (ok || attempt >= 3 || out.info.matrix_passes >= max_passes) break;
       // The Lanczos relation said converged but the explicit check did not
       // (loss of orthogonality): restart from the current vectors, tighter.
       warm = eo.X;

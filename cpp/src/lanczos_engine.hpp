@@ -59,4 +59,31 @@ struct EngineOut {
 EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, int cap,
                         int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept);
 
+// Size of the largest group of consecutive values (sorted either way) whose
+// neighbours differ by at most gap.
+inline int largest_cluster(const std::vector<double>& v, double gap) {
+  int best = v.empty() ? 0 : 1, run = 1;
+  for (size_t i = 1; i < v.size(); ++i) {
+    run = (v[i] - v[i - 1] <= gap && v[i - 1] - v[i] <= gap) ? run + 1 : 1;
+    best = run > best ? run : best;
+  }
+  return best;
+}
+
+// Vectorized kernel of one panel of the fused sweep (lanczos_kernels.cpp): y
+// (rows x b, row-major) = M_p X and Z += M_p^T y. AVX-512 or AVX2/FMA for
+// b <= 8; returns false (doing nothing) otherwise.
+bool fused_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
+                     double* Z);
+// The float version (AVX2/FMA, b <= 4).
+bool fused_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y, float* Z);
+inline bool fused_panel(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
+                        double* Z) {
+  return fused_panel_f64(M, ld, rows, c, X, b, y, Z);
+}
+inline bool fused_panel(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y,
+                        float* Z) {
+  return fused_panel_f32(M, ld, rows, c, X, b, y, Z);
+}
+
 }  // namespace specdyn::lanczos::detail

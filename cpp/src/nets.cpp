@@ -48,7 +48,10 @@ void Pass<T>::resize(const Arch& a, int64_t n_) {
 
 namespace {
 
-constexpr int64_t kParallelMin = 1 << 14;  // elements below which loops stay serial
+// Elementwise passes stay on the calling thread on purpose: an OpenMP team
+// here spin-waits after each region and steals cores from OpenBLAS's own pool
+// in the next GEMM (measured: ~13% of a step in libgomp spinning). The passes
+// are vectorized and memory-bound, a few ms per step.
 
 // tanh without branches or library calls, so that whole columns vectorize:
 // tanh|x| = m / (m + 2) with m = expm1(2|x|): a Taylor series for small
@@ -92,13 +95,10 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void tanh_inplace(T
 
 template <class T>
 void apply_activation(Activation act, T* Z, int64_t rows, int64_t n) {
-  const int64_t total = rows * n;
   if (act == Activation::Linear) return;
   if (act == Activation::Tanh) {
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
     for (int64_t j = 0; j < n; ++j) tanh_inplace(Z + j * rows, rows);
   } else {
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
     for (int64_t j = 0; j < n; ++j) {
       T* z = Z + j * rows;
       // A NaN compares false and is kept, so divergence stays visible downstream.
@@ -110,17 +110,14 @@ void apply_activation(Activation act, T* Z, int64_t rows, int64_t n) {
 // B <- B * phi'(h) with phi'(h) written through H = phi(h).
 template <class T>
 void times_derivative(Activation act, T* B, const T* H, int64_t rows, int64_t n) {
-  const int64_t total = rows * n;
   if (act == Activation::Linear) return;
   if (act == Activation::Tanh) {
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
     for (int64_t j = 0; j < n; ++j) {
       T* b = B + j * rows;
       const T* h = H + j * rows;
       for (int64_t i = 0; i < rows; ++i) b[i] *= T(1) - h[i] * h[i];
     }
   } else {
-#pragma omp parallel for schedule(static) if (total > kParallelMin)
     for (int64_t j = 0; j < n; ++j) {
       T* b = B + j * rows;
       const T* h = H + j * rows;

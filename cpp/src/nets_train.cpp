@@ -50,8 +50,18 @@ std::vector<double> singular_values_only(int m, int n, double* A) {
 
 template <class T>
 double frobenius(const T* A, int64_t n) {
-  double acc = 0;  // serial: identical at any thread count
-  for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(A[i]) * static_cast<double>(A[i]);
+  // A fixed number of chunks summed in a fixed order: parallel, yet the same at any thread count.
+  constexpr int kChunks = 64;
+  double part[kChunks];
+  const int64_t len = (n + kChunks - 1) / kChunks;
+  for (int c = 0; c < kChunks; ++c) {  // serial: see the note on elementwise passes in nets.cpp
+    const int64_t lo = std::min<int64_t>(n, c * len), hi = std::min<int64_t>(n, lo + len);
+    double acc = 0;
+    for (int64_t i = lo; i < hi; ++i) acc += static_cast<double>(A[i]) * static_cast<double>(A[i]);
+    part[c] = acc;
+  }
+  double acc = 0;
+  for (int c = 0; c < kChunks; ++c) acc += part[c];
   return std::sqrt(acc);
 }
 
@@ -148,7 +158,7 @@ Trainer<T>::Trainer(const TrainSpec& spec, const T* X, const T* Y) : spec_(spec)
   if (spec_.bulk_bins < 1) throw std::invalid_argument("nets: bulk_bins must be >= 1");
   std::sort(spec_.tracked_steps.begin(), spec_.tracked_steps.end());
   std::sort(spec_.bulk_steps.begin(), spec_.bulk_steps.end());
-  if (spec_.svd_tol <= 0) spec_.svd_tol = sizeof(T) == 8 ? 1e-8 : 1e-5;
+  if (spec_.svd_tol <= 0) spec_.svd_tol = sizeof(T) == 8 ? 1e-8 : 1e-4;
   X_.assign(X, X + spec_.samples * a.input_dim);
   Y_.assign(Y, Y + spec_.samples * a.output_dim);
   W_.resize(nl);
@@ -378,7 +388,6 @@ void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
         const T* w = W_[l].data();
         const T* w0 = W0_[l].data();
         T* d = scratch_.data();
-#pragma omp parallel for schedule(static) if (sz > (1 << 16))
         for (int64_t i = 0; i < sz; ++i) d[i] = w[i] - w0[i];
         top_singular(l, d, true, ti);
       }

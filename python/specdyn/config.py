@@ -56,6 +56,7 @@ class RunConfig:
     dtype: str = "float64"
     divergence_bound: float = 1e8
     checkpoint_every: int = 0
+    svd_tol: float | None = None
 
     def __post_init__(self) -> None:
         self.width = V.integer("width", self.width, 1)
@@ -95,6 +96,9 @@ class RunConfig:
         V.choice("dtype", self.dtype, ("float32", "float64"))
         self.divergence_bound = V.real("divergence_bound", self.divergence_bound, 0.0, None, lo_open=True)
         self.checkpoint_every = V.integer("checkpoint_every", self.checkpoint_every, 0)
+        # Lanczos residual tolerance of tracked spectra (relative to ||A||); None: 1e-8 (float64), 1e-4 (float32)
+        if self.svd_tol is not None:
+            self.svd_tol = V.real("svd_tol", self.svd_tol, 0.0, 0.1, lo_open=True)
 
     # ---- derived -----------------------------------------------------------------
     @property

@@ -104,7 +104,11 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         Warm start: a previous right singular block (e.g. from the last
         training step).
     block : int, optional
-        Block size (vectors per pass over A); default ``clamp(k, 4, 32)``.
+        Block size (vectors per pass over A). Default: 1 for k <= 2, else 2
+        (on a memory-bound sweep that was measured cheapest), widened to
+        k + 2 when the answer holds a repeated value that could hide more
+        copies; with ``v0`` one step with the whole previous block is tried
+        first. A given ``block`` disables these adaptations.
     max_passes, max_basis, seed : advanced controls (pass cap, Krylov basis
         columns before a thick restart, random start stream).
 

@@ -20,7 +20,7 @@ from .parameterization import scales
 
 # NTK Grams beyond this many rows (samples x outputs) would need more memory
 # than a tracked measurement should take.
-MAX_GRAM_ROWS = 8192
+MAX_GRAM_ROWS = 4096
 
 _RECORD_KEYS = ("loss", "normalized_sharpness", "hessian_top", "singular_values", "delta_singular_values",
                 "overlap_input", "overlap_backward", "weight_norm", "beta_f", "bulk_counts", "bulk_edges")
@@ -86,6 +86,7 @@ def build_trainer(cfg: RunConfig, data=None, **flags):
     spec.track_beta = _has_beta_f(cfg)
     spec.bulk_bins = cfg.bulk_bins
     spec.divergence_bound = cfg.divergence_bound
+    spec.svd_tol = 0.0 if cfg.svd_tol is None else cfg.svd_tol  # 0: chosen by dtype in C++
     for key, value in flags.items():
         setattr(spec, key, value)
     dt = np.dtype(cfg.dtype)
@@ -181,6 +182,9 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     weights non-finite, or loss > divergence_bound) stops: attrs ``status`` =
     "diverged", ``diverged_step``; later values are NaN.
     In online mode the loss is measured on the P samples of the evaluation set.
+    Spectra of layers whose smaller side is >= 32 come from warm-started
+    Lanczos with residual tolerance ``config.svd_tol`` (relative to ||A||);
+    smaller layers from LAPACK.
     """
     import xarray as xr
 

@@ -24,7 +24,9 @@ namespace specdyn::lanczos {
 
 struct Options {
   double tol = 1e-10;   // stop when every residual <= tol * (estimate of ||A||)
-  int block = 0;        // block size; 0 chooses by measurement/heuristic
+  int block = 0;        // block size; 0 = measured defaults: top_singular 1 (k <= 2) or 2, then
+                        // k + 2 if a repeated value might hide copies; a warm start first tries
+                        // one step with the whole previous block. top_eigs max(4, min(k, 16)).
   int max_passes = 0;   // cap on passes over the matrix (A and A^T products); 0 = automatic
   int max_basis = 0;    // cap on Krylov basis columns before a restart; 0 = automatic
   uint64_t seed = 0;    // random start (counter-based stream rng::kProbes)
@@ -45,6 +47,8 @@ struct Info {
 // Top-k singular triplets of the dense n x m matrix A (row-major when
 // row_major, else column-major; no copy). s descending; U is n x k and V is
 // m x k, both column-major. v0 (m x k0, column-major) warm-starts the right block.
+// Runs OpenBLAS single-threaded for its duration (restoring the count after) and
+// parallelizes its sweeps with OpenMP; call it from one thread at a time.
 // For float matrices the tolerance is floored at 1e-4 (products accumulate in float,
 // and the Gram operator squares their rounding error).
 // Throws std::invalid_argument on k outside [1, min(n, m)].
