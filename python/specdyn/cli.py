@@ -214,7 +214,7 @@ def _write_summary(summary: dict, out_dir: Path, name: str) -> Path:
 # ---------------------------------------------------------------------------------
 @app.command()
 def demo(out: Path = typer.Option(Path("specdyn_demo"), "--out", "-o", help="output folder (figures, store)"),
-         widths: str = typer.Option("256,512,1024,2048", help="comma-separated widths"),
+         widths: str = typer.Option("512,1024,2048,4096", help="comma-separated widths"),
          seeds: int = typer.Option(1, min=1, max=16, help="seeds per width"),
          steps: int = typer.Option(80, min=1, help="GD steps per run"),
          workers: Optional[int] = typer.Option(None, min=1, help="Dask worker processes (default: cores)"),

@@ -337,8 +337,11 @@ def study_figures(name: str, ds, summary, out_dir) -> list[str]:
                 t = int(run.bulk_step.values[-1])
                 if t in ds.step.values:
                     predicted = ds.theory_singular_values.sel(step=t).values
-            paths.append(spectrum_histogram(run, out / "width_consistency_spectrum.png", layer=summary.get("layer", "W1"),
-                                            predicted=predicted, sigma=_sigma(ds, summary.get("layer", "W1"))))
+            layer = summary.get("layer", "W1")
+            paths.append(spectrum_histogram(
+                run, out / "width_consistency_spectrum.png", layer=layer, predicted=predicted,
+                sigma=_sigma(ds, layer),
+                title=f"spectrum of {layer}, muP, N = {int(run.width)}, step {int(run.bulk_step.values[-1])}"))
     elif name == "lr_transfer":
         paths.append(loss_vs_eta0(ds, summary, out / "lr_transfer_loss_vs_eta0.png"))
     elif name == "edge_of_stability":
@@ -348,8 +351,11 @@ def study_figures(name: str, ds, summary, out_dir) -> list[str]:
         paths.append(bulk_edge_vs_width(ds, summary, out / "many_outputs_edge_vs_N.png"))
         run = _largest_run_with_bulk(ds, None)
         if run is not None:
-            paths.append(spectrum_histogram(run, out / "many_outputs_spectrum.png", layer=summary.get("layer", "W1"),
-                                            sigma=_sigma(ds, summary.get("layer", "W1"))))
+            layer = summary.get("layer", "W1")
+            paths.append(spectrum_histogram(
+                run, out / "many_outputs_spectrum.png", layer=layer, sigma=_sigma(ds, layer),
+                title=f"spectrum of {layer}, N = {int(run.width)}, C = {summary.get('kappa')} N, "
+                      f"step {int(run.bulk_step.values[-1])}"))
     elif name == "naive_vs_two_level":
         paths.append(outlier_predictions(ds, summary, out / "naive_vs_two_level.png"))
     else:

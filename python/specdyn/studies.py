@@ -293,7 +293,7 @@ def analyze_width_consistency(store, groups=None):
 
 def _statuses(ds) -> dict:
     st = ds["status"].values.ravel()
-    return {s: int((st == s).sum()) for s in sorted(set(st)) if s}
+    return {str(s): int((st == s).sum()) for s in sorted(set(st)) if s}
 
 
 # ---------------------------------------------------------------------------------
