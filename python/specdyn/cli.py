@@ -1,0 +1,453 @@
+"""The ``specdyn`` command line (typer + rich).
+
+    specdyn demo                  width consistency, muP vs NTK, with the theory (~2 min)
+    specdyn run CONFIG.toml       one training run -> a Zarr store
+    specdyn sweep CONFIG.toml     a study or a plain grid, on Dask
+    specdyn plot STORE            figures of a stored study (or run)
+    specdyn compare STORE         simulation vs one-bulk theory, variable by variable
+    specdyn info                  versions, BLAS, threads, GPU
+
+A bad config (unknown key, value out of range) prints one line naming the key
+and exits with code 2, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="specdyn: spectral dynamics of wide networks (simulate, predict, compare).")
+console = Console()
+err_console = Console(stderr=True)
+
+
+class ConfigError(Exception):
+    """A bad user input: printed as one line, exit code 2."""
+
+
+def _fail(message: str, code: int = 2):
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _fmt(x, digits=4) -> str:
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "nan"
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+# ---------------------------------------------------------------------------------
+# TOML sweep configs
+# ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class SweepFile:
+    study: str | None        # None: a plain grid of simulate()
+    base: object             # RunConfig
+    grid: dict               # study keyword arguments or RunConfig fields -> lists
+    options: dict            # other [study] keys (study keyword arguments)
+
+
+def read_sweep_file(path) -> SweepFile:
+    """Parse and validate a sweep TOML: [study] name (+ options), [run], [grid].
+
+    Raises ValueError naming the bad key.
+    """
+    from . import studies
+    from .config import RunConfig, load_toml
+    from .sweep import expand_grid
+
+    data = load_toml(path)
+    allowed = {"study", "run", "grid"}
+    for key in data:
+        if key not in allowed:
+            raise ValueError(f"unknown table or key {key!r} in {str(path)!r}; allowed: [study], [run], [grid]")
+    study_t = data.get("study", {})
+    if isinstance(study_t, str):
+        study_t = {"name": study_t}
+    if not isinstance(study_t, dict):
+        raise ValueError("study must be a table with a 'name' key")
+    name = study_t.get("name")
+    run_t = data.get("run", {})
+    if not isinstance(run_t, dict):
+        raise ValueError("run must be a table of RunConfig fields")
+    grid = data.get("grid", {})
+    if not isinstance(grid, dict):
+        raise ValueError("grid must be a table of lists")
+    options = {k: v for k, v in study_t.items() if k != "name"}
+    if name is None:
+        if options:
+            raise ValueError(f"unknown key 'study.{next(iter(options))}': without study.name only [run] and [grid]")
+        base = RunConfig.from_dict(run_t, where="run.")
+        expand_grid(grid, base)  # validates every grid key and value
+        return SweepFile(None, base, grid, {})
+    study = studies.get(name)
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    for key in run_t:
+        if key not in known:
+            raise ValueError(f"unknown key 'run.{key}'; allowed keys: {', '.join(sorted(known))}")
+    base = RunConfig.from_dict({**studies.default_base(name).to_dict(), **run_t}, where="run.")
+    for key, val in list(grid.items()) + list(options.items()):
+        if key not in study.grid_keys:
+            where = "grid" if key in grid else "study"
+            raise ValueError(f"unknown key '{where}.{key}' for study {name!r}; allowed: {', '.join(study.grid_keys)}")
+    # validate grid values against RunConfig where they map to fields
+    field_of = {"widths": "width", "seeds": "seed", "scalings": "scaling", "eta0s": "eta0"}
+    for key, vals in grid.items():
+        if key in field_of:
+            for v in (vals if isinstance(vals, list) else [vals]):
+                try:
+                    base.replace(**{field_of[key]: v})
+                except ValueError as exc:
+                    raise ValueError(f"grid.{key}: {exc}") from None
+                except TypeError as exc:
+                    raise ValueError(f"grid.{key}: bad value {v!r} ({exc})") from None
+    return SweepFile(name, base, grid, options)
+
+
+# ---------------------------------------------------------------------------------
+# printing
+# ---------------------------------------------------------------------------------
+def print_headline(summary: dict, title: str | None = None) -> None:
+    """The headline numbers of a study summary as rich tables."""
+    name = summary.get("study")
+    console.rule(title or f"[bold]{name}")
+    if name == "width_consistency":
+        t = Table(title=f"spread of s1(t) of {summary.get('layer')} across widths {summary.get('widths')}")
+        t.add_column("scaling")
+        t.add_column("spread max_t (max-min over N)", justify="right")
+        t.add_column("max_t |s1_N - ref| per N", justify="right")
+        t.add_column("reference")
+        t.add_column("decay exponent p (N^-p)", justify="right")
+        for sc, spread in summary["spread"].items():
+            dev = ", ".join(f"{w}: {_fmt(v, 3)}" for w, v in summary["deviation"][sc].items())
+            t.add_row(sc, _fmt(spread), dev, summary["reference"][sc], _fmt(summary["decay_exponent"][sc], 3))
+        console.print(t)
+        if "spread_ratio" in summary:
+            console.print(f"spread ratio muP / NTK = [bold]{summary['spread_ratio']:.3f}[/]"
+                          f"  (theory overlay: {'yes' if summary.get('theory') else 'no'})")
+    elif name == "lr_transfer":
+        t = Table(title="optimal eta0 (argmin of the final loss) per width")
+        t.add_column("scaling")
+        widths = sorted({w for d in summary["optimal_eta0"].values() for w in d})
+        for w in widths:
+            t.add_column(f"N={w}", justify="right")
+        t.add_column("drift (log2)", justify="right")
+        for sc, opt in summary["optimal_eta0"].items():
+            t.add_row(sc, *[_fmt(opt.get(w, float("nan"))) for w in widths], _fmt(summary["drift_log2"][sc], 3))
+        console.print(t)
+    elif name == "edge_of_stability":
+        for sc, per_eta in summary["steady_sharpness"].items():
+            t = Table(title=f"{sc}: steady S (mean over the last quarter) per eta0 and width")
+            t.add_column("eta0", justify="right")
+            widths = sorted({w for d in per_eta.values() for w in d})
+            for w in widths:
+                t.add_column(f"N={w}", justify="right")
+            t.add_column("width spread", justify="right")
+            for e, per_w in per_eta.items():
+                t.add_row(_fmt(e), *[_fmt(per_w[w], 3) for w in widths], _fmt(summary["width_spread"][sc][e], 3))
+            console.print(t)
+            console.print(f"largest stable eta0 ({sc}): [bold]{_fmt(summary['largest_stable_eta0'][sc])}[/]")
+        console.print(f"catapults (loss > {summary['catapult_factor']:g} x running min, then recovers): "
+                      f"{len(summary['catapults'])}")
+    elif name == "many_outputs":
+        t = Table(title=f"many outputs, kappa = {summary.get('kappa')}: top of the bulk of {summary.get('layer')}")
+        t.add_column("N", justify="right")
+        t.add_column("edge at t=0", justify="right")
+        t.add_column("edge after training", justify="right")
+        t.add_column("(s1-s2)/s1", justify="right")
+        for w in summary["widths"]:
+            t.add_row(str(w), _fmt(summary["initial_edge"][w]), _fmt(summary["edge"][w]),
+                      _fmt(summary["relative_gap"][w], 3))
+        console.print(t)
+        fit = summary["edge_fit"]
+        console.print(f"isolated outlier: [bold]{summary['isolated_outlier']}[/]; edge(N) = {_fmt(fit['edge_inf'])} "
+                      f"+ {_fmt(fit['amplitude'], 3)} N^-{_fmt(fit['rate'], 3)}"
+                      f"{'' if fit['rate_fitted'] else ' (rate fixed)'}")
+    elif name == "naive_vs_two_level":
+        t = Table(title="max_t |s1 sim - s1 predicted| of W1")
+        t.add_column("N", justify="right")
+        t.add_column("two-level DMFT", justify="right")
+        t.add_column("naive BBP", justify="right")
+        for w in summary["widths"]:
+            two = (summary["error"].get("two_level") or {}).get(w, float("nan"))
+            nai = (summary["error"].get("naive") or {}).get(w, float("nan"))
+            t.add_row(str(w), _fmt(two, 3), _fmt(nai, 3))
+        console.print(t)
+        console.print(f"steps where an outlier is missed: {summary['missed']}")
+    sw = summary.get("sweep")
+    if sw:
+        console.print(f"runs: {sw['total']} ({sw['completed']} new, {sw['skipped']} already stored), "
+                      f"diverged: {len(sw['diverged'])}, failed: {len(sw['failed'])}, wall {sw['wall_s']:.1f} s")
+        for g in sw["diverged"]:
+            console.print(f"  [yellow]diverged[/] {g}")
+        for g, msg in sw["failed"].items():
+            console.print(f"  [red]failed[/] {g}: {msg.splitlines()[0]}")
+    statuses = summary.get("statuses")
+    if statuses and not sw:
+        console.print(f"run statuses: {statuses}")
+
+
+def _write_summary(summary: dict, out_dir: Path, name: str) -> Path:
+    from .studies import to_json
+
+    path = out_dir / f"{name}_summary.json"
+    path.write_text(to_json(summary))
+    return path
+
+
+# ---------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------
+@app.command()
+def demo(out: Path = typer.Option(Path("specdyn_demo"), "--out", "-o", help="output folder (figures, store)"),
+         widths: str = typer.Option("512,1024,2048,4096", help="comma-separated widths"),
+         seeds: int = typer.Option(1, min=1, max=16, help="seeds per width"),
+         steps: int = typer.Option(80, min=1, help="GD steps per run"),
+         workers: Optional[int] = typer.Option(None, min=1, help="Dask worker processes (default: cores)"),
+         serial: bool = typer.Option(False, help="run in this process, without Dask"),
+         fresh: bool = typer.Option(False, help="delete a previous demo store first")):
+    """Width consistency, muP vs NTK, with the one-bulk theory: figures + headline (~2 min on 2 cores).
+
+    The solvable model of THEORY.md (depth 2, linear, D = 8, P = 16, gamma0 = 8,
+    eta0 = 0.02); NTK runs use the gamma0 that makes NTK equal muP at the
+    smallest width, so the scalings differ only in how they change with N.
+    """
+    from . import studies
+
+    try:
+        ws = [int(w) for w in widths.split(",") if w.strip()]
+    except ValueError:
+        _fail(f"--widths must be comma-separated integers; got {widths!r}")
+    if not ws or min(ws) < 8:
+        _fail(f"--widths must list widths >= 8; got {widths!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "demo.zarr"
+    if fresh and store.exists():
+        import shutil
+
+        shutil.rmtree(store)
+    base = studies.default_base("width_consistency").replace(steps=steps, bulk_steps=[steps],
+                                                              track_every=max(1, steps // 20))
+    console.print(f"[bold]specdyn demo[/]: width consistency of the hidden-layer outlier, muP vs NTK, "
+                  f"widths {ws}, {seeds} seed(s), {steps} steps -> {out}/")
+    t0 = time.perf_counter()
+    client = "serial" if serial else None
+    try:
+        ds, summary = studies.width_consistency(widths=ws, scalings=("mup", "ntk"), seeds=tuple(range(seeds)),
+                                                base=base, theory=True, store=store, client=client,
+                                                workers=workers, progress=True)
+    except ValueError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # a Dask cluster that cannot start here: fall back to one process
+        if serial:
+            raise
+        err_console.print(f"[yellow]Dask could not run the sweep ({type(exc).__name__}: {exc}); "
+                          f"running in this process[/]")
+        ds, summary = studies.width_consistency(widths=ws, scalings=("mup", "ntk"), seeds=tuple(range(seeds)),
+                                                base=base, theory=True, store=store, client="serial",
+                                                progress=True)
+    figures = studies.get("width_consistency").figures(ds, summary, out)
+    summary["wall_s"] = time.perf_counter() - t0
+    spath = _write_summary(summary, out, "demo")
+    print_headline(summary, "[bold]demo: width consistency (muP vs NTK)")
+    console.print(f"figures: {', '.join(figures)}")
+    console.print(f"store: {store}   summary: {spath}   total wall time: {summary['wall_s']:.1f} s")
+
+
+@app.command()
+def run(config: Path = typer.Argument(..., help="TOML file with a [run] table of RunConfig fields"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Zarr store (default: CONFIG.zarr)"),
+        progress: bool = typer.Option(True, help="show a progress bar")):
+    """Train one network as configured and store the result (one Zarr group)."""
+    from .config import RunConfig, load_toml
+
+    try:
+        data = load_toml(config)
+        if "run" in data and set(data) - {"run", "study", "grid"}:
+            raise ValueError(f"unknown table {sorted(set(data) - {'run', 'study', 'grid'})[0]!r}")
+        cfg = RunConfig.from_dict(data.get("run", data), where="run." if "run" in data else "")
+    except ValueError as exc:
+        _fail(str(exc))
+    from . import storage
+    from .training import simulate
+
+    store = out or config.with_suffix(".zarr")
+    t0 = time.perf_counter()
+    ds = simulate(cfg, progress=progress or None)
+    storage.save(ds, store)
+    _print_run(ds, time.perf_counter() - t0)
+    console.print(f"stored in {store}")
+
+
+def _print_run(ds, wall: float) -> None:
+    import numpy as np
+
+    t = Table(title=f"run: {ds.attrs.get('scaling')} N={ds.attrs.get('width')} seed={ds.attrs.get('seed')} "
+                    f"status={ds.attrs.get('status')}")
+    t.add_column("quantity")
+    t.add_column("step 0", justify="right")
+    t.add_column(f"step {int(ds.step.values[-1])}", justify="right")
+    t.add_row("loss", _fmt(float(ds.loss.values[0])), _fmt(float(ds.loss.values[-1])))
+    if "normalized_sharpness" in ds:
+        t.add_row("normalized sharpness S", _fmt(float(ds.normalized_sharpness.values[0])),
+                  _fmt(float(ds.normalized_sharpness.values[-1])))
+    for layer in ds.layer.values:
+        sv = ds.singular_values.sel(layer=layer)
+        a, b = sv.values[0], sv.values[-1]
+        t.add_row(f"top singular values {layer}", " ".join(_fmt(float(x), 3) for x in a[np.isfinite(a)]),
+                  " ".join(_fmt(float(x), 3) for x in b[np.isfinite(b)]))
+    console.print(t)
+    console.print(f"wall time {wall:.1f} s")
+
+
+@app.command()
+def sweep(config: Path = typer.Argument(..., help="TOML with [study] name, [run] base fields and [grid] lists"),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Zarr store (default: CONFIG.zarr)"),
+          scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address (tcp://host:8786), "
+                                                             "or 'serial'"),
+          workers: Optional[int] = typer.Option(None, min=1, help="worker processes of the local cluster"),
+          figures: bool = typer.Option(True, help="write the study's figures next to the store")):
+    """Run a study (or a plain grid of runs) on Dask; resumes in an existing store."""
+    from . import studies
+    from .sweep import sweep as run_sweep
+
+    try:
+        spec = read_sweep_file(config)
+    except ValueError as exc:
+        _fail(str(exc))
+    store = out or config.with_suffix(".zarr")
+    if spec.study is None:
+        summary = run_sweep(studies.simulate_run, spec.grid, store, client=scheduler, workers=workers,
+                            progress=True, base=spec.base)
+        console.print(f"runs: {summary['total']} ({summary['completed']} new, {summary['skipped']} already "
+                      f"stored), diverged: {len(summary['diverged'])}, failed: {len(summary['failed'])}")
+        for g in summary["diverged"]:
+            console.print(f"  [yellow]diverged[/] {g}")
+        for g, msg in summary["failed"].items():
+            console.print(f"  [red]failed[/] {g}: {msg.splitlines()[0]}")
+        return
+    study = studies.get(spec.study)
+    try:
+        ds, summary = study.run(**spec.grid, **spec.options, base=spec.base, store=store, client=scheduler,
+                                workers=workers, progress=True)
+    except ValueError as exc:
+        _fail(str(exc))
+    print_headline(summary)
+    out_dir = Path(str(store)).parent
+    _write_summary(summary, out_dir, spec.study)
+    if figures:
+        paths = study.figures(ds, summary, out_dir)
+        console.print(f"figures: {', '.join(paths)}")
+
+
+@app.command()
+def plot(store: Path = typer.Argument(..., help="a Zarr store written by sweep, demo or run"),
+         out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the PNGs (default: next to it)")):
+    """Draw the figures of a stored study (or the overview of a single run)."""
+    from . import plots, storage, studies
+
+    if not Path(store).exists():
+        _fail(f"store {str(store)!r} does not exist")
+    out_dir = out or Path(store).parent
+    meta = storage.read_attrs(store).get("specdyn_sweep", {})
+    if meta.get("study") in studies.STUDIES:
+        ds, summary = studies.analyze(store)
+        paths = studies.get(meta["study"]).figures(ds, summary, out_dir)
+        print_headline(summary)
+    else:
+        groups = storage.completed_groups(store)
+        if not groups:
+            _fail(f"store {str(store)!r} holds no complete run")
+        paths = []
+        for g in groups:
+            ds = storage.load(store, g or None)
+            name = (g or Path(store).stem).replace("/", "_")
+            paths.append(plots.run_overview(ds, out_dir / f"{name}.png"))
+    console.print(f"figures: {', '.join(paths)}")
+
+
+@app.command()
+def compare(store: Path = typer.Argument(..., help="a study store holding muP runs and the one-bulk theory")):
+    """Simulation vs the one-bulk theory, per width: gaps of loss, s_k, S, beta_f."""
+    from . import storage, studies
+    from .compare import compare as compare_fn
+    from .config import RunConfig
+
+    if not Path(store).exists():
+        _fail(f"store {str(store)!r} does not exist")
+    theory = None
+    if storage.is_complete(store, studies.THEORY_GROUP):
+        theory = storage.load(store, studies.THEORY_GROUP)
+    runs = [g for g in storage.completed_groups(store) if g.startswith("runs/") or g == ""]
+    if not runs:
+        _fail(f"store {str(store)!r} holds no complete run")
+    t = Table(title=f"simulation vs one-bulk theory (muP limit) in {store}")
+    for col in ("run", "loss max|gap|", "s1 max|gap|", "S max|gap|", "beta_f max|gap|", "outliers missing (sim/theory)"):
+        t.add_column(col, justify="right" if col != "run" else "left")
+    shown = 0
+    for g in runs:
+        sim = storage.load(store, g or None)
+        cfg = RunConfig.from_json(sim.attrs["config"])
+        if cfg.scaling != "mup":
+            continue
+        th = theory
+        if th is None or not studies.same_limit(RunConfig.from_json(th.attrs["source_config"]), cfg):
+            th, note = studies.one_bulk_theory(cfg)
+            if th is None:
+                console.print(f"{g}: {note}")
+                continue
+        cmp = compare_fn(sim.sel(layer=["W1"]), th)
+        s = cmp.attrs["summary"]
+
+        def gap(v):
+            return _fmt(s[v]["max_abs_gap"], 3) if v in s else "-"
+
+        miss = s.get("singular_values", {})
+        t.add_row(g.removeprefix("runs/") or str(store), gap("loss"), gap("singular_values"),
+                  gap("normalized_sharpness"), gap("beta_f"),
+                  f"{miss.get('missing_sim', '-')}/{miss.get('missing_theory', '-')}")
+        shown += 1
+    if shown == 0:
+        _fail("no muP run of the one-bulk model (depth 2, linear, C = 1) in this store")
+    console.print(t)
+
+
+@app.command()
+def info():
+    """Versions, the BLAS in use, thread counts and whether the GPU module is usable."""
+    import specdyn
+
+    t = Table(title="specdyn info", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    for k, v in specdyn.info().items():
+        t.add_row(str(k), str(v))
+    for mod in ("xarray", "zarr", "dask", "distributed", "matplotlib"):
+        try:
+            t.add_row(mod, __import__(mod).__version__)
+        except Exception as exc:
+            t.add_row(mod, f"unavailable ({exc})")
+    console.print(t)
+
+
+def main():
+    """Entry point of the ``specdyn`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

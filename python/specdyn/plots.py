@@ -1,0 +1,381 @@
+"""Figures of the studies (matplotlib, Agg backend: no display needed).
+
+Each function takes the ``(dataset, summary)`` of a study (or one run) and a
+path, writes one PNG and returns its path. Axes carry units; legends label
+widths; theory curves are dashed. :func:`study_figures` draws all the figures
+of a study.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+_DPI = 130
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "cairo"):
+        matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> str:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    _plt().close(fig)
+    return str(path)
+
+
+def _width_colors(widths):
+    plt = _plt()
+    cmap = plt.get_cmap("viridis")
+    n = max(len(widths) - 1, 1)
+    return {int(w): cmap(0.85 * i / n) for i, w in enumerate(sorted(int(w) for w in widths))}
+
+
+def _seed_mean(da):
+    return da.mean("seed") if "seed" in da.dims else da
+
+
+def _title(scaling: str) -> str:
+    return {"mup": "muP (mean field)", "ntk": "NTK", "sp": "SP"}.get(scaling, scaling)
+
+
+# ---------------------------------------------------------------------------------
+# s_k(t) across widths
+# ---------------------------------------------------------------------------------
+def singular_value_trajectories(ds, summary, path, layer=None, ranks=(0,)):
+    """s_k(t) of a hidden layer, one panel per scaling, one line per width (seed mean,
+    band = seed min..max), the one-bulk theory dashed."""
+    plt = _plt()
+    layer = layer or summary.get("layer", "W1")
+    scalings = [str(s) for s in ds.scaling.values] if "scaling" in ds.dims else [None]
+    colors = _width_colors(ds.width.values)
+    fig, axes = plt.subplots(1, len(scalings), figsize=(5.2 * len(scalings), 4.0), sharey=True, squeeze=False)
+    steps = ds.step.values
+    for ax, sc in zip(axes[0], scalings):
+        sub = ds if sc is None else ds.sel(scaling=sc)
+        for w in sub.width.values:
+            for k in ranks:
+                da = sub.singular_values.sel(width=w, layer=layer, rank=k)
+                mean = _seed_mean(da).values
+                ax.plot(steps, mean, color=colors[int(w)], lw=1.6,
+                        label=f"N = {int(w)}" if k == ranks[0] else None)
+                if "seed" in da.dims and da.sizes["seed"] > 1:
+                    ax.fill_between(steps, da.min("seed").values, da.max("seed").values, color=colors[int(w)],
+                                    alpha=0.2, lw=0)
+        if "theory_singular_values" in ds and sc in (None, "mup"):
+            for k in ranks:
+                th = ds.theory_singular_values.sel(rank=k).values
+                ax.plot(steps, th, "k--", lw=1.6, zorder=5,
+                        label="one-bulk theory (N = inf)" if k == ranks[0] else None)
+        ax.axhline(2.0 * _sigma(ds, layer), color="0.6", lw=0.8, ls=":", label="bulk edge 2 sigma")
+        if sc is not None:
+            spread = summary.get("spread", {}).get(sc)
+            extra = f", spread of s1 = {spread:.3f}" if spread is not None else ""
+            ax.set_title(f"{_title(sc)}{extra}")
+        ax.set_xlabel("training step t (GD steps)")
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3)
+    ranks_txt = ", ".join(f"s{k + 1}" for k in ranks)
+    axes[0][0].set_ylabel(f"top singular value {ranks_txt} of {layer}/sqrt(N)")
+    return _save(fig, path)
+
+
+def _sigma(ds, layer) -> float:
+    import json
+
+    cfg = ds.attrs.get("config")
+    if cfg:
+        sigma = json.loads(cfg).get("sigma", 1.0)
+        if isinstance(sigma, list):
+            return float(sigma[int(str(layer)[1:])])
+        return float(sigma)
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------
+# spectrum histogram with theory density and outliers
+# ---------------------------------------------------------------------------------
+def spectrum_histogram(run, path, layer="W1", bulk_step=-1, predicted=None, sigma=1.0, title=None):
+    """Histogram of all singular values of one layer's normalized matrix at a bulk
+    step of one run (``bulk_counts``/``bulk_edges``), with the initial bulk density
+    (quarter circle for square layers, Marchenko-Pastur otherwise), the run's top-k
+    singular values (ticks) and ``predicted`` outlier positions (dashed lines)."""
+    from . import rmt
+
+    plt = _plt()
+    if "bulk_counts" not in run:
+        raise ValueError("the run has no bulk histogram; set bulk_steps in its config")
+    bstep = run.bulk_step.values[bulk_step] if isinstance(bulk_step, int) and bulk_step < 0 else bulk_step
+    counts = run.bulk_counts.sel(bulk_step=bstep, layer=layer).values.astype(float)
+    edges = run.bulk_edges.sel(bulk_step=bstep, layer=layer).values
+    widths = np.diff(edges)
+    density = counts / max(counts.sum(), 1.0) / widths
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    ax.bar(edges[:-1], density, width=widths, align="edge", color="C0", alpha=0.55,
+           label=f"simulation, step {int(bstep)}")
+    s = np.linspace(0, edges[-1] * 1.05, 600)
+    import json
+
+    cfg = json.loads(run.attrs.get("config", "{}"))
+    shapes = None
+    if cfg:
+        from .parameterization import layer_shapes
+
+        shapes = layer_shapes(cfg["width"], cfg["depth"], cfg["input_dim"], cfg["output_dim"])
+    l = int(str(layer)[1:])
+    if shapes is None or shapes[l][0] == shapes[l][1]:
+        ax.plot(s, rmt.quarter_circle_density(s, sigma), "k--", lw=1.4, label="quarter circle (initial bulk)")
+    else:
+        n, m = shapes[l]
+        ratio = n / m
+        ax.plot(s, 2 * s * rmt.marchenko_pastur_density(s ** 2, ratio, sigma), "k--", lw=1.4,
+                label=f"Marchenko-Pastur, ratio {ratio:.2g}")
+    if "singular_values" in run and bstep in run.step.values:
+        top = run.singular_values.sel(step=bstep, layer=layer).values
+        top = top[np.isfinite(top)]
+        ax.plot(top, np.zeros_like(top), "v", color="C3", ms=8, clip_on=False, label="top-k (Lanczos)")
+    for i, p in enumerate(np.atleast_1d(predicted) if predicted is not None else []):
+        if np.isfinite(p):
+            ax.axvline(p, color="C1", ls="--", lw=1.4, label="predicted outlier (theory)" if i == 0 else None)
+    ax.set_xlabel(f"singular value s of {layer}/sqrt(fan_in)")
+    ax.set_ylabel("density of singular values (1/unit s)")
+    ax.set_title(title or f"spectrum of {layer}, N = {cfg.get('width', '?')}, step {int(bstep)}")
+    ax.set_yscale("symlog", linthresh=0.05)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------
+# loss vs eta0
+# ---------------------------------------------------------------------------------
+def loss_vs_eta0(ds, summary, path):
+    """Final loss against eta0 (log-log), one panel per scaling, one line per width,
+    the optimum of each width marked with a star; diverged runs are left out."""
+    plt = _plt()
+    scalings = [str(s) for s in ds.scaling.values]
+    colors = _width_colors(ds.width.values)
+    fig, axes = plt.subplots(1, len(scalings), figsize=(5.2 * len(scalings), 4.0), sharey=True, squeeze=False)
+    final = ds.final_loss if "final_loss" in ds else _seed_mean(ds.loss.isel(step=-1))
+    for ax, sc in zip(axes[0], scalings):
+        for w in ds.width.values:
+            y = final.sel(scaling=sc, width=w).values
+            ok = np.isfinite(y)
+            ax.plot(ds.eta0.values[ok], y[ok], "o-", color=colors[int(w)], ms=4, label=f"N = {int(w)}")
+            opt = summary.get("optimal_eta0", {}).get(sc, {}).get(int(w))
+            if opt is not None and np.isfinite(opt):
+                ax.plot([opt], [float(final.sel(scaling=sc, width=w, eta0=opt))], "*", color=colors[int(w)],
+                        ms=15, mec="k")
+        drift = summary.get("drift_log2", {}).get(sc)
+        ax.set_title(f"{_title(sc)}" + (f", drift of optimum = {drift:.2f} (log2)" if drift is not None else ""))
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("width-free learning rate eta0")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    steps = int(ds.step.values.max())
+    axes[0][0].set_ylabel(f"training loss after {steps} steps (MSE/2)")
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------
+# S(t) against 2
+# ---------------------------------------------------------------------------------
+def sharpness_trajectories(ds, summary, path, scaling=None):
+    """Normalized sharpness S(t) = eta lambda_max(K)/P (solid) and eta x Hessian top
+    (dotted) against the edge of stability 2, one column per eta0, lines per width;
+    the loss below with catapult peaks marked (x)."""
+    plt = _plt()
+    sc = scaling or str(ds.scaling.values[0])
+    sub = ds.sel(scaling=sc)
+    etas = sub.eta0.values
+    colors = _width_colors(sub.width.values)
+    fig, axes = plt.subplots(2, len(etas), figsize=(3.6 * len(etas), 5.8), sharex=True, squeeze=False)
+    steps = sub.step.values
+    for j, e in enumerate(etas):
+        top, bot = axes[0][j], axes[1][j]
+        for w in sub.width.values:
+            run = sub.sel(eta0=e, width=w)
+            c = colors[int(w)]
+            top.plot(steps, _seed_mean(run.normalized_sharpness).values, color=c, lw=1.4, label=f"N = {int(w)}")
+            if "hessian_sharpness" in run and np.isfinite(run.hessian_sharpness.values).any():
+                top.plot(steps, _seed_mean(run.hessian_sharpness).values, color=c, lw=1.0, ls=":")
+            loss = _seed_mean(run.loss).values
+            bot.plot(steps, loss, color=c, lw=1.2)
+            if "catapult" in run:
+                marks = run.catapult.any("seed").values if "seed" in run.catapult.dims else run.catapult.values
+                bot.plot(steps[marks], loss[marks], "x", color="C3", ms=9, mew=2)
+            if (run.status == "diverged").any():
+                top.annotate("diverged", (0.5, 0.9), xycoords="axes fraction", ha="center", color="C3")
+        top.axhline(2.0, color="k", ls="--", lw=1.0, label="edge of stability (2)")
+        if j == len(etas) - 1:
+            top.plot([], [], color="0.4", ls=":", label="eta x top Hessian eigenvalue")
+            bot.plot([], [], "x", color="C3", ms=9, mew=2, label="catapult peak")
+            bot.legend(fontsize=8)
+        top.set_title(f"{_title(sc)}, eta0 = {e:g}")
+        top.grid(alpha=0.3)
+        bot.set_yscale("log")
+        bot.grid(alpha=0.3)
+        bot.set_xlabel("training step t (GD steps)")
+    axes[0][0].set_ylabel("sharpness S = eta lambda_max(K) / P")
+    axes[1][0].set_ylabel("training loss (MSE/2)")
+    axes[0][-1].legend(fontsize=8)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------
+# bulk edge vs N
+# ---------------------------------------------------------------------------------
+def bulk_edge_vs_width(ds, summary, path):
+    """Top singular value (the bulk edge, no outlier) at the last step against N,
+    with the fitted edge_inf + a N^-rate; right: |edge - edge_inf| on log-log axes."""
+    plt = _plt()
+    widths = np.array(summary["widths"], float)
+    edge = np.array([summary["edge"][int(w)] for w in widths])
+    init = np.array([summary["initial_edge"][int(w)] for w in widths])
+    fit = summary["edge_fit"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(widths, edge, "o-", label="after training")
+    a.plot(widths, init, "s--", color="0.5", label="at initialization")
+    if np.isfinite(fit["edge_inf"]):
+        n = np.geomspace(widths.min(), widths.max() * 4, 100)
+        a.plot(n, fit["edge_inf"] + fit["amplitude"] * n ** (-fit["rate"]), "k:",
+               label=f"fit: {fit['edge_inf']:.3f} + a N^-{fit['rate']:.2f}")
+        a.axhline(fit["edge_inf"], color="k", lw=0.8)
+        dev = np.abs(edge - fit["edge_inf"])
+        b.loglog(widths, dev, "o", label="|edge(N) - edge_inf|")
+        b.loglog(n, np.abs(fit["amplitude"]) * n ** (-fit["rate"]), "k:", label=f"N^-{fit['rate']:.2f}")
+        b.legend(fontsize=8)
+    a.set_xscale("log", base=2)
+    a.set_xlabel("width N")
+    a.set_ylabel(f"top singular value of {summary.get('layer', 'W1')}/sqrt(N)")
+    a.set_title(f"many outputs (kappa = {summary.get('kappa')}): bulk edge vs N")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    b.set_xlabel("width N")
+    b.set_ylabel("distance to the extrapolated edge")
+    b.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------
+# naive vs two-level
+# ---------------------------------------------------------------------------------
+def outlier_predictions(ds, summary, path):
+    """s_1(t) of W1 in simulations (per width) against the two-level theory (dashed)
+    and naive BBP on A(t) - A(0) (dotted); no outlier = the bulk edge."""
+    plt = _plt()
+    colors = _width_colors(ds.width.values)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    steps = ds.step.values
+    for w in ds.width.values:
+        ax.plot(steps, _seed_mean(ds.singular_values.sel(width=w, layer="W1", rank=0)).values,
+                color=colors[int(w)], lw=1.6, label=f"simulation N = {int(w)}")
+    if "two_level_prediction" in ds:
+        ax.plot(steps, ds.two_level_prediction.values, "k--", lw=1.6, label="two-level DMFT")
+    if "naive_prediction" in ds:
+        ax.plot(steps, ds.naive_prediction.values, "C3:", lw=2.0, label="naive BBP (independent spike)")
+    ax.axhline(summary.get("bulk_edge", 2.0), color="0.6", lw=0.8, label="bulk edge 2 sigma")
+    ax.set_xlabel("training step t (GD steps)")
+    ax.set_ylabel("top singular value s1 of W1/sqrt(N)")
+    ax.set_title("outlier of the hidden layer: predictions vs simulation")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------
+# one run
+# ---------------------------------------------------------------------------------
+def run_overview(run, path):
+    """One run: the loss (log) and the top singular values s_k(t) of every layer."""
+    plt = _plt()
+    layers = [str(l) for l in run.layer.values]
+    fig, axes = plt.subplots(1, 1 + len(layers), figsize=(3.8 * (1 + len(layers)), 3.6), squeeze=False)
+    steps = run.step.values
+    axes[0][0].plot(steps, run.loss.values, "k-")
+    axes[0][0].set_yscale("log")
+    axes[0][0].set_xlabel("training step t (GD steps)")
+    axes[0][0].set_ylabel("training loss (MSE/2)")
+    axes[0][0].set_title(f"{run.attrs.get('scaling')} N = {run.attrs.get('width')}, {run.attrs.get('status')}")
+    for ax, layer in zip(axes[0][1:], layers):
+        sv = run.singular_values.sel(layer=layer)
+        for k in sv["rank"].values:
+            if np.isfinite(sv.sel(rank=k).values).any():
+                ax.plot(steps, sv.sel(rank=k).values, label=f"s{int(k) + 1}")
+        ax.set_xlabel("training step t (GD steps)")
+        ax.set_ylabel(f"singular values of normalized {layer}")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------
+# all figures of a study
+# ---------------------------------------------------------------------------------
+def study_figures(name: str, ds, summary, out_dir) -> list[str]:
+    """Write the figures of study ``name`` into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    os.makedirs(out, exist_ok=True)
+    paths = []
+    if name == "width_consistency":
+        paths.append(singular_value_trajectories(ds, summary, out / "width_consistency_s1.png"))
+        run = _largest_run_with_bulk(ds, "mup")
+        if run is not None:
+            predicted = None
+            if "theory_singular_values" in ds:
+                t = int(run.bulk_step.values[-1])
+                if t in ds.step.values:
+                    predicted = ds.theory_singular_values.sel(step=t).values
+            layer = summary.get("layer", "W1")
+            paths.append(spectrum_histogram(
+                run, out / "width_consistency_spectrum.png", layer=layer, predicted=predicted,
+                sigma=_sigma(ds, layer),
+                title=f"spectrum of {layer}, muP, N = {int(run.width)}, step {int(run.bulk_step.values[-1])}"))
+    elif name == "lr_transfer":
+        paths.append(loss_vs_eta0(ds, summary, out / "lr_transfer_loss_vs_eta0.png"))
+    elif name == "edge_of_stability":
+        for sc in ds.scaling.values:
+            paths.append(sharpness_trajectories(ds, summary, out / f"edge_of_stability_{sc}.png", scaling=str(sc)))
+    elif name == "many_outputs":
+        paths.append(bulk_edge_vs_width(ds, summary, out / "many_outputs_edge_vs_N.png"))
+        run = _largest_run_with_bulk(ds, None)
+        if run is not None:
+            layer = summary.get("layer", "W1")
+            paths.append(spectrum_histogram(
+                run, out / "many_outputs_spectrum.png", layer=layer, sigma=_sigma(ds, layer),
+                title=f"spectrum of {layer}, N = {int(run.width)}, C = {summary.get('kappa')} N, "
+                      f"step {int(run.bulk_step.values[-1])}"))
+    elif name == "naive_vs_two_level":
+        paths.append(outlier_predictions(ds, summary, out / "naive_vs_two_level.png"))
+    else:
+        raise ValueError(f"no figures for study {name!r}")
+    return paths
+
+
+def _largest_run_with_bulk(ds, scaling):
+    """One run (largest width, first seed) as a plain run dataset, if it has a bulk histogram."""
+    if "bulk_counts" not in ds:
+        return None
+    sel = {"width": int(ds.width.values.max())}
+    if scaling is not None and "scaling" in ds.dims:
+        if scaling not in ds.scaling.values:
+            return None
+        sel["scaling"] = scaling
+    run = ds.sel(sel)
+    for d in ("seed", "eta0", "scaling"):
+        if d in run.dims:
+            run = run.isel({d: 0})
+    if not np.isfinite(run.bulk_counts.values).any():
+        return None
+    return run

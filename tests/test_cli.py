@@ -1,0 +1,125 @@
+"""The specdyn CLI: commands end to end at tiny sizes, and one clear error for a bad config."""
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from specdyn import storage
+from specdyn.cli import app, read_sweep_file
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_info():
+    res = invoke("info")
+    assert res.exit_code == 0, res.output
+    for key in ("specdyn", "blas", "omp_threads", "gpu"):
+        assert key in res.output
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[run]\nwidht = 16\n", "widht"),
+    ("[run]\nwidth = 0\n", "width"),
+    ("[run]\nscaling = 'xyz'\n", "scaling"),
+    ("[study]\nname = 'lr_transfer'\n[grid]\nwidths = [16]\nlrs = [0.1]\n", "grid.lrs"),
+    ("[study]\nname = 'lr_transfer'\n[grid]\neta0s = [0.1, -2.0]\n", "eta0"),
+    ("[study]\nname = 'no_such_study'\n", "no_such_study"),
+    ("[study]\nname = 'width_consistency'\n[run]\neta0 = 'fast'\n", "eta0"),
+    ("[runn]\nwidth = 16\n", "runn"),
+    ("[run\nwidth = 16\n", "not valid TOML"),
+])
+def test_bad_config_one_clear_error(tmp_path, text, key):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    res = invoke("sweep", cfg)
+    assert res.exit_code == 2
+    assert key in res.output
+    assert "Traceback" not in res.output
+    assert len([l for l in res.output.splitlines() if l.strip()]) <= 3
+    assert not (tmp_path / "bad.zarr").exists()  # no work started
+
+
+def test_bad_run_config(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[run]\nwidth = 16\nactivation = 'sigmoid'\n")
+    res = invoke("run", cfg)
+    assert res.exit_code == 2 and "activation" in res.output and "Traceback" not in res.output
+
+
+def test_run_plot(tmp_path):
+    cfg = tmp_path / "one.toml"
+    cfg.write_text("[run]\nwidth = 16\nsteps = 6\ntrack_every = 2\ntop_k = 2\n")
+    res = invoke("run", cfg, "--no-progress")
+    assert res.exit_code == 0, res.output
+    ds = storage.load(tmp_path / "one.zarr")
+    assert ds.attrs["status"] == "ok" and ds.sizes["step"] == 4
+    res = invoke("plot", tmp_path / "one.zarr", "--out", tmp_path / "figs")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "figs" / "one.png").stat().st_size > 10_000
+
+
+def test_sweep_study_plot_compare(tmp_path):
+    cfg = tmp_path / "wc.toml"
+    cfg.write_text("[study]\nname = 'width_consistency'\n[run]\nsteps = 12\ntrack_every = 4\nbulk_steps = [12]\n"
+                   "[grid]\nwidths = [16, 32]\nscalings = ['mup', 'ntk']\nseeds = [0]\n")
+    res = invoke("sweep", cfg, "--scheduler", "serial")
+    assert res.exit_code == 0, res.output
+    assert "spread" in res.output and "mup" in res.output
+    summary = json.loads((tmp_path / "width_consistency_summary.json").read_text())
+    assert set(summary["spread"]) == {"mup", "ntk"}
+    assert (tmp_path / "width_consistency_s1.png").exists()
+    again = invoke("sweep", cfg, "--scheduler", "serial", "--no-figures")
+    assert again.exit_code == 0 and "0 new, 4 already stored" in again.output
+    res = invoke("plot", tmp_path / "wc.zarr", "--out", tmp_path / "p")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "p" / "width_consistency_s1.png").exists()
+    res = invoke("compare", tmp_path / "wc.zarr")
+    assert res.exit_code == 0, res.output
+    assert "mup_N16" in res.output and "mup_N32" in res.output and "ntk_N" not in res.output
+
+
+def test_sweep_plain_grid_with_a_diverged_run(tmp_path):
+    cfg = tmp_path / "g.toml"
+    cfg.write_text("[run]\nwidth = 16\nsteps = 6\ntop_k = 2\n[grid]\neta0 = [0.1, 1e4]\n")
+    res = invoke("sweep", cfg, "--scheduler", "serial")
+    assert res.exit_code == 0, res.output
+    assert "diverged: 1" in res.output and "eta10000" in res.output
+
+
+def test_demo_tiny(tmp_path):
+    out = tmp_path / "demo"
+    res = invoke("demo", "--out", out, "--widths", "16,32", "--steps", "12", "--serial")
+    assert res.exit_code == 0, res.output
+    assert "spread ratio muP / NTK" in res.output
+    assert (out / "width_consistency_s1.png").stat().st_size > 10_000
+    assert (out / "width_consistency_spectrum.png").exists()
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["theory"] is True and summary["spread_ratio"] == pytest.approx(
+        summary["spread"]["mup"] / summary["spread"]["ntk"])
+    assert len(storage.completed_groups(out / "demo.zarr")) == 5  # 4 runs + theory
+    # a second demo with other settings in the same folder analyzes its own runs only
+    res = invoke("demo", "--out", out, "--widths", "16,24", "--steps", "8", "--serial")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["widths"] == [16, 24]
+    res = invoke("plot", out / "demo.zarr")
+    assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.toml")), ids=lambda p: p.name)
+def test_examples_parse(path):
+    from specdyn.config import RunConfig, load_toml
+
+    if "grid" in load_toml(path) or "study" in load_toml(path):
+        spec = read_sweep_file(path)
+        assert spec.base.width >= 1
+    else:
+        RunConfig.from_toml(path)
