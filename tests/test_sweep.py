@@ -1,4 +1,4 @@
-"""specdyn.sweep: grids, Dask execution, resume after a real SIGKILL, divergence, collect."""
+"""specdyn.sweep (module specdyn.sweeps): grids, Dask execution, resume after a real SIGKILL, divergence, collect."""
 import os
 import signal
 import subprocess
@@ -14,7 +14,7 @@ import xarray as xr
 import specdyn
 from specdyn import storage
 from specdyn.config import RunConfig
-from specdyn.sweep import collect, expand_grid, run_group, run_groups
+from specdyn.sweeps import collect, expand_grid, run_group, run_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 

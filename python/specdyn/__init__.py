@@ -48,8 +48,8 @@ _LAZY = {
     "simulate": ("specdyn.training", "simulate"),
     "save": ("specdyn.storage", "save"),
     "load": ("specdyn.storage", "load"),
-    "compare": ("specdyn.compare", "compare"),
-    "sweep": ("specdyn.sweep", "sweep"),
+    "compare": ("specdyn.comparison", "compare"),
+    "sweep": ("specdyn.sweeps", "sweep"),
 }
 
 __all__ = ["gpu_available", "info", *_LAZY]

@@ -68,7 +68,7 @@ def read_sweep_file(path) -> SweepFile:
     """
     from . import studies
     from .config import RunConfig, load_toml
-    from .sweep import expand_grid
+    from .sweeps import expand_grid
 
     data = load_toml(path)
     allowed = {"study", "run", "grid"}
@@ -323,7 +323,7 @@ def sweep(config: Path = typer.Argument(..., help="TOML with [study] name, [run]
           figures: bool = typer.Option(True, help="write the study's figures next to the store")):
     """Run a study (or a plain grid of runs) on Dask; resumes in an existing store."""
     from . import studies
-    from .sweep import sweep as run_sweep
+    from .sweeps import sweep as run_sweep
 
     try:
         spec = read_sweep_file(config)
@@ -384,7 +384,7 @@ def plot(store: Path = typer.Argument(..., help="a Zarr store written by sweep, 
 def compare(store: Path = typer.Argument(..., help="a study store holding muP runs and the one-bulk theory")):
     """Simulation vs the one-bulk theory, per width: gaps of loss, s_k, S, beta_f."""
     from . import storage, studies
-    from .compare import compare as compare_fn
+    from .comparison import compare as compare_fn
     from .config import RunConfig
 
     if not Path(store).exists():

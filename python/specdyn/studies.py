@@ -1,6 +1,6 @@
 """Studies: the claims of THEORY.md as one call each.
 
-Every study runs a grid of simulations through :func:`specdyn.sweep.sweep`
+Every study runs a grid of simulations through :func:`specdyn.sweep`
 (so it resumes in a store and scales over Dask), collects the runs into one
 ``xarray.Dataset`` and returns ``(dataset, summary)``: the summary holds the
 headline numbers, computed from that dataset by the ``analyze_*`` function of
@@ -29,7 +29,7 @@ import numpy as np
 
 from . import parameterization, storage
 from .config import RunConfig
-from .sweep import collect, sweep
+from .sweeps import collect, sweep
 
 THEORY_GROUP = "theory/one_bulk"
 

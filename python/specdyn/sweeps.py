@@ -382,18 +382,3 @@ def collect(store, dims: Iterable[str] = ("scaling", "width", "eta0", "seed"), g
     combined = combined.transpose(*order)
     combined.attrs["config"] = first_config  # a representative run's config (fields outside dims)
     return combined
-
-
-# ``specdyn.sweep`` is both this module and its main function: importing the
-# module (e.g. ``from specdyn.sweep import collect``) binds the module object
-# to the package attribute, so the module itself forwards calls to sweep().
-import sys as _sys
-import types as _types
-
-
-class _CallableModule(_types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return sweep(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallableModule
