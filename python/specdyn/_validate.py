@@ -57,8 +57,12 @@ def dtype(name: str, value, allowed=("float32", "float64")) -> np.dtype:
 
 
 def finite_array(name: str, a, ndim: int | tuple[int, ...] | None = None,
-                 dtypes=("float32", "float64")) -> np.ndarray:
-    """Return ``a`` as an ndarray of a supported float dtype with finite entries."""
+                 dtypes=("float32", "float64"), check_finite: bool = True) -> np.ndarray:
+    """Return ``a`` as an ndarray of a supported float dtype (no copy when it is one).
+
+    Integer and boolean input is converted to float64. With ``check_finite``
+    a NaN or inf entry raises.
+    """
     if not isinstance(a, np.ndarray):
         try:
             a = np.asarray(a)
@@ -72,8 +76,13 @@ def finite_array(name: str, a, ndim: int | tuple[int, ...] | None = None,
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if a.ndim not in allowed:
             raise ValueError(f"{name} must have ndim {' or '.join(map(str, allowed))}, got shape {a.shape}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
+    if check_finite:
+        # One streaming pass without a temporary; a non-finite sum is either a
+        # NaN/inf entry or an overflow, which the exact check tells apart.
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.add.reduce(a, axis=None)
+        if not np.isfinite(total) and not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
     return a
 
 

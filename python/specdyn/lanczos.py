@@ -33,28 +33,11 @@ class ConvergenceWarning(RuntimeWarning):
 
 
 def _matrix(name: str, A, check_finite: bool) -> np.ndarray:
-    if not isinstance(A, np.ndarray):
-        try:
-            A = np.asarray(A)
-        except Exception as exc:  # pragma: no cover - exotic inputs
-            raise ValueError(f"{name} must be a 2-d float32/float64 array: {exc}") from None
-    if A.dtype.kind in "iub":
-        A = A.astype(np.float64)
-    if A.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name} must have dtype float32 or float64, got {A.dtype}")
-    if A.ndim != 2:
-        raise ValueError(f"{name} must have ndim 2, got shape {A.shape}")
+    A = v.finite_array(name, A, ndim=2, check_finite=check_finite)
     if A.shape[0] < 1 or A.shape[1] < 1:
         raise ValueError(f"{name} must have at least one row and one column, got shape {A.shape}")
     if not (A.flags.c_contiguous or A.flags.f_contiguous):
         A = np.ascontiguousarray(A)  # strided views: one copy, the solver needs a leading dimension
-    if check_finite:
-        # One streaming pass without a temporary; a non-finite sum is either a
-        # NaN/inf entry or an overflow, which the exact check tells apart.
-        with np.errstate(over="ignore", invalid="ignore"):
-            total = np.add.reduce(A, axis=None)
-        if not np.isfinite(total) and not np.all(np.isfinite(A)):
-            raise ValueError(f"{name} must contain only finite values (found NaN or inf)")
     return A
 
 
