@@ -99,31 +99,29 @@ struct RowBasis {
   }
 };
 
-// Products of a row basis Q (rank x L) with a few vectors, reading Q once:
-// the rows go in blocks small enough to stay in L2 cache while every vector
-// uses them (a gemm would copy Q into packed panels first).
-// (a multiple of 4: OpenBLAS's gemv kernels take rows in fours)
-int rows_per_block(int L) { return std::max(4, ((640 * 1024) / (8 * std::max(L, 1))) / 4 * 4); }
+// Columns of a row basis per chunk of basis_pass (a gemm would copy Q into
+// packed panels first; a chunk of a rank-64 basis is 512 KiB, within L2).
+constexpr int kChunk = 1024;
 
-// out_j = Q^T K_j (K_j = K + j * ldk, length rank), j < ncol; out_j has length L, stride L
-void basis_combine(const double* Q, int rank, int L, const double* K, int ldk, int ncol, double* out) {
-  const int bs = rows_per_block(L);
-  if (rank == 0) std::fill(out, out + size_t(ncol) * L, 0.0);
-  for (int i0 = 0; i0 < rank; i0 += bs) {
-    const int nb = std::min(bs, rank - i0);
-    for (int j = 0; j < ncol; ++j)
-      blas::gemv(Op::N, L, nb, 1.0, Q + size_t(i0) * L, L, K + size_t(j) * ldk + i0, i0 == 0 ? 0.0 : 1.0,
-                 out + size_t(j) * L);
+// One pass over Q (rank x L):
+//   out_j = Q^T K_j  (K_j = K + j * ldk, length rank; out_j = out + j * L), j < ncomb
+//   Kd_j  = Q x_j    (x_j = X + j * L; Kd_j = Kd + j * ldkd, length rank),   j < ndots
+// in column chunks: a chunk of Q (rank x kChunk) stays in L2 cache while every
+// vector uses it, and the chunk of each out_j stays in L1 while all rows add to it.
+void basis_pass(const double* Q, int rank, int L, const double* K, int ldk, int ncomb, double* out,
+                const double* X, int ndots, double* Kd, int ldkd) {
+  const int chunk = kChunk;
+  if (rank == 0) {
+    std::fill(out, out + size_t(ncomb) * L, 0.0);
+    return;
   }
-}
-
-// K_j = Q x_j (K_j = K + j * ldk, length rank), x_j = X + j * L, j < ncol
-void basis_dots(const double* Q, int rank, int L, const double* X, int ncol, double* K, int ldk) {
-  const int bs = rows_per_block(L);
-  for (int i0 = 0; i0 < rank; i0 += bs) {
-    const int nb = std::min(bs, rank - i0);
-    for (int j = 0; j < ncol; ++j)
-      blas::gemv(Op::T, L, nb, 1.0, Q + size_t(i0) * L, L, X + size_t(j) * L, 0.0, K + size_t(j) * ldk + i0);
+  for (int l0 = 0; l0 < L; l0 += chunk) {
+    const int nl = std::min(chunk, L - l0);
+    for (int j = 0; j < ncomb; ++j)
+      blas::gemv(Op::N, nl, rank, 1.0, Q + l0, L, K + size_t(j) * ldk, 0.0, out + size_t(j) * L + l0);
+    for (int j = 0; j < ndots; ++j)
+      blas::gemv(Op::T, nl, rank, 1.0, Q + l0, L, X + size_t(j) * L + l0, l0 == 0 ? 0.0 : 1.0,
+                 Kd + size_t(j) * ldkd);
   }
 }
 
@@ -201,40 +199,47 @@ ModeSolution solve_modes(const ModeProblem& pb) {
   std::vector<double> rt(D), ec(D), Yv(D), Ya(D);
 
   RowBasis ba(L, cap, rng::kProbes + 0xd0), bq(L, cap, rng::kProbes + 0xd1);
-  std::vector<double> m(L), qh(L), qh_prev(L), anew(L), vec(L);
+  std::vector<double> m(L), qh(L), qh_prev(L), anew(L), vec(L), sa(L), sq(L);
   std::vector<double> beta(D), r(D), zq(D), pred(P), delta(P);
   std::vector<double> col(T1), tmp(cap);
   std::vector<double> T2(size_t(D) * D), Mm(size_t(D) * D);
-  // Each basis is read twice per step: its products with two or three vectors
-  // share one pass (basis_dots / basis_combine) and the residual checks ride along.
+  // Each basis is read once per step (basis_pass): its products with the
+  // history sums, the residual checks and the few dot products the next
+  // coefficients need share that pass. The rest of the coefficients follow
+  // from orthonormality (Q Q^T = I) and two small carried products:
+  //   a_coef = Q_a omega(n)           (rank_a), advanced with Q_a (s qhat(n)) and the history sum
+  //   G      = Q_q zeta^T, (rank_q, D) row-major, advanced with the rank-one updates of zeta
   std::vector<double> K2(size_t(2) * cap), K3(size_t(3) * cap), R2(size_t(2) * L), R3(size_t(3) * L);
-  std::vector<double> X2(size_t(2) * L);
+  std::vector<double> a_coef(cap, 0.0), Dsa(cap), Dsq(cap), G(size_t(cap) * D, 0.0);
 
   for (int n = 0; n <= T; ++n) {
     double* Can = out.Ca.data() + size_t(n) * cap;
     double* Cqn = out.Cqc.data() + size_t(n) * cap;
-    // 1. coefficients of omega(n) in the omega basis (its residual is checked in step 6);
-    //    Cw(j, n) = <omega(j) omega(n)> for j < n, Cw(n, n) directly
+    // 1. coefficients of omega(n) in the omega basis (carried from step n - 1;
+    //    its residual is checked in step 6); Cw(j, n) = <omega(j) omega(n)> for
+    //    j < n, Cw(n, n) directly
     const int ra = ba.rank;
-    if (ra > 0) blas::gemv(Op::T, L, ra, 1.0, ba.Q.data(), L, a.data(), 0.0, Can);
+    std::copy(a_coef.begin(), a_coef.begin() + ra, Can);
     std::fill(col.begin(), col.begin() + n, 0.0);
     if (n > 0 && ra > 0) blas::gemv(Op::T, ra, n, 1.0, out.Ca.data(), cap, Can, 0.0, col.data());
     col[n] = blas::dot(L, a.data(), a.data());
     for (int j = 0; j <= n; ++j) out.Cw[size_t(j) * T1 + n] = out.Cw[size_t(n) * T1 + j] = col[j];
     // 2. m(n) = s omega(n) + c sum_{j<n} Cw(j, n) qhat(j); on the way, finish
-    //    qhat(n-1) (residual against the basis, new row if needed)
-    for (int i = 0; i < L; ++i) m[i] = sr[i] * a[i];
+    //    qhat(n-1) (residual against the basis, new row if needed) and take
+    //    Q_q (s omega(n)), so that Q_q m(n) = Q_q (s omega) + c K (orthonormal rows)
+    for (int i = 0; i < L; ++i) sa[i] = sr[i] * a[i];
+    std::copy(sa.begin(), sa.end(), m.begin());
+    const int rq0 = bq.rank;
     if (n > 0) {
-      const int rq0 = bq.rank;
       double* Cqp = out.Cqc.data() + size_t(n - 1) * cap;
       const bool grow = bq.may_grow(qh_prev.data(), pb.history_tol);
       if (rq0 > 0) {
         std::copy(Cqp, Cqp + rq0, K2.begin());
         blas::gemv(Op::N, rq0, n, 1.0, out.Cqc.data(), cap, col.data(), 0.0, K2.data() + rq0);
         if (grow)   // the reconstruction of qhat(n-1) rides along
-          basis_combine(bq.Q.data(), rq0, L, K2.data(), rq0, 2, R2.data());
+          basis_pass(bq.Q.data(), rq0, L, K2.data(), rq0, 2, R2.data(), sa.data(), 1, Dsa.data(), rq0);
         else
-          basis_combine(bq.Q.data(), rq0, L, K2.data() + rq0, rq0, 1, R2.data() + L);
+          basis_pass(bq.Q.data(), rq0, L, K2.data() + rq0, rq0, 1, R2.data() + L, sa.data(), 1, Dsa.data(), rq0);
         blas::axpy(L, c, R2.data() + L, m.data());
       } else {
         std::fill(R2.begin(), R2.begin() + L, 0.0);
@@ -245,6 +250,7 @@ ModeSolution solve_modes(const ModeProblem& pb) {
       }
       out.rank_q_at[n - 1] = bq.rank;
     }
+    const int rq = bq.rank;
     // 3. beta_f, loss, r = X^T Delta / P
     blas::gemv(Op::T, L, D, 1.0 / pb.richness, B.data(), L, m.data(), 0.0, beta.data());
     std::copy(beta.begin(), beta.end(), out.beta_f.begin() + size_t(n) * D);
@@ -256,14 +262,29 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     }
     out.loss[n] = l2 / (2.0 * P);
     blas::gemv(Op::N, D, P, 1.0 / P, pb.X, D, delta.data(), 0.0, r.data());
-    // 4. qhat(n) = zeta(n) . r / sqrt(D); its coefficients and those of m(n) in one
-    //    pass over the qhat basis: Cq(j, n), Cqm(j, n) = <qhat(j) m(n)> for j < n
-    blas::gemv(Op::N, L, D, 1.0 / rD, B.data(), L, r.data(), 0.0, qh.data());
-    const int rq = bq.rank;
+    // 4. qhat(n) = zeta(n) . r / sqrt(D). Its coefficients K2[:rq] = G r / sqrt(D)
+    //    and those of m(n), K2[rq:]; Cq(j, n), Cqm(j, n) = <qhat(j) m(n)> for j < n
+    if (rq > rq0) {   // a row u was added in step 2: its products with zeta(n) and m(n) directly
+      const double* u = bq.Q.data() + size_t(rq0) * L;
+      for (int d = 0; d < D; ++d) G[size_t(rq0) * D + d] = blas::dot(L, u, B.data() + size_t(d) * L);
+    }
+    // One pass over B, row by row: qhat += zeta_d r_d / sqrt D, then (the old row is
+    // no longer needed) zeta_d += rt_d m with rt = c r / sqrt D. zq = B qhat = q^T W0 / N
+    // for the y update comes from the Gram instead: zq = <zeta zeta^T> r / sqrt D.
+    std::fill(qh.begin(), qh.end(), 0.0);
+    for (int d = 0; d < D; ++d) {
+      rt[d] = c * r[d] / rD;
+      double* Bd = B.data() + size_t(d) * L;
+      blas::axpy(L, r[d] / rD, Bd, qh.data());
+      if (n < T) blas::axpy(L, rt[d], m.data(), Bd);
+    }
+    blas::gemv(Op::N, D, D, 1.0 / rD, BB.data(), D, r.data(), 0.0, zq.data());
     if (rq > 0) {
-      std::copy(qh.begin(), qh.end(), X2.begin());
-      std::copy(m.begin(), m.end(), X2.begin() + L);
-      basis_dots(bq.Q.data(), rq, L, X2.data(), 2, K2.data(), rq);
+      // K2[rq0:2 rq0] holds the history coefficients of step 2 (when n > 0)
+      for (int i = 0; i < rq0; ++i) Dsa[i] += c * K2[rq0 + i];
+      std::copy(Dsa.begin(), Dsa.begin() + rq0, K2.begin() + rq);
+      if (rq > rq0) K2[rq + rq0] = blas::dot(L, bq.Q.data() + size_t(rq0) * L, m.data());
+      blas::gemv(Op::T, D, rq, 1.0 / rD, G.data(), D, r.data(), 0.0, K2.data());
       std::copy(K2.begin(), K2.begin() + rq, Cqn);
     }
     if (n > 0 && rq == 0) {
@@ -291,14 +312,16 @@ ModeSolution solve_modes(const ModeProblem& pb) {
       out.sharpness[n] = pb.eta0 * top_eig_sym(D, Mm);
     }
     // 6. one pass over the omega basis: the reconstruction of omega(n) (its
-    //    residual) and the history sums of the updates
+    //    residual), the history sums of the updates
     //      u^T A A^T w = s m + c sum_{j<n} Cqm(j, n) omega(j)
     //      omega(n+1) = omega + c [s qhat + c sum_{j<n} Cq(j, n) omega(j)]
+    //    and Q_a (s qhat) for the coefficients of omega(n+1)
     const bool last = n == T;
     for (int i = 0; i < L; ++i) vec[i] = sr[i] * m[i] + c * cqm_nn * a[i];
-    for (int i = 0; i < L; ++i) anew[i] = a[i] + c * sr[i] * qn[i];
+    for (int i = 0; i < L; ++i) sq[i] = sr[i] * qn[i];
+    for (int i = 0; i < L; ++i) anew[i] = a[i] + c * sq[i];
     const bool grow = ba.may_grow(a.data(), pb.history_tol), hist = n > 0 && !last;
-    if (ra > 0 && (grow || hist)) {
+    if (ra > 0 && (grow || !last)) {
       std::copy(Can, Can + ra, K3.begin());
       std::fill(K3.begin() + ra, K3.begin() + 3 * ra, 0.0);
       if (hist) {
@@ -308,7 +331,8 @@ ModeSolution solve_modes(const ModeProblem& pb) {
         blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, K3.data() + 2 * ra);
       }
       const int first = grow ? 0 : 1, ncol = (hist ? 3 : 1) - first;
-      basis_combine(ba.Q.data(), ra, L, K3.data() + first * ra, ra, ncol, R3.data() + size_t(first) * L);
+      basis_pass(ba.Q.data(), ra, L, K3.data() + first * ra, ra, ncol, R3.data() + size_t(first) * L, sq.data(),
+                 last ? 0 : 1, Dsq.data(), ra);
       if (hist) {
         blas::axpy(L, c, R3.data() + L, vec.data());
         blas::axpy(L, c * c, R3.data() + 2 * L, anew.data());
@@ -320,18 +344,17 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     }
     out.rank_a_at[n] = ba.rank;
     if (last) break;
-    // Row by row (a row of B or Y stays in cache between its dot products and
-    // its update), one pass over each of B and Y:
-    //   zq = B qhat = q^T W0 / N, then zeta += rt m^T with rt = c r / sqrt D;
-    //   Yv = Y vec, Ya = Y omega, then y += rt vec^T + ec omega^T with ec = c zq,
-    //   vec = u^T A A^T w + c <qhat m> omega.
-    for (int d = 0; d < D; ++d) {
-      rt[d] = c * r[d] / rD;
-      double* Bd = B.data() + size_t(d) * L;
-      zq[d] = blas::dot(L, Bd, qn);
-      ec[d] = c * zq[d];
-      blas::axpy(L, rt[d], m.data(), Bd);
-    }
+    // coefficients of omega(n+1): Q_a omega + c Q_a (s qhat) + c^2 K (orthonormal rows),
+    // and directly for a row added just now
+    for (int i = 0; i < ra; ++i) a_coef[i] = Can[i] + c * Dsq[i] + (hist ? c * c * K3[2 * ra + i] : 0.0);
+    if (ba.rank > ra) a_coef[ra] = blas::dot(L, ba.Q.data() + size_t(ra) * L, anew.data());
+    // Row by row (a row of Y stays in cache between its dot products and its
+    // update), one pass over Y: Yv = Y vec, Ya = Y omega, then
+    // y += rt vec^T + ec omega^T with ec = c zq, vec = u^T A A^T w + c <qhat m> omega.
+    for (int d = 0; d < D; ++d) ec[d] = c * zq[d];
+    // G = Q_q zeta^T follows the same update: G += (Q_q m) rt^T
+    for (int i = 0; i < rq; ++i)
+      for (int d = 0; d < D; ++d) G[size_t(i) * D + d] += K2[rq + i] * rt[d];
     for (int d = 0; d < D; ++d) {
       double* Yd = Y.data() + size_t(d) * L;
       Yv[d] = blas::dot(L, Yd, vec.data());
