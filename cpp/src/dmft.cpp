@@ -57,11 +57,9 @@ struct RowBasis {
     if (rank == 0) return true;
     if (rank >= cap) return false;
     const double th = threshold(blas::nrm2(L, x), tol);
-    double est = 0;
-    for (int i = 0; i < kSketch; ++i) {
-      const double d = blas::dot(L, x, Z.data() + size_t(i) * L);
-      est += d * d;
-    }
+    double sk[kSketch], est = 0;
+    blas::gemv(Op::T, L, kSketch, 1.0, Z.data(), L, x, 0.0, sk);
+    for (int i = 0; i < kSketch; ++i) est += sk[i] * sk[i];
     est *= double(L) / kSketch;
     return est > 1e-4 * th * th;
   }
@@ -189,6 +187,101 @@ bool have_avx2() {
 }
 #endif
 
+// One row y of Y: yv = y . v, ya = y . a (before the update), then y += rt v + ec a.
+#ifdef SPECDYN_DMFT_AVX2
+__attribute__((target("avx2,fma"))) void y_row_update_avx2(int L, double* y, const double* v, const double* a,
+                                                            double rt, double ec, double& yv, double& ya) {
+  const int n8 = L / 8 * 8;
+  const __m256d r4 = _mm256_set1_pd(rt), e4 = _mm256_set1_pd(ec);
+  __m256d v0 = _mm256_setzero_pd(), v1 = v0, a0 = v0, a1 = v0;
+  for (int l = 0; l < n8; l += 8) {
+    __m256d y0 = _mm256_loadu_pd(y + l), y1 = _mm256_loadu_pd(y + l + 4);
+    const __m256d p0 = _mm256_loadu_pd(v + l), p1 = _mm256_loadu_pd(v + l + 4);
+    const __m256d q0 = _mm256_loadu_pd(a + l), q1 = _mm256_loadu_pd(a + l + 4);
+    v0 = _mm256_fmadd_pd(y0, p0, v0);
+    v1 = _mm256_fmadd_pd(y1, p1, v1);
+    a0 = _mm256_fmadd_pd(y0, q0, a0);
+    a1 = _mm256_fmadd_pd(y1, q1, a1);
+    y0 = _mm256_fmadd_pd(r4, p0, y0);
+    y1 = _mm256_fmadd_pd(r4, p1, y1);
+    _mm256_storeu_pd(y + l, _mm256_fmadd_pd(e4, q0, y0));
+    _mm256_storeu_pd(y + l + 4, _mm256_fmadd_pd(e4, q1, y1));
+  }
+  double sv = 0, sa = 0;
+  for (int l = n8; l < L; ++l) {
+    sv += y[l] * v[l];
+    sa += y[l] * a[l];
+    y[l] += rt * v[l] + ec * a[l];
+  }
+  alignas(32) double t[4], u[4];
+  _mm256_store_pd(t, _mm256_add_pd(v0, v1));
+  _mm256_store_pd(u, _mm256_add_pd(a0, a1));
+  yv = ((t[0] + t[1]) + (t[2] + t[3])) + sv;
+  ya = ((u[0] + u[1]) + (u[2] + u[3])) + sa;
+}
+#endif
+
+void y_row_update(int L, double* y, const double* v, const double* a, double rt, double ec, double& yv,
+                  double& ya) {
+#ifdef SPECDYN_DMFT_AVX2
+  if (have_avx2()) return y_row_update_avx2(L, y, v, a, rt, ec, yv, ya);
+#endif
+  yv = blas::dot(L, y, v);
+  ya = blas::dot(L, y, a);
+  blas::axpy(L, rt, v, y);
+  blas::axpy(L, ec, a, y);
+}
+
+// qh = sum_d rs_d B_d (d ascending), then, when update, B_d += rt_d m; B is D x L
+// row-major. Column blocks: a block of qh stays in registers over all rows.
+#ifdef SPECDYN_DMFT_AVX2
+__attribute__((target("avx2,fma"))) void qhat_and_zeta_update_avx2(int L, int D, double* B, const double* rs,
+                                                                    const double* rt, const double* m,
+                                                                    bool update, double* qh) {
+  const int n8 = L / 8 * 8;
+  for (int l = 0; l < n8; l += 8) {
+    __m256d h0 = _mm256_setzero_pd(), h1 = h0;
+    const __m256d m0 = _mm256_loadu_pd(m + l), m1 = _mm256_loadu_pd(m + l + 4);
+    for (int d = 0; d < D; ++d) {
+      double* b = B + size_t(d) * L + l;
+      const __m256d b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
+      const __m256d s4 = _mm256_set1_pd(rs[d]);
+      h0 = _mm256_fmadd_pd(s4, b0, h0);
+      h1 = _mm256_fmadd_pd(s4, b1, h1);
+      if (update) {
+        const __m256d t4 = _mm256_set1_pd(rt[d]);
+        _mm256_storeu_pd(b, _mm256_fmadd_pd(t4, m0, b0));
+        _mm256_storeu_pd(b + 4, _mm256_fmadd_pd(t4, m1, b1));
+      }
+    }
+    _mm256_storeu_pd(qh + l, h0);
+    _mm256_storeu_pd(qh + l + 4, h1);
+  }
+  for (int l = n8; l < L; ++l) {
+    double h = 0;
+    for (int d = 0; d < D; ++d) {
+      double* b = B + size_t(d) * L + l;
+      h += rs[d] * *b;
+      if (update) *b += rt[d] * m[l];
+    }
+    qh[l] = h;
+  }
+}
+#endif
+
+void qhat_and_zeta_update(int L, int D, double* B, const double* rs, const double* rt, const double* m,
+                          bool update, double* qh) {
+#ifdef SPECDYN_DMFT_AVX2
+  if (have_avx2()) return qhat_and_zeta_update_avx2(L, D, B, rs, rt, m, update, qh);
+#endif
+  std::fill(qh, qh + L, 0.0);
+  for (int d = 0; d < D; ++d) {
+    double* Bd = B + size_t(d) * L;
+    blas::axpy(L, rs[d], Bd, qh);
+    if (update) blas::axpy(L, rt[d], m, Bd);
+  }
+}
+
 // One pass over Q (rank x L):
 //   out_j = Q^T K_j  (K_j = K + j * ldk, length rank; out_j = out + j * L), j < ncomb
 //   Kd_j  = Q x_j    (x_j = X + j * L; Kd_j = Kd + j * ldkd, length rank),   j < ndots
@@ -297,7 +390,7 @@ ModeSolution solve_modes(const ModeProblem& pb) {
 
   RowBasis ba(L, cap, rng::kProbes + 0xd0), bq(L, cap, rng::kProbes + 0xd1);
   std::vector<double> m(L), qh(L), qh_prev(L), anew(L), vec(L), sa(L), sq(L);
-  std::vector<double> beta(D), r(D), zq(D), pred(P), delta(P);
+  std::vector<double> beta(D), r(D), rs(D), zq(D), pred(P), delta(P);
   std::vector<double> col(T1), tmp(cap);
   std::vector<double> T2(size_t(D) * D), Mm(size_t(D) * D);
   // Each basis is read once per step (basis_pass): its products with the
@@ -368,13 +461,11 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     // One pass over B, row by row: qhat += zeta_d r_d / sqrt D, then (the old row is
     // no longer needed) zeta_d += rt_d m with rt = c r / sqrt D. zq = B qhat = q^T W0 / N
     // for the y update comes from the Gram instead: zq = <zeta zeta^T> r / sqrt D.
-    std::fill(qh.begin(), qh.end(), 0.0);
     for (int d = 0; d < D; ++d) {
       rt[d] = c * r[d] / rD;
-      double* Bd = B.data() + size_t(d) * L;
-      blas::axpy(L, r[d] / rD, Bd, qh.data());
-      if (n < T) blas::axpy(L, rt[d], m.data(), Bd);
+      rs[d] = r[d] / rD;
     }
+    qhat_and_zeta_update(L, D, B.data(), rs.data(), rt.data(), m.data(), n < T, qh.data());
     blas::gemv(Op::N, D, D, 1.0 / rD, BB.data(), D, r.data(), 0.0, zq.data());
     if (rq > 0) {
       // K2[rq0:2 rq0] holds the history coefficients of step 2 (when n > 0)
@@ -452,13 +543,8 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     // G = Q_q zeta^T follows the same update: G += (Q_q m) rt^T
     for (int i = 0; i < rq; ++i)
       for (int d = 0; d < D; ++d) G[size_t(i) * D + d] += K2[rq + i] * rt[d];
-    for (int d = 0; d < D; ++d) {
-      double* Yd = Y.data() + size_t(d) * L;
-      Yv[d] = blas::dot(L, Yd, vec.data());
-      Ya[d] = blas::dot(L, Yd, a.data());
-      blas::axpy(L, rt[d], vec.data(), Yd);
-      blas::axpy(L, ec[d], a.data(), Yd);
-    }
+    for (int d = 0; d < D; ++d)
+      y_row_update(L, Y.data() + size_t(d) * L, vec.data(), a.data(), rt[d], ec[d], Yv[d], Ya[d]);
     const double vv = blas::dot(L, vec.data(), vec.data()), aa = blas::dot(L, a.data(), a.data()),
                  va = blas::dot(L, vec.data(), a.data()), mm2 = blas::dot(L, m.data(), m.data());
     for (int i = 0; i < D; ++i)
