@@ -391,7 +391,6 @@ ModeSolution solve_modes(const ModeProblem& pb) {
   RowBasis ba(L, cap, rng::kProbes + 0xd0), bq(L, cap, rng::kProbes + 0xd1);
   std::vector<double> m(L), qh(L), qh_prev(L), anew(L), vec(L), sa(L), sq(L);
   std::vector<double> beta(D), r(D), rs(D), zq(D), pred(P), delta(P);
-  std::vector<double> col(T1), tmp(cap);
   std::vector<double> T2(size_t(D) * D), Mm(size_t(D) * D);
   // Each basis is read once per step (basis_pass): its products with the
   // history sums, the residual checks and the few dot products the next
@@ -401,19 +400,25 @@ ModeSolution solve_modes(const ModeProblem& pb) {
   //   G      = Q_q zeta^T, (rank_q, D) row-major, advanced with the rank-one updates of zeta
   std::vector<double> K2(size_t(2) * cap), K3(size_t(3) * cap), R2(size_t(2) * L), R3(size_t(3) * L);
   std::vector<double> a_coef(cap, 0.0), Dsa(cap), Dsq(cap), G(size_t(cap) * D, 0.0);
+  // The history sums need only coefficient products: with
+  //   Xqa = sum_{j<n} Ca[j] Cqc[j]^T  (rank_a x rank_q, column-major, ld cap; one ger per step)
+  // sum_j Cqc[j] Cw(j, n) = Xqa^T Ca[n], sum_j Ca[j] Cq(j, n) = Xqa Cqc[n] and
+  // sum_j Ca[j] Cqm(j, n) = Xqa Km[n]: O(rank^2) per step instead of O(n rank).
+  // The output matrices Cw, Cq, Cqm are filled once at the end (gemm); Km[n] =
+  // Q_q m(n) is kept for Cqm, the diagonals are exact dot products.
+  std::vector<double> Xqa(size_t(cap) * cap, 0.0), Kmh(size_t(T1) * cap, 0.0);
+  std::vector<double> diag_w(T1), diag_q(T1), diag_qm(T1);
 
   for (int n = 0; n <= T; ++n) {
     double* Can = out.Ca.data() + size_t(n) * cap;
     double* Cqn = out.Cqc.data() + size_t(n) * cap;
     // 1. coefficients of omega(n) in the omega basis (carried from step n - 1;
-    //    its residual is checked in step 6); Cw(j, n) = <omega(j) omega(n)> for
-    //    j < n, Cw(n, n) directly
+    //    its residual is checked in step 6); Cw(n, n) directly, Cw(n-1, n) for step 2
     const int ra = ba.rank;
     std::copy(a_coef.begin(), a_coef.begin() + ra, Can);
-    std::fill(col.begin(), col.begin() + n, 0.0);
-    if (n > 0 && ra > 0) blas::gemv(Op::T, ra, n, 1.0, out.Ca.data(), cap, Can, 0.0, col.data());
-    col[n] = blas::dot(L, a.data(), a.data());
-    for (int j = 0; j <= n; ++j) out.Cw[size_t(j) * T1 + n] = out.Cw[size_t(n) * T1 + j] = col[j];
+    diag_w[n] = blas::dot(L, a.data(), a.data());
+    const double* Cap = n > 0 ? out.Ca.data() + size_t(n - 1) * cap : nullptr;
+    const double cw_prev = n > 0 && ra > 0 ? blas::dot(ra, Cap, Can) : 0.0;
     // 2. m(n) = s omega(n) + c sum_{j<n} Cw(j, n) qhat(j); on the way, finish
     //    qhat(n-1) (residual against the basis, new row if needed) and take
     //    Q_q (s omega(n)), so that Q_q m(n) = Q_q (s omega) + c K (orthonormal rows)
@@ -425,7 +430,10 @@ ModeSolution solve_modes(const ModeProblem& pb) {
       const bool grow = bq.may_grow(qh_prev.data(), pb.history_tol);
       if (rq0 > 0) {
         std::copy(Cqp, Cqp + rq0, K2.begin());
-        blas::gemv(Op::N, rq0, n, 1.0, out.Cqc.data(), cap, col.data(), 0.0, K2.data() + rq0);
+        // sum_{j<n} Cqc[j] Cw(j, n): rows j < n - 1 through Xqa, row n - 1 (not final yet) directly
+        std::fill(K2.begin() + rq0, K2.begin() + 2 * rq0, 0.0);
+        if (ra > 0) blas::gemv(Op::T, ra, rq0, 1.0, Xqa.data(), cap, Can, 0.0, K2.data() + rq0);
+        blas::axpy(rq0, cw_prev, Cqp, K2.data() + rq0);
         if (grow)   // the reconstruction of qhat(n-1) rides along
           basis_pass(bq.Q.data(), rq0, L, K2.data(), rq0, 2, R2.data(), sa.data(), 1, Dsa.data(), rq0);
         else
@@ -436,9 +444,10 @@ ModeSolution solve_modes(const ModeProblem& pb) {
       }
       if (grow && bq.finish(qh_prev.data(), R2.data(), pb.history_tol, Cqp)) {
         // the new row u enters qhat(n-1) with coefficient rho: add c Cw(n-1, n) rho u
-        blas::axpy(L, c * col[n - 1] * Cqp[bq.rank - 1], bq.Q.data() + size_t(bq.rank - 1) * L, m.data());
+        blas::axpy(L, c * cw_prev * Cqp[bq.rank - 1], bq.Q.data() + size_t(bq.rank - 1) * L, m.data());
       }
       out.rank_q_at[n - 1] = bq.rank;
+      if (ra > 0 && bq.rank > 0) blas::ger(ra, bq.rank, 1.0, Cap, Cqp, Xqa.data(), cap);   // both rows final
     }
     const int rq = bq.rank;
     // 3. beta_f, loss, r = X^T Delta / P
@@ -475,24 +484,17 @@ ModeSolution solve_modes(const ModeProblem& pb) {
       blas::gemv(Op::T, D, rq, 1.0 / rD, G.data(), D, r.data(), 0.0, K2.data());
       std::copy(K2.begin(), K2.begin() + rq, Cqn);
     }
-    if (n > 0 && rq == 0) {
-      for (int j = 0; j < n; ++j) out.Cq[size_t(j) * T1 + n] = out.Cq[size_t(n) * T1 + j] = out.Cqm[size_t(j) * T1 + n] = 0.0;
-    } else if (n > 0) {
-      blas::gemv(Op::T, rq, n, 1.0, out.Cqc.data(), cap, K2.data(), 0.0, col.data());
-      for (int j = 0; j < n; ++j) out.Cq[size_t(j) * T1 + n] = out.Cq[size_t(n) * T1 + j] = col[j];
-      blas::gemv(Op::T, rq, n, 1.0, out.Cqc.data(), cap, K2.data() + rq, 0.0, col.data());
-      for (int j = 0; j < n; ++j) out.Cqm[size_t(j) * T1 + n] = col[j];
-    }
-    out.Cq[size_t(n) * T1 + n] = blas::dot(L, qh.data(), qh.data());
+    if (rq > 0) std::copy(K2.begin() + rq, K2.begin() + 2 * rq, Kmh.begin() + size_t(n) * cap);
+    diag_q[n] = blas::dot(L, qh.data(), qh.data());
     const double cqm_nn = blas::dot(L, qh.data(), m.data());
-    out.Cqm[size_t(n) * T1 + n] = cqm_nn;
+    diag_qm[n] = cqm_nn;
     qh_prev.swap(qh);   // qhat(n) is finished at the start of the next step
     const double* qn = qh_prev.data();
     // 5. normalized sharpness: eta0 lambda_max(Sigma^1/2 Mm Sigma^1/2),
     //    Mm = (<y y^T> + Cw(n,n) <zeta zeta^T> + <m m> I) / D
     if (!pb.sharpness_steps || pb.sharpness_steps[n]) {
       const double mm = blas::dot(L, m.data(), m.data());
-      const double cw = out.Cw[size_t(n) * T1 + n];
+      const double cw = diag_w[n];
       for (int i = 0; i < D * D; ++i) Mm[i] = (YY[i] + cw * BB[i]) / D;
       for (int i = 0; i < D; ++i) Mm[i * D + i] += mm / D;
       blas::gemm(Op::N, Op::N, D, D, D, 1.0, Sroot.data(), D, Mm.data(), D, 0.0, T2.data(), D);
@@ -512,11 +514,9 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     if (ra > 0 && (grow || !last)) {
       std::copy(Can, Can + ra, K3.begin());
       std::fill(K3.begin() + ra, K3.begin() + 3 * ra, 0.0);
-      if (hist) {
-        for (int j = 0; j < n; ++j) col[j] = out.Cqm[size_t(j) * T1 + n];
-        blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, K3.data() + ra);
-        for (int j = 0; j < n; ++j) col[j] = out.Cq[size_t(j) * T1 + n];
-        blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, K3.data() + 2 * ra);
+      if (hist && rq > 0) {   // Xqa holds rows j < n here
+        blas::gemv(Op::N, ra, rq, 1.0, Xqa.data(), cap, K2.data() + rq, 0.0, K3.data() + ra);
+        blas::gemv(Op::N, ra, rq, 1.0, Xqa.data(), cap, K2.data(), 0.0, K3.data() + 2 * ra);
       }
       const int first = grow ? 0 : 1, ncol = (hist ? 3 : 1) - first;
       basis_pass(ba.Q.data(), ra, L, K3.data() + first * ra, ra, ncol, R3.data() + size_t(first) * L, sq.data(),
@@ -567,6 +567,20 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     }
     out.rank_q_at[T] = bq.rank;
   }
+  // the output Grams from the coefficient rows: [j, n] for j < n is
+  // <omega(j) omega(n)> = Ca[j] . Ca[n] (likewise Cq), <qhat(j) m(n)> = Cqc[j] . Km[n]
+  auto fill_upper = [&](std::vector<double>& C, const std::vector<double>& rows_n, const std::vector<double>& rows_j,
+                        int rank, const std::vector<double>& diag, bool symmetric) {
+    if (rank > 0)   // column-major C'(n, j) = rows_n[n] . rows_j[j] is row-major C[j, n]
+      blas::gemm(Op::T, Op::N, T1, T1, rank, 1.0, rows_n.data(), cap, rows_j.data(), cap, 0.0, C.data(), T1);
+    for (int j = 0; j < T1; ++j) {
+      C[size_t(j) * T1 + j] = diag[j];
+      for (int n = 0; n < j; ++n) C[size_t(j) * T1 + n] = symmetric ? C[size_t(n) * T1 + j] : 0.0;
+    }
+  };
+  fill_upper(out.Cw, out.Ca, out.Ca, ba.rank, diag_w, true);
+  fill_upper(out.Cq, out.Cqc, out.Cqc, bq.rank, diag_q, true);
+  fill_upper(out.Cqm, Kmh, out.Cqc, bq.rank, diag_qm, false);
   out.rank_a = ba.rank;
   out.rank_q = bq.rank;
   out.Qa = std::move(ba.Q);
