@@ -401,12 +401,23 @@ ModeSolution solve_modes(const ModeProblem& pb) {
   std::vector<double> K2(size_t(2) * cap), K3(size_t(3) * cap), R2(size_t(2) * L), R3(size_t(3) * L);
   std::vector<double> a_coef(cap, 0.0), Dsa(cap), Dsq(cap), G(size_t(cap) * D, 0.0);
   // The history sums need only coefficient products: with
-  //   Xqa = sum_{j<n} Ca[j] Cqc[j]^T  (rank_a x rank_q, column-major, ld cap; one ger per step)
+  //   Xqa = sum_{j<n} Ca[j] Cqc[j]^T  (rank_a x rank_q, column-major, ld ldx; one ger per step)
   // sum_j Cqc[j] Cw(j, n) = Xqa^T Ca[n], sum_j Ca[j] Cq(j, n) = Xqa Cqc[n] and
   // sum_j Ca[j] Cqm(j, n) = Xqa Km[n]: O(rank^2) per step instead of O(n rank).
   // The output matrices Cw, Cq, Cqm are filled once at the end (gemm); Km[n] =
   // Q_q m(n) is kept for Cqm, the diagonals are exact dot products.
-  std::vector<double> Xqa(size_t(cap) * cap, 0.0), Kmh(size_t(T1) * cap, 0.0);
+  int ldx = std::min(cap, 64);   // grows with the ranks (they stay far below cap in the limit)
+  std::vector<double> Xqa(size_t(ldx) * ldx, 0.0), Kmh(size_t(T1) * cap, 0.0);
+  auto fit_xqa = [&](int rank) {
+    rank = std::min(rank, cap);
+    if (rank <= ldx) return;
+    const int ld = std::min(cap, std::max(rank, 2 * ldx));
+    std::vector<double> X2(size_t(ld) * ld, 0.0);
+    for (int i = 0; i < ldx; ++i)
+      std::copy(Xqa.begin() + size_t(i) * ldx, Xqa.begin() + size_t(i + 1) * ldx, X2.begin() + size_t(i) * ld);
+    Xqa.swap(X2);
+    ldx = ld;
+  };
   std::vector<double> diag_w(T1), diag_q(T1), diag_qm(T1);
 
   for (int n = 0; n <= T; ++n) {
@@ -415,6 +426,7 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     // 1. coefficients of omega(n) in the omega basis (carried from step n - 1;
     //    its residual is checked in step 6); Cw(n, n) directly, Cw(n-1, n) for step 2
     const int ra = ba.rank;
+    fit_xqa(std::max(ra, bq.rank + 1));   // bq may grow by one row in step 2
     std::copy(a_coef.begin(), a_coef.begin() + ra, Can);
     diag_w[n] = blas::dot(L, a.data(), a.data());
     const double* Cap = n > 0 ? out.Ca.data() + size_t(n - 1) * cap : nullptr;
@@ -432,7 +444,7 @@ ModeSolution solve_modes(const ModeProblem& pb) {
         std::copy(Cqp, Cqp + rq0, K2.begin());
         // sum_{j<n} Cqc[j] Cw(j, n): rows j < n - 1 through Xqa, row n - 1 (not final yet) directly
         std::fill(K2.begin() + rq0, K2.begin() + 2 * rq0, 0.0);
-        if (ra > 0) blas::gemv(Op::T, ra, rq0, 1.0, Xqa.data(), cap, Can, 0.0, K2.data() + rq0);
+        if (ra > 0) blas::gemv(Op::T, ra, rq0, 1.0, Xqa.data(), ldx, Can, 0.0, K2.data() + rq0);
         blas::axpy(rq0, cw_prev, Cqp, K2.data() + rq0);
         if (grow)   // the reconstruction of qhat(n-1) rides along
           basis_pass(bq.Q.data(), rq0, L, K2.data(), rq0, 2, R2.data(), sa.data(), 1, Dsa.data(), rq0);
@@ -447,7 +459,7 @@ ModeSolution solve_modes(const ModeProblem& pb) {
         blas::axpy(L, c * cw_prev * Cqp[bq.rank - 1], bq.Q.data() + size_t(bq.rank - 1) * L, m.data());
       }
       out.rank_q_at[n - 1] = bq.rank;
-      if (ra > 0 && bq.rank > 0) blas::ger(ra, bq.rank, 1.0, Cap, Cqp, Xqa.data(), cap);   // both rows final
+      if (ra > 0 && bq.rank > 0) blas::ger(ra, bq.rank, 1.0, Cap, Cqp, Xqa.data(), ldx);   // both rows final
     }
     const int rq = bq.rank;
     // 3. beta_f, loss, r = X^T Delta / P
@@ -515,8 +527,8 @@ ModeSolution solve_modes(const ModeProblem& pb) {
       std::copy(Can, Can + ra, K3.begin());
       std::fill(K3.begin() + ra, K3.begin() + 3 * ra, 0.0);
       if (hist && rq > 0) {   // Xqa holds rows j < n here
-        blas::gemv(Op::N, ra, rq, 1.0, Xqa.data(), cap, K2.data() + rq, 0.0, K3.data() + ra);
-        blas::gemv(Op::N, ra, rq, 1.0, Xqa.data(), cap, K2.data(), 0.0, K3.data() + 2 * ra);
+        blas::gemv(Op::N, ra, rq, 1.0, Xqa.data(), ldx, K2.data() + rq, 0.0, K3.data() + ra);
+        blas::gemv(Op::N, ra, rq, 1.0, Xqa.data(), ldx, K2.data(), 0.0, K3.data() + 2 * ra);
       }
       const int first = grow ? 0 : 1, ncol = (hist ? 3 : 1) - first;
       basis_pass(ba.Q.data(), ra, L, K3.data() + first * ra, ra, ncol, R3.data() + size_t(first) * L, sq.data(),
