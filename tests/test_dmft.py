@@ -127,6 +127,25 @@ def test_native_matches_numpy_oracle(tol):
     assert np.isfinite(res["values"][-1, 0])
 
 
+def test_native_matches_oracle_when_history_rank_is_full():
+    """Exact histories (tol 0) of one finite network whose ranks pass 64 (qhat's reaches N):
+    the solver's coefficient products (grown past their first allocation) still give the
+    oracle's order parameters, including <qhat(j) m(n)>."""
+    N, D, T = 70, 16, 150
+    X, y = teacher(12, D, seed=4)
+    W0, W1, w = dn.init_network(N, D, 5)
+    sc = PZ.scales("mup", N, 2, D, 1, 2.0, 0.05, 1.0)
+    s, p, a0, B0, _, _ = dn.finite_modes(W0, sc.layers[1].normalizer * W1, w)
+    ref = dn.mode_recursion(s, p, a0, B0, X, y, 0.1, 2.0, 0.05, T)
+    sol = solve_modes(s, p, a0, B0, X, y, 0.1, 2.0, 0.05, T, history_tol=0.0)
+    assert min(sol.rank_a, sol.rank_q) > 64
+    for name in ("loss", "beta_f", "Cw", "Cq", "Cqm", "sharpness"):
+        got, want = getattr(sol, name), ref[name]
+        if name == "Cqm":
+            want = np.triu(want)   # [j, n] for j <= n
+        assert np.max(np.abs(got - want)) <= 1e-12 * max(1.0, np.max(np.abs(want))), name
+
+
 # ---- numerics ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("gamma0,eta0", [(4.0, 0.2), (3.0, 0.4), (6.0, 0.1)])

@@ -7,6 +7,10 @@
 #include <limits>
 #include <stdexcept>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include "specdyn/blas.hpp"
 #include "specdyn/rng.hpp"
 
@@ -53,11 +57,9 @@ struct RowBasis {
     if (rank == 0) return true;
     if (rank >= cap) return false;
     const double th = threshold(blas::nrm2(L, x), tol);
-    double est = 0;
-    for (int i = 0; i < kSketch; ++i) {
-      const double d = blas::dot(L, x, Z.data() + size_t(i) * L);
-      est += d * d;
-    }
+    double sk[kSketch], est = 0;
+    blas::gemv(Op::T, L, kSketch, 1.0, Z.data(), L, x, 0.0, sk);
+    for (int i = 0; i < kSketch; ++i) est += sk[i] * sk[i];
     est *= double(L) / kSketch;
     return est > 1e-4 * th * th;
   }
@@ -99,31 +101,217 @@ struct RowBasis {
   }
 };
 
-// Products of a row basis Q (rank x L) with a few vectors, reading Q once:
-// the rows go in blocks small enough to stay in L2 cache while every vector
-// uses them (a gemm would copy Q into packed panels first).
-// (a multiple of 4: OpenBLAS's gemv kernels take rows in fours)
-int rows_per_block(int L) { return std::max(4, ((640 * 1024) / (8 * std::max(L, 1))) / 4 * 4); }
+// Columns of a row basis per chunk of basis_pass (a gemm would copy Q into
+// packed panels first; a chunk of a rank-64 basis is 512 KiB, within L2).
+constexpr int kChunk = 1024;
 
-// out_j = Q^T K_j (K_j = K + j * ldk, length rank), j < ncol; out_j has length L, stride L
-void basis_combine(const double* Q, int rank, int L, const double* K, int ldk, int ncol, double* out) {
-  const int bs = rows_per_block(L);
-  if (rank == 0) std::fill(out, out + size_t(ncol) * L, 0.0);
-  for (int i0 = 0; i0 < rank; i0 += bs) {
-    const int nb = std::min(bs, rank - i0);
-    for (int j = 0; j < ncol; ++j)
-      blas::gemv(Op::N, L, nb, 1.0, Q + size_t(i0) * L, L, K + size_t(j) * ldk + i0, i0 == 0 ? 0.0 : 1.0,
-                 out + size_t(j) * L);
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SPECDYN_DMFT_AVX2 1
+// The same pass as one sweep over Q with AVX2/FMA: every element of Q is loaded
+// once and used by all vectors while in a register (rows in pairs, so each
+// chunk of out_j is loaded and stored once per two rows). The BLAS path reads a
+// chunk of Q once per vector; this is ~2x fewer loads and stores.
+// Sums are in a fixed order (independent of threads and of the machine's load).
+template <int NC, int ND>
+__attribute__((target("avx2,fma"))) void basis_pass_avx2(const double* Q, int rank, int L, const double* K,
+                                                           int ldk, double* out, const double* X, double* Kd) {
+  constexpr int kC = 512;   // columns per chunk: out_j and x chunks stay in L1
+  for (int i = 0; i < rank && ND; ++i) Kd[i] = 0.0;
+  for (int l0 = 0; l0 < L; l0 += kC) {
+    const int nl = std::min(kC, L - l0), n8 = nl / 8 * 8;
+    double* o[3] = {NC > 0 ? out + l0 : nullptr, NC > 1 ? out + size_t(L) + l0 : nullptr,
+                    NC > 2 ? out + size_t(2) * L + l0 : nullptr};
+    const double* x = ND ? X + l0 : nullptr;
+    for (int j = 0; j < NC; ++j) std::fill(o[j], o[j] + nl, 0.0);
+    int i = 0;
+    for (; i + 2 <= rank; i += 2) {
+      const double* q0 = Q + size_t(i) * L + l0;
+      const double* q1 = q0 + L;
+      __m256d k0[3], k1[3];
+      for (int j = 0; j < NC; ++j) {
+        k0[j] = _mm256_set1_pd(K[size_t(j) * ldk + i]);
+        k1[j] = _mm256_set1_pd(K[size_t(j) * ldk + i + 1]);
+      }
+      __m256d d00 = _mm256_setzero_pd(), d01 = d00, d10 = d00, d11 = d00;
+      for (int l = 0; l < n8; l += 8) {
+        const __m256d a0 = _mm256_loadu_pd(q0 + l), a1 = _mm256_loadu_pd(q0 + l + 4);
+        const __m256d b0 = _mm256_loadu_pd(q1 + l), b1 = _mm256_loadu_pd(q1 + l + 4);
+        for (int j = 0; j < NC; ++j) {
+          __m256d u0 = _mm256_loadu_pd(o[j] + l), u1 = _mm256_loadu_pd(o[j] + l + 4);
+          u0 = _mm256_fmadd_pd(k0[j], a0, u0);
+          u1 = _mm256_fmadd_pd(k0[j], a1, u1);
+          u0 = _mm256_fmadd_pd(k1[j], b0, u0);
+          u1 = _mm256_fmadd_pd(k1[j], b1, u1);
+          _mm256_storeu_pd(o[j] + l, u0);
+          _mm256_storeu_pd(o[j] + l + 4, u1);
+        }
+        if (ND) {
+          const __m256d x0 = _mm256_loadu_pd(x + l), x1 = _mm256_loadu_pd(x + l + 4);
+          d00 = _mm256_fmadd_pd(a0, x0, d00);
+          d01 = _mm256_fmadd_pd(a1, x1, d01);
+          d10 = _mm256_fmadd_pd(b0, x0, d10);
+          d11 = _mm256_fmadd_pd(b1, x1, d11);
+        }
+      }
+      double s0 = 0, s1 = 0;
+      for (int l = n8; l < nl; ++l) {
+        for (int j = 0; j < NC; ++j) o[j][l] += K[size_t(j) * ldk + i] * q0[l] + K[size_t(j) * ldk + i + 1] * q1[l];
+        if (ND) {
+          s0 += q0[l] * x[l];
+          s1 += q1[l] * x[l];
+        }
+      }
+      if (ND) {
+        alignas(32) double t0[4], t1[4];
+        _mm256_store_pd(t0, _mm256_add_pd(d00, d01));
+        _mm256_store_pd(t1, _mm256_add_pd(d10, d11));
+        Kd[i] += ((t0[0] + t0[1]) + (t0[2] + t0[3])) + s0;
+        Kd[i + 1] += ((t1[0] + t1[1]) + (t1[2] + t1[3])) + s1;
+      }
+    }
+    for (; i < rank; ++i) {   // odd rank: the last row alone
+      const double* q0 = Q + size_t(i) * L + l0;
+      double s0 = 0;
+      for (int l = 0; l < nl; ++l) {
+        for (int j = 0; j < NC; ++j) o[j][l] += K[size_t(j) * ldk + i] * q0[l];
+        if (ND) s0 += q0[l] * x[l];
+      }
+      if (ND) Kd[i] += s0;
+    }
   }
 }
 
-// K_j = Q x_j (K_j = K + j * ldk, length rank), x_j = X + j * L, j < ncol
-void basis_dots(const double* Q, int rank, int L, const double* X, int ncol, double* K, int ldk) {
-  const int bs = rows_per_block(L);
-  for (int i0 = 0; i0 < rank; i0 += bs) {
-    const int nb = std::min(bs, rank - i0);
-    for (int j = 0; j < ncol; ++j)
-      blas::gemv(Op::T, L, nb, 1.0, Q + size_t(i0) * L, L, X + size_t(j) * L, 0.0, K + size_t(j) * ldk + i0);
+bool have_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+}
+#endif
+
+// One row y of Y: yv = y . v, ya = y . a (before the update), then y += rt v + ec a.
+#ifdef SPECDYN_DMFT_AVX2
+__attribute__((target("avx2,fma"))) void y_row_update_avx2(int L, double* y, const double* v, const double* a,
+                                                            double rt, double ec, double& yv, double& ya) {
+  const int n8 = L / 8 * 8;
+  const __m256d r4 = _mm256_set1_pd(rt), e4 = _mm256_set1_pd(ec);
+  __m256d v0 = _mm256_setzero_pd(), v1 = v0, a0 = v0, a1 = v0;
+  for (int l = 0; l < n8; l += 8) {
+    __m256d y0 = _mm256_loadu_pd(y + l), y1 = _mm256_loadu_pd(y + l + 4);
+    const __m256d p0 = _mm256_loadu_pd(v + l), p1 = _mm256_loadu_pd(v + l + 4);
+    const __m256d q0 = _mm256_loadu_pd(a + l), q1 = _mm256_loadu_pd(a + l + 4);
+    v0 = _mm256_fmadd_pd(y0, p0, v0);
+    v1 = _mm256_fmadd_pd(y1, p1, v1);
+    a0 = _mm256_fmadd_pd(y0, q0, a0);
+    a1 = _mm256_fmadd_pd(y1, q1, a1);
+    y0 = _mm256_fmadd_pd(r4, p0, y0);
+    y1 = _mm256_fmadd_pd(r4, p1, y1);
+    _mm256_storeu_pd(y + l, _mm256_fmadd_pd(e4, q0, y0));
+    _mm256_storeu_pd(y + l + 4, _mm256_fmadd_pd(e4, q1, y1));
+  }
+  double sv = 0, sa = 0;
+  for (int l = n8; l < L; ++l) {
+    sv += y[l] * v[l];
+    sa += y[l] * a[l];
+    y[l] += rt * v[l] + ec * a[l];
+  }
+  alignas(32) double t[4], u[4];
+  _mm256_store_pd(t, _mm256_add_pd(v0, v1));
+  _mm256_store_pd(u, _mm256_add_pd(a0, a1));
+  yv = ((t[0] + t[1]) + (t[2] + t[3])) + sv;
+  ya = ((u[0] + u[1]) + (u[2] + u[3])) + sa;
+}
+#endif
+
+void y_row_update(int L, double* y, const double* v, const double* a, double rt, double ec, double& yv,
+                  double& ya) {
+#ifdef SPECDYN_DMFT_AVX2
+  if (have_avx2()) return y_row_update_avx2(L, y, v, a, rt, ec, yv, ya);
+#endif
+  yv = blas::dot(L, y, v);
+  ya = blas::dot(L, y, a);
+  blas::axpy(L, rt, v, y);
+  blas::axpy(L, ec, a, y);
+}
+
+// qh = sum_d rs_d B_d (d ascending), then, when update, B_d += rt_d m; B is D x L
+// row-major. Column blocks: a block of qh stays in registers over all rows.
+#ifdef SPECDYN_DMFT_AVX2
+__attribute__((target("avx2,fma"))) void qhat_and_zeta_update_avx2(int L, int D, double* B, const double* rs,
+                                                                    const double* rt, const double* m,
+                                                                    bool update, double* qh) {
+  const int n8 = L / 8 * 8;
+  for (int l = 0; l < n8; l += 8) {
+    __m256d h0 = _mm256_setzero_pd(), h1 = h0;
+    const __m256d m0 = _mm256_loadu_pd(m + l), m1 = _mm256_loadu_pd(m + l + 4);
+    for (int d = 0; d < D; ++d) {
+      double* b = B + size_t(d) * L + l;
+      const __m256d b0 = _mm256_loadu_pd(b), b1 = _mm256_loadu_pd(b + 4);
+      const __m256d s4 = _mm256_set1_pd(rs[d]);
+      h0 = _mm256_fmadd_pd(s4, b0, h0);
+      h1 = _mm256_fmadd_pd(s4, b1, h1);
+      if (update) {
+        const __m256d t4 = _mm256_set1_pd(rt[d]);
+        _mm256_storeu_pd(b, _mm256_fmadd_pd(t4, m0, b0));
+        _mm256_storeu_pd(b + 4, _mm256_fmadd_pd(t4, m1, b1));
+      }
+    }
+    _mm256_storeu_pd(qh + l, h0);
+    _mm256_storeu_pd(qh + l + 4, h1);
+  }
+  for (int l = n8; l < L; ++l) {
+    double h = 0;
+    for (int d = 0; d < D; ++d) {
+      double* b = B + size_t(d) * L + l;
+      h += rs[d] * *b;
+      if (update) *b += rt[d] * m[l];
+    }
+    qh[l] = h;
+  }
+}
+#endif
+
+void qhat_and_zeta_update(int L, int D, double* B, const double* rs, const double* rt, const double* m,
+                          bool update, double* qh) {
+#ifdef SPECDYN_DMFT_AVX2
+  if (have_avx2()) return qhat_and_zeta_update_avx2(L, D, B, rs, rt, m, update, qh);
+#endif
+  std::fill(qh, qh + L, 0.0);
+  for (int d = 0; d < D; ++d) {
+    double* Bd = B + size_t(d) * L;
+    blas::axpy(L, rs[d], Bd, qh);
+    if (update) blas::axpy(L, rt[d], m, Bd);
+  }
+}
+
+// One pass over Q (rank x L):
+//   out_j = Q^T K_j  (K_j = K + j * ldk, length rank; out_j = out + j * L), j < ncomb
+//   Kd_j  = Q x_j    (x_j = X + j * L; Kd_j = Kd + j * ldkd, length rank),   j < ndots
+// in column chunks: a chunk of Q (rank x kChunk) stays in L2 cache while every
+// vector uses it, and the chunk of each out_j stays in L1 while all rows add to it.
+void basis_pass(const double* Q, int rank, int L, const double* K, int ldk, int ncomb, double* out,
+                const double* X, int ndots, double* Kd, int ldkd) {
+  const int chunk = kChunk;
+  if (rank == 0) {
+    std::fill(out, out + size_t(ncomb) * L, 0.0);
+    return;
+  }
+#ifdef SPECDYN_DMFT_AVX2
+  if (have_avx2() && ncomb <= 3 && ndots <= 1) {
+    using Fn = void (*)(const double*, int, int, const double*, int, double*, const double*, double*);
+    static constexpr Fn table[4][2] = {{basis_pass_avx2<0, 0>, basis_pass_avx2<0, 1>},
+                                       {basis_pass_avx2<1, 0>, basis_pass_avx2<1, 1>},
+                                       {basis_pass_avx2<2, 0>, basis_pass_avx2<2, 1>},
+                                       {basis_pass_avx2<3, 0>, basis_pass_avx2<3, 1>}};
+    table[ncomb][ndots](Q, rank, L, K, ldk, out, X, Kd);
+    return;
+  }
+#endif
+  for (int l0 = 0; l0 < L; l0 += chunk) {
+    const int nl = std::min(chunk, L - l0);
+    for (int j = 0; j < ncomb; ++j)
+      blas::gemv(Op::N, nl, rank, 1.0, Q + l0, L, K + size_t(j) * ldk, 0.0, out + size_t(j) * L + l0);
+    for (int j = 0; j < ndots; ++j)
+      blas::gemv(Op::T, nl, rank, 1.0, Q + l0, L, X + size_t(j) * L + l0, l0 == 0 ? 0.0 : 1.0,
+                 Kd + size_t(j) * ldkd);
   }
 }
 
@@ -201,50 +389,79 @@ ModeSolution solve_modes(const ModeProblem& pb) {
   std::vector<double> rt(D), ec(D), Yv(D), Ya(D);
 
   RowBasis ba(L, cap, rng::kProbes + 0xd0), bq(L, cap, rng::kProbes + 0xd1);
-  std::vector<double> m(L), qh(L), qh_prev(L), anew(L), vec(L);
-  std::vector<double> beta(D), r(D), zq(D), pred(P), delta(P);
-  std::vector<double> col(T1), tmp(cap);
+  std::vector<double> m(L), qh(L), qh_prev(L), anew(L), vec(L), sa(L), sq(L);
+  std::vector<double> beta(D), r(D), rs(D), zq(D), pred(P), delta(P);
   std::vector<double> T2(size_t(D) * D), Mm(size_t(D) * D);
-  // Each basis is read twice per step: its products with two or three vectors
-  // share one pass (basis_dots / basis_combine) and the residual checks ride along.
+  // Each basis is read once per step (basis_pass): its products with the
+  // history sums, the residual checks and the few dot products the next
+  // coefficients need share that pass. The rest of the coefficients follow
+  // from orthonormality (Q Q^T = I) and two small carried products:
+  //   a_coef = Q_a omega(n)           (rank_a), advanced with Q_a (s qhat(n)) and the history sum
+  //   G      = Q_q zeta^T, (rank_q, D) row-major, advanced with the rank-one updates of zeta
   std::vector<double> K2(size_t(2) * cap), K3(size_t(3) * cap), R2(size_t(2) * L), R3(size_t(3) * L);
-  std::vector<double> X2(size_t(2) * L);
+  std::vector<double> a_coef(cap, 0.0), Dsa(cap), Dsq(cap), G(size_t(cap) * D, 0.0);
+  // The history sums need only coefficient products: with
+  //   Xqa = sum_{j<n} Ca[j] Cqc[j]^T  (rank_a x rank_q, column-major, ld ldx; one ger per step)
+  // sum_j Cqc[j] Cw(j, n) = Xqa^T Ca[n], sum_j Ca[j] Cq(j, n) = Xqa Cqc[n] and
+  // sum_j Ca[j] Cqm(j, n) = Xqa Km[n]: O(rank^2) per step instead of O(n rank).
+  // The output matrices Cw, Cq, Cqm are filled once at the end (gemm); Km[n] =
+  // Q_q m(n) is kept for Cqm, the diagonals are exact dot products.
+  int ldx = std::min(cap, 64);   // grows with the ranks (they stay far below cap in the limit)
+  std::vector<double> Xqa(size_t(ldx) * ldx, 0.0), Kmh(size_t(T1) * cap, 0.0);
+  auto fit_xqa = [&](int rank) {
+    rank = std::min(rank, cap);
+    if (rank <= ldx) return;
+    const int ld = std::min(cap, std::max(rank, 2 * ldx));
+    std::vector<double> X2(size_t(ld) * ld, 0.0);
+    for (int i = 0; i < ldx; ++i)
+      std::copy(Xqa.begin() + size_t(i) * ldx, Xqa.begin() + size_t(i + 1) * ldx, X2.begin() + size_t(i) * ld);
+    Xqa.swap(X2);
+    ldx = ld;
+  };
+  std::vector<double> diag_w(T1), diag_q(T1), diag_qm(T1);
 
   for (int n = 0; n <= T; ++n) {
     double* Can = out.Ca.data() + size_t(n) * cap;
     double* Cqn = out.Cqc.data() + size_t(n) * cap;
-    // 1. coefficients of omega(n) in the omega basis (its residual is checked in step 6);
-    //    Cw(j, n) = <omega(j) omega(n)> for j < n, Cw(n, n) directly
+    // 1. coefficients of omega(n) in the omega basis (carried from step n - 1;
+    //    its residual is checked in step 6); Cw(n, n) directly, Cw(n-1, n) for step 2
     const int ra = ba.rank;
-    if (ra > 0) blas::gemv(Op::T, L, ra, 1.0, ba.Q.data(), L, a.data(), 0.0, Can);
-    std::fill(col.begin(), col.begin() + n, 0.0);
-    if (n > 0 && ra > 0) blas::gemv(Op::T, ra, n, 1.0, out.Ca.data(), cap, Can, 0.0, col.data());
-    col[n] = blas::dot(L, a.data(), a.data());
-    for (int j = 0; j <= n; ++j) out.Cw[size_t(j) * T1 + n] = out.Cw[size_t(n) * T1 + j] = col[j];
+    fit_xqa(std::max(ra, bq.rank + 1));   // bq may grow by one row in step 2
+    std::copy(a_coef.begin(), a_coef.begin() + ra, Can);
+    diag_w[n] = blas::dot(L, a.data(), a.data());
+    const double* Cap = n > 0 ? out.Ca.data() + size_t(n - 1) * cap : nullptr;
+    const double cw_prev = n > 0 && ra > 0 ? blas::dot(ra, Cap, Can) : 0.0;
     // 2. m(n) = s omega(n) + c sum_{j<n} Cw(j, n) qhat(j); on the way, finish
-    //    qhat(n-1) (residual against the basis, new row if needed)
-    for (int i = 0; i < L; ++i) m[i] = sr[i] * a[i];
+    //    qhat(n-1) (residual against the basis, new row if needed) and take
+    //    Q_q (s omega(n)), so that Q_q m(n) = Q_q (s omega) + c K (orthonormal rows)
+    for (int i = 0; i < L; ++i) sa[i] = sr[i] * a[i];
+    std::copy(sa.begin(), sa.end(), m.begin());
+    const int rq0 = bq.rank;
     if (n > 0) {
-      const int rq0 = bq.rank;
       double* Cqp = out.Cqc.data() + size_t(n - 1) * cap;
       const bool grow = bq.may_grow(qh_prev.data(), pb.history_tol);
       if (rq0 > 0) {
         std::copy(Cqp, Cqp + rq0, K2.begin());
-        blas::gemv(Op::N, rq0, n, 1.0, out.Cqc.data(), cap, col.data(), 0.0, K2.data() + rq0);
+        // sum_{j<n} Cqc[j] Cw(j, n): rows j < n - 1 through Xqa, row n - 1 (not final yet) directly
+        std::fill(K2.begin() + rq0, K2.begin() + 2 * rq0, 0.0);
+        if (ra > 0) blas::gemv(Op::T, ra, rq0, 1.0, Xqa.data(), ldx, Can, 0.0, K2.data() + rq0);
+        blas::axpy(rq0, cw_prev, Cqp, K2.data() + rq0);
         if (grow)   // the reconstruction of qhat(n-1) rides along
-          basis_combine(bq.Q.data(), rq0, L, K2.data(), rq0, 2, R2.data());
+          basis_pass(bq.Q.data(), rq0, L, K2.data(), rq0, 2, R2.data(), sa.data(), 1, Dsa.data(), rq0);
         else
-          basis_combine(bq.Q.data(), rq0, L, K2.data() + rq0, rq0, 1, R2.data() + L);
+          basis_pass(bq.Q.data(), rq0, L, K2.data() + rq0, rq0, 1, R2.data() + L, sa.data(), 1, Dsa.data(), rq0);
         blas::axpy(L, c, R2.data() + L, m.data());
       } else {
         std::fill(R2.begin(), R2.begin() + L, 0.0);
       }
       if (grow && bq.finish(qh_prev.data(), R2.data(), pb.history_tol, Cqp)) {
         // the new row u enters qhat(n-1) with coefficient rho: add c Cw(n-1, n) rho u
-        blas::axpy(L, c * col[n - 1] * Cqp[bq.rank - 1], bq.Q.data() + size_t(bq.rank - 1) * L, m.data());
+        blas::axpy(L, c * cw_prev * Cqp[bq.rank - 1], bq.Q.data() + size_t(bq.rank - 1) * L, m.data());
       }
       out.rank_q_at[n - 1] = bq.rank;
+      if (ra > 0 && bq.rank > 0) blas::ger(ra, bq.rank, 1.0, Cap, Cqp, Xqa.data(), ldx);   // both rows final
     }
+    const int rq = bq.rank;
     // 3. beta_f, loss, r = X^T Delta / P
     blas::gemv(Op::T, L, D, 1.0 / pb.richness, B.data(), L, m.data(), 0.0, beta.data());
     std::copy(beta.begin(), beta.end(), out.beta_f.begin() + size_t(n) * D);
@@ -256,34 +473,40 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     }
     out.loss[n] = l2 / (2.0 * P);
     blas::gemv(Op::N, D, P, 1.0 / P, pb.X, D, delta.data(), 0.0, r.data());
-    // 4. qhat(n) = zeta(n) . r / sqrt(D); its coefficients and those of m(n) in one
-    //    pass over the qhat basis: Cq(j, n), Cqm(j, n) = <qhat(j) m(n)> for j < n
-    blas::gemv(Op::N, L, D, 1.0 / rD, B.data(), L, r.data(), 0.0, qh.data());
-    const int rq = bq.rank;
+    // 4. qhat(n) = zeta(n) . r / sqrt(D). Its coefficients K2[:rq] = G r / sqrt(D)
+    //    and those of m(n), K2[rq:]; Cq(j, n), Cqm(j, n) = <qhat(j) m(n)> for j < n
+    if (rq > rq0) {   // a row u was added in step 2: its products with zeta(n) and m(n) directly
+      const double* u = bq.Q.data() + size_t(rq0) * L;
+      for (int d = 0; d < D; ++d) G[size_t(rq0) * D + d] = blas::dot(L, u, B.data() + size_t(d) * L);
+    }
+    // One pass over B, row by row: qhat += zeta_d r_d / sqrt D, then (the old row is
+    // no longer needed) zeta_d += rt_d m with rt = c r / sqrt D. zq = B qhat = q^T W0 / N
+    // for the y update comes from the Gram instead: zq = <zeta zeta^T> r / sqrt D.
+    for (int d = 0; d < D; ++d) {
+      rt[d] = c * r[d] / rD;
+      rs[d] = r[d] / rD;
+    }
+    qhat_and_zeta_update(L, D, B.data(), rs.data(), rt.data(), m.data(), n < T, qh.data());
+    blas::gemv(Op::N, D, D, 1.0 / rD, BB.data(), D, r.data(), 0.0, zq.data());
     if (rq > 0) {
-      std::copy(qh.begin(), qh.end(), X2.begin());
-      std::copy(m.begin(), m.end(), X2.begin() + L);
-      basis_dots(bq.Q.data(), rq, L, X2.data(), 2, K2.data(), rq);
+      // K2[rq0:2 rq0] holds the history coefficients of step 2 (when n > 0)
+      for (int i = 0; i < rq0; ++i) Dsa[i] += c * K2[rq0 + i];
+      std::copy(Dsa.begin(), Dsa.begin() + rq0, K2.begin() + rq);
+      if (rq > rq0) K2[rq + rq0] = blas::dot(L, bq.Q.data() + size_t(rq0) * L, m.data());
+      blas::gemv(Op::T, D, rq, 1.0 / rD, G.data(), D, r.data(), 0.0, K2.data());
       std::copy(K2.begin(), K2.begin() + rq, Cqn);
     }
-    if (n > 0 && rq == 0) {
-      for (int j = 0; j < n; ++j) out.Cq[size_t(j) * T1 + n] = out.Cq[size_t(n) * T1 + j] = out.Cqm[size_t(j) * T1 + n] = 0.0;
-    } else if (n > 0) {
-      blas::gemv(Op::T, rq, n, 1.0, out.Cqc.data(), cap, K2.data(), 0.0, col.data());
-      for (int j = 0; j < n; ++j) out.Cq[size_t(j) * T1 + n] = out.Cq[size_t(n) * T1 + j] = col[j];
-      blas::gemv(Op::T, rq, n, 1.0, out.Cqc.data(), cap, K2.data() + rq, 0.0, col.data());
-      for (int j = 0; j < n; ++j) out.Cqm[size_t(j) * T1 + n] = col[j];
-    }
-    out.Cq[size_t(n) * T1 + n] = blas::dot(L, qh.data(), qh.data());
+    if (rq > 0) std::copy(K2.begin() + rq, K2.begin() + 2 * rq, Kmh.begin() + size_t(n) * cap);
+    diag_q[n] = blas::dot(L, qh.data(), qh.data());
     const double cqm_nn = blas::dot(L, qh.data(), m.data());
-    out.Cqm[size_t(n) * T1 + n] = cqm_nn;
+    diag_qm[n] = cqm_nn;
     qh_prev.swap(qh);   // qhat(n) is finished at the start of the next step
     const double* qn = qh_prev.data();
     // 5. normalized sharpness: eta0 lambda_max(Sigma^1/2 Mm Sigma^1/2),
     //    Mm = (<y y^T> + Cw(n,n) <zeta zeta^T> + <m m> I) / D
     if (!pb.sharpness_steps || pb.sharpness_steps[n]) {
       const double mm = blas::dot(L, m.data(), m.data());
-      const double cw = out.Cw[size_t(n) * T1 + n];
+      const double cw = diag_w[n];
       for (int i = 0; i < D * D; ++i) Mm[i] = (YY[i] + cw * BB[i]) / D;
       for (int i = 0; i < D; ++i) Mm[i * D + i] += mm / D;
       blas::gemm(Op::N, Op::N, D, D, D, 1.0, Sroot.data(), D, Mm.data(), D, 0.0, T2.data(), D);
@@ -291,24 +514,25 @@ ModeSolution solve_modes(const ModeProblem& pb) {
       out.sharpness[n] = pb.eta0 * top_eig_sym(D, Mm);
     }
     // 6. one pass over the omega basis: the reconstruction of omega(n) (its
-    //    residual) and the history sums of the updates
+    //    residual), the history sums of the updates
     //      u^T A A^T w = s m + c sum_{j<n} Cqm(j, n) omega(j)
     //      omega(n+1) = omega + c [s qhat + c sum_{j<n} Cq(j, n) omega(j)]
+    //    and Q_a (s qhat) for the coefficients of omega(n+1)
     const bool last = n == T;
     for (int i = 0; i < L; ++i) vec[i] = sr[i] * m[i] + c * cqm_nn * a[i];
-    for (int i = 0; i < L; ++i) anew[i] = a[i] + c * sr[i] * qn[i];
+    for (int i = 0; i < L; ++i) sq[i] = sr[i] * qn[i];
+    for (int i = 0; i < L; ++i) anew[i] = a[i] + c * sq[i];
     const bool grow = ba.may_grow(a.data(), pb.history_tol), hist = n > 0 && !last;
-    if (ra > 0 && (grow || hist)) {
+    if (ra > 0 && (grow || !last)) {
       std::copy(Can, Can + ra, K3.begin());
       std::fill(K3.begin() + ra, K3.begin() + 3 * ra, 0.0);
-      if (hist) {
-        for (int j = 0; j < n; ++j) col[j] = out.Cqm[size_t(j) * T1 + n];
-        blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, K3.data() + ra);
-        for (int j = 0; j < n; ++j) col[j] = out.Cq[size_t(j) * T1 + n];
-        blas::gemv(Op::N, ra, n, 1.0, out.Ca.data(), cap, col.data(), 0.0, K3.data() + 2 * ra);
+      if (hist && rq > 0) {   // Xqa holds rows j < n here
+        blas::gemv(Op::N, ra, rq, 1.0, Xqa.data(), ldx, K2.data() + rq, 0.0, K3.data() + ra);
+        blas::gemv(Op::N, ra, rq, 1.0, Xqa.data(), ldx, K2.data(), 0.0, K3.data() + 2 * ra);
       }
       const int first = grow ? 0 : 1, ncol = (hist ? 3 : 1) - first;
-      basis_combine(ba.Q.data(), ra, L, K3.data() + first * ra, ra, ncol, R3.data() + size_t(first) * L);
+      basis_pass(ba.Q.data(), ra, L, K3.data() + first * ra, ra, ncol, R3.data() + size_t(first) * L, sq.data(),
+                 last ? 0 : 1, Dsq.data(), ra);
       if (hist) {
         blas::axpy(L, c, R3.data() + L, vec.data());
         blas::axpy(L, c * c, R3.data() + 2 * L, anew.data());
@@ -320,25 +544,19 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     }
     out.rank_a_at[n] = ba.rank;
     if (last) break;
-    // Row by row (a row of B or Y stays in cache between its dot products and
-    // its update), one pass over each of B and Y:
-    //   zq = B qhat = q^T W0 / N, then zeta += rt m^T with rt = c r / sqrt D;
-    //   Yv = Y vec, Ya = Y omega, then y += rt vec^T + ec omega^T with ec = c zq,
-    //   vec = u^T A A^T w + c <qhat m> omega.
-    for (int d = 0; d < D; ++d) {
-      rt[d] = c * r[d] / rD;
-      double* Bd = B.data() + size_t(d) * L;
-      zq[d] = blas::dot(L, Bd, qn);
-      ec[d] = c * zq[d];
-      blas::axpy(L, rt[d], m.data(), Bd);
-    }
-    for (int d = 0; d < D; ++d) {
-      double* Yd = Y.data() + size_t(d) * L;
-      Yv[d] = blas::dot(L, Yd, vec.data());
-      Ya[d] = blas::dot(L, Yd, a.data());
-      blas::axpy(L, rt[d], vec.data(), Yd);
-      blas::axpy(L, ec[d], a.data(), Yd);
-    }
+    // coefficients of omega(n+1): Q_a omega + c Q_a (s qhat) + c^2 K (orthonormal rows),
+    // and directly for a row added just now
+    for (int i = 0; i < ra; ++i) a_coef[i] = Can[i] + c * Dsq[i] + (hist ? c * c * K3[2 * ra + i] : 0.0);
+    if (ba.rank > ra) a_coef[ra] = blas::dot(L, ba.Q.data() + size_t(ra) * L, anew.data());
+    // Row by row (a row of Y stays in cache between its dot products and its
+    // update), one pass over Y: Yv = Y vec, Ya = Y omega, then
+    // y += rt vec^T + ec omega^T with ec = c zq, vec = u^T A A^T w + c <qhat m> omega.
+    for (int d = 0; d < D; ++d) ec[d] = c * zq[d];
+    // G = Q_q zeta^T follows the same update: G += (Q_q m) rt^T
+    for (int i = 0; i < rq; ++i)
+      for (int d = 0; d < D; ++d) G[size_t(i) * D + d] += K2[rq + i] * rt[d];
+    for (int d = 0; d < D; ++d)
+      y_row_update(L, Y.data() + size_t(d) * L, vec.data(), a.data(), rt[d], ec[d], Yv[d], Ya[d]);
     const double vv = blas::dot(L, vec.data(), vec.data()), aa = blas::dot(L, a.data(), a.data()),
                  va = blas::dot(L, vec.data(), a.data()), mm2 = blas::dot(L, m.data(), m.data());
     for (int i = 0; i < D; ++i)
@@ -361,6 +579,20 @@ ModeSolution solve_modes(const ModeProblem& pb) {
     }
     out.rank_q_at[T] = bq.rank;
   }
+  // the output Grams from the coefficient rows: [j, n] for j < n is
+  // <omega(j) omega(n)> = Ca[j] . Ca[n] (likewise Cq), <qhat(j) m(n)> = Cqc[j] . Km[n]
+  auto fill_upper = [&](std::vector<double>& C, const std::vector<double>& rows_n, const std::vector<double>& rows_j,
+                        int rank, const std::vector<double>& diag, bool symmetric) {
+    if (rank > 0)   // column-major C'(n, j) = rows_n[n] . rows_j[j] is row-major C[j, n]
+      blas::gemm(Op::T, Op::N, T1, T1, rank, 1.0, rows_n.data(), cap, rows_j.data(), cap, 0.0, C.data(), T1);
+    for (int j = 0; j < T1; ++j) {
+      C[size_t(j) * T1 + j] = diag[j];
+      for (int n = 0; n < j; ++n) C[size_t(j) * T1 + n] = symmetric ? C[size_t(n) * T1 + j] : 0.0;
+    }
+  };
+  fill_upper(out.Cw, out.Ca, out.Ca, ba.rank, diag_w, true);
+  fill_upper(out.Cq, out.Cqc, out.Cqc, bq.rank, diag_q, true);
+  fill_upper(out.Cqm, Kmh, out.Cqc, bq.rank, diag_qm, false);
   out.rank_a = ba.rank;
   out.rank_q = bq.rank;
   out.Qa = std::move(ba.Q);
