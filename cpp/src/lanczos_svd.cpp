@@ -19,6 +19,11 @@ using blas::Op;
 
 namespace {
 
+// Accumulator groups of the panel sweep: a constant, so that the reduction
+// order never depends on the thread count (16 keeps up to 16 threads busy; the
+// extra accumulators cost 16 c b adds per sweep against r c b for the product).
+constexpr int64_t kSweepGroups = 16;
+
 inline size_t at(int64_t i, int64_t j, int64_t ld) { return static_cast<size_t>(i + j * ld); }
 
 // Rows per panel of the fused sweep: large enough that the c x b accumulator
@@ -55,7 +60,8 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
   const int64_t npanel = (r + pr - 1) / pr;
   // Small matrices: one thread (an OpenMP region costs more than the product).
   const bool small = r * c < (int64_t(1) << 16);
-  const int nt = static_cast<int>(std::min<int64_t>(omp_in_parallel() || small ? 1 : omp_get_max_threads(), npanel));
+  const int nt = static_cast<int>(
+      std::min<int64_t>(omp_in_parallel() || small ? 1 : omp_get_max_threads(), std::min(npanel, kSweepGroups)));
   static const bool no_kernel = std::getenv("SPECDYN_NO_KERNEL") != nullptr;
   // One panel: Y_p = M_p X, then Z += M_p^T Y_p while M_p is in cache.
   auto panel = [&](int64_t i0, int64_t rows, T* z, std::vector<T>& ybuf) {
@@ -89,27 +95,32 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
     blas::gemm(Op::N, Op::N, static_cast<int>(c), b, static_cast<int>(rows), T(1), M + i0 * ld, static_cast<int>(ld),
                yp, ldy, T(1), z, static_cast<int>(c));
   };
-  if (nt <= 1) {
+  // Panels are grouped into a fixed number of contiguous groups, each with its
+  // own accumulator, summed in group order: the rounding is then the same at
+  // any thread count (a group is the unit of work a thread takes).
+  const int64_t ngroup = std::min<int64_t>(npanel, kSweepGroups);
+  const size_t zc = static_cast<size_t>(c) * b;
+  auto group_panels = [&](int64_t g, T* z, std::vector<T>& ybuf) {
+    std::fill(z, z + zc, T(0));
+    const int64_t p0 = g * npanel / ngroup, p1 = (g + 1) * npanel / ngroup;
+    for (int64_t p = p0; p < p1; ++p) panel(p * pr, std::min(pr, r - p * pr), z, ybuf);
+  };
+  detail::BlasThreads one(1);
+  if (ngroup == 1) {
     std::vector<T> ybuf;
-    std::fill(Z, Z + static_cast<size_t>(c) * b, T(0));
-    for (int64_t p = 0; p < npanel; ++p) panel(p * pr, std::min(pr, r - p * pr), Z, ybuf);
+    group_panels(0, Z, ybuf);
     return;
   }
-  detail::BlasThreads one(1);
-  const size_t zc = static_cast<size_t>(c) * b;
-  std::vector<T> Zt(zc * nt, T(0));
-#pragma omp parallel num_threads(nt)
+  std::vector<T> Zg(zc * ngroup);
+#pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const int t = omp_get_thread_num();
     std::vector<T> ybuf;
-    // Contiguous chunks of panels per thread: each thread streams its own rows.
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < npanel; ++p) panel(p * pr, std::min(pr, r - p * pr), Zt.data() + zc * t, ybuf);
-    // Reduce the per-thread accumulators, each thread a slice of Z.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t g = 0; g < ngroup; ++g) group_panels(g, Zg.data() + zc * g, ybuf);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < static_cast<int64_t>(zc); ++i) {
-      T s = 0;
-      for (int u = 0; u < nt; ++u) s += Zt[zc * u + i];
+      T s = Zg[i];
+      for (int64_t u = 1; u < ngroup; ++u) s += Zg[zc * u + i];
       Z[i] = s;
     }
   }
