@@ -86,40 +86,6 @@ class SerialBlasIf {
 constexpr int64_t kSerialLapack = 256 * 256;
 constexpr int64_t kSerialWork = int64_t(1) << 22;  // multiply-adds of the largest layer product
 
-// Thread-count invariance around the Krylov solvers: their reductions (OpenMP
-// per-thread partial sums over panels, OpenBLAS dot products threaded above
-// 10^4 entries) round differently with the thread count. Inside this scope the
-// solver runs on one OpenMP thread and one BLAS thread; operators we hand it
-// re-enable the saved counts for their own (deterministic) BLAS-3 work.
-class KrylovThreads {
- public:
-  KrylovThreads() : blas_(blas::get_num_threads()), omp_(omp_get_max_threads()) {
-    blas::set_num_threads(1);
-    omp_set_num_threads(1);
-  }
-  ~KrylovThreads() {
-    blas::set_num_threads(blas_);
-    omp_set_num_threads(omp_);
-  }
-  KrylovThreads(const KrylovThreads&) = delete;
-  KrylovThreads& operator=(const KrylovThreads&) = delete;
-  // Full thread counts for the duration of an operator application.
-  struct Full {
-    const KrylovThreads& k;
-    explicit Full(const KrylovThreads& k_) : k(k_) {
-      blas::set_num_threads(k.blas_);
-      omp_set_num_threads(k.omp_);
-    }
-    ~Full() {
-      blas::set_num_threads(1);
-      omp_set_num_threads(1);
-    }
-  };
-
- private:
-  int blas_, omp_;
-};
-
 int64_t index_of(const std::vector<int64_t>& v, int64_t x) {
   auto it = std::lower_bound(v.begin(), v.end(), x);
   return it != v.end() && *it == x ? static_cast<int64_t>(it - v.begin()) : -1;
@@ -340,18 +306,8 @@ void Trainer<T>::top_singular(int l, const T* A, bool delta, int64_t ti) {
     auto& warm = delta ? warm_delta_[l] : warm_[l];
     const int k0 = warm.size() == static_cast<size_t>(fi * k) ? static_cast<int>(k) : 0;
     lanczos::Triplets<T> tr;
-    {
-      // One OpenMP thread: the solver's panel sweep then reduces in a fixed order.
-      const int omp = omp_get_max_threads();
-      omp_set_num_threads(1);
-      try {
-        tr = lanczos::top_singular<T>(A, fo, fi, true, static_cast<int>(k), opt, k0 ? warm.data() : nullptr, k0);
-      } catch (...) {
-        omp_set_num_threads(omp);
-        throw;
-      }
-      omp_set_num_threads(omp);
-    }
+    // All threads: the solver's reductions run in a fixed order (same bits at any thread count).
+    tr = lanczos::top_singular<T>(A, fo, fi, true, static_cast<int>(k), opt, k0 ? warm.data() : nullptr, k0);
     s = tr.s;
     warm.assign(tr.V.begin(), tr.V.begin() + fi * k);
     if (!delta) {
@@ -456,9 +412,8 @@ double Trainer<T>::ntk_top(const Pass<T>& ev) {
     lanczos::Options opt;
     opt.tol = 1e-10;
     opt.seed = spec_.seed + 15485863u;
-    KrylovThreads threads;
+    // The solver's own reductions are in a fixed order; the operator's BLAS-3 product is too.
     auto op = [&](const double* X, double* Y, int b) {
-      KrylovThreads::Full full(threads);
       blas::gemm(blas::Op::N, blas::Op::N, static_cast<int>(m), b, static_cast<int>(m), 1.0, K.data(),
                  static_cast<int>(m), X, static_cast<int>(m), 0.0, Y, static_cast<int>(m));
     };
@@ -489,9 +444,7 @@ double Trainer<T>::hessian_top(const Pass<T>& ev) {
     HV[l] = hv.data() + off;
     off += a.size(l);
   }
-  KrylovThreads threads;
   auto op = [&](const double* X, double* Y, int b) {
-    KrylovThreads::Full full(threads);
     for (int j = 0; j < b; ++j) {
       for (int64_t i = 0; i < np; ++i) v[i] = static_cast<T>(X[j * np + i]);
       hvp(a, cw, ev, V, HV);
