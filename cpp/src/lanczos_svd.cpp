@@ -111,16 +111,30 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
     group_panels(0, Z, ybuf);
     return;
   }
-  std::vector<T> Zg(zc * ngroup);
-#pragma omp parallel num_threads(nt) if (nt > 1)
+  if (nt <= 1) {
+    // Serially: Z = G_0, then Z += G_g in group order -- the same sums as the
+    // parallel reduction below, with one group accumulator kept in cache.
+    std::vector<T> ybuf, zg(zc);
+    group_panels(0, Z, ybuf);
+    for (int64_t g = 1; g < ngroup; ++g) {
+      group_panels(g, zg.data(), ybuf);
+      for (size_t i = 0; i < zc; ++i) Z[i] += zg[i];
+    }
+    return;
+  }
+  // (Reused across calls: fresh pages for the accumulators cost page faults every sweep.)
+  thread_local std::vector<T> Zg;
+  if (Zg.size() < zc * ngroup) Zg.resize(zc * ngroup);
+  T* const zg = Zg.data();  // (the workers must see the caller's buffer, not their own thread_local)
+#pragma omp parallel num_threads(nt)
   {
     std::vector<T> ybuf;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t g = 0; g < ngroup; ++g) group_panels(g, Zg.data() + zc * g, ybuf);
+    for (int64_t g = 0; g < ngroup; ++g) group_panels(g, zg + zc * g, ybuf);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < static_cast<int64_t>(zc); ++i) {
-      T s = Zg[i];
-      for (int64_t u = 1; u < ngroup; ++u) s += Zg[zc * u + i];
+      T s = zg[i];
+      for (int64_t u = 1; u < ngroup; ++u) s += zg[zc * u + i];
       Z[i] = s;
     }
   }
