@@ -151,7 +151,8 @@ void orth_block(int64_t d, const double* Q, int nq, double* Y, int b, std::vecto
 }
 
 EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, int cap,
-                        int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept) {
+                        int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept,
+                        int extra) {
   const int want = which == Which::Largest ? k : 2 * k;
   if (cap > d || cap < want + 2 * b) throw std::logic_error("block_lanczos: basis capacity out of range");
   // Thick restart keeps the wanted Ritz vectors plus about one block of the
@@ -246,6 +247,14 @@ EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, 
       }
       out.X.resize(static_cast<size_t>(d) * w);
       gemm_nn(d, na, w, 1.0, V.data(), S.data(), na, 0.0, out.X.data());
+      const int ne = which == Which::Largest ? std::max(0, std::min(extra, na - w)) : 0;
+      if (ne > 0) {
+        S.resize(static_cast<size_t>(na) * ne);
+        for (int j = 0; j < ne; ++j)
+          std::memcpy(S.data() + at(0, j, na), Tm.data() + at(0, na - 1 - w - j, na), sizeof(double) * na);
+        out.Xnext.resize(static_cast<size_t>(d) * ne);
+        gemm_nn(d, na, ne, 1.0, V.data(), S.data(), na, 0.0, out.Xnext.data());
+      }
       return out;
     }
     if (nv + b > cap) {

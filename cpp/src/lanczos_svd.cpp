@@ -221,6 +221,8 @@ void dense_svd(const T* A, int64_t n, int64_t m, bool row_major, int k, Triplets
   out.info.matrix_passes = 1;
   out.info.converged = true;
   out.info.dense = true;
+  out.warm = out.V;
+  out.warm_cols = k;
 }
 
 }  // namespace
@@ -312,7 +314,8 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
   for (int attempt = 0;; ++attempt) {
     const int64_t left = max_passes - out.info.matrix_passes;
     auto eo = detail::block_lanczos(op, c, k, Which::Largest, b, cap, probe_warm ? std::min<int64_t>(1, left) : left,
-                                    warm.empty() ? nullptr : warm.data(), kw, rnd, make_accept(inner));
+                                    warm.empty() ? nullptr : warm.data(), kw, rnd, make_accept(inner),
+                                    row_major ? std::max(opt.warm_extra, 0) : 0);
     out.info.iterations += eo.iterations;
     out.info.restarts += eo.restarts;
     out.info.matrix_passes += eo.passes;
@@ -391,6 +394,12 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
     out.V.resize(static_cast<size_t>(m) * k);
     from_double(Ua.data(), out.U.data(), out.U.size());
     from_double(Va.data(), out.V.data(), out.V.size());
+    // Warm start for a nearby matrix: V, then the next Ritz vectors (c side = right side when row-major).
+    const int ne = row_major ? static_cast<int>(eo.Xnext.size() / cs) : 0;
+    out.warm_cols = k + ne;
+    out.warm.resize(out.V.size() + eo.Xnext.size() * (ne > 0));
+    std::copy(out.V.begin(), out.V.end(), out.warm.begin());
+    if (ne > 0) from_double(eo.Xnext.data(), out.warm.data() + out.V.size(), eo.Xnext.size());
     out.info.converged = ok;
     // Block Krylov finds at most b copies of a repeated value: if the answer
     // holds a group of >= b (numerically) equal values, more copies may exist.
