@@ -15,6 +15,12 @@
 // certified by an explicit pass: every returned triplet satisfies
 // ||A v - s u|| <= tol ||A|| and ||A^T u - s v|| <= tol ||A|| (computed, not
 // estimated), else Info::converged is false.
+//
+// Thread-count invariance: every reduction the solvers make (the panel sweep,
+// the orthogonalization, norms) is split into a fixed number of parts and
+// summed in a fixed order, so the same inputs give the same bits at any
+// OpenMP/BLAS thread count. Operators passed in (MatMat) must do the same for
+// the results to be invariant.
 #pragma once
 #include <cstdint>
 #include <functional>
