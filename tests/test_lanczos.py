@@ -1,7 +1,11 @@
 """top_singular / top_eigs / spectral_density against LAPACK (numpy.linalg)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,3 +333,68 @@ def test_spectral_density_slq_large():
     d, e = specdyn.spectral_density(X, grid, probes=32, degree=64)
     de, _ = specdyn.spectral_density(X, grid, method="exact")
     assert np.sum(np.abs(d - de) * np.diff(grid)) < 0.05
+
+
+# Each solver once in a fresh process; the script writes every returned array.
+# The sizes put the basis dimension above one row chunk (4096) and the sweep
+# over several panel groups, so both fixed-order reductions are exercised.
+_THREADS_SNIPPET = r"""
+import sys
+import numpy as np
+import specdyn.lanczos as L
+
+rng = np.random.default_rng(3)
+out = {}
+A = rng.standard_normal((400, 5000))
+A[:, :3] *= 4.0  # three outliers over a bulk
+for dtype in ("float64", "float32"):
+    s, U, V = L.top_singular(A.astype(dtype), 6, tol=1e-8 if dtype == "float64" else 1e-4, seed=1)[:3]
+    out["s_" + dtype], out["U_" + dtype], out["V_" + dtype] = s, U, V
+    s, U, V = L.top_singular(A.T.astype(dtype), 4, v0=U[:, :4], seed=2)[:3]  # column-major view, warm start
+    out["sw_" + dtype], out["Vw_" + dtype] = s, V
+n = 9000
+diag = np.sort(rng.uniform(0.0, 1.0, n))
+diag[-4:] += np.array([0.5, 0.3, 0.3001, 0.2])
+diag[:3] -= np.array([0.4, 0.25, 0.2])  # separated bottom values keep "both" short
+
+def op(X):  # elementwise only: the operator itself rounds the same at any thread count
+    return diag[:, None] * X + 0.01 * (np.roll(X, 1, axis=0) + np.roll(X, -1, axis=0))
+
+vals, vecs = L.top_eigs(op, n, k=3, tol=1e-9, seed=4)[:2]
+out["eig_vals"], out["eig_vecs"] = vals, vecs
+vals, vecs = L.top_eigs(op, n, k=2, which="both", tol=1e-8, seed=5, v0=vecs[:, :1])[:2]
+out["both_vals"], out["both_vecs"] = vals, vecs
+dens, err = L.spectral_density(op, np.linspace(-0.1, 1.6, 18), probes=6, degree=24, seed=6, n=n)
+out["slq"], out["slq_err"] = dens, err
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_solvers_give_the_same_bits_at_any_thread_count(tmp_path):
+    outs = []
+    for threads in (1, 2):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+                   PYTHONPATH=str(Path(specdyn.__file__).parent.parent))
+        out = tmp_path / f"t{threads}.npz"
+        subprocess.run([sys.executable, "-c", _THREADS_SNIPPET, str(out)], env=env, check=True, timeout=300)
+        outs.append(np.load(out))
+    for k in outs[0].files:
+        np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+
+
+def test_warm_extra_block_continues_a_nearby_solve():
+    """The internal warm block (V, then Ritz vectors of the next values) is orthonormal and warm-starts a
+    perturbed matrix to the same answer as LAPACK."""
+    from specdyn import _core
+
+    rng = np.random.default_rng(11)
+    A = rng.standard_normal((300, 200)) / np.sqrt(200)
+    s, U, V, info = _core.top_singular_f64(A, 4, 1e-10, 0, 0, 0, 1, None, 4)
+    W = info["warm"]
+    assert W.shape == (200, 8)
+    np.testing.assert_allclose(W[:, :4], V)
+    np.testing.assert_allclose(W.T @ W, np.eye(8), atol=1e-8)
+    B = A + 1e-3 * rng.standard_normal(A.shape) / np.sqrt(200)
+    s2, _, _, info2 = _core.top_singular_f64(B, 4, 1e-10, 0, 0, 0, 1, W, 4)
+    np.testing.assert_allclose(s2, np.linalg.svd(B, compute_uv=False)[:4], rtol=1e-9)
+    assert info2["converged"] and info2["warm"].shape[1] == 8

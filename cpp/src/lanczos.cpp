@@ -25,16 +25,66 @@ void Random::fill(double* p, int64_t n) {
 
 static inline size_t at(int64_t i, int64_t j, int64_t ld) { return static_cast<size_t>(i + j * ld); }
 
+// Long reductions over the basis dimension d run on fixed row chunks whose
+// partial sums are added in chunk order: the same bits at any thread count
+// (threaded OpenBLAS dot/gemv split their sums by thread). Rows per chunk:
+constexpr int64_t kRowChunk = 4096;
+static inline int64_t row_chunks(int64_t d) { return (d + kRowChunk - 1) / kRowChunk; }
+// Parallel only when there is enough work to pay for an OpenMP region.
+static inline bool parallel_rows(int64_t d, int64_t width) {
+  return row_chunks(d) > 1 && d * width >= (int64_t(1) << 15) && !omp_in_parallel();
+}
+
+// out (nq x b, ld nq) = Q^T W for Q (d x nq) and W (d x b), both with leading dimension d.
+static void gemm_tn(int64_t d, int nq, int b, const double* Q, const double* W, double* out) {
+  const int64_t nc = row_chunks(d);
+  const size_t sz = static_cast<size_t>(nq) * b;
+  if (nc <= 1) {
+    blas::gemm(Op::T, Op::N, nq, b, static_cast<int>(d), 1.0, Q, static_cast<int>(d), W, static_cast<int>(d), 0.0,
+               out, nq);
+    return;
+  }
+  std::vector<double> part(sz * nc);
+#pragma omp parallel for schedule(static) if (parallel_rows(d, int64_t(nq) * b))
+  for (int64_t ch = 0; ch < nc; ++ch) {
+    const int64_t i0 = ch * kRowChunk, rows = std::min(kRowChunk, d - i0);
+    blas::gemm(Op::T, Op::N, nq, b, static_cast<int>(rows), 1.0, Q + i0, static_cast<int>(d), W + i0,
+               static_cast<int>(d), 0.0, part.data() + sz * ch, nq);
+  }
+  for (size_t i = 0; i < sz; ++i) {
+    double acc = part[i];
+    for (int64_t ch = 1; ch < nc; ++ch) acc += part[sz * ch + i];
+    out[i] = acc;
+  }
+}
+
+// W (d x b) = alpha Q C + beta W for Q (d x nq), C (nq x b, ld ldc): row chunks, no reduction.
+static void gemm_nn(int64_t d, int nq, int b, double alpha, const double* Q, const double* C, int ldc, double beta,
+             double* W) {
+  const int64_t nc = row_chunks(d);
+#pragma omp parallel for schedule(static) if (parallel_rows(d, int64_t(nq) * b))
+  for (int64_t ch = 0; ch < nc; ++ch) {
+    const int64_t i0 = ch * kRowChunk, rows = std::min(kRowChunk, d - i0);
+    blas::gemm(Op::N, Op::N, static_cast<int>(rows), b, nq, alpha, Q + i0, static_cast<int>(d), C, ldc, beta, W + i0,
+               static_cast<int>(d));
+  }
+}
+
+// Euclidean norm with the fixed-chunk reduction.
+static double norm2(int64_t d, const double* w) {
+  double s = 0;
+  gemm_tn(d, 1, 1, w, w, &s);
+  return std::sqrt(s);
+}
+
 // W -= Q (Q^T W) twice (CGS2); the coefficients are added into Cacc (nq x b).
 static void project_out(int64_t d, const double* Q, int nq, double* W, int b, double* Cacc,
                         std::vector<double>& tmp) {
   if (nq == 0) return;
   tmp.resize(static_cast<size_t>(nq) * b);
   for (int pass = 0; pass < 2; ++pass) {
-    blas::gemm(Op::T, Op::N, nq, b, static_cast<int>(d), 1.0, Q, static_cast<int>(d), W, static_cast<int>(d),
-               0.0, tmp.data(), nq);
-    blas::gemm(Op::N, Op::N, static_cast<int>(d), b, nq, -1.0, Q, static_cast<int>(d), tmp.data(), nq, 1.0, W,
-               static_cast<int>(d));
+    gemm_tn(d, nq, b, Q, W, tmp.data());
+    gemm_nn(d, nq, b, -1.0, Q, tmp.data(), nq, 1.0, W);
     for (size_t i = 0; i < tmp.size(); ++i) Cacc[i] += tmp[i];
   }
 }
@@ -44,7 +94,7 @@ void orth_block(int64_t d, const double* Q, int nq, double* Y, int b, std::vecto
   C.assign(static_cast<size_t>(nq) * b, 0.0);
   R.assign(static_cast<size_t>(b) * b, 0.0);
   const int di = static_cast<int>(d);
-  for (int j = 0; j < b; ++j) scale = std::max(scale, blas::nrm2(di, Y + at(0, j, d)));
+  for (int j = 0; j < b; ++j) scale = std::max(scale, norm2(d, Y + at(0, j, d)));
   std::vector<double> tmp, h(std::max(b, 1)), cq(std::max(nq, 1));
   project_out(d, Q, nq, Y, b, C.data(), tmp);  // BLAS-3, the bulk of the work
   // Within the block: column-wise CGS2 (b is small). A column whose remainder
@@ -53,24 +103,24 @@ void orth_block(int64_t d, const double* Q, int nq, double* Y, int b, std::vecto
   // so the basis stays full and Y_in = Q C + Y R still holds to rounding.
   for (int j = 0; j < b; ++j) {
     double* w = Y + at(0, j, d);
-    double before = blas::nrm2(di, w);
+    double before = norm2(d, w);
     for (int pass = 0; pass < 3; ++pass) {
       if (j > 0) {
-        blas::gemv(Op::T, di, j, 1.0, Y, di, w, 0.0, h.data());
-        blas::gemv(Op::N, di, j, -1.0, Y, di, h.data(), 1.0, w);
+        gemm_tn(d, j, 1, Y, w, h.data());
+        gemm_nn(d, j, 1, -1.0, Y, h.data(), j, 1.0, w);
         for (int i = 0; i < j; ++i) R[at(i, j, b)] += h[i];
       }
-      const double after = blas::nrm2(di, w);
+      const double after = norm2(d, w);
       // Heavy cancellation: project against Q and the block once more.
       if (pass == 2 || after > 0.5 * before || after <= 1e-13 * scale) break;
       if (nq > 0) {
-        blas::gemv(Op::T, di, nq, 1.0, Q, di, w, 0.0, cq.data());
-        blas::gemv(Op::N, di, nq, -1.0, Q, di, cq.data(), 1.0, w);
+        gemm_tn(d, nq, 1, Q, w, cq.data());
+        gemm_nn(d, nq, 1, -1.0, Q, cq.data(), nq, 1.0, w);
         for (int i = 0; i < nq; ++i) C[at(i, j, nq)] += cq[i];
       }
       before = after;
     }
-    double nr = blas::nrm2(di, w);
+    double nr = norm2(d, w);
     if (nr > 1e-12 * scale && scale > 0) {
       R[at(j, j, b)] = nr;
       blas::scal(di, 1.0 / nr, w);
@@ -79,18 +129,18 @@ void orth_block(int64_t d, const double* Q, int nq, double* Y, int b, std::vecto
     R[at(j, j, b)] = 0.0;
     for (int attempt = 0; attempt < 8; ++attempt) {
       rnd.fill(w, d);
-      nr = blas::nrm2(di, w);
+      nr = norm2(d, w);
       for (int pass = 0; pass < 2; ++pass) {
         if (nq > 0) {
-          blas::gemv(Op::T, di, nq, 1.0, Q, di, w, 0.0, cq.data());
-          blas::gemv(Op::N, di, nq, -1.0, Q, di, cq.data(), 1.0, w);
+          gemm_tn(d, nq, 1, Q, w, cq.data());
+          gemm_nn(d, nq, 1, -1.0, Q, cq.data(), nq, 1.0, w);
         }
         if (j > 0) {
-          blas::gemv(Op::T, di, j, 1.0, Y, di, w, 0.0, h.data());
-          blas::gemv(Op::N, di, j, -1.0, Y, di, h.data(), 1.0, w);
+          gemm_tn(d, j, 1, Y, w, h.data());
+          gemm_nn(d, j, 1, -1.0, Y, h.data(), j, 1.0, w);
         }
       }
-      const double left = blas::nrm2(di, w);
+      const double left = norm2(d, w);
       if (left > 1e-3 * nr) {
         blas::scal(di, 1.0 / left, w);
         break;
@@ -101,7 +151,8 @@ void orth_block(int64_t d, const double* Q, int nq, double* Y, int b, std::vecto
 }
 
 EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, int cap,
-                        int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept) {
+                        int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept,
+                        int extra) {
   const int want = which == Which::Largest ? k : 2 * k;
   if (cap > d || cap < want + 2 * b) throw std::logic_error("block_lanczos: basis capacity out of range");
   // Thick restart keeps the wanted Ritz vectors plus about one block of the
@@ -117,6 +168,10 @@ EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, 
   }
   const int keep = keep_top + keep_bot;
 
+  // Our own products run on one BLAS thread (parallel over fixed row chunks,
+  // see gemm_tn); the operator gets the caller's BLAS thread count back.
+  const int blas_threads = blas::get_num_threads();
+  BlasThreads serial_blas(1);
   EngineOut out;
   std::vector<double> V(static_cast<size_t>(d) * cap), T(static_cast<size_t>(cap) * cap, 0.0);
   std::vector<double> Y(static_cast<size_t>(d) * b), C, R, Tm, theta, res, tmp;
@@ -129,7 +184,10 @@ EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, 
 
   int a = 0, nv = b;  // columns already multiplied by op; columns in the basis
   while (true) {
-    op(V.data() + at(0, a, d), Y.data(), b);
+    {
+      BlasThreads full(blas_threads);
+      op(V.data() + at(0, a, d), Y.data(), b);
+    }
     ++out.passes;
     ++out.iterations;
     orth_block(d, V.data(), nv, Y.data(), b, C, R, rnd, out.norm);
@@ -188,8 +246,15 @@ EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, 
         out.res.push_back(res[sel[j]]);
       }
       out.X.resize(static_cast<size_t>(d) * w);
-      blas::gemm(Op::N, Op::N, static_cast<int>(d), w, na, 1.0, V.data(), static_cast<int>(d), S.data(), na, 0.0,
-                 out.X.data(), static_cast<int>(d));
+      gemm_nn(d, na, w, 1.0, V.data(), S.data(), na, 0.0, out.X.data());
+      const int ne = which == Which::Largest ? std::max(0, std::min(extra, na - w)) : 0;
+      if (ne > 0) {
+        S.resize(static_cast<size_t>(na) * ne);
+        for (int j = 0; j < ne; ++j)
+          std::memcpy(S.data() + at(0, j, na), Tm.data() + at(0, na - 1 - w - j, na), sizeof(double) * na);
+        out.Xnext.resize(static_cast<size_t>(d) * ne);
+        gemm_nn(d, na, ne, 1.0, V.data(), S.data(), na, 0.0, out.Xnext.data());
+      }
       return out;
     }
     if (nv + b > cap) {
@@ -201,8 +266,7 @@ EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, 
       for (int j = 0; j < keep; ++j)
         std::memcpy(S.data() + at(0, j, na), Tm.data() + at(0, ks[j], na), sizeof(double) * na);
       tmp.resize(static_cast<size_t>(d) * keep);
-      blas::gemm(Op::N, Op::N, static_cast<int>(d), keep, na, 1.0, V.data(), static_cast<int>(d), S.data(), na, 0.0,
-                 tmp.data(), static_cast<int>(d));
+      gemm_nn(d, na, keep, 1.0, V.data(), S.data(), na, 0.0, tmp.data());
       std::memcpy(V.data(), tmp.data(), sizeof(double) * tmp.size());
       std::memmove(V.data() + at(0, keep, d), V.data() + at(0, na, d), sizeof(double) * static_cast<size_t>(d) * b);
       std::fill(T.begin(), T.end(), 0.0);
@@ -346,14 +410,16 @@ Quadrature slq(const MatMat& op, int64_t n, int probes, int degree, uint64_t see
   rng::normal_fill(X.data(), X.size(), seed, rng::kProbes, 1.0);
   for (int p = 0; p < probes; ++p) {
     double* x = X.data() + nd * p;
-    const double nr = blas::nrm2(static_cast<int>(n), x);
+    const double nr = detail::norm2(n, x);
     blas::scal(static_cast<int>(n), 1.0 / nr, x);
     std::memcpy(basis[p].data(), x, sizeof(double) * nd);
   }
   for (int j = 0; j < degree; ++j) {
     op(X.data(), Y.data(), probes);
-    // Probes in parallel only when OpenBLAS is single-threaded here (see BlasThreads).
-    const bool par = blas::get_num_threads() == 1 && !omp_in_parallel();
+    // Probes in parallel, each on one BLAS thread, with fixed-order reductions
+    // (the quadrature is the same at any thread count).
+    detail::BlasThreads serial_blas(1);
+    const bool par = !omp_in_parallel();
     std::vector<double> c(static_cast<size_t>(degree + 1) * probes);
 #pragma omp parallel for schedule(dynamic) if (par)
     for (int p = 0; p < probes; ++p) {
@@ -361,16 +427,17 @@ Quadrature slq(const MatMat& op, int64_t n, int probes, int degree, uint64_t see
       double* y = Y.data() + nd * p;
       const double* Q = basis[p].data();
       double* cp = c.data() + static_cast<size_t>(degree + 1) * p;
-      const double y0 = blas::nrm2(static_cast<int>(n), y);
-      const double a = blas::dot(static_cast<int>(n), Q + nd * j, y);
+      const double y0 = detail::norm2(n, y);
+      double a = 0;
+      detail::gemm_tn(n, 1, 1, Q + nd * j, y, &a);
       alpha[static_cast<size_t>(p) * degree + j] = a;
       // Full reorthogonalization against this probe's basis (two passes).
       for (int pass = 0; pass < 2; ++pass) {
-        blas::gemv(blas::Op::T, static_cast<int>(n), j + 1, 1.0, Q, static_cast<int>(n), y, 0.0, cp);
-        blas::gemv(blas::Op::N, static_cast<int>(n), j + 1, -1.0, Q, static_cast<int>(n), cp, 1.0, y);
+        detail::gemm_tn(n, j + 1, 1, Q, y, cp);
+        detail::gemm_nn(n, j + 1, 1, -1.0, Q, cp, j + 1, 1.0, y);
       }
       len[p] = j + 1;
-      const double bt = blas::nrm2(static_cast<int>(n), y);
+      const double bt = detail::norm2(n, y);
       if (j + 1 < degree) {
         if (bt <= 1e-12 * y0 || bt == 0.0) {
           active[p] = 0;  // invariant subspace: the quadrature is exact

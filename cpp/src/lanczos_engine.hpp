@@ -46,6 +46,7 @@ using Accept = std::function<bool(double, double, double)>;
 struct EngineOut {
   std::vector<double> theta;  // wanted Ritz values (Largest: descending; Both: top desc, bottom asc)
   std::vector<double> X;      // d x theta.size() Ritz vectors
+  std::vector<double> Xnext;  // d x (requested extra) Ritz vectors of the next values (Largest)
   std::vector<double> res;    // residual estimates from the Lanczos relation
   int iterations = 0, restarts = 0;
   int64_t passes = 0;
@@ -57,7 +58,8 @@ struct EngineOut {
 // symmetric operator of dimension d. Requires d >= cap >= want + 2b where
 // want = k (Largest) or 2k (Both).
 EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, int cap,
-                        int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept);
+                        int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept,
+                        int extra = 0);
 
 // Size of the largest group of consecutive values (sorted either way) whose
 // neighbours differ by at most gap.

@@ -19,6 +19,11 @@ using blas::Op;
 
 namespace {
 
+// Accumulator groups of the panel sweep: a constant, so that the reduction
+// order never depends on the thread count (16 keeps up to 16 threads busy; the
+// extra accumulators cost 16 c b adds per sweep against r c b for the product).
+constexpr int64_t kSweepGroups = 16;
+
 inline size_t at(int64_t i, int64_t j, int64_t ld) { return static_cast<size_t>(i + j * ld); }
 
 // Rows per panel of the fused sweep: large enough that the c x b accumulator
@@ -55,7 +60,8 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
   const int64_t npanel = (r + pr - 1) / pr;
   // Small matrices: one thread (an OpenMP region costs more than the product).
   const bool small = r * c < (int64_t(1) << 16);
-  const int nt = static_cast<int>(std::min<int64_t>(omp_in_parallel() || small ? 1 : omp_get_max_threads(), npanel));
+  const int nt = static_cast<int>(
+      std::min<int64_t>(omp_in_parallel() || small ? 1 : omp_get_max_threads(), std::min(npanel, kSweepGroups)));
   static const bool no_kernel = std::getenv("SPECDYN_NO_KERNEL") != nullptr;
   // One panel: Y_p = M_p X, then Z += M_p^T Y_p while M_p is in cache.
   auto panel = [&](int64_t i0, int64_t rows, T* z, std::vector<T>& ybuf) {
@@ -89,27 +95,46 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
     blas::gemm(Op::N, Op::N, static_cast<int>(c), b, static_cast<int>(rows), T(1), M + i0 * ld, static_cast<int>(ld),
                yp, ldy, T(1), z, static_cast<int>(c));
   };
-  if (nt <= 1) {
+  // Panels are grouped into a fixed number of contiguous groups, each with its
+  // own accumulator, summed in group order: the rounding is then the same at
+  // any thread count (a group is the unit of work a thread takes).
+  const int64_t ngroup = std::min<int64_t>(npanel, kSweepGroups);
+  const size_t zc = static_cast<size_t>(c) * b;
+  auto group_panels = [&](int64_t g, T* z, std::vector<T>& ybuf) {
+    std::fill(z, z + zc, T(0));
+    const int64_t p0 = g * npanel / ngroup, p1 = (g + 1) * npanel / ngroup;
+    for (int64_t p = p0; p < p1; ++p) panel(p * pr, std::min(pr, r - p * pr), z, ybuf);
+  };
+  detail::BlasThreads one(1);
+  if (ngroup == 1) {
     std::vector<T> ybuf;
-    std::fill(Z, Z + static_cast<size_t>(c) * b, T(0));
-    for (int64_t p = 0; p < npanel; ++p) panel(p * pr, std::min(pr, r - p * pr), Z, ybuf);
+    group_panels(0, Z, ybuf);
     return;
   }
-  detail::BlasThreads one(1);
-  const size_t zc = static_cast<size_t>(c) * b;
-  std::vector<T> Zt(zc * nt, T(0));
+  if (nt <= 1) {
+    // Serially: Z = G_0, then Z += G_g in group order -- the same sums as the
+    // parallel reduction below, with one group accumulator kept in cache.
+    std::vector<T> ybuf, zg(zc);
+    group_panels(0, Z, ybuf);
+    for (int64_t g = 1; g < ngroup; ++g) {
+      group_panels(g, zg.data(), ybuf);
+      for (size_t i = 0; i < zc; ++i) Z[i] += zg[i];
+    }
+    return;
+  }
+  // (Reused across calls: fresh pages for the accumulators cost page faults every sweep.)
+  thread_local std::vector<T> Zg;
+  if (Zg.size() < zc * ngroup) Zg.resize(zc * ngroup);
+  T* const zg = Zg.data();  // (the workers must see the caller's buffer, not their own thread_local)
 #pragma omp parallel num_threads(nt)
   {
-    const int t = omp_get_thread_num();
     std::vector<T> ybuf;
-    // Contiguous chunks of panels per thread: each thread streams its own rows.
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < npanel; ++p) panel(p * pr, std::min(pr, r - p * pr), Zt.data() + zc * t, ybuf);
-    // Reduce the per-thread accumulators, each thread a slice of Z.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t g = 0; g < ngroup; ++g) group_panels(g, zg + zc * g, ybuf);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < static_cast<int64_t>(zc); ++i) {
-      T s = 0;
-      for (int u = 0; u < nt; ++u) s += Zt[zc * u + i];
+      T s = zg[i];
+      for (int64_t u = 1; u < ngroup; ++u) s += zg[zc * u + i];
       Z[i] = s;
     }
   }
@@ -196,6 +221,8 @@ void dense_svd(const T* A, int64_t n, int64_t m, bool row_major, int k, Triplets
   out.info.matrix_passes = 1;
   out.info.converged = true;
   out.info.dense = true;
+  out.warm = out.V;
+  out.warm_cols = k;
 }
 
 }  // namespace
@@ -287,7 +314,8 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
   for (int attempt = 0;; ++attempt) {
     const int64_t left = max_passes - out.info.matrix_passes;
     auto eo = detail::block_lanczos(op, c, k, Which::Largest, b, cap, probe_warm ? std::min<int64_t>(1, left) : left,
-                                    warm.empty() ? nullptr : warm.data(), kw, rnd, make_accept(inner));
+                                    warm.empty() ? nullptr : warm.data(), kw, rnd, make_accept(inner),
+                                    row_major ? std::max(opt.warm_extra, 0) : 0);
     out.info.iterations += eo.iterations;
     out.info.restarts += eo.restarts;
     out.info.matrix_passes += eo.passes;
@@ -366,6 +394,12 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
     out.V.resize(static_cast<size_t>(m) * k);
     from_double(Ua.data(), out.U.data(), out.U.size());
     from_double(Va.data(), out.V.data(), out.V.size());
+    // Warm start for a nearby matrix: V, then the next Ritz vectors (c side = right side when row-major).
+    const int ne = row_major ? static_cast<int>(eo.Xnext.size() / cs) : 0;
+    out.warm_cols = k + ne;
+    out.warm.resize(out.V.size() + eo.Xnext.size() * (ne > 0));
+    std::copy(out.V.begin(), out.V.end(), out.warm.begin());
+    if (ne > 0) from_double(eo.Xnext.data(), out.warm.data() + out.V.size(), eo.Xnext.size());
     out.info.converged = ok;
     // Block Krylov finds at most b copies of a repeated value: if the answer
     // holds a group of >= b (numerically) equal values, more copies may exist.

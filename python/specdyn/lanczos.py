@@ -12,6 +12,10 @@ Thin Python front of the native Krylov solvers (``cpp/src/lanczos*.cpp``):
 * :func:`spectral_density` -- density of eigenvalues / squared singular values
   on a grid of bin edges, by stochastic Lanczos quadrature or exactly (LAPACK).
 
+The solvers' own reductions are split into a fixed number of parts summed in a
+fixed order: the same inputs and seed give the same bits at any thread count
+(for a callable operator, as long as the callable itself does).
+
 Arguments are checked here, before native code runs; each bad argument raises
 one ``ValueError`` naming it and the allowed range.
 """

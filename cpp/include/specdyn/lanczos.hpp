@@ -15,6 +15,12 @@
 // certified by an explicit pass: every returned triplet satisfies
 // ||A v - s u|| <= tol ||A|| and ||A^T u - s v|| <= tol ||A|| (computed, not
 // estimated), else Info::converged is false.
+//
+// Thread-count invariance: every reduction the solvers make (the panel sweep,
+// the orthogonalization, norms) is split into a fixed number of parts and
+// summed in a fixed order, so the same inputs give the same bits at any
+// OpenMP/BLAS thread count. Operators passed in (MatMat) must do the same for
+// the results to be invariant.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -30,6 +36,9 @@ struct Options {
   int max_passes = 0;   // cap on passes over the matrix (A and A^T products); 0 = automatic
   int max_basis = 0;    // cap on Krylov basis columns before a restart; 0 = automatic
   uint64_t seed = 0;    // random start (counter-based stream rng::kProbes)
+  int warm_extra = 0;   // top_singular, row-major A: also return this many (unconverged) Ritz
+                        // vectors of the next values in Triplets::warm, to warm-start the solve
+                        // of a nearby matrix (clustered top values rotate within a wider space)
 };
 
 struct Info {
@@ -57,6 +66,10 @@ struct Triplets {
   std::vector<double> s;
   std::vector<T> U, V;
   Info info;
+  // Warm start for the next solve (m x warm_cols, column-major): V followed by
+  // up to Options::warm_extra Ritz vectors of the next values (row-major A only).
+  std::vector<T> warm;
+  int warm_cols = 0;
 };
 
 template <class T>
