@@ -25,13 +25,14 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "python"), os.path.join(HERE, "..", "tests")]
+sys.path[:0] = [os.path.join(HERE, "..", "python"), os.path.join(HERE, "..", "tests"), HERE]
 
 from specdyn.theory.proportional import proportional  # noqa: E402
 from proportional_oracle import simulate_population  # noqa: E402
 from nonlinear_oracle import simulate_mup  # noqa: E402
 from specdyn.config import RunConfig  # noqa: E402
 from specdyn.theory.nonlinear import two_layer_monte_carlo  # noqa: E402
+from _common import save  # noqa: E402
 
 
 def best_of(fn, repeats):
@@ -56,12 +57,15 @@ def main() -> None:
     print(f"proportional model nu={nu} gamma0={gamma0} eta0={eta0} steps={steps} tracked={tracked}")
     print(f"theory (nodes={th.attrs['nodes']}): {t_theory * 1e3:.1f} ms; final outlier {s_th[-1]:.4f}")
     print(f"{'D':>6} {'N':>6} {'seeds':>5} {'sim s':>8} {'sim/theory':>11} {'|gap| final outlier':>20}")
+    rows = {"proportional": [], "nonlinear": []}
     for D in sizes:
         t0 = time.perf_counter()
         runs = [simulate_population(D, nu, gamma0, eta0, steps, tracked, s) for s in range(seeds)]
         t_sim = time.perf_counter() - t0
         gap = abs(np.mean([r["sv"][-1, 0] for r in runs]) - s_th[-1])
         print(f"{D:>6} {int(nu * D):>6} {seeds:>5} {t_sim:>8.2f} {t_sim / t_theory:>11.0f} {gap:>20.4f}")
+        rows["proportional"].append({"D": D, "N": int(nu * D), "seeds": seeds, "theory_s": t_theory, "sim_s": t_sim,
+                                     "ratio": t_sim / t_theory, "outlier_gap": float(gap)})
 
     # nonlinear two-layer muP network
     rng = np.random.default_rng(7)
@@ -84,6 +88,9 @@ def main() -> None:
         t_sim = time.perf_counter() - t0
         gap = abs(np.mean([r["loss"][-1] for r in runs]) / float(mc.loss[-1]) - 1)
         print(f"{N:>6} {seeds:>5} {t_sim:>8.2f} {t_sim / t_mc:>11.2f} {gap:>19.4f}")
+        rows["nonlinear"].append({"N": N, "seeds": seeds, "theory_s": t_mc, "sim_s": t_sim, "ratio": t_sim / t_mc,
+                                  "loss_rel_gap": float(gap)})
+    print("saved", save("theory_ext", {"quick": args.quick, **rows}))
 
 
 if __name__ == "__main__":
