@@ -16,7 +16,8 @@ from specdyn import storage
 from specdyn.config import RunConfig
 from specdyn.sweeps import collect, expand_grid, run_group, run_groups
 
-ROOT = Path(__file__).resolve().parents[1]
+# the folder that holds the specdyn under test (installed, or the in-tree build)
+PACKAGE_PARENT = Path(specdyn.__file__).resolve().parents[1]
 
 # A stand-in run function with the result schema (no training: it tests the
 # plumbing of sweeps, not the engine). Defined as source so that a subprocess
@@ -143,7 +144,7 @@ def test_killed_sweep_resumes_none_lost_none_repeated(tmp_path, fake, monkeypatc
     script = tmp_path / "run_sweep.py"
     script.write_text(textwrap.dedent(f'''
         import sys
-        sys.path[:0] = [{str(fake_dir)!r}, {str(ROOT / "python")!r}]
+        sys.path[:0] = [{str(fake_dir)!r}, {str(PACKAGE_PARENT)!r}]
         import specdyn, fake_runs
         specdyn.sweep(fake_runs.fake_run, {grid!r}, {str(store)!r}, client="serial", progress=False,
                       base={BASE!r})
