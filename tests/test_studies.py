@@ -148,6 +148,9 @@ def test_many_outputs(tmp_path):
     A = np.stack([np.ones_like(x), x ** (-2 / 3)], axis=1)
     ref = A @ np.linalg.lstsq(A, y, rcond=None)[0]
     assert np.sum((fitted - y) ** 2) <= np.sum((ref - y) ** 2) + 1e-12
+    two = head["edge_fit_two_thirds"]
+    assert not two["rate_fitted"] and two["rate"] == pytest.approx(2 / 3)
+    assert two["edge_inf"] + two["amplitude"] * x ** (-2 / 3) == pytest.approx(ref)
     assert 0.05 <= fit["rate"] <= 3.0
     assert head["isolated_outlier"] == any(g > head["outlier_gap"] for g in head["relative_gap"].values())
     assert head["edge_difference"] == {24: pytest.approx(abs(y[1] - y[0])), 32: pytest.approx(abs(y[2] - y[1]))}

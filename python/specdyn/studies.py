@@ -526,14 +526,15 @@ def many_outputs(kappa=0.5, widths=(64, 128, 256, 512), seeds=(0, 1), base=None,
     return ds, head
 
 
-def _fit_edge(widths, edges) -> dict:
-    """edge(N) = edge_inf + a N^-p: least squares (p free with >= 3 widths, else p = 2/3)."""
+def _fit_edge(widths, edges, free_rate: bool = True) -> dict:
+    """edge(N) = edge_inf + a N^-p: least squares (p free with >= 3 widths and
+    ``free_rate``, else p = 2/3, the Tracy-Widom scale of a bulk edge)."""
     x, y = np.asarray(widths, float), np.asarray(edges, float)
     ok = np.isfinite(y)
     x, y = x[ok], y[ok]
     if len(x) < 2:
         return {"edge_inf": float("nan"), "rate": float("nan"), "amplitude": float("nan"), "rate_fitted": False}
-    if len(x) >= 3:
+    if len(x) >= 3 and free_rate:
         from scipy.optimize import curve_fit
 
         import warnings
@@ -556,7 +557,8 @@ def analyze_many_outputs(store, outlier_gap: float | None = None, groups=None):
     """``edge(N)``: seed-mean top singular value of W1 at the last step (without an
     outlier, the top of the bulk); ``relative_gap(N)`` = (s_1 - s_2) / s_1 there,
     ``isolated_outlier`` when it exceeds ``outlier_gap``; ``edge_fit``: edge(N) =
-    edge_inf + a N^-rate (rate fitted with >= 3 widths); ``edge_difference[N_i]``
+    edge_inf + a N^-rate (rate fitted with >= 3 widths), ``edge_fit_two_thirds``
+    the same with the rate fixed at 2/3; ``edge_difference[N_i]``
     = |edge(N_i) - edge(N_{i-1})| over successive widths; ``loss_per_output(N)``:
     seed-mean final loss / C (the loss sums over the C outputs)."""
     ds = collect(store, dims=("width", "seed"), groups=groups)
@@ -579,6 +581,8 @@ def analyze_many_outputs(store, outlier_gap: float | None = None, groups=None):
     head["outlier_gap"] = gap_limit
     head["isolated_outlier"] = bool(any(g > gap_limit for g in head["relative_gap"].values()))
     head["edge_fit"] = _fit_edge(widths, [head["edge"][w] for w in widths])
+    # with few noisy widths the free rate is ill-determined: the fit at rate 2/3 too
+    head["edge_fit_two_thirds"] = _fit_edge(widths, [head["edge"][w] for w in widths], free_rate=False)
     # convergence without a fit: |edge(N_i) - edge(N_{i-1})| over successive widths, keyed by N_i
     head["edge_difference"] = {b: abs(head["edge"][b] - head["edge"][a]) for a, b in zip(widths, widths[1:])}
     kappa = meta.get("kappa")
