@@ -308,18 +308,18 @@ def _statuses(ds) -> dict:
 LR_TRANSFER_ETA0S = tuple(2.0 ** k for k in range(-6, 7))
 
 
-def lr_transfer(eta0s=LR_TRANSFER_ETA0S, widths=(128, 256, 512), scalings=("mup", "ntk", "sp"), seeds=(0,),
+def lr_transfer(eta0s=LR_TRANSFER_ETA0S, widths=(128, 256, 512, 1024), scalings=("mup", "ntk", "sp"), seeds=(0,),
                 base=None, store=None, client=None, workers=None, progress=True):
     """Loss after ``base.steps`` steps against eta0, per width and scaling.
 
     Defaults: eta0 = 2^-6 .. 2^6 (factors of 2), depth-3 tanh network, 30
-    steps (about 15 s on 2 cores). Measured there (seed 0): the muP optimum is
-    eta0 = 2 at N = 128, 256, 512 (drift 0); NTK as parameterized here
-    (gamma = gamma0, raw rate eta0 gamma0^2) has a width-independent kernel,
-    so its optimum sits just below a width-independent stability limit and
-    moves little (2^5, 2^5, 2^4: drift 1); SP (raw rate eta0, kernel ~ N)
-    is the non-transferring peer: its stability limit falls with N
-    (optimum 2^-2, 2^-3, 2^-3, drift 1 over this 4x range of widths).
+    steps (about 45 s on one core). Measured there (seed 0; seed 1 agrees):
+    the muP optimum is eta0 = 2 at N = 128 .. 1024 (drift 0); SP (raw rate
+    eta0, kernel ~ N) is the non-transferring peer, its stability limit and
+    optimum fall with N (0.25, 0.125, 0.125, 0.0625: drift 2); NTK as
+    parameterized here (gamma = gamma0, raw rate eta0 gamma0^2) has a
+    width-independent kernel, so its optimum sits just below a
+    width-independent stability limit (32, 32, 16, 32: drift 1, no trend).
 
     Returns ``(dataset, summary)``; see :func:`analyze_lr_transfer`.
     """
