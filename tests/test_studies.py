@@ -125,12 +125,15 @@ def test_edge_of_stability(tmp_path):
 def test_many_outputs(tmp_path):
     store = tmp_path / "mo.zarr"
     base = studies.default_base("many_outputs").replace(steps=10, track_every=5, bulk_steps=[0, 10], top_k=2)
-    ds, head = studies.many_outputs(kappa=0.5, widths=(16, 24, 32), base=base, store=store, client="serial",
+    ds, head = studies.many_outputs(kappa=0.5, widths=(16, 24, 32), seeds=(0,), base=base, store=store, client="serial",
                                     progress=False)
     runs = stored_runs(store)
     assert {(c.width, c.output_dim, c.input_dim, c.samples) for c, _ in runs} == {
         (16, 8, 16, 16), (24, 12, 24, 24), (32, 16, 32, 32)}
+    # proportional rate: the RunConfig eta0 (scaling ntk) is base.eta0 x N
+    assert all(c.scaling == "ntk" and c.eta0 == pytest.approx(base.eta0 * c.width) for c, _ in runs)
     for c, d in runs:
+        assert head["loss_per_output"][c.width] == pytest.approx(float(d.loss.values[-1]) / c.output_dim)
         s = d.singular_values.sel(layer="W1").values[-1]
         assert head["edge"][c.width] == pytest.approx(s[0])
         assert head["relative_gap"][c.width] == pytest.approx((s[0] - s[1]) / s[0])
@@ -145,9 +148,16 @@ def test_many_outputs(tmp_path):
     A = np.stack([np.ones_like(x), x ** (-2 / 3)], axis=1)
     ref = A @ np.linalg.lstsq(A, y, rcond=None)[0]
     assert np.sum((fitted - y) ** 2) <= np.sum((ref - y) ** 2) + 1e-12
+    two = head["edge_fit_two_thirds"]
+    assert not two["rate_fitted"] and two["rate"] == pytest.approx(2 / 3)
+    assert two["edge_inf"] + two["amplitude"] * x ** (-2 / 3) == pytest.approx(ref)
     assert 0.05 <= fit["rate"] <= 3.0
     assert head["isolated_outlier"] == any(g > head["outlier_gap"] for g in head["relative_gap"].values())
+    assert head["edge_difference"] == {24: pytest.approx(abs(y[1] - y[0])), 32: pytest.approx(abs(y[2] - y[1]))}
     assert len(studies.get("many_outputs").figures(ds, head, tmp_path)) == 2
+    with pytest.raises(ValueError, match="proportional_lr"):
+        studies.many_outputs(widths=(16,), base=base.replace(scaling="mup"), store=tmp_path / "m.zarr",
+                             client="serial", progress=False)
 
 
 def test_naive_vs_two_level(tmp_path):

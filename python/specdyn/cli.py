@@ -177,6 +177,9 @@ def print_headline(summary: dict, title: str | None = None) -> None:
         console.print(f"isolated outlier: [bold]{summary['isolated_outlier']}[/]; edge(N) = {_fmt(fit['edge_inf'])} "
                       f"+ {_fmt(fit['amplitude'], 3)} N^-{_fmt(fit['rate'], 3)}"
                       f"{'' if fit['rate_fitted'] else ' (rate fixed)'}")
+        two = summary.get("edge_fit_two_thirds")
+        if two:
+            console.print(f"at rate 2/3: edge(N) = {_fmt(two['edge_inf'])} + {_fmt(two['amplitude'], 3)} N^-2/3")
     elif name == "naive_vs_two_level":
         t = Table(title="max_t |s1 sim - s1 predicted| of W1")
         t.add_column("N", justify="right")

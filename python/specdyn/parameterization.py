@@ -157,3 +157,13 @@ def proportional_eta0(scaling: str, width: int, eta0: float) -> float:
                          "(gamma = gamma0 sqrt(N)) the loss is frozen for O(1) steps and no O(1)-step limit "
                          f"curve is derived; got {scaling!r}")
     return eta0 / width
+
+
+def proportional_run_eta0(width: int, eta0: float) -> float:
+    """The RunConfig eta0 (scaling "ntk") whose raw rate is the proportional rate eta0 gamma0^2 N.
+
+    Inverse of :func:`proportional_eta0`: with gamma = gamma0 and many outputs
+    (C, D, P proportional to N) the update of a hidden matrix is full rank with
+    O(1) operator norm per step only at this rate (studies.many_outputs).
+    """
+    return eta0 * width

@@ -53,7 +53,10 @@ def default_base(study: str) -> RunConfig:
         return RunConfig(**one_bulk, scaling="mup", gamma0=8.0, eta0=0.02, steps=80, track_every=4,
                          bulk_steps=[80] if study == "width_consistency" else [])
     if study == "lr_transfer":
-        return RunConfig(**one_bulk, scaling="mup", gamma0=1.0, eta0=0.1, steps=40, track_every=40,
+        # depth 3 tanh, D = 16, P = 64, 30 steps: every scaling's loss-vs-eta0 curve has an interior minimum
+        # on the 2^-6 .. 2^6 grid (the solvable model's NTK optimum sat at the top of any grid)
+        return RunConfig(depth=3, activation="tanh", input_dim=16, output_dim=1, samples=64, sigma=1.0, top_k=4,
+                         data_seed=0, scaling="mup", gamma0=1.0, eta0=0.1, steps=30, track_every=30,
                          track_sharpness=False)
     if study == "edge_of_stability":
         # tanh: the sharpness of a linear net barely moves; the Hessian (Lanczos on
@@ -61,9 +64,12 @@ def default_base(study: str) -> RunConfig:
         return RunConfig(**{**one_bulk, "activation": "tanh", "input_dim": 16, "samples": 32}, scaling="mup",
                          gamma0=1.0, eta0=1.0, steps=100, track_every=2, track_hessian=True)
     if study == "many_outputs":
-        return RunConfig(depth=2, activation="linear", input_dim=64, output_dim=32, samples=64, scaling="mup",
-                         gamma0=1.0, eta0=0.2, steps=40, track_every=10, top_k=4, track_sharpness=False,
-                         bulk_steps=[0, 40], bulk_bins=60)
+        # gamma = gamma0 (scaling "ntk") with the proportional rate eta0 gamma0^2 N (many_outputs multiplies
+        # eta0 by N): the one setting where C, D, P ~ N give a full-rank O(1) update of W1 per step (see
+        # many_outputs). input_dim, output_dim, samples are set per width by the study.
+        return RunConfig(depth=2, activation="linear", input_dim=64, output_dim=32, samples=64, scaling="ntk",
+                         gamma0=4.0, eta0=0.003, steps=80, track_every=10, top_k=4, track_sharpness=False,
+                         bulk_steps=[0, 80], bulk_bins=60)
     raise ValueError(f"unknown study {study!r}; known: {', '.join(STUDIES)}")
 
 
@@ -299,9 +305,21 @@ def _statuses(ds) -> dict:
 # ---------------------------------------------------------------------------------
 # learning-rate transfer (claim 2)
 # ---------------------------------------------------------------------------------
-def lr_transfer(eta0s=(0.03, 0.1, 0.3, 1.0, 3.0), widths=(64, 128, 256), scalings=("mup", "ntk"), seeds=(0,),
+LR_TRANSFER_ETA0S = tuple(2.0 ** k for k in range(-6, 7))
+
+
+def lr_transfer(eta0s=LR_TRANSFER_ETA0S, widths=(128, 256, 512, 1024), scalings=("mup", "ntk", "sp"), seeds=(0,),
                 base=None, store=None, client=None, workers=None, progress=True):
     """Loss after ``base.steps`` steps against eta0, per width and scaling.
+
+    Defaults: eta0 = 2^-6 .. 2^6 (factors of 2), depth-3 tanh network, 30
+    steps (about 45 s on one core). Measured there (seed 0; seed 1 agrees):
+    the muP optimum is eta0 = 2 at N = 128 .. 1024 (drift 0); SP (raw rate
+    eta0, kernel ~ N) is the non-transferring peer, its stability limit and
+    optimum fall with N (0.25, 0.125, 0.125, 0.0625: drift 2); NTK as
+    parameterized here (gamma = gamma0, raw rate eta0 gamma0^2) has a
+    width-independent kernel, so its optimum sits just below a
+    width-independent stability limit (32, 32, 16, 32: drift 1, no trend).
 
     Returns ``(dataset, summary)``; see :func:`analyze_lr_transfer`.
     """
@@ -451,41 +469,72 @@ def analyze_edge_of_stability(store, catapult_factor: float | None = None, group
 # ---------------------------------------------------------------------------------
 # many outputs (claim 5)
 # ---------------------------------------------------------------------------------
-def many_outputs(kappa=0.5, widths=(64, 128, 256), seeds=(0,), base=None, input_ratio=1.0, sample_ratio=1.0,
-                 store=None, client=None, workers=None, progress=True, outlier_gap=0.1):
-    """C = kappa N outputs (and D = input_ratio N inputs, P = sample_ratio N samples)
-    so that the update is not low rank; bulk histograms at ``base.bulk_steps``.
+def many_outputs(kappa=0.5, widths=(64, 128, 256, 512), seeds=(0, 1), base=None, input_ratio=1.0, sample_ratio=1.0,
+                 proportional_lr=True, store=None, client=None, workers=None, progress=True, outlier_gap=0.1):
+    """C = kappa N outputs, D = input_ratio N inputs, P = sample_ratio N samples:
+    the update of W1 is full rank, the bulk deforms, no isolated outlier escapes.
 
-    Returns ``(dataset, summary)``; see :func:`analyze_many_outputs`.
+    Why this setting (THEORY.md claim 5). Write A0 = W0/sqrt(D), A1 = W1/sqrt(N),
+    A2 = W2/sqrt(N) (all O(1) operator norm at init) and the teacher
+    y = T x with T = B/sqrt(D) (C x D, O(1) operator norm, O(1) per output).
+
+    * The update of A1 has rank <= min(C, D, P): D and P must grow with N too,
+      else it is a rank-D (or rank-P) spike and D (P) outliers escape.
+    * Under muP, f = A2 A1 A0 x / (gamma0 sqrt(N)): reaching an O(1)-per-output
+      target on C ~ N outputs needs ||A2 A1 A0|| ~ sqrt(N), so the weights (and
+      the edge of W1) grow with N at fixed eta0; dividing eta0 by C instead
+      slows the readout as well and learning stalls. Neither has a limit.
+    * With gamma = gamma0 (scaling "ntk"), f = A2 A1 A0 x / gamma0 and the
+      target are both O(1) maps; the loss gradient in A1 is
+      A2^T (M - T) (X X^T / P) A0^T / gamma0 = O(1), but the raw rate
+      eta0 gamma0^2 moves A1 by eta / N per step. The proportional rate
+      eta0 gamma0^2 N of THEORY.md section 3 (``proportional_lr``: each run
+      gets eta0 = :func:`parameterization.proportional_run_eta0`) makes every
+      step an O(1), full-rank change of A0, A1, A2, so s_k(W1, t) at a fixed
+      step count has an N -> infinity limit. The loss sums over outputs (it
+      grows like C); loss / C has the limit.
+
+    ``base.eta0`` is that width-free rate when ``proportional_lr`` (which needs
+    scaling "ntk"); otherwise it is passed to every run as is. Bulk histograms
+    at ``base.bulk_steps``. Returns ``(dataset, summary)``; see
+    :func:`analyze_many_outputs`.
     """
     from . import _validate as V
 
     kappa = V.real("kappa", kappa, 0.0, None, lo_open=True)
     input_ratio = V.real("input_ratio", input_ratio, 0.0, None, lo_open=True)
     sample_ratio = V.real("sample_ratio", sample_ratio, 0.0, None, lo_open=True)
+    if not isinstance(proportional_lr, (bool, np.bool_)):
+        raise ValueError(f"proportional_lr must be true or false; got {proportional_lr!r}")
     base = _base("many_outputs", base)
+    if proportional_lr and base.scaling != "ntk":
+        raise ValueError(f"proportional_lr needs base scaling 'ntk' (gamma = gamma0); got {base.scaling!r} "
+                         "(pass proportional_lr=False to run eta0 as is)")
     points = []
     for n in _listed("widths", widths, int):
+        eta0 = parameterization.proportional_run_eta0(n, base.eta0) if proportional_lr else base.eta0
         for s in _listed("seeds", seeds, int):
             points.append({**base.to_dict(), "width": n, "seed": s, "output_dim": max(1, round(kappa * n)),
-                           "input_dim": max(1, round(input_ratio * n)), "samples": max(1, round(sample_ratio * n))})
+                           "input_dim": max(1, round(input_ratio * n)), "samples": max(1, round(sample_ratio * n)),
+                           "eta0": eta0})
     with _Store(store) as path:
         summary = sweep(simulate_run, points, path, client=client, workers=workers, progress=progress,
                         study_attrs={"study": "many_outputs", "base": base.to_json(), "kappa": kappa,
-                                     "outlier_gap": outlier_gap})
+                                     "outlier_gap": outlier_gap, "proportional_lr": bool(proportional_lr)})
         ds, head = analyze_many_outputs(path, outlier_gap, groups=summary["groups"])
     head["sweep"] = _sweep_brief(summary)
     return ds, head
 
 
-def _fit_edge(widths, edges) -> dict:
-    """edge(N) = edge_inf + a N^-p: least squares (p free with >= 3 widths, else p = 2/3)."""
+def _fit_edge(widths, edges, free_rate: bool = True) -> dict:
+    """edge(N) = edge_inf + a N^-p: least squares (p free with >= 3 widths and
+    ``free_rate``, else p = 2/3, the Tracy-Widom scale of a bulk edge)."""
     x, y = np.asarray(widths, float), np.asarray(edges, float)
     ok = np.isfinite(y)
     x, y = x[ok], y[ok]
     if len(x) < 2:
         return {"edge_inf": float("nan"), "rate": float("nan"), "amplitude": float("nan"), "rate_fitted": False}
-    if len(x) >= 3:
+    if len(x) >= 3 and free_rate:
         from scipy.optimize import curve_fit
 
         import warnings
@@ -508,7 +557,10 @@ def analyze_many_outputs(store, outlier_gap: float | None = None, groups=None):
     """``edge(N)``: seed-mean top singular value of W1 at the last step (without an
     outlier, the top of the bulk); ``relative_gap(N)`` = (s_1 - s_2) / s_1 there,
     ``isolated_outlier`` when it exceeds ``outlier_gap``; ``edge_fit``: edge(N) =
-    edge_inf + a N^-rate (rate fitted with >= 3 widths)."""
+    edge_inf + a N^-rate (rate fitted with >= 3 widths), ``edge_fit_two_thirds``
+    the same with the rate fixed at 2/3; ``edge_difference[N_i]``
+    = |edge(N_i) - edge(N_{i-1})| over successive widths; ``loss_per_output(N)``:
+    seed-mean final loss / C (the loss sums over the C outputs)."""
     ds = collect(store, dims=("width", "seed"), groups=groups)
     meta = storage.read_attrs(store).get("specdyn_sweep", {})
     gap_limit = float(outlier_gap if outlier_gap is not None else meta.get("outlier_gap", 0.1))
@@ -529,6 +581,14 @@ def analyze_many_outputs(store, outlier_gap: float | None = None, groups=None):
     head["outlier_gap"] = gap_limit
     head["isolated_outlier"] = bool(any(g > gap_limit for g in head["relative_gap"].values()))
     head["edge_fit"] = _fit_edge(widths, [head["edge"][w] for w in widths])
+    # with few noisy widths the free rate is ill-determined: the fit at rate 2/3 too
+    head["edge_fit_two_thirds"] = _fit_edge(widths, [head["edge"][w] for w in widths], free_rate=False)
+    # convergence without a fit: |edge(N_i) - edge(N_{i-1})| over successive widths, keyed by N_i
+    head["edge_difference"] = {b: abs(head["edge"][b] - head["edge"][a]) for a, b in zip(widths, widths[1:])}
+    kappa = meta.get("kappa")
+    if kappa is not None:  # the study's C(N) = max(1, round(kappa N))
+        final = _seed_mean(ds.loss.isel(step=-1))
+        head["loss_per_output"] = {w: float(final.sel(width=w)) / max(1, round(kappa * w)) for w in widths}
     head["kappa"] = meta.get("kappa")
     head["statuses"] = _statuses(ds)
     return ds, head
@@ -625,7 +685,8 @@ STUDIES = {
     "edge_of_stability": Study("edge_of_stability", edge_of_stability, analyze_edge_of_stability,
                                ("eta0s", "widths", "scalings", "seeds", "catapult_factor")),
     "many_outputs": Study("many_outputs", many_outputs, analyze_many_outputs,
-                          ("kappa", "widths", "seeds", "input_ratio", "sample_ratio", "outlier_gap")),
+                          ("kappa", "widths", "seeds", "input_ratio", "sample_ratio", "proportional_lr",
+                           "outlier_gap")),
     "naive_vs_two_level": Study("naive_vs_two_level", naive_vs_two_level, analyze_naive_vs_two_level,
                                 ("widths", "seeds")),
 }
