@@ -39,6 +39,17 @@ def _fail(message: str, code: int = 2):
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
+def _print_sweep(sw: dict) -> None:
+    """One line of run counts, then one line per diverged or failed run."""
+    wall = f", wall {sw['wall_s']:.1f} s" if "wall_s" in sw else ""
+    console.print(f"runs: {sw['total']} ({sw['completed']} new, {sw['skipped']} already stored), "
+                  f"diverged: {len(sw['diverged'])}, failed: {len(sw['failed'])}{wall}")
+    for g in sw["diverged"]:
+        console.print(f"  [yellow]diverged[/] {g}")
+    for g, msg in sw["failed"].items():
+        console.print(f"  [red]failed[/] {g}: {msg.splitlines()[0]}")
+
+
 
 def _fmt(x, digits=4) -> str:
     if isinstance(x, float):
@@ -193,12 +204,7 @@ def print_headline(summary: dict, title: str | None = None) -> None:
         console.print(f"steps where an outlier is missed: {summary['missed']}")
     sw = summary.get("sweep")
     if sw:
-        console.print(f"runs: {sw['total']} ({sw['completed']} new, {sw['skipped']} already stored), "
-                      f"diverged: {len(sw['diverged'])}, failed: {len(sw['failed'])}, wall {sw['wall_s']:.1f} s")
-        for g in sw["diverged"]:
-            console.print(f"  [yellow]diverged[/] {g}")
-        for g, msg in sw["failed"].items():
-            console.print(f"  [red]failed[/] {g}: {msg.splitlines()[0]}")
+        _print_sweep(sw)
     statuses = summary.get("statuses")
     if statuses and not sw:
         console.print(f"run statuses: {statuses}")
@@ -336,12 +342,7 @@ def sweep(config: Path = typer.Argument(..., help="TOML with [study] name, [run]
     if spec.study is None:
         summary = run_sweep(studies.simulate_run, spec.grid, store, client=scheduler, workers=workers,
                             progress=True, base=spec.base)
-        console.print(f"runs: {summary['total']} ({summary['completed']} new, {summary['skipped']} already "
-                      f"stored), diverged: {len(summary['diverged'])}, failed: {len(summary['failed'])}")
-        for g in summary["diverged"]:
-            console.print(f"  [yellow]diverged[/] {g}")
-        for g, msg in summary["failed"].items():
-            console.print(f"  [red]failed[/] {g}: {msg.splitlines()[0]}")
+        _print_sweep(summary)
         return
     study = studies.get(spec.study)
     try:
