@@ -50,4 +50,15 @@ int normal_fill(float* out, unsigned long long n, unsigned long long seed, unsig
   return launch(out, n, seed, stream, sigma);
 }
 
+int normal_fill_to_host(double* host, unsigned long long n, unsigned long long seed, unsigned long long stream,
+                        double sigma) {
+  double* dev = nullptr;
+  int err = static_cast<int>(cudaMalloc(&dev, n * sizeof(double)));
+  if (err) return err;
+  err = launch(dev, n, seed, stream, sigma);
+  if (!err) err = static_cast<int>(cudaMemcpy(host, dev, n * sizeof(double), cudaMemcpyDeviceToHost));
+  cudaFree(dev);
+  return err;
+}
+
 }  // namespace specdyn::cuda

@@ -1,4 +1,5 @@
 // specdyn._cuda: device operations on raw device pointers (CuPy's data.ptr).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -29,4 +30,10 @@ PYBIND11_MODULE(_cuda, m) {
       check(cuda::normal_fill(reinterpret_cast<double*>(ptr), n, seed, stream, sigma));
     check(cuda::synchronize());
   }, py::arg("ptr"), py::arg("n"), py::arg("seed"), py::arg("stream"), py::arg("sigma"), py::arg("single"));
+  m.def("gaussian_f64", [](int64_t n, int64_t cols, unsigned long long seed, unsigned long long stream, double sigma) {
+    py::array_t<double> out({n, cols});
+    check(cuda::normal_fill_to_host(out.mutable_data(), static_cast<unsigned long long>(n * cols), seed, stream, sigma));
+    return out;
+  }, py::arg("n"), py::arg("m"), py::arg("seed"), py::arg("stream"), py::arg("sigma"),
+  "The (n, m) Gaussian matrix of rmt.gaussian, generated on the device and copied to the host.");
 }
