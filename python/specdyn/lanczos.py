@@ -71,6 +71,16 @@ def _warn(what: str, info: dict) -> None:
         )
 
 
+
+def _krylov_options(tol, block, max_passes, max_basis, seed) -> tuple:
+    """Validated solver options shared by top_singular and top_eigs (None: automatic)."""
+    return (v.real("tol", tol, 0.0, 1.0, lo_open=True, hi_open=True),
+            _opt_int("block", block, 1, 256),
+            _opt_int("max_passes", max_passes, 1, 10**7),
+            _opt_int("max_basis", max_basis, 2, 10**6),
+            v.integer("seed", seed, 0, 2**64 - 1))
+
+
 def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = None, *,
                  max_passes: int | None = None, max_basis: int | None = None, seed: int = 0,
                  check_finite: bool = True):
@@ -114,12 +124,8 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
     A = _matrix("A", A, check_finite)
     n, m = A.shape
     k = v.integer("k", k, 1, min(n, m))
-    tol = v.real("tol", tol, 0.0, 1.0, lo_open=True, hi_open=True)
+    tol, block, max_passes, max_basis, seed = _krylov_options(tol, block, max_passes, max_basis, seed)
     v0 = _warm("v0", v0, m, A.dtype)
-    block = _opt_int("block", block, 1, 256)
-    max_passes = _opt_int("max_passes", max_passes, 1, 10**7)
-    max_basis = _opt_int("max_basis", max_basis, 2, 10**6)
-    seed = v.integer("seed", seed, 0, 2**64 - 1)
     fn = _core.top_singular_f64 if A.dtype == np.float64 else _core.top_singular_f32
     s, U, V, info = fn(A, k, tol, block, max_passes, max_basis, seed, v0)
     _warn("top_singular", info)
@@ -192,12 +198,8 @@ def top_eigs(op, n: int | None = None, k: int = 1, which: str = "largest", tol: 
     else:
         raise ValueError(f"op must be a symmetric 2-d array or a callable, got {type(op).__name__}")
     k = v.integer("k", k, 1, n if which == "largest" else n // 2)
-    tol = v.real("tol", tol, 0.0, 1.0, lo_open=True, hi_open=True)
+    tol, block, max_passes, max_basis, seed = _krylov_options(tol, block, max_passes, max_basis, seed)
     v0 = _warm("v0", v0, n, np.float64)
-    block = _opt_int("block", block, 1, 256)
-    max_passes = _opt_int("max_passes", max_passes, 1, 10**7)
-    max_basis = _opt_int("max_basis", max_basis, 2, 10**6)
-    seed = v.integer("seed", seed, 0, 2**64 - 1)
     both = which == "both"
     if A is not None:
         vals, vecs, info = _core.top_eigs_dense(A, k, both, tol, block, max_passes, max_basis, seed, v0)
