@@ -4,15 +4,18 @@
 THEORY.md section 2 (loss, beta_f, normalized sharpness, outlier singular
 values of the hidden matrix and the naive BGN baseline); ``one_bulk_finite``
 runs the same recursion on the modes of one finite network.
+``deep_linear(config, data)`` is the exact DMFT of deep linear networks
+(depth >= 2: kernels, loss, sharpness, and the outliers of every bulk).
 ``proportional(...)`` is the two-layer model with N / D fixed trained on the
 population loss (Marchenko-Pastur bulk); ``two_layer_monte_carlo`` is the
 muP limit of a nonlinear two-layer network by Monte Carlo over single sites,
 and ``extrapolate_width`` fits finite-width measurements to N -> infinity.
 Configurations outside these models raise a ValueError saying what is covered.
 """
+from .deep_linear import deep_linear
 from .nonlinear import extrapolate_width, two_layer_monte_carlo
 from .one_bulk import one_bulk, one_bulk_finite, quarter_circle_nodes
 from .proportional import proportional
 
-__all__ = ["one_bulk", "one_bulk_finite", "quarter_circle_nodes", "proportional",
+__all__ = ["one_bulk", "deep_linear", "one_bulk_finite", "quarter_circle_nodes", "proportional",
            "two_layer_monte_carlo", "extrapolate_width"]

@@ -31,7 +31,7 @@ from ..rmt import bgn_outliers
 LAYER = "W1"
 _COVERS = ("the one-bulk theory covers depth=2 (W0, one square bulk W1, readout W2), activation='linear', "
            "output_dim=1, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or "
-           "'ntk' (as muP at richness gamma0/sqrt(width))")
+           "'ntk' (as muP at richness gamma0/sqrt(width)); deeper linear networks: theory.deep_linear")
 
 
 def quarter_circle_nodes(nodes: int, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
