@@ -1,0 +1,64 @@
+"""Cost of the deep linear DMFT limit against the simulations it replaces.
+
+``specdyn.theory.deep_linear`` (level one + the outliers of every bulk) versus
+seed-averaged ``specdyn.simulate`` runs of the same configuration (native engine,
+top-2 singular values of every layer tracked) at growing width. Reported as the
+ratio simulation time / theory time, measured in the same run, with the largest
+gap between the seed-mean s1 of any bulk and its limit, and the relative gap of
+the final sharpness. Timings on a shared machine are noisy; the ratios are what
+to read.
+
+    python bench/deep_linear_bench.py --quick    # depth 3, N = 1000, 2 seeds (~15 s)
+    python bench/deep_linear_bench.py            # depths 3, 4; N = 1000, 2000, 4096; 8 seeds
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, "..", "python"), HERE]
+
+import specdyn  # noqa: E402
+from _common import save, table  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    depths, widths, seeds = ((3,), (1000,), 2) if args.quick else ((3, 4), (1000, 2000, 4096), 8)
+    X, y = specdyn.data.teacher(samples=16, input_dim=8, seed=1)
+    rows = []
+    for depth in depths:
+        cfg = specdyn.RunConfig(width=1000, depth=depth, input_dim=8, samples=16, gamma0=4.0, eta0=0.04, steps=40,
+                                track_every=4, top_k=2)
+        t0 = time.perf_counter()
+        th = specdyn.theory.deep_linear(cfg, (X, y))
+        t_th = time.perf_counter() - t0
+        for N in widths:
+            t0 = time.perf_counter()
+            sims = [specdyn.simulate(cfg.replace(width=N, seed=s), (X, y)) for s in range(seeds)]
+            t_sim = time.perf_counter() - t0
+            gap = 0.0
+            for layer in th.layer.values:
+                s1 = np.mean([d.singular_values.sel(layer=layer, rank=0).values for d in sims], axis=0)
+                ref = th.singular_values.sel(layer=layer, rank=0).values
+                ok = np.isfinite(ref)
+                gap = max(gap, float(np.max(np.abs(s1[ok] - ref[ok]))))
+            S = np.mean([d.normalized_sharpness.values[-1] for d in sims])
+            rows.append({"depth": depth, "N": N, "seeds": seeds, "theory_s": t_th, "sim_s": t_sim,
+                         "sim/theory": t_sim / t_th, "max s1 gap": gap,
+                         "S rel gap": abs(S / float(th.normalized_sharpness[-1]) - 1)})
+            print(table(rows[-1:], list(rows[-1])), flush=True)
+    print()
+    print(table(rows, ["depth", "N", "seeds", "theory_s", "sim_s", "sim/theory", "max s1 gap", "S rel gap"]))
+    print("saved", save("deep_linear", {"quick": args.quick, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
