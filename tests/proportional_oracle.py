@@ -27,8 +27,9 @@ def top_singular_values(A: np.ndarray, k: int) -> np.ndarray:
 def simulate_population(D: int, nu: float, gamma0: float, eta0: float, steps: int, tracked, seed: int,
                         sigma_in: float = 1.0, sigma_out: float = 1.0, top_k: int = 2) -> dict:
     """Seeded run; returns loss (steps+1), and at tracked steps: top singular values of W0/sqrt(D)
-    (len(tracked) x top_k), of (W0(t) - W0(0))/sqrt(D), |w|/sqrt(N), and eta lambda_max of the
-    population Gauss-Newton Hessian."""
+    (len(tracked) x top_k), of (W0(t) - W0(0))/sqrt(D), |w|/sqrt(N), eta lambda_max of the
+    population Gauss-Newton Hessian, and (ovl, ovr) the squared overlaps of the top-k left / right
+    singular vectors of W0(t) with the top left / right singular vector of W0(t) - W0(0) (NaN at t = 0)."""
     N = int(round(nu * D))
     sc = proportional_scales(N, D, gamma0, eta0, [sigma_in, sigma_out])
     m0, m1 = sc.layers[0].multiplier, sc.layers[1].multiplier   # 1/sqrt(D), 1/(gamma sqrt(N))
@@ -42,7 +43,7 @@ def simulate_population(D: int, nu: float, gamma0: float, eta0: float, steps: in
     alpha = eta * m0**2 * m1
     fac_w, fac_d = [], []
     tracked = set(tracked)
-    out = {"loss": np.empty(steps + 1), "sv": [], "dsv": [], "readout": [], "sharpness": []}
+    out = {"loss": np.empty(steps + 1), "sv": [], "dsv": [], "readout": [], "sharpness": [], "ovl": [], "ovr": []}
     for t in range(steps + 1):
         # f(x) - y = m0 (m1 W0^T w - beta) . x: the error direction is d = beta - m1 W0^T w
         d = beta - m1 * (W0.T @ w)
@@ -52,12 +53,19 @@ def simulate_population(D: int, nu: float, gamma0: float, eta0: float, steps: in
             s = top_singular_values(A, top_k)
             out["sv"].append(s)
             if fac_w:
-                Ru = np.linalg.qr(np.stack(fac_w, 1), mode="r")
-                Rv = np.linalg.qr(np.stack(fac_d, 1), mode="r")
-                ds = n0 * alpha * np.linalg.svd(Ru @ Rv.T, compute_uv=False)
+                Qu, Ru = np.linalg.qr(np.stack(fac_w, 1))
+                Qv, Rv = np.linalg.qr(np.stack(fac_d, 1))
+                Xc, ds, Zc = np.linalg.svd(Ru @ Rv.T)
+                ds = n0 * alpha * ds
                 out["dsv"].append(np.pad(ds, (0, max(0, top_k - len(ds))))[:top_k])
+                # squared overlaps of the top singular vectors of A(t) with those of A(t) - A(0)
+                Ua, _, VaT = np.linalg.svd(A, full_matrices=False)
+                out["ovl"].append((Ua[:, :top_k].T @ (Qu @ Xc[:, 0])) ** 2)
+                out["ovr"].append((VaT[:top_k] @ (Qv @ Zc[0])) ** 2)
             else:
                 out["dsv"].append(np.zeros(top_k))
+                out["ovl"].append(np.full(top_k, np.nan))
+                out["ovr"].append(np.full(top_k, np.nan))
             out["readout"].append(np.linalg.norm(w) * sc.layers[1].normalizer)
             # Gauss-Newton Hessian of L: (m0^2) J^T J with J = d beta_f / d theta; its top
             # eigenvalue = m0^2 m1^2 (s_max(W0)^2 + |w|^2)
@@ -69,7 +77,7 @@ def simulate_population(D: int, nu: float, gamma0: float, eta0: float, steps: in
         fac_d.append(d.copy())
         w = w - eta * gw
         W0 = W0 - eta * gW0
-    for key in ("sv", "dsv", "readout", "sharpness"):
+    for key in ("sv", "dsv", "readout", "sharpness", "ovl", "ovr"):
         out[key] = np.array(out[key])
     return out
 

@@ -60,6 +60,10 @@ def test_first_step_outlier_matches_rectangular_bgn(nu, c, s_in, s_out):
     got = _outlier(ds, 1)
     if ref["is_outlier"][0]:
         assert got == pytest.approx(ref["singular_values"][0], abs=2e-3)
+        # the residue at the root gives the BGN overlaps of an independent spike
+        sel = dict(layer="W0", step=1, rank=0)
+        assert float(ds.overlap_spike_left.sel(**sel)) == pytest.approx(ref["overlap_left"][0], abs=5e-3)
+        assert float(ds.overlap_spike_right.sel(**sel)) == pytest.approx(ref["overlap_right"][0], abs=5e-3)
     else:
         assert np.isnan(got)
     assert np.isnan(_outlier(ds, 1, rank=1))
@@ -144,7 +148,7 @@ STEPS, TRACKED = 20, [0, 3, 6, 10, 20]
 def _seed_average(case, D, seeds):
     nu, g0, eta0 = CASES[case]
     runs = [simulate_population(D, nu, g0, eta0, STEPS, TRACKED, s) for s in range(seeds)]
-    return {k: np.array([r[k] for r in runs]) for k in ("loss", "sv", "dsv", "readout", "sharpness")}
+    return {k: np.array([r[k] for r in runs]) for k in ("loss", "sv", "dsv", "readout", "sharpness", "ovl", "ovr")}
 
 
 def _theory(case):
@@ -152,7 +156,7 @@ def _theory(case):
     return proportional(nu=nu, gamma0=g0, eta0=eta0, steps=STEPS, track_every=TRACKED, top_k=2)
 
 
-def _compare(th, sim, tol_loss, tol_sv, tol_sharp):
+def _compare(th, sim, tol_loss, tol_sv, tol_sharp, tol_ov):
     tl = th.loss.values
     sl = sim["loss"][:, TRACKED].mean(0)
     big = tl > 1e-2 * tl[0]          # where the loss is still O(1): relative error
@@ -169,11 +173,15 @@ def _compare(th, sim, tol_loss, tol_sv, tol_sharp):
     assert np.all(np.abs(sim["readout"].mean(0) - tr) < tol_sv)
     tsh = th.normalized_sharpness.values
     assert np.all(np.abs(sim["sharpness"].mean(0) - tsh) / tsh < tol_sharp)
+    # overlaps of the top outlier's singular vectors with the top spike directions
+    for side, key in (("left", "ovl"), ("right", "ovr")):
+        to = th[f"overlap_spike_{side}"].sel(layer="W0", rank=0).values
+        assert np.all(np.abs(sim[key][:, :, 0].mean(0) - to)[out] < tol_ov), (side, sim[key][:, :, 0].mean(0), to)
 
 
 @pytest.mark.parametrize("case, D", [("wide", 150), ("narrow", 300)])
 def test_small_simulation_agrees(case, D):
-    _compare(_theory(case), _seed_average(case, D, seeds=4), tol_loss=0.2, tol_sv=0.1, tol_sharp=0.08)
+    _compare(_theory(case), _seed_average(case, D, seeds=4), tol_loss=0.2, tol_sv=0.1, tol_sharp=0.08, tol_ov=0.1)
 
 
 @pytest.mark.slow
@@ -190,7 +198,7 @@ def test_simulation_converges_to_the_limit(case):
         # root-mean-square deviation of single runs from the limit (bias and spread)
         rms.append(np.sqrt(np.mean((sim["sv"][:, out, 0] - ts[out]) ** 2)))
     # outliers: within a few hundredths at the largest size (seed-averaged)
-    _compare(th, sim, tol_loss=0.05, tol_sv=0.03, tol_sharp=0.03)
+    _compare(th, sim, tol_loss=0.05, tol_sv=0.03, tol_sharp=0.03, tol_ov=0.03)
     rate = np.polyfit(np.log(sizes), np.log(rms), 1)[0]
     print(f"{case}: rms deviation {np.round(rms, 4)}, fitted rate D^{rate:.2f}")
     assert rms[-1] < 0.6 * rms[0], rms

@@ -9,6 +9,8 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -Dpybind11_DIR="$(python -c 'import pybind11; print(pybind11.get_cmake_dir())')" \
   -DPython_EXECUTABLE="$(command -v python)" "$@" >/dev/null
 cmake --build "$BUILD" -j 2
-cp "$BUILD"/_core*.so python/specdyn/
-if ls "$BUILD"/_cuda*.so >/dev/null 2>&1; then cp "$BUILD"/_cuda*.so python/specdyn/; fi
+# copy then rename: a process that has the old module mapped keeps it (an in-place
+# overwrite would crash it with a bus error)
+install_module() { cp "$1" "python/specdyn/.$(basename "$1").tmp" && mv -f "python/specdyn/.$(basename "$1").tmp" "python/specdyn/$(basename "$1")"; }
+for so in "$BUILD"/_core*.so "$BUILD"/_cuda*.so; do [ -e "$so" ] && install_module "$so"; done
 echo "built: $(ls python/specdyn/*.so | tr '\n' ' ')"

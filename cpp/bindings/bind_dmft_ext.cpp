@@ -48,6 +48,8 @@ void bind_dmft_ext(py::module_& m) {
         d["readout_delta2"] = vec(r.readout_delta2, {S});
         d["outliers"] = vec(r.outliers, {nt, k});
         d["delta_singular"] = vec(r.delta_singular, {nt, k});
+        d["overlap_left"] = vec(r.overlap_left, {nt, k});
+        d["overlap_right"] = vec(r.overlap_right, {nt, k});
         d["top_singular"] = vec(r.top_singular, {nt});
         d["sharpness"] = vec(r.sharpness, {nt});
         d["history_rank"] = vec(r.history_rank, {nt});

@@ -184,6 +184,36 @@ struct OutlierProblem {
     return lam;
   }
 
+  // Squared overlaps of the k-th outlier's singular vectors (at its root z) with the
+  // top spike directions of A(t) - A(0). With phi the null vector of F(z) = C^{-1} - G(z)
+  // (C = [[0, Theta], [Theta, 0]]), the Hermitization eigenvector x = (u_hat, v_hat) / sqrt(2)
+  // has spike coordinates C^{-1} phi, normalized by |x|^2 = -phi^T G'(z) phi.
+  void overlaps(double z, int k, double& left, double& right) {
+    eigs(z);
+    const int n = md->n, two_n = 2 * n, R = 2 * r;
+    const double* phi = F.data() + static_cast<size_t>(r + k - 1) * R;
+    double quad = 0.0;  // phi^T G'(z) phi
+    for (int i = 0; i < n; ++i) {
+      const double s = md->s[i], d = z * z - s * s;
+      const double kzz = -(z * z + s * s) / (d * d), kzs = -2.0 * z * s / (d * d);
+      for (int comp = 0; comp < 2; ++comp) {
+        double pu = 0.0, pv = 0.0;
+        for (int q = 0; q < r; ++q) {
+          pu += U[2 * i + comp + static_cast<size_t>(q) * two_n] * phi[q];
+          pv += V[2 * i + comp + static_cast<size_t>(q) * two_n] * phi[r + q];
+        }
+        const double wc = comp == 0 ? so2 : 1.0;
+        quad += wc * (md->wN[i] * kzz * pu * pu + md->wD[i] * kzz * pv * pv + 2.0 * md->wX[i] * kzs * pu * pv);
+      }
+    }
+    left = right = kNaN;
+    if (!(quad < 0.0)) return;
+    const double nrm = std::sqrt(-quad);
+    const double yu = phi[r] / (theta[0] * nrm), yv = phi[0] / (theta[0] * nrm);
+    left = 2.0 * yu * yu;
+    right = 2.0 * yv * yv;
+  }
+
   // Number of singular values of A(t) above z (z above the bulk).
   int count_above(double z) {
     const auto& l = eigs(z);
@@ -288,6 +318,8 @@ ProportionalResult solve_proportional(const ProportionalParams& p) {
   const int K = p.top_k, nt = static_cast<int>(p.tracked.size());
   res.outliers.assign(static_cast<size_t>(nt) * K, kNaN);
   res.delta_singular.assign(static_cast<size_t>(nt) * K, kNaN);
+  res.overlap_left.assign(static_cast<size_t>(nt) * K, kNaN);
+  res.overlap_right.assign(static_cast<size_t>(nt) * K, kNaN);
   res.top_singular.assign(nt, kNaN);
   res.sharpness.assign(nt, kNaN);
   res.history_rank.assign(nt, 0);
@@ -338,6 +370,8 @@ ProportionalResult solve_proportional(const ProportionalParams& p) {
         for (int k = 1; k <= std::min(n_out, K); ++k) {
           const double z = op.root(k, lo, hi);
           res.outliers[q * static_cast<size_t>(K) + k - 1] = z;
+          op.overlaps(z, k, res.overlap_left[q * static_cast<size_t>(K) + k - 1],
+                      res.overlap_right[q * static_cast<size_t>(K) + k - 1]);
           hi = z;
         }
         if (n_out > 0) top = res.outliers[q * static_cast<size_t>(K)];

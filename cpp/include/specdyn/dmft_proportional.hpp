@@ -37,6 +37,8 @@ struct ProportionalResult {
   // per tracked step (n_tracked x top_k, row-major, NaN where none):
   std::vector<double> outliers;           // singular values of A(t) above the bulk edge
   std::vector<double> delta_singular;     // singular values of A(t) - A(0)
+  std::vector<double> overlap_left;       // |<u_hat_k, u_spike_1>|^2 (readout side), per outlier
+  std::vector<double> overlap_right;      // |<v_hat_k, v_spike_1>|^2 (input side), per outlier
   std::vector<double> top_singular;       // (n_tracked): largest singular value (outlier or edge)
   std::vector<double> sharpness;          // (n_tracked): eta0 (s_top^2 + nu Cw(t,t))
   std::vector<int> history_rank;          // (n_tracked): rank r of the compressed perturbation

@@ -125,6 +125,10 @@ def proportional(config: RunConfig | None = None, *, nu: float | None = None, ga
     dsv = np.full_like(sv, np.nan)
     sv[:, 0, :] = r["outliers"]
     dsv[:, 0, :] = r["delta_singular"]
+    ol = np.full_like(sv, np.nan)
+    orr = np.full_like(sv, np.nan)
+    ol[:, 0, :] = r["overlap_left"]
+    orr[:, 0, :] = r["overlap_right"]
     sv[:, 1, 0] = np.sqrt(r["readout_norm2"][idx])
     dsv[:, 1, 0] = np.sqrt(np.maximum(r["readout_delta2"][idx], 0.0))
     diverged = int(r["diverged_step"])
@@ -133,6 +137,8 @@ def proportional(config: RunConfig | None = None, *, nu: float | None = None, ga
             "loss": ("step", r["loss"][idx]),
             "singular_values": (("step", "layer", "rank"), sv),
             "delta_singular_values": (("step", "layer", "rank"), dsv),
+            "overlap_spike_left": (("step", "layer", "rank"), ol),
+            "overlap_spike_right": (("step", "layer", "rank"), orr),
             "top_singular_value": ("step", r["top_singular"]),
             "normalized_sharpness": ("step", r["sharpness"]),
             "history_rank": ("step", r["history_rank"].astype(np.int64)),
@@ -155,4 +161,8 @@ def proportional(config: RunConfig | None = None, *, nu: float | None = None, ga
     )
     ds["loss"].attrs["long_name"] = "population loss |beta - beta_f|^2 / (2D) + noise^2 / 2"
     ds["singular_values"].attrs["long_name"] = "outliers of W0/sqrt(D) above the bulk edge; |w|/sqrt(N) for W1"
+    ds["overlap_spike_left"].attrs["long_name"] = ("|<left outlier vector, top left singular vector of "
+                                                   "W0(t)-W0(0)>|^2 (readout side; NaN for W1)")
+    ds["overlap_spike_right"].attrs["long_name"] = ("|<right outlier vector, top right singular vector of "
+                                                    "W0(t)-W0(0)>|^2 (input side; NaN for W1)")
     return ds
