@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from specdyn import storage
+from specdyn import storage, studies
 from specdyn.cli import app, read_sweep_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,3 +123,17 @@ def test_examples_parse(path):
         assert spec.base.width >= 1
     else:
         RunConfig.from_toml(path)
+
+
+def test_deep_linear_sweep_compares_every_bulk_to_its_limit(tmp_path):
+    # depth 3: the study stores the deep linear DMFT and `compare` reports both bulks
+    cfg = tmp_path / "deep.toml"
+    cfg.write_text("[study]\nname = 'width_consistency'\n[run]\ndepth = 3\nsteps = 8\ntrack_every = 4\n"
+                   "bulk_steps = [8]\n[grid]\nwidths = [24, 48]\nscalings = ['mup']\nseeds = [0]\n")
+    res = invoke("sweep", cfg, "--scheduler", "serial", "--no-figures")
+    assert res.exit_code == 0, res.output
+    th = storage.load(tmp_path / "deep.zarr", studies.THEORY_GROUP)
+    assert th.attrs["model"] == "deep_linear" and list(th.layer.values) == ["W1", "W2"]
+    res = invoke("compare", tmp_path / "deep.zarr")
+    assert res.exit_code == 0, res.output
+    assert "mup_N24" in res.output and "mup_N48" in res.output

@@ -180,7 +180,7 @@ def test_analyze_from_store_and_bad_input(tmp_path):
     with pytest.raises(ValueError, match="kappa"):
         studies.many_outputs(kappa=-1, store=tmp_path / "x.zarr", client="serial", progress=False)
     with pytest.raises(ValueError, match="naive_vs_two_level"):
-        studies.naive_vs_two_level(base={"depth": 3}, store=tmp_path / "y.zarr", client="serial", progress=False)
+        studies.naive_vs_two_level(base={"activation": "tanh"}, store=tmp_path / "y.zarr", client="serial", progress=False)
     store = tmp_path / "lr.zarr"
     base = studies.default_base("lr_transfer").replace(steps=4, track_every=4)
     _, head = studies.lr_transfer(eta0s=(0.1, 0.3), widths=(16,), scalings=("mup",), base=base, store=store,

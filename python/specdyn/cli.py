@@ -4,7 +4,7 @@
     specdyn run CONFIG.toml       one training run -> a Zarr store
     specdyn sweep CONFIG.toml     a study or a plain grid, on Dask
     specdyn plot STORE            figures of a stored study (or run)
-    specdyn compare STORE         simulation vs one-bulk theory, variable by variable
+    specdyn compare STORE         simulation vs the linear DMFT limit, variable by variable
     specdyn info                  versions, BLAS, threads, GPU
 
 A bad config (unknown key, value out of range) prints one line naming the key
@@ -385,8 +385,8 @@ def plot(store: Path = typer.Argument(..., help="a Zarr store written by sweep, 
 
 
 @app.command()
-def compare(store: Path = typer.Argument(..., help="a study store holding muP runs and the one-bulk theory")):
-    """Simulation vs the one-bulk theory, per width: gaps of loss, s_k, S, beta_f."""
+def compare(store: Path = typer.Argument(..., help="a study store holding muP runs of a linear network (depth >= 2) and its DMFT limit")):
+    """Simulation vs the linear DMFT limit (one-bulk or deep linear), per run: gaps of loss, s_k, S, beta_f."""
     from . import storage, studies
     from .comparison import compare as compare_fn
     from .config import RunConfig
@@ -399,7 +399,7 @@ def compare(store: Path = typer.Argument(..., help="a study store holding muP ru
     runs = [g for g in storage.completed_groups(store) if g.startswith("runs/") or g == ""]
     if not runs:
         _fail(f"store {str(store)!r} holds no complete run")
-    t = Table(title=f"simulation vs one-bulk theory (muP limit) in {store}")
+    t = Table(title=f"simulation vs the linear DMFT (muP limit) in {store}")
     for col in ("run", "loss max|gap|", "s1 max|gap|", "S max|gap|", "beta_f max|gap|", "outliers missing (sim/theory)"):
         t.add_column(col, justify="right" if col != "run" else "left")
     shown = 0
@@ -410,11 +410,11 @@ def compare(store: Path = typer.Argument(..., help="a study store holding muP ru
             continue
         th = theory
         if th is None or not studies.same_limit(RunConfig.from_json(th.attrs["source_config"]), cfg):
-            th, note = studies.one_bulk_theory(cfg)
+            th, note = studies.limit_theory(cfg)
             if th is None:
                 console.print(f"{g}: {note}")
                 continue
-        cmp = compare_fn(sim.sel(layer=["W1"]), th)
+        cmp = compare_fn(sim.sel(layer=[str(v) for v in th.layer.values]), th)
         s = cmp.attrs["summary"]
 
         def gap(v):
@@ -426,7 +426,7 @@ def compare(store: Path = typer.Argument(..., help="a study store holding muP ru
                   f"{miss.get('missing_sim', '-')}/{miss.get('missing_theory', '-')}")
         shown += 1
     if shown == 0:
-        _fail("no muP run of the one-bulk model (depth 2, linear, C = 1) in this store")
+        _fail("no muP run of a linear network with a DMFT limit (depth >= 2, linear, C = 1) in this store")
     console.print(t)
 
 

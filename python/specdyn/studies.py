@@ -31,7 +31,7 @@ from . import parameterization, storage
 from .config import RunConfig
 from .sweeps import collect, sweep
 
-THEORY_GROUP = "theory/one_bulk"
+THEORY_GROUP = "theory/dmft"
 
 
 def simulate_run(config: RunConfig):
@@ -143,13 +143,13 @@ def _summary_base(store: str, dims) -> dict:
 # theory (branch dmft): used where the config is the solvable model
 # ---------------------------------------------------------------------------------
 def theory_fits(config: RunConfig) -> tuple[bool, str]:
-    """Whether the one-bulk theory describes this config, and why not."""
-    if config.depth != 2 or config.activation != "linear" or config.output_dim != 1:
-        return False, "the one-bulk theory needs depth=2, activation='linear', output_dim=1"
+    """Whether an exact linear DMFT (one_bulk at depth 2, deep_linear deeper) describes this config, and why not."""
+    if config.depth < 2 or config.activation != "linear" or config.output_dim != 1:
+        return False, "the linear DMFT needs depth >= 2, activation='linear', output_dim=1"
     if config.scaling not in ("mup", "ntk"):
-        return False, "the one-bulk theory covers scaling 'mup' or 'ntk'"
+        return False, "the linear DMFT covers scaling 'mup' or 'ntk'"
     if config.batch_size is not None or config.online:
-        return False, "the one-bulk theory is for full-batch GD on a fixed sample"
+        return False, "the linear DMFT is for full-batch GD on a fixed sample"
     return True, ""
 
 
@@ -163,8 +163,9 @@ def same_limit(a: RunConfig, b: RunConfig) -> bool:
     return all(da[k] == db[k] for k in da if k not in _LIMIT_FREE)
 
 
-def one_bulk_theory(config: RunConfig, store: str | None = None, group: str = THEORY_GROUP):
-    """The muP limit of ``config`` from ``specdyn.theory.one_bulk`` (stored when ``store``).
+def limit_theory(config: RunConfig, store: str | None = None, group: str = THEORY_GROUP):
+    """The muP limit of ``config``: ``theory.one_bulk`` at depth 2, ``theory.deep_linear`` deeper
+    (stored when ``store``).
 
     Returns ``(dataset or None, note)``; never raises for a missing theory.
     """
@@ -172,23 +173,24 @@ def one_bulk_theory(config: RunConfig, store: str | None = None, group: str = TH
     if not ok:
         return None, why
     config = config.replace(scaling="mup")
+    name = "one-bulk DMFT" if config.depth == 2 else "deep linear DMFT"
     if store is not None and storage.is_complete(store, group):
         th = storage.load(store, group)
         if same_limit(RunConfig.from_json(th.attrs["source_config"]), config):
-            return th, "one-bulk DMFT (stored)"
+            return th, f"{name} (stored)"
     try:
         from . import theory
     except Exception as exc:  # the DMFT module is not built into this copy
         return None, f"theory unavailable: {type(exc).__name__}: {exc}"
     try:
-        th = theory.one_bulk(config)
+        th = theory.one_bulk(config) if config.depth == 2 else theory.deep_linear(config)
     except Exception as exc:
         return None, f"theory failed: {type(exc).__name__}: {exc}"
     th.attrs["source_config"] = config.to_json()
     th.attrs.setdefault("kind", "theory")
     if store is not None:
         storage.save(th, store, group)
-    return th, "one-bulk DMFT"
+    return th, name
 
 
 def _theory_on_steps(th, name: str, steps, layer: str = "W1"):
@@ -235,7 +237,7 @@ def width_consistency(widths=(256, 512, 1024), scalings=("mup", "ntk"), seeds=(0
                         study_attrs={"study": "width_consistency", "base": base.to_json(), "theory": bool(theory),
                                      "match_width": match})
         if theory:
-            one_bulk_theory(base, path)
+            limit_theory(base, path)
         ds, head = analyze_width_consistency(path, groups=summary["groups"])
     head["sweep"] = _sweep_brief(summary)
     return ds, head
@@ -250,7 +252,7 @@ def analyze_width_consistency(store, groups=None):
 
     ``spread[scaling]`` = max over tracked t of (max - min over widths) of the
     seed-mean s_1(t) of the first hidden layer W1; ``deviation[scaling][N]`` =
-    max_t |s_1^N(t) - reference(t)|, the reference being the one-bulk theory
+    max_t |s_1^N(t) - reference(t)|, the reference being the linear DMFT
     (muP, when stored) or the largest width; ``decay_exponent[scaling]``: p of
     deviation ~ N^-p; ``spread_ratio`` = spread(mup) / spread(ntk).
     """
@@ -602,7 +604,7 @@ def naive_vs_two_level(widths=(256, 512), seeds=(0,), base=None, store=None, cli
     """Outliers of W1 predicted by the two-level one-bulk theory and by naive BBP
     (spike = A(t) - A(0) independent of the bulk) against muP simulations.
 
-    Needs ``specdyn.theory.one_bulk``. Returns ``(dataset, summary)``; see
+    Needs the linear DMFT (``theory.one_bulk`` at depth 2, ``theory.deep_linear`` deeper). Returns ``(dataset, summary)``; see
     :func:`analyze_naive_vs_two_level`.
     """
     base = _base("naive_vs_two_level", base).replace(scaling="mup")
@@ -613,9 +615,9 @@ def naive_vs_two_level(widths=(256, 512), seeds=(0,), base=None, store=None, cli
     with _Store(store) as path:
         summary = sweep(simulate_run, grid, path, client=client, workers=workers, progress=progress, base=base,
                         study_attrs={"study": "naive_vs_two_level", "base": base.to_json()})
-        th, note = one_bulk_theory(base, path)
+        th, note = limit_theory(base, path)
         if th is None:
-            raise RuntimeError(f"naive_vs_two_level needs the one-bulk theory: {note}")
+            raise RuntimeError(f"naive_vs_two_level needs the linear DMFT: {note}")
         ds, head = analyze_naive_vs_two_level(path, groups=summary["groups"])
     head["sweep"] = _sweep_brief(summary)
     return ds, head
