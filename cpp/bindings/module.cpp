@@ -8,6 +8,7 @@ void bind_lanczos(py::module_& m);
 void bind_nets(py::module_& m);
 void bind_dmft(py::module_& m);
 void bind_dmft_ext(py::module_& m);
+void bind_device_emulation(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "specdyn native core (C++17, OpenBLAS, OpenMP)";
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   bind_nets(m);
   bind_dmft(m);
   bind_dmft_ext(m);
+  bind_device_emulation(m);
 }
