@@ -236,6 +236,14 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     resume, checkpoint : with ``checkpoint`` a path and ``config.checkpoint_every > 0``
         the state is saved every ``checkpoint_every`` steps; ``resume=True``
         continues from that file (if it exists) to the same result bit for bit.
+    device : "cpu" (default, the C++ engine), "cuda" (full-batch GD on the GPU: forward,
+        backward, update, loss and divergence checks in device memory, W(0) drawn on the
+        device from the CPU's Philox streams, so the same seed gives the same initial
+        weights bit for bit; the tracked measurements other than loss and weight norms
+        are made on the host from copies of the weights, by the CPU engine) or
+        "host-emulation" (the device algorithm run on the host, for tests). "cuda" needs
+        batch_size=None, online=False and no checkpoint; without a usable GPU it raises
+        RuntimeError saying why.
 
     Returns
     -------
@@ -253,15 +261,6 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     weights non-finite, or loss > divergence_bound) stops: attrs ``status`` =
     "diverged", ``diverged_step``; later values are NaN.
     In online mode the loss is measured on the P samples of the evaluation set.
-
-    device : "cpu" (default, the C++ engine), "cuda" (full-batch GD on the GPU: forward,
-        backward, update, loss and divergence checks in device memory, W(0) drawn on the
-        device from the CPU's Philox streams, so the same seed gives the same initial
-        weights bit for bit; the tracked measurements other than loss and weight norms
-        are made on the host from copies of the weights, by the CPU engine) or
-        "host-emulation" (the device algorithm run on the host, for tests). "cuda" needs
-        batch_size=None, online=False and no checkpoint; without a usable GPU it raises
-        RuntimeError saying why.
     Spectra of layers whose smaller side is >= 32 come from warm-started
     Lanczos with residual tolerance ``config.svd_tol`` (relative to ||A||);
     smaller layers from LAPACK.
