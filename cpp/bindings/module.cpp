@@ -9,6 +9,7 @@ void bind_nets(py::module_& m);
 void bind_dmft(py::module_& m);
 void bind_dmft_ext(py::module_& m);
 void bind_dmft_deep(py::module_& m);
+void bind_device_emulation(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "specdyn native core (C++17, OpenBLAS, OpenMP)";
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_core, m) {
   bind_dmft(m);
   bind_dmft_ext(m);
   bind_dmft_deep(m);
+  bind_device_emulation(m);
 }

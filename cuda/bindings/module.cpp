@@ -11,12 +11,15 @@
 namespace py = pybind11;
 using namespace specdyn;
 
+void bind_train(py::module_& m);  // bind_train.cpp: device training loop and DMFT
+
 static void check(int code) {
   if (code != 0) throw std::runtime_error(std::string("CUDA error: ") + cuda::error_string(code));
 }
 
 PYBIND11_MODULE(_cuda, m) {
   m.doc() = "specdyn CUDA kernels (loaded lazily; needs a CUDA device)";
+  bind_train(m);
   m.def("device_count", [] {
     int n = cuda::device_count();
     if (n < 0) throw std::runtime_error("no usable CUDA driver");

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from . import _core
+from . import _device
 from . import data as _data
 from .config import RunConfig
 from .parameterization import scales
@@ -150,8 +151,78 @@ def _progress_callback(progress, steps: int):
     raise ValueError("progress must be None, True (a progress bar) or a callable(step, steps, loss)")
 
 
+def _check_device(cfg: RunConfig, device: str, resume: bool, checkpoint) -> None:
+    if device == "cpu":
+        return
+    if cfg.batch_size is not None or cfg.online:
+        raise ValueError(f"device={device!r} runs full-batch GD only: batch_size must be None and online false; "
+                         f"got batch_size={cfg.batch_size}, online={cfg.online}")
+    if resume or checkpoint is not None:
+        raise ValueError(f"device={device!r} does not checkpoint: checkpoint must be None and resume false")
+
+
+def _simulate_device(cfg: RunConfig, data, module, cb):
+    """Full-batch GD on the device; tracked measurements on host copies of the weights.
+
+    The device trainer (``module.device_trainer``) keeps weights, activations and the
+    loss of every step in device memory, draws W(0) from the CPU engine's streams and
+    checks divergence on the device's losses. At each tracked (or bulk) step t the
+    device reports the loss and the weight norms, and the weights W(t) are copied to
+    the host into a CPU Trainer (same spec, same W(0)), which makes the step-t
+    measurements exactly as a CPU run does: spectra by the CPU Lanczos (warm-started
+    from the previous tracked step), NTK sharpness, Hessian, overlaps, beta_f, bulk
+    histograms. (The device Lanczos is not wired in yet.) Returns (record, diverged_step).
+    """
+    tracker, (X, Y) = build_trainer(cfg, data)
+    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
+    dt = np.dtype(cfg.dtype)
+    single = dt == np.float32
+    spec = dict(input_dim=cfg.input_dim, width=cfg.width, output_dim=cfg.output_dim, samples=cfg.samples,
+                depth=cfg.depth, activation=cfg.activation, multipliers=list(sc.multipliers),
+                init_stds=list(sc.init_stds), learning_rate=float(sc.learning_rate), seed=cfg.seed,
+                divergence_bound=float(cfg.divergence_bound))
+    dev = module.device_trainer(spec, np.ascontiguousarray(X, dtype=dt), np.ascontiguousarray(Y, dtype=dt))
+    tracked = cfg.tracked_steps()
+    index = {t: i for i, t in enumerate(tracked)}
+    normalizers = np.asarray(sc.normalizers, dtype=np.float64)
+    nl = cfg.depth + 1
+    loss_dev = np.full(len(tracked), np.nan)
+    wnorm_dev = np.full((len(tracked), nl), np.nan)
+    for t in sorted(set(tracked) | set(cfg.bulk_steps)):
+        dev.run(t)
+        if dev.diverged_step >= 0:
+            break
+        loss = dev.evaluate()
+        if dev.diverged_step >= 0:
+            break
+        ti = index.get(t)
+        if ti is not None:
+            loss_dev[ti] = loss
+            wnorm_dev[ti] = normalizers * dev.frobenius_norms()
+        state = tracker.get_state()
+        state.update(weights=[dev.weights(l, single) for l in range(nl)], step=t, finished=False,
+                     diverged_step=-1)
+        tracker.set_state(state)
+        tracker.run(t + 1 if t < cfg.steps else t)  # measures step t (then a CPU step whose result is discarded)
+        if cb is not None:
+            cb(t, loss)
+    diverged = int(dev.diverged_step)
+    rec = tracker.record()
+    if diverged >= 0:
+        ti = index.get(diverged)
+        if ti is not None:
+            loss_dev[ti] = dev.losses()[diverged]
+        after = np.asarray(tracked) > diverged
+        for key, arr in rec.items():
+            if not key.startswith("bulk") and arr.shape[:1] == (len(tracked),):
+                arr[after] = np.nan
+    rec["loss"] = loss_dev
+    rec["weight_norm"] = wnorm_dev
+    return rec, diverged
+
+
 def simulate(config, data=None, progress: bool | Callable[[int, int, float], None] | None = None,
-             resume: bool = False, checkpoint: str | os.PathLike | None = None):
+             resume: bool = False, checkpoint: str | os.PathLike | None = None, device: str = "cpu"):
     """Train one network and track its spectra; returns an ``xarray.Dataset``.
 
     Parameters
@@ -165,6 +236,14 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     resume, checkpoint : with ``checkpoint`` a path and ``config.checkpoint_every > 0``
         the state is saved every ``checkpoint_every`` steps; ``resume=True``
         continues from that file (if it exists) to the same result bit for bit.
+    device : "cpu" (default, the C++ engine), "cuda" (full-batch GD on the GPU: forward,
+        backward, update, loss and divergence checks in device memory, W(0) drawn on the
+        device from the CPU's Philox streams, so the same seed gives the same initial
+        weights bit for bit; the tracked measurements other than loss and weight norms
+        are made on the host from copies of the weights, by the CPU engine) or
+        "host-emulation" (the device algorithm run on the host, for tests). "cuda" needs
+        batch_size=None, online=False and no checkpoint; without a usable GPU it raises
+        RuntimeError saying why.
 
     Returns
     -------
@@ -186,10 +265,19 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     Lanczos with residual tolerance ``config.svd_tol`` (relative to ||A||);
     smaller layers from LAPACK.
     """
-    import xarray as xr
-
     cfg = _as_config(config)
+    device = _device.check(device)
     _check(cfg, data, resume, checkpoint)
+    _check_device(cfg, device, resume, checkpoint)
+    if device != "cpu":
+        module = _device.module(device)
+        cb, bar = _progress_callback(progress, cfg.steps)
+        try:
+            rec, diverged = _simulate_device(cfg, data, module, cb)
+        finally:
+            if bar is not None:
+                bar.stop()
+        return _to_dataset(cfg, rec, diverged, device)
     path = Path(checkpoint) if checkpoint is not None else None
     state = record = None
     if resume and path.exists():
@@ -213,7 +301,18 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
         if bar is not None:
             bar.stop()
 
-    rec = trainer.record()
+    diverged = int(trainer.diverged_step)
+    ds = _to_dataset(cfg, trainer.record(), diverged, device)
+    if diverged >= 0 and path is not None and path.exists():
+        path.unlink()  # a diverged run is final; nothing to resume
+    if trainer.finished and path is not None and path.exists():
+        path.unlink()
+    return ds
+
+
+def _to_dataset(cfg: RunConfig, rec: dict, diverged: int, device: str):
+    import xarray as xr
+
     steps = np.asarray(cfg.tracked_steps(), dtype=np.int64)
     layers = cfg.layer_names
     ranks = np.arange(cfg.top_k, dtype=np.int64)
@@ -236,12 +335,8 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
         variables["bulk_counts"] = (("bulk_step", "layer", "bin"), rec["bulk_counts"])
         variables["bulk_edges"] = (("bulk_step", "layer", "bin_edge"), rec["bulk_edges"])
         coords["bulk_step"] = np.asarray(cfg.bulk_steps, dtype=np.int64)
-    diverged = int(trainer.diverged_step)
     attrs = {"config": cfg.to_json(), "status": "diverged" if diverged >= 0 else "ok", "diverged_step": diverged,
              "kind": "simulation", "scaling": cfg.scaling, "width": cfg.width, "seed": cfg.seed}
-    ds = xr.Dataset(variables, coords=coords, attrs=attrs)
-    if diverged >= 0 and path is not None and path.exists():
-        path.unlink()  # a diverged run is final; nothing to resume
-    if trainer.finished and path is not None and path.exists():
-        path.unlink()
-    return ds
+    if device != "cpu":
+        attrs["device"] = device
+    return xr.Dataset(variables, coords=coords, attrs=attrs)

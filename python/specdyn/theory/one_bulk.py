@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from .. import _core
+from .. import _device
 from .. import _validate as V
 from .. import parameterization as PZ
 from ..config import RunConfig
@@ -146,6 +147,34 @@ def solve_modes(s, weights, a0, B0, X, y, c, richness, eta0, steps, history_tol=
                                   float(history_tol), flags)
 
 
+def solve_modes_direct(module, s, weights, a0, B0, X, y, c, richness, eta0, steps, history_tol=1e-13,
+                       sharpness_steps=None):
+    """The same recursion in its direct form (full histories, dmft_direct.hpp) on ``module``.
+
+    ``module`` is ``specdyn._cuda`` (the device) or ``_core.device_emulation`` (the device
+    algorithm on the host). The Grams come back from the device; the normalized
+    sharpness eta0 lambda_max(Sigma^1/2 Mm Sigma^1/2), Mm = (<y y^T> + Cw(n, n) <zeta zeta^T>
+    + <m m> I) / D, is taken here on the host, and the histories are compressed
+    (tolerance history_tol) into the core's ``DmftModeSolution`` for ``dmft_outliers``.
+    """
+    T = int(steps)
+    gram = list(range(T + 1)) if sharpness_steps is None else sorted({int(n) for n in sharpness_steps})
+    d = module.dmft_direct(np.ascontiguousarray(s, float), np.ascontiguousarray(weights, float),
+                           np.ascontiguousarray(a0, float), np.ascontiguousarray(B0, float),
+                           np.ascontiguousarray(X, float), np.ascontiguousarray(y, float),
+                           float(c), float(richness), T, gram)
+    P, D = X.shape
+    evals, evecs = np.linalg.eigh(X.T @ X / P)
+    root = (evecs * np.sqrt(np.maximum(evals, 0.0))) @ evecs.T
+    sharp = np.full(T + 1, np.nan)
+    for i, n in enumerate(d["gram_steps"]):
+        Mm = (d["YY"][i] + d["Cw"][n, n] * d["BB"][i] + d["mm"][n] * np.eye(D)) / D
+        with np.errstate(all="ignore"):
+            if np.all(np.isfinite(Mm)):
+                sharp[n] = eta0 * np.linalg.eigvalsh(root @ Mm @ root)[-1]
+    return _core.dmft_solution_from_histories(d, sharp, float(history_tol))
+
+
 def limit_initial(s, input_dim: int, sigma_in: float, sigma_out: float) -> tuple[np.ndarray, np.ndarray]:
     """Coefficient rows at t = 0 in xi ~ N(0, I_{1+D}): omega(0) = sigma_out xi_0, zeta(0) = sigma_in xi_{1:}."""
     M, D = len(s), input_dim
@@ -233,7 +262,7 @@ def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, 
 
 
 def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None = None, outlier_steps=None,
-             edge_margin: float = 1e-3, history_tol: float = 1e-13):
+             edge_margin: float = 1e-3, history_tol: float = 1e-13, device: str = "cpu"):
     """Infinite-width curves of the one-bulk model for a run configuration.
 
     Parameters
@@ -251,6 +280,11 @@ def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None 
     outlier_steps : output steps at which to solve for outliers (default all of them).
     edge_margin : outliers must exceed 2 sigma_bulk (1 + edge_margin).
     history_tol : relative tolerance of the compressed histories (0: exact to rounding).
+    device : "cpu" (the compressed C++ solver), "cuda" (the direct recursion on the GPU:
+        nodes in parallel, mode averages as deterministic reductions, full histories in
+        device memory, O(T M (1 + D)) doubles; the outliers are then solved on the host
+        from the device's histories) or "host-emulation" (the device algorithm on the
+        host, for tests). "cuda" without a usable GPU raises RuntimeError saying why.
 
     Returns
     -------
@@ -262,6 +296,8 @@ def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None 
     Cost O(T^2 M D) at worst, O(T M D (r + D)) with a history of numerical rank r.
     """
     _check_config(config)
+    device = _device.check(device)
+    direct = _device.module(device) if device != "cpu" else None
     nodes = V.integer("nodes", nodes, 8)
     T, out_steps = _steps(config, steps)
     top_k = config.top_k if top_k is None else V.integer("top_k", top_k, 1)
@@ -275,10 +311,14 @@ def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None 
     s, wts = quarter_circle_nodes(nodes, sig_bulk)
     a0, B0 = limit_initial(s, config.input_dim, sig_in, sig_out)
     with np.errstate(all="ignore"):
-        sol = solve_modes(s, wts, a0, B0, X, y, c, g, config.eta0, T, history_tol, sharpness_steps=out_steps)
+        if direct is None:
+            sol = solve_modes(s, wts, a0, B0, X, y, c, g, config.eta0, T, history_tol, sharpness_steps=out_steps)
+        else:
+            sol = solve_modes_direct(direct, s, wts, a0, B0, X, y, c, g, config.eta0, T, history_tol,
+                                     sharpness_steps=out_steps)
     edge = 2.0 * sig_bulk * (1.0 + edge_margin)
     return _dataset(config, sol, out_steps, o_steps, top_k, c, edge, sig_bulk,
-                    {"kind": "theory", "model": "one_bulk", "nodes": nodes, "richness": g})
+                    {"kind": "theory", "model": "one_bulk", "nodes": nodes, "richness": g, "device": device})
 
 
 def one_bulk_finite(config, weights, data=None, steps=None, top_k: int | None = None, outlier_steps=None,

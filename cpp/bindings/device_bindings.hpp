@@ -1,0 +1,204 @@
+// Bindings of the device algorithms, shared by _cuda (CUDA launcher) and
+// _core (the host launcher that runs the same launches on the CPU, for tests):
+//   device_trainer(spec: dict, X, Y) -> DeviceTrainer   (dtype from X)
+//   dmft_direct(s, weights, a0, B0, X, y, c, richness, steps, gram_steps) -> dict
+// Conversions only. Types are module-local: both modules may be loaded at once.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "specdyn/dmft_direct.hpp"
+#include "specdyn/nets_device.hpp"
+
+namespace specdyn::bind_device {
+
+namespace py = pybind11;
+
+using MakeTrainer = std::function<std::unique_ptr<nets::DeviceTrainer>(const nets::DeviceTrainSpec&, const void*,
+                                                                       const void*, bool)>;
+using SolveDirect = std::function<dmft::DirectSolution(const dmft::ModeProblem&)>;
+
+inline py::array_t<double> vec(const std::vector<double>& v, std::vector<py::ssize_t> shape) {
+  py::array_t<double> a(shape);
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+inline nets::DeviceTrainSpec spec_from(const py::dict& d) {
+  nets::DeviceTrainSpec s;
+  s.input_dim = d["input_dim"].cast<int64_t>();
+  s.width = d["width"].cast<int64_t>();
+  s.output_dim = d["output_dim"].cast<int64_t>();
+  s.samples = d["samples"].cast<int64_t>();
+  s.depth = d["depth"].cast<int>();
+  const auto act = d["activation"].cast<std::string>();
+  if (act == "linear")
+    s.activation = 0;
+  else if (act == "tanh")
+    s.activation = 1;
+  else if (act == "relu")
+    s.activation = 2;
+  else
+    throw std::invalid_argument("activation must be one of 'linear', 'tanh', 'relu'; got '" + act + "'");
+  s.multipliers = d["multipliers"].cast<std::vector<double>>();
+  s.init_stds = d["init_stds"].cast<std::vector<double>>();
+  s.learning_rate = d["learning_rate"].cast<double>();
+  s.seed = d["seed"].cast<uint64_t>();
+  s.divergence_bound = d["divergence_bound"].cast<double>();
+  s.check();
+  return s;
+}
+
+template <class T>
+using carr = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+inline void bind(py::module_& m, MakeTrainer make, SolveDirect solve) {
+  using nets::DeviceTrainer;
+  py::class_<DeviceTrainer>(m, "DeviceTrainer", py::module_local(),
+                            "Full-batch GD of an MLP in device memory (nets_device.hpp)")
+      .def(
+          "run",
+          [](DeviceTrainer& t, int64_t until) {
+            py::gil_scoped_release nogil;
+            return t.run(until);
+          },
+          py::arg("until"), "GD steps until step == until (stops early on divergence); returns the step")
+      .def(
+          "evaluate",
+          [](DeviceTrainer& t) {
+            py::gil_scoped_release nogil;
+            return t.evaluate();
+          },
+          "Loss at the current weights (forward pass, no update)")
+      .def_property_readonly("step", &DeviceTrainer::step)
+      .def_property_readonly("diverged_step", &DeviceTrainer::diverged_step)
+      .def("losses", [](DeviceTrainer& t) {
+        auto v = t.losses();
+        return vec(v, {static_cast<py::ssize_t>(v.size())});
+      })
+      .def("frobenius_norms", [](DeviceTrainer& t) {
+        std::vector<double> v;
+        {
+          py::gil_scoped_release nogil;
+          v = t.frobenius_norms();
+        }
+        return vec(v, {static_cast<py::ssize_t>(v.size())});
+      })
+      .def(
+          "weights",
+          [](DeviceTrainer& t, int l, bool single) -> py::array {
+            const auto& s = t.spec();
+            if (l < 0 || l >= s.layers()) throw py::index_error("layer out of range");
+            std::vector<py::ssize_t> shape{s.fan_out(l), s.fan_in(l)};
+            if (single) {
+              py::array_t<float> a(shape);
+              t.copy_weights(l, a.mutable_data());
+              return a;
+            }
+            py::array_t<double> a(shape);
+            t.copy_weights(l, a.mutable_data());
+            return a;
+          },
+          py::arg("layer"), py::arg("single"), "Host copy of W^l, (fan_out, fan_in), float32 if single");
+
+  m.def(
+      "device_trainer",
+      [make](const py::dict& spec, py::array X, py::array Y) {
+        const auto s = spec_from(spec);
+        const bool single = X.dtype().is(py::dtype::of<float>());
+        auto check = [&](const py::array& A, int64_t cols, const char* name) {
+          if (A.ndim() != 2 || A.shape(0) != s.samples || A.shape(1) != cols)
+            throw std::invalid_argument(std::string(name) + " must have shape (samples, " +
+                                        (cols == s.input_dim ? "input_dim" : "output_dim") + ")");
+        };
+        check(X, s.input_dim, "X");
+        check(Y, s.output_dim, "Y");
+        if (single) {
+          auto x = carr<float>::ensure(X);
+          auto y = carr<float>::ensure(Y);
+          return make(s, x.data(), y.data(), true);
+        }
+        auto x = carr<double>::ensure(X);
+        auto y = carr<double>::ensure(Y);
+        return make(s, x.data(), y.data(), false);
+      },
+      py::arg("spec"), py::arg("X"), py::arg("Y"),
+      "A DeviceTrainer; spec: dict of input_dim, width, output_dim, samples, depth, activation, multipliers, "
+      "init_stds, learning_rate, seed, divergence_bound. float32 when X is float32, else float64.");
+
+  m.def(
+      "dmft_direct",
+      [solve](carr<double> s, carr<double> weights, carr<double> a0, carr<double> B0, carr<double> X,
+              carr<double> y, double c, double richness, int steps, py::object gram_steps) {
+        if (s.ndim() != 1 || weights.ndim() != 1 || s.shape(0) != weights.shape(0))
+          throw std::invalid_argument("s, weights: (M,)");
+        const int M = int(s.shape(0));
+        if (a0.ndim() != 2 || a0.shape(0) != M) throw std::invalid_argument("a0: (M, R)");
+        const int R = int(a0.shape(1));
+        if (X.ndim() != 2) throw std::invalid_argument("X: (P, D)");
+        const int P = int(X.shape(0)), D = int(X.shape(1));
+        if (B0.ndim() != 3 || B0.shape(0) != M || B0.shape(1) != D || B0.shape(2) != R)
+          throw std::invalid_argument("B0: (M, D, R)");
+        if (y.ndim() != 1 || y.shape(0) != P) throw std::invalid_argument("y: (P,)");
+        if (steps < 0) throw std::invalid_argument("steps >= 0");
+        dmft::ModeProblem pb;
+        pb.nodes = M;
+        pb.coef = R;
+        pb.input_dim = D;
+        pb.samples = P;
+        pb.steps = steps;
+        pb.s = s.data();
+        pb.weights = weights.data();
+        pb.a0 = a0.data();
+        pb.B0 = B0.data();
+        pb.X = X.data();
+        pb.y = y.data();
+        pb.c = c;
+        pb.richness = richness;
+        std::vector<uint8_t> flags;
+        if (!gram_steps.is_none()) {
+          flags.assign(size_t(steps) + 1, 0);
+          for (auto n : gram_steps.cast<std::vector<int>>()) {
+            if (n < 0 || n > steps) throw std::invalid_argument("gram_steps: out of range");
+            flags[n] = 1;
+          }
+          pb.sharpness_steps = flags.data();
+        }
+        dmft::DirectSolution d;
+        {
+          py::gil_scoped_release nogil;
+          d = solve(pb);
+        }
+        const py::ssize_t T1 = steps + 1, L = py::ssize_t(M) * R, S = py::ssize_t(d.gram_steps.size());
+        py::dict out;
+        out["steps"] = d.steps;
+        out["nodes"] = d.nodes;
+        out["coef"] = d.coef;
+        out["input_dim"] = d.input_dim;
+        out["loss"] = vec(d.loss, {T1});
+        out["beta_f"] = vec(d.beta_f, {T1, D});
+        out["Cw"] = vec(d.Cw, {T1, T1});
+        out["Cq"] = vec(d.Cq, {T1, T1});
+        out["Cqm"] = vec(d.Cqm, {T1, T1});
+        out["mm"] = vec(d.mm, {T1});
+        out["gram_steps"] = d.gram_steps;
+        out["YY"] = vec(d.YY, {S, D, D});
+        out["BB"] = vec(d.BB, {S, D, D});
+        out["hist_a"] = vec(d.hist_a, {T1, L});
+        out["hist_q"] = vec(d.hist_q, {T1, L});
+        out["s_row"] = vec(d.s_row, {L});
+        return out;
+      },
+      py::arg("s"), py::arg("weights"), py::arg("a0"), py::arg("B0"), py::arg("X"), py::arg("y"), py::arg("c"),
+      py::arg("richness"), py::arg("steps"), py::arg("gram_steps") = py::none(),
+      "Direct one-bulk mode recursion (dmft_direct.hpp): order parameters, Grams at gram_steps, full histories");
+}
+
+}  // namespace specdyn::bind_device

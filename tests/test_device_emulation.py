@@ -1,0 +1,183 @@
+"""The device algorithms checked on the CPU (CI has no GPU).
+
+The CUDA module's training loop and DMFT mode solver are written against one
+launcher interface (cpp/include/specdyn/gpu_exec.hpp); ``_core.device_emulation``
+runs the same launches on the host, block by block and lane by lane. These tests
+hold that host twin against independent references: NumPy for the tiled GEMM,
+the CPU engine for training, the compressed C++ solver for the DMFT recursion.
+They also check the ``device`` argument of the public entry points.
+"""
+import importlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import specdyn
+from specdyn import _core
+
+emu = _core.device_emulation
+one_bulk_mod = importlib.import_module("specdyn.theory.one_bulk")
+
+
+# ---- the device argument -------------------------------------------------------------
+
+def test_device_must_be_a_known_name():
+    cfg = specdyn.RunConfig(width=8, steps=1)
+    with pytest.raises(ValueError, match="device must be one of"):
+        specdyn.simulate(cfg, device="gpu")
+    with pytest.raises(ValueError, match="device must be one of"):
+        specdyn.theory.one_bulk(cfg, nodes=8, steps=1, device=0)
+
+
+@pytest.mark.skipif(specdyn.gpu_available(), reason="a GPU is usable here")
+def test_cuda_without_a_gpu_is_one_clear_runtime_error():
+    cfg = specdyn.RunConfig(width=8, steps=1)
+    for call in (lambda: specdyn.simulate(cfg, device="cuda"),
+                 lambda: specdyn.theory.one_bulk(cfg, nodes=8, steps=1, device="cuda")):
+        with pytest.raises(RuntimeError, match="needs a usable CUDA GPU; GPU status: off"):
+            call()
+
+
+@pytest.mark.parametrize("changes", [{"batch_size": 4}, {"online": True}])
+def test_device_runs_full_batch_gd_only(changes):
+    cfg = specdyn.RunConfig(width=8, samples=8, steps=1, **changes)
+    with pytest.raises(ValueError, match="full-batch GD only"):
+        specdyn.simulate(cfg, device="cuda")
+
+
+def test_device_does_not_checkpoint(tmp_path):
+    cfg = specdyn.RunConfig(width=8, steps=1, checkpoint_every=1)
+    with pytest.raises(ValueError, match="does not checkpoint"):
+        specdyn.simulate(cfg, device="cuda", checkpoint=tmp_path / "c.npz")
+
+
+# ---- the tiled GEMM ----------------------------------------------------------------
+
+def _colmajor(flat, ld, rows, cols):
+    return flat.reshape(cols, ld).T[:rows, :cols]
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 140), n=st.integers(1, 140), k=st.integers(1, 70), ta=st.booleans(), tb=st.booleans(),
+       pad=st.integers(0, 3), beta=st.sampled_from([0.0, 1.0, -0.5]), single=st.booleans(), seed=st.integers(0, 99))
+def test_tiled_gemm_matches_numpy(m, n, k, ta, tb, pad, beta, single, seed):
+    dt = np.float32 if single else np.float64
+    rng = np.random.default_rng(seed)
+    ra, ca = (k, m) if ta else (m, k)
+    rb, cb = (n, k) if tb else (k, n)
+    lda, ldb, ldc = ra + pad, rb + pad, m + pad
+    A = rng.standard_normal(lda * ca).astype(dt)
+    B = rng.standard_normal(ldb * cb).astype(dt)
+    C = rng.standard_normal(ldc * n).astype(dt)
+    if beta == 0.0:
+        C[::7] = np.nan  # BLAS semantics: C is not read when beta == 0
+    out = emu.gemm(ta, tb, m, n, k, dt(0.75), A, lda, B, ldb, dt(beta), C, ldc)
+    opA = _colmajor(A.astype(np.float64), lda, ra, ca)
+    opB = _colmajor(B.astype(np.float64), ldb, rb, cb)
+    opA = opA.T if ta else opA
+    opB = opB.T if tb else opB
+    want = _colmajor(C.astype(np.float64), ldc, ldc, n).copy()
+    old = want[:m, :n]
+    want[:m, :n] = 0.75 * (opA @ opB) + (beta * old if beta != 0.0 else 0.0)
+    got = _colmajor(out.astype(np.float64), ldc, ldc, n)
+    tol = 1e-4 if single else 1e-12
+    np.testing.assert_allclose(got[:m, :n], want[:m, :n], rtol=tol, atol=tol * (1 + np.sqrt(k)))
+    # padding rows of C are untouched
+    np.testing.assert_array_equal(got[m:, :], _colmajor(C.astype(np.float64), ldc, ldc, n)[m:, :])
+
+
+# ---- the DMFT mode update ------------------------------------------------------------
+
+def _mode_problem(M=16, D=3, P=10, seed=0):
+    rng = np.random.default_rng(seed)
+    s, w = one_bulk_mod.quarter_circle_nodes(M, 1.0)
+    a0, B0 = one_bulk_mod.limit_initial(s, D, 1.0, 1.3)
+    X = rng.standard_normal((P, D))
+    y = X @ rng.standard_normal(D) / np.sqrt(D)
+    return s, w, a0, B0, X, y
+
+
+@pytest.mark.parametrize("R_finite", [False, True])
+def test_direct_mode_recursion_matches_the_compressed_solver(R_finite):
+    """mode_m / mode_advance and the reductions (host build) against dmft.cpp at history_tol = 0."""
+    if R_finite:  # one finite network's modes: R = 1, weights 1/N
+        rng = np.random.default_rng(3)
+        N, D, P = 24, 3, 9
+        A = rng.standard_normal((N, N)) / np.sqrt(N)
+        U, s, Vt = np.linalg.svd(A)
+        w = np.full(N, 1.0 / N)
+        a0 = (U.T @ rng.standard_normal(N))[:, None]
+        B0 = (Vt @ rng.standard_normal((N, D)))[:, :, None]
+        X = rng.standard_normal((P, D))
+        y = X @ rng.standard_normal(D) / np.sqrt(D)
+    else:
+        s, w, a0, B0, X, y = _mode_problem()
+    c, g, eta0, T = 0.25, 1.2, 0.2, 30
+    ref = one_bulk_mod.solve_modes(s, w, a0, B0, X, y, c, g, eta0, T, 0.0)
+    got = one_bulk_mod.solve_modes_direct(emu, s, w, a0, B0, X, y, c, g, eta0, T, 0.0)
+    for name in ("loss", "beta_f", "Cw", "Cq", "Cqm", "sharpness"):
+        a, b = np.asarray(getattr(ref, name)), np.asarray(getattr(got, name))
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.max(np.abs(a)), err_msg=name)
+
+
+def test_direct_recursion_histories_feed_the_outlier_solver():
+    cfg = specdyn.RunConfig(width=512, depth=2, input_dim=4, samples=12, gamma0=2.0, eta0=0.1, steps=30, top_k=3)
+    a = specdyn.theory.one_bulk(cfg, nodes=24)
+    b = specdyn.theory.one_bulk(cfg, nodes=24, device="host-emulation")
+    assert b.attrs["device"] == "host-emulation" and b.attrs["kind"] == "theory"
+    assert np.isfinite(a.singular_values.values[-1, 0, 0])  # an outlier has escaped
+    for name in a.data_vars:
+        x, y = a[name].values, b[name].values
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=name)
+        np.testing.assert_allclose(y[np.isfinite(y)], x[np.isfinite(x)], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+# ---- the training loop --------------------------------------------------------------
+
+CASES = [
+    dict(width=40, depth=2, activation="linear", scaling="mup", dtype="float64", eta0=0.3, track_every=5,
+         bulk_steps=[7]),
+    dict(width=36, depth=3, activation="tanh", scaling="ntk", dtype="float64", eta0=0.5),
+    dict(width=36, depth=2, activation="relu", scaling="sp", dtype="float64", eta0=0.05),
+    dict(width=36, depth=3, activation="tanh", scaling="mup", dtype="float32", eta0=0.5),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['activation']}-{c['scaling']}-{c['dtype']}")
+def test_emulated_device_training_matches_the_cpu_engine(case):
+    cfg = specdyn.RunConfig(input_dim=5, samples=12, steps=25, gamma0=1.0, **case)
+    a = specdyn.simulate(cfg)
+    b = specdyn.simulate(cfg, device="host-emulation")
+    assert b.attrs["status"] == "ok" and b.attrs["device"] == "host-emulation"
+    tol = 1e-6 if cfg.dtype == "float32" else 1e-11
+    assert set(a.data_vars) == set(b.data_vars)
+    for name in a.data_vars:
+        x, y = a[name].values, b[name].values
+        np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=name)
+        np.testing.assert_allclose(y[np.isfinite(y)], x[np.isfinite(x)], rtol=tol, atol=tol, err_msg=name)
+
+
+def test_emulated_device_initial_weights_equal_the_cpu_streams_bit_for_bit():
+    from specdyn.parameterization import scales
+    from specdyn.training import build_trainer
+
+    cfg = specdyn.RunConfig(width=33, depth=3, input_dim=7, output_dim=2, samples=5, seed=11, sigma=[1.0, 0.7, 1.3, 0.9])
+    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
+    tr, (X, Y) = build_trainer(cfg)
+    spec = dict(input_dim=7, width=33, output_dim=2, samples=5, depth=3, activation="linear",
+                multipliers=sc.multipliers, init_stds=sc.init_stds, learning_rate=sc.learning_rate, seed=11,
+                divergence_bound=1e8)
+    dev = emu.device_trainer(spec, X, Y)
+    for layer, w in enumerate(tr.get_state()["weights"]):
+        np.testing.assert_array_equal(dev.weights(layer, False), w)
+
+
+def test_emulated_device_divergence_stops_at_the_cpu_step():
+    cfg = specdyn.RunConfig(width=32, depth=2, input_dim=5, samples=12, steps=60, eta0=200.0, track_every=5)
+    a = specdyn.simulate(cfg)
+    b = specdyn.simulate(cfg, device="host-emulation")
+    assert a.attrs["status"] == b.attrs["status"] == "diverged"
+    assert a.attrs["diverged_step"] == b.attrs["diverged_step"]
+    np.testing.assert_allclose(b.loss.values, a.loss.values, rtol=1e-12)
