@@ -31,9 +31,11 @@ def _cfg(**kw):
 def test_depth_two_equals_the_one_bulk_mode_solver(D, P, gamma0, eta0, sig, seed):
     cfg = _cfg(depth=2, input_dim=D, samples=P, gamma0=gamma0, eta0=eta0, sigma=sig, steps=24, track_every=1,
                data_seed=seed)
-    ref = one_bulk(cfg, nodes=96)
-    got = deep_linear(cfg, nodes=96)
-    live = np.isfinite(ref.loss.values) & (ref.loss.values < 1e6)
+    ref = one_bulk(cfg, nodes=96, history_tol=0.0)
+    got = deep_linear(cfg, nodes=96, basis_tol=0.0)
+    # compare while GD is stable (S < 2): past the edge of stability the dynamics amplify
+    # rounding exponentially (1e-16 grows to 4e-8 in 24 steps in some drawn cases)
+    live = np.cumprod(np.nan_to_num(ref.normalized_sharpness.values, nan=np.inf) < 2.0).astype(bool)
     scale = max(1.0, float(np.max(np.abs(ref.loss.values[live]))))
     np.testing.assert_allclose(got.loss.values[live], ref.loss.values[live], rtol=1e-9, atol=1e-12 * scale)
     np.testing.assert_allclose(got.normalized_sharpness.values[live], ref.normalized_sharpness.values[live],
