@@ -157,6 +157,18 @@ __global__ void asymmetry_kernel(const T* M, int64_t ld, int64_t n, unsigned lon
   max_bits(out, m);
 }
 
+template <class T>
+__global__ void add_low_rank_kernel(T* M, int64_t ld, int64_t r, int64_t c, const double* U, const double* W, int q) {
+  const int64_t total = r * c;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e / c, j = e % c;
+    double s = 0;
+    for (int l = 0; l < q; ++l) s += U[i + l * r] * W[j + l * c];
+    M[i * ld + j] = static_cast<T>(static_cast<double>(M[i * ld + j]) + s);
+  }
+}
+
 int grid_for(int64_t n, int threads) {
   const int64_t g = (n + threads - 1) / threads;
   return static_cast<int>(g < 1 ? 1 : (g > 65535 ? 65535 : g));
@@ -332,5 +344,17 @@ int asymmetry(const float* M, long long ld, long long n, double* host_result) {
 int asymmetry(const double* M, long long ld, long long n, double* host_result) {
   return asymmetry_launch<double>(M, ld, n, host_result);
 }
+
+int add_low_rank(float* M, long long ld, long long r, long long c, const double* U, const double* W, int q) {
+  if (r < 1 || c < 1 || q < 1) return 0;
+  add_low_rank_kernel<float><<<grid_for(r * c, 256), 256>>>(M, ld, r, c, U, W, q);
+  return last_error();
+}
+int add_low_rank(double* M, long long ld, long long r, long long c, const double* U, const double* W, int q) {
+  if (r < 1 || c < 1 || q < 1) return 0;
+  add_low_rank_kernel<double><<<grid_for(r * c, 256), 256>>>(M, ld, r, c, U, W, q);
+  return last_error();
+}
+int synchronize() { return static_cast<int>(cudaDeviceSynchronize()); }
 
 }  // namespace specdyn::cuda::krylov

@@ -53,4 +53,8 @@ int abs_max(const float* M, long long ld, long long r, long long c, double* host
 int abs_max(const double* M, long long ld, long long r, long long c, double* host_result);
 int asymmetry(const float* M, long long ld, long long n, double* host_result);
 int asymmetry(const double* M, long long ld, long long n, double* host_result);
+// M += U W^T (rank q; U r x q, W c x q, column-major doubles): spiked test matrices.
+int add_low_rank(float* M, long long ld, long long r, long long c, const double* U, const double* W, int q);
+int add_low_rank(double* M, long long ld, long long r, long long c, const double* U, const double* W, int q);
+int synchronize();
 }  // namespace specdyn::cuda::krylov

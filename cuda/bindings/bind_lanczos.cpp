@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -226,6 +227,35 @@ py::tuple products(K& kern, const T* M, const MatrixView& v, py::array X, int64_
   return py::make_tuple(Y, Z);
 }
 
+// An uninitialized device matrix owned by Python, readable through the CUDA
+// array interface (benchmarks and checks on machines without CuPy).
+struct DeviceMatrixBuffer {
+  void* ptr = nullptr;
+  int64_t n = 0, m = 0;
+  bool single = false;
+  DeviceMatrixBuffer(int64_t rows, int64_t cols, bool sgl) : n(rows), m(cols), single(sgl) {
+    if (n < 1 || m < 1) throw py::value_error("shape must be positive");
+    cuda::cuda_check(cuda::krylov::alloc(&ptr, static_cast<size_t>(n * m) * (single ? 4 : 8)), "cudaMalloc");
+  }
+  DeviceMatrixBuffer(const DeviceMatrixBuffer&) = delete;
+  DeviceMatrixBuffer& operator=(const DeviceMatrixBuffer&) = delete;
+  ~DeviceMatrixBuffer() { close(); }
+  void close() {
+    if (ptr) cuda::krylov::release(ptr);
+    ptr = nullptr;
+  }
+  py::dict interface() const {
+    if (!ptr) throw py::value_error("the buffer is closed");
+    py::dict d;
+    d["shape"] = py::make_tuple(n, m);
+    d["typestr"] = single ? "<f4" : "<f8";
+    d["data"] = py::make_tuple(reinterpret_cast<std::uintptr_t>(ptr), false);
+    d["strides"] = py::none();
+    d["version"] = 3;
+    return d;
+  }
+};
+
 template <class F>
 auto dispatch(bool single, F&& f) {
   if (single) return f(float{});
@@ -358,6 +388,84 @@ void bind_lanczos(py::module_& m) {
       .def_readonly("row_major", &DeviceCopy::row_major)
       .def_readonly("single", &DeviceCopy::single)
       .def("close", &DeviceCopy::close);
+
+  py::class_<DeviceMatrixBuffer>(m, "DeviceMatrix",
+                                 "An uninitialized C-ordered device matrix exposing __cuda_array_interface__.")
+      .def(py::init<int64_t, int64_t, bool>(), py::arg("n"), py::arg("m"), py::arg("single"))
+      .def_property_readonly("__cuda_array_interface__", &DeviceMatrixBuffer::interface)
+      .def_property_readonly("ptr", [](const DeviceMatrixBuffer& b) { return reinterpret_cast<std::uintptr_t>(b.ptr); })
+      .def_readonly("n", &DeviceMatrixBuffer::n)
+      .def_readonly("m", &DeviceMatrixBuffer::m)
+      .def_readonly("single", &DeviceMatrixBuffer::single)
+      .def("close", &DeviceMatrixBuffer::close);
+  m.def(
+      "add_low_rank_device",
+      [](std::uintptr_t ptr, int64_t n, int64_t mm, int64_t ld, bool single,
+         py::array_t<double, py::array::f_style | py::array::forcecast> U,
+         py::array_t<double, py::array::f_style | py::array::forcecast> W) {
+        if (U.ndim() != 2 || W.ndim() != 2 || U.shape(0) != n || W.shape(0) != mm || U.shape(1) != W.shape(1))
+          throw py::value_error("U must be (n, q) and W (m, q)");
+        const int q = static_cast<int>(U.shape(1));
+        cuda::DeviceKernels<double> kern;
+        double* du = static_cast<double*>(kern.alloc(sizeof(double) * U.size()));
+        double* dw = static_cast<double*>(kern.alloc(sizeof(double) * W.size()));
+        int err = cuda::krylov::to_device(du, U.data(), sizeof(double) * U.size());
+        if (!err) err = cuda::krylov::to_device(dw, W.data(), sizeof(double) * W.size());
+        if (!err)
+          err = single ? cuda::krylov::add_low_rank(reinterpret_cast<float*>(ptr), ld, n, mm, du, dw, q)
+                       : cuda::krylov::add_low_rank(reinterpret_cast<double*>(ptr), ld, n, mm, du, dw, q);
+        if (!err) err = cuda::krylov::synchronize();
+        kern.release(du);
+        kern.release(dw);
+        cuda::cuda_check(err, "add_low_rank");
+      },
+      py::arg("ptr"), py::arg("n"), py::arg("m"), py::arg("ld"), py::arg("single"), py::arg("U"), py::arg("W"),
+      "A += U W^T on a C-ordered device matrix (spiked benchmark matrices).");
+  m.def(
+      "copy_seconds",
+      [](uint64_t bytes, int repeats) {
+        void *a = nullptr, *b = nullptr;
+        cuda::cuda_check(cuda::krylov::alloc(&a, bytes), "cudaMalloc");
+        int err = cuda::krylov::alloc(&b, bytes);
+        double sec = 0;
+        if (!err) err = cuda::krylov::device_copy(b, a, bytes);  // warm-up
+        if (!err) err = cuda::krylov::synchronize();
+        if (!err) {
+          const auto t0 = std::chrono::steady_clock::now();
+          for (int i = 0; i < repeats && !err; ++i) err = cuda::krylov::device_copy(b, a, bytes);
+          if (!err) err = cuda::krylov::synchronize();
+          sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / repeats;
+        }
+        cuda::krylov::release(a);
+        cuda::krylov::release(b);
+        cuda::cuda_check(err, "device copy");
+        return sec;
+      },
+      py::arg("bytes"), py::arg("repeats"),
+      "Seconds per device-to-device copy of `bytes` (reads and writes `bytes` each): the bandwidth peer.");
+  m.def(
+      "gram_seconds",
+      [](std::uintptr_t ptr, int64_t n, int64_t mm, bool row_major, int64_t ld, bool single, int b, int repeats) {
+        const auto v = device_view(n, mm, row_major, ld);
+        return dispatch(single, [&](auto zero) {
+          using T = decltype(zero);
+          py::gil_scoped_release nogil;
+          cuda::DeviceKernels<T> kern;
+          cuda::driver::Ops<T, cuda::DeviceKernels<T>> ops(kern, reinterpret_cast<const T*>(ptr), v);
+          cuda::driver::Buf<cuda::DeviceKernels<T>> X(kern, static_cast<size_t>(ops.dim()) * b),
+              Z(kern, static_cast<size_t>(ops.dim()) * b);
+          kern.normal(X.get(), X.size(), 1, 0, 0);
+          ops.apply(X.get(), Z.get(), b);  // warm-up
+          cuda::cuda_check(cuda::krylov::synchronize(), "Gram pass");
+          const auto t0 = std::chrono::steady_clock::now();
+          for (int i = 0; i < repeats; ++i) ops.apply(X.get(), Z.get(), b);
+          cuda::cuda_check(cuda::krylov::synchronize(), "Gram pass");
+          return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / repeats;
+        });
+      },
+      py::arg("ptr"), py::arg("n"), py::arg("m"), py::arg("row_major"), py::arg("ld"), py::arg("single"),
+      py::arg("b"), py::arg("repeats"),
+      "Seconds per application of the Gram operator (M X then M^T Y: two reads of A) to b vectors.");
 
   // ---- host mirror: the same driver on the host emulation of the kernels (no GPU) ----
   m.def(
