@@ -139,7 +139,7 @@ __global__ void abs_max_kernel(const T* M, int64_t ld, int64_t r, int64_t c, uns
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const double v = fabs(static_cast<double>(M[(e / c) * ld + e % c]));
-    if (!(v <= m)) m = v;  // keeps a NaN
+    if (m == m && !(v <= m)) m = v;  // a NaN, once seen, is kept
   }
   max_bits(out, m);
 }
@@ -152,7 +152,7 @@ __global__ void asymmetry_kernel(const T* M, int64_t ld, int64_t n, unsigned lon
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = e / n, j = e % n;
     const double v = fabs(static_cast<double>(M[i * ld + j]) - static_cast<double>(M[j * ld + i]));
-    if (!(v <= m)) m = v;
+    if (m == m && !(v <= m)) m = v;
   }
   max_bits(out, m);
 }

@@ -18,10 +18,17 @@
 #define SPECDYN_TILE inline
 #endif
 // Register arrays stay in registers only when their loops are unrolled.
+// Streaming loops are unrolled a few times: their bodies only load and
+// accumulate in registers, so the loads of several iterations are in flight
+// together (a memory-bound kernel needs many bytes in flight per SM).
 #if defined(__CUDA_ARCH__)
 #define SPECDYN_UNROLL _Pragma("unroll")
+#define SPECDYN_UNROLL_2 _Pragma("unroll 2")
+#define SPECDYN_UNROLL_4 _Pragma("unroll 4")
 #else
 #define SPECDYN_UNROLL
+#define SPECDYN_UNROLL_2
+#define SPECDYN_UNROLL_4
 #endif
 
 namespace specdyn::cuda::tiles {
@@ -51,6 +58,7 @@ SPECDYN_TILE void mx_lane(const T* M, int64_t ld, int64_t r, int64_t c, const T*
     SPECDYN_UNROLL
     for (int k = 0; k < B; ++k) acc[q][k] = T(0);
   }
+  SPECDYN_UNROLL_2
   for (int64_t j = lane; j < c; j += kLanes) {
     T x[B];
     SPECDYN_UNROLL
@@ -91,6 +99,7 @@ SPECDYN_TILE void mty_thread(const T* M, int64_t ld, int64_t c, const T* Y, int6
   SPECDYN_UNROLL
   for (int k = 0; k < B; ++k) acc[k] = T(0);
   if (j >= c) return;
+  SPECDYN_UNROLL_4
   for (int64_t i = i0; i < i1; ++i) {
     const T a = M[i * ld + j];
     SPECDYN_UNROLL
@@ -106,10 +115,10 @@ SPECDYN_TILE int64_t partial_index(int64_t s, int k, int64_t j, int nb, int64_t 
 }
 
 // Number of slabs for the M^T Y kernel: enough blocks to fill the device
-// (about 4 per multiprocessor), at least 32 rows per slab, at most 256 slabs.
+// (about 8 per multiprocessor), at least 32 rows per slab, at most 256 slabs.
 SPECDYN_TILE int64_t mty_slabs(int64_t r, int64_t c, int multiprocessors) {
   const int64_t colblocks = (c + kMtyThreads - 1) / kMtyThreads;
-  int64_t s = (4 * static_cast<int64_t>(multiprocessors) + colblocks - 1) / colblocks;
+  int64_t s = (8 * static_cast<int64_t>(multiprocessors) + colblocks - 1) / colblocks;
   const int64_t most = r / 32 > 1 ? r / 32 : 1;
   if (s > most) s = most;
   if (s > 256) s = 256;

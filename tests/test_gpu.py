@@ -268,7 +268,7 @@ def test_mirror_slq_equals_cpu_slq(n, m):
 
 @requires_ext
 def test_mirror_slq_slab_counts_follow_the_device_size():
-    assert CUDA_EXT.mty_slabs(32768, 32768, 132) == 5
+    assert CUDA_EXT.mty_slabs(32768, 32768, 132) == 9
     assert CUDA_EXT.mty_slabs(100, 100, 132) == 3   # capped at r / 32
     assert CUDA_EXT.mty_slabs(10, 10**6, 132) == 1
 
