@@ -21,13 +21,18 @@ inline void cuda_check(int code, const char* what) {
 
 template <class T>
 struct DeviceKernels {
+  uint64_t downloads = 0;  // copies to the host (each synchronizes with the device)
+
   void* alloc(size_t bytes) {
     void* p = nullptr;
     cuda_check(krylov::alloc(&p, bytes ? bytes : 1), "cudaMalloc");
     return p;
   }
   void release(void* p) { krylov::release(p); }  // (never throws: used by destructors)
-  void to_host(void* h, const void* d, size_t bytes) { cuda_check(krylov::to_host(h, d, bytes), "copy to host"); }
+  void to_host(void* h, const void* d, size_t bytes) {
+    ++downloads;
+    cuda_check(krylov::to_host(h, d, bytes), "copy to host");
+  }
   void to_device(void* d, const void* h, size_t bytes) {
     cuda_check(krylov::to_device(d, h, bytes), "copy to device");
   }

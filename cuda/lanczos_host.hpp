@@ -17,6 +17,7 @@ namespace specdyn::cuda {
 template <class T>
 struct HostKernels {
   int sm = 4;  // "multiprocessors": sets the number of M^T Y slabs as on a device
+  uint64_t downloads = 0;  // copies to the host (each a synchronization on a device)
 
   void* alloc(size_t bytes) {
     void* p = std::malloc(bytes ? bytes : 1);
@@ -24,7 +25,10 @@ struct HostKernels {
     return p;
   }
   void release(void* p) { std::free(p); }
-  void to_host(void* h, const void* d, size_t bytes) { std::memcpy(h, d, bytes); }
+  void to_host(void* h, const void* d, size_t bytes) {
+    ++downloads;
+    std::memcpy(h, d, bytes);
+  }
   void to_device(void* d, const void* h, size_t bytes) { std::memcpy(d, h, bytes); }
   void copy(void* dst, const void* src, size_t bytes) { std::memmove(dst, src, bytes); }
   int multiprocessors() const { return sm; }

@@ -241,6 +241,17 @@ def test_mirror_warm_start_and_repeated_values():
 
 
 @requires_ext
+@pytest.mark.parametrize("block", [1, 3, 16])
+def test_mirror_given_block_sizes(block):
+    # block 1 runs the column-wise orthogonalization, wider blocks mostly CholQR2.
+    A, s_true = _spiked(220, 190, [7.0, 6.0, 4.0, 3.0, 2.5], seed=block)
+    s, U, V, info = CUDA_EXT.mirror_top_singular(A, 5, 1e-10, block, 0, 0, 0, None)
+    assert info["converged"] and info["block"] == block
+    np.testing.assert_allclose(s, s_true[:5], rtol=1e-10)
+    np.testing.assert_allclose(A @ V, U * s, atol=1e-9 * s_true[0])
+
+
+@requires_ext
 def test_mirror_small_matrices_are_solved_densely():
     A = rmt.gaussian(20, 30, seed=5)
     s, U, V, info = CUDA_EXT.mirror_top_singular(A, 3, 1e-10, 0, 0, 0, 0, None)

@@ -112,7 +112,9 @@ py::tuple run_top_singular(K& kern, const T* M, const MatrixView& v, int k, doub
     }
   }
   py::array_t<double> s(static_cast<py::ssize_t>(res.s.size()), res.s.data());
-  return py::make_tuple(s, fortran<T>(res.U, v.n, k), fortran<T>(res.V, v.m, k), info_dict(res.info, where));
+  py::dict info = info_dict(res.info, where);
+  info["host_syncs"] = kern.downloads;  // device -> host copies (round trips) during the solve
+  return py::make_tuple(s, fortran<T>(res.U, v.n, k), fortran<T>(res.V, v.m, k), info);
 }
 
 template <class T, class K>

@@ -225,7 +225,9 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         ``iterations`` (block steps), ``restarts``, ``matrix_passes`` (reads of
         A), ``residuals`` (k,), ``converged``, ``norm_estimate``, ``tol``,
         ``block``, ``dense`` (True when solved directly by LAPACK because the
-        matrix is small); on the GPU also ``device`` ("cuda"). A non-converged
+        matrix is small); on the GPU also ``device`` ("cuda") and
+        ``host_syncs`` (device-to-host copies during the solve, about 6 per
+        block step plus the certificate). A non-converged
         result also emits :class:`ConvergenceWarning`. On the GPU, s, U and V
         are NumPy arrays too.
     """
