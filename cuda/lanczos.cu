@@ -42,11 +42,13 @@ __global__ void __launch_bounds__(kLanes* kMxWarps) mx_kernel(const T* __restric
   for (int q = 0; q < R; ++q)
 #pragma unroll
     for (int k = 0; k < B; ++k) acc[q][k] = warp_sum(acc[q][k]);
-  if (lane == 0)
+  if (lane == 0) {
+#pragma unroll
     for (int q = 0; q < R; ++q)
-      if (row0 + q < r)
-        for (int k = 0; k < B; ++k)
-          if (k < nb) Y[row0 + q + k * ldy] = acc[q][k];
+#pragma unroll
+      for (int k = 0; k < B; ++k)
+        if (row0 + q < r && k < nb) Y[row0 + q + k * ldy] = acc[q][k];
+  }
 }
 
 // Block of 256 threads, one column each; blockIdx.y is the row slab.
@@ -59,9 +61,11 @@ __global__ void __launch_bounds__(kMtyThreads) mty_kernel(const T* __restrict__ 
   T acc[B];
   tiles::mty_thread<T, B>(M, ld, c, Y, ldy, nb, j, tiles::slab_begin(s, slabs, r), tiles::slab_begin(s + 1, slabs, r),
                           acc);
-  if (j < c)
+  if (j < c) {
+#pragma unroll
     for (int k = 0; k < B; ++k)
       if (k < nb) partial[tiles::partial_index(s, k, j, nb, c)] = acc[k];
+  }
 }
 
 template <class T>

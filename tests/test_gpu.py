@@ -468,7 +468,7 @@ def test_device_top_singular_matches_numpy_and_cpu(n, m, order, k):
     np.testing.assert_allclose(A @ V, U * s, atol=1e-9 * s_true[0])
     # The device run and its host mirror are the same algorithm.
     s_mirror = CUDA_EXT.mirror_top_singular(A, k, 1e-10, 0, 0, 0, 0, None)[0]
-    np.testing.assert_allclose(s, s_mirror, rtol=1e-12)
+    np.testing.assert_allclose(s, s_mirror, rtol=1e-11)
 
 
 @gpu
