@@ -15,7 +15,3 @@ inline void check(int code) {
 }
 
 }  // namespace specdyn::cuda_bind
-
-// One per concern; module.cpp calls each.
-void bind_device(pybind11::module_& m);
-void bind_lanczos(pybind11::module_& m);
