@@ -18,6 +18,23 @@ fixed order: the same inputs and seed give the same bits at any thread count
 
 Arguments are checked here, before native code runs; each bad argument raises
 one ``ValueError`` naming it and the allowed range.
+
+GPU. :func:`top_singular` and :func:`spectral_density` also run on a CUDA
+device (``cuda/lanczos*.cu``: the same algorithm, with the matrix and the
+Krylov basis in device memory):
+
+* an input exposing ``__cuda_array_interface__`` (a CuPy array, a Numba or
+  PyTorch CUDA array) runs on the device in place, without a copy (C or
+  Fortran order, padded rows or columns allowed); ``device="cpu"`` with such an
+  input is a ``ValueError`` (copy it to the host yourself, e.g. ``A.get()``);
+* ``device="cuda"`` with a NumPy input copies it to the device for the call;
+* results come back as NumPy arrays (s, U, V and the SLQ density are small;
+  ``cupy.asarray(U)`` moves them back if needed), ``info["device"] == "cuda"``;
+* asking for a GPU where none is usable raises one ``RuntimeError`` that says
+  why (see :func:`specdyn.backend.gpu_status`).
+
+The device kernels run on the legacy default CUDA stream of the current
+device: an array written on another stream must be synchronized first.
 """
 from __future__ import annotations
 
@@ -28,6 +45,7 @@ import numpy as np
 
 from . import _core
 from . import _validate as v
+from . import backend
 
 __all__ = ["top_singular", "top_eigs", "spectral_density", "ConvergenceWarning"]
 
@@ -72,6 +90,88 @@ def _warn(what: str, info: dict) -> None:
 
 
 
+def _device(device) -> str | None:
+    return v.choice("device", device, (None, "cpu", "cuda"))
+
+
+def _on_gpu(name: str, A, device: str | None) -> bool:
+    """Where a call runs: True for a device array (unless device='cpu', an error) or device='cuda'."""
+    if backend.is_device_array(A):
+        if device == "cpu":
+            raise ValueError(f"{name} is a CUDA device array (it has __cuda_array_interface__) but device='cpu'; "
+                             f"copy it to the host first (e.g. {name}.get() for CuPy) or use device=None / 'cuda'")
+        return True
+    return device == "cuda"
+
+
+def _host_vector_block(name: str, v0):
+    """A warm start given as a device array is copied to the host (it is k columns)."""
+    if backend.is_device_array(v0):
+        if not hasattr(v0, "get"):
+            raise ValueError(f"{name}: a device array warm start needs a .get() method (CuPy), "
+                             f"or pass a NumPy array")
+        v0 = v0.get()
+    return v0
+
+
+class _DeviceInput:
+    """The device matrix of a GPU call: a device array in place, or a NumPy array copied for the call."""
+
+    def __init__(self, name: str, A, check_finite: bool):
+        self.copy = None
+        if backend.is_device_array(A):
+            self.dm = backend.device_matrix(name, A)
+            self.host = None
+        else:
+            self.host = _matrix(name, A, check_finite)
+            self.dm = None
+        self.check_finite = check_finite
+        self.name = name
+
+    @property
+    def shape(self):
+        return self.dm.shape if self.dm is not None else self.host.shape
+
+    @property
+    def dtype(self):
+        return self.dm.dtype if self.dm is not None else self.host.dtype
+
+    def open(self, mod) -> tuple:
+        """(ptr, n, m, row_major, ld, single) for the _cuda entry points."""
+        if self.dm is None:
+            self.copy = mod.DeviceCopy(self.host)
+            c = self.copy
+            return (c.ptr, c.n, c.m, c.row_major, c.ld, c.single)
+        d = self.dm
+        args = (d.ptr, d.n, d.m, d.row_major, d.ld, d.single)
+        if self.check_finite:
+            top = mod.abs_max_device(*args)
+            if not np.isfinite(top):
+                raise ValueError(f"{self.name} must contain only finite values (found NaN or inf)")
+        return args
+
+    def close(self) -> None:
+        if self.copy is not None:
+            self.copy.close()
+            self.copy = None
+
+
+def _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_finite):
+    src = _DeviceInput("A", A, check_finite)
+    n, m = src.shape
+    k = v.integer("k", k, 1, min(n, m))
+    tol, block, max_passes, max_basis, seed = _krylov_options(tol, block, max_passes, max_basis, seed)
+    v0 = _warm("v0", _host_vector_block("v0", v0), m, np.float64)
+    mod = backend.require_gpu("top_singular")
+    try:
+        args = src.open(mod)
+        s, U, V, info = mod.top_singular_device(*args, k, tol, block, max_passes, max_basis, seed, v0)
+    finally:
+        src.close()
+    _warn("top_singular", info)
+    return s, U, V, info
+
+
 def _krylov_options(tol, block, max_passes, max_basis, seed) -> tuple:
     """Validated solver options shared by top_singular and top_eigs (None: automatic)."""
     return (v.real("tol", tol, 0.0, 1.0, lo_open=True, hi_open=True),
@@ -83,7 +183,7 @@ def _krylov_options(tol, block, max_passes, max_basis, seed) -> tuple:
 
 def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = None, *,
                  max_passes: int | None = None, max_basis: int | None = None, seed: int = 0,
-                 check_finite: bool = True):
+                 check_finite: bool = True, device: str | None = None):
     """The k largest singular triplets of a dense matrix.
 
     Parameters
@@ -108,6 +208,13 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         first. A given ``block`` disables these adaptations.
     max_passes, max_basis, seed : advanced controls (pass cap, Krylov basis
         columns before a thick restart, random start stream).
+    device : None, "cpu" or "cuda"
+        None: a device array (``__cuda_array_interface__``, e.g. CuPy) runs
+        on the GPU in place, anything else on the CPU. "cuda": a NumPy A is
+        copied to the device for the call. "cpu" with a device array is a
+        ValueError. On the GPU the default block is k + 2 within [4, 16]
+        (a pass costs about the same for any block up to 16 vectors), and
+        ``check_finite`` costs one extra read of A.
 
     Returns
     -------
@@ -118,9 +225,14 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         ``iterations`` (block steps), ``restarts``, ``matrix_passes`` (reads of
         A), ``residuals`` (k,), ``converged``, ``norm_estimate``, ``tol``,
         ``block``, ``dense`` (True when solved directly by LAPACK because the
-        matrix is small). A non-converged result also emits
-        :class:`ConvergenceWarning`.
+        matrix is small); on the GPU also ``device`` ("cuda") and
+        ``host_syncs`` (device-to-host copies during the solve, about 6 per
+        block step plus the certificate). A non-converged
+        result also emits :class:`ConvergenceWarning`. On the GPU, s, U and V
+        are NumPy arrays too.
     """
+    if _on_gpu("A", A, _device(device)):
+        return _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_finite)
     A = _matrix("A", A, check_finite)
     n, m = A.shape
     k = v.integer("k", k, 1, min(n, m))
@@ -238,7 +350,7 @@ def _cdf_from_quadrature(nodes: np.ndarray, weights: np.ndarray, x: np.ndarray,
 
 
 def spectral_density(A, grid, method: str = "slq", probes: int = 16, degree: int = 48, seed: int = 0, *,
-                     spectrum: str = "auto", n: int | None = None):
+                     spectrum: str = "auto", n: int | None = None, device: str | None = None):
     """Spectral density on a grid of bin edges.
 
     Parameters
@@ -254,6 +366,10 @@ def spectral_density(A, grid, method: str = "slq", probes: int = 16, degree: int
     probes, degree : SLQ random probe vectors and Lanczos steps per probe
     seed : SLQ probe stream
     n : operator dimension, required for a callable
+    device : None, "cpu" or "cuda", as in :func:`top_singular`. On the GPU the
+        SLQ recurrences run on the device (same probes as on the CPU for a
+        seed); method="exact" copies the matrix to the host. A callable runs on
+        the CPU only.
 
     Returns
     -------
@@ -275,7 +391,14 @@ def spectral_density(A, grid, method: str = "slq", probes: int = 16, degree: int
     seed = v.integer("seed", seed, 0, 2**64 - 1)
     widths = np.diff(grid)
     lower = None  # known lower bound of the spectrum
-    if callable(A) and not isinstance(A, np.ndarray):
+    device = _device(device)
+    if not callable(A) and _on_gpu("A", A, device):
+        nodes, weights, lower, vals = _slq_gpu(A, method, spectrum, probes, degree, seed)
+        if vals is not None:
+            return np.histogram(vals, bins=grid)[0] / (vals.size * widths), np.zeros(widths.size)
+    elif callable(A) and device == "cuda":
+        raise ValueError("device='cuda' needs an array A; a callable operator runs on the CPU (device=None or 'cpu')")
+    elif callable(A) and not isinstance(A, np.ndarray):
         if spectrum == "squared_singular_values":
             raise ValueError("spectrum='squared_singular_values' needs an array A, not a callable")
         if n is None:
@@ -306,9 +429,40 @@ def spectral_density(A, grid, method: str = "slq", probes: int = 16, degree: int
                 lower = 0.0
         if method == "exact":
             return np.histogram(vals, bins=grid)[0] / (vals.size * widths), np.zeros(widths.size)
+    return _density_from_quadrature(nodes, weights, grid, widths, lower)
+
+
+def _density_from_quadrature(nodes, weights, grid, widths, lower):
     per_probe = np.stack([np.diff(_cdf_from_quadrature(nodes[p], weights[p], grid, lower)) / widths
                           for p in range(nodes.shape[0])])
     density = per_probe.mean(axis=0)
     error = per_probe.std(axis=0, ddof=1) / np.sqrt(per_probe.shape[0]) if per_probe.shape[0] > 1 \
         else np.full(widths.size, np.nan)
     return density, error
+
+
+def _slq_gpu(A, method, spectrum, probes, degree, seed):
+    """SLQ on the device: (nodes, weights, lower, None), or (None, None, None, exact values) for method='exact'."""
+    src = _DeviceInput("A", A, True)
+    n, m = src.shape
+    if spectrum == "eigenvalues" and n != m:
+        raise ValueError(f"A must be square (a symmetric operator), got shape {(n, m)}")
+    mod = backend.require_gpu("spectral_density")
+    try:
+        args = src.open(mod)
+        ptr, _, _, _, ld, single = args
+        if spectrum == "auto":
+            spectrum = "eigenvalues" if n == m and mod.asymmetry_device(ptr, n, ld, single) == 0.0 \
+                else "squared_singular_values"
+        if spectrum == "eigenvalues":
+            scale = mod.abs_max_device(*args)
+            if n > 1 and mod.asymmetry_device(ptr, n, ld, single) > 1e-6 * max(scale, np.finfo(np.float64).tiny):
+                raise ValueError("A must be symmetric (max |A - A^T| <= 1e-6 max |A|)")
+        if method == "exact":
+            H = mod.copy_to_host(*args).astype(np.float64)
+            vals = np.linalg.eigvalsh(H) if spectrum == "eigenvalues" else np.linalg.svd(H, compute_uv=False) ** 2
+            return None, None, None, vals
+        nodes, weights = mod.slq_device(*args, probes, degree, seed, spectrum == "eigenvalues")
+    finally:
+        src.close()
+    return nodes, weights, (0.0 if spectrum == "squared_singular_values" else None), None
