@@ -17,10 +17,11 @@ def check(device) -> str:
     return device
 
 
-def module(device: str):
+def module(device: str, what: str):
     """The native module running the device algorithms for ``device`` ("cuda" or "host-emulation").
 
-    Raises RuntimeError saying why when device="cuda" and no GPU is usable.
+    Raises the one RuntimeError of ``backend.require_gpu`` (naming ``what`` and why) when
+    device="cuda" and no GPU is usable.
     """
     if device == "host-emulation":
         from . import _core
@@ -28,7 +29,4 @@ def module(device: str):
         return _core.device_emulation
     from . import backend
 
-    try:
-        return backend.cuda_module()
-    except RuntimeError:
-        raise RuntimeError(f"device='cuda' needs a usable CUDA GPU; GPU status: {backend.gpu_status()}") from None
+    return backend.require_gpu(what)

@@ -270,7 +270,7 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     _check(cfg, data, resume, checkpoint)
     _check_device(cfg, device, resume, checkpoint)
     if device != "cpu":
-        module = _device.module(device)
+        module = _device.module(device, "simulate")
         cb, bar = _progress_callback(progress, cfg.steps)
         try:
             rec, diverged = _simulate_device(cfg, data, module, cb)

@@ -297,7 +297,7 @@ def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None 
     """
     _check_config(config)
     device = _device.check(device)
-    direct = _device.module(device) if device != "cpu" else None
+    direct = _device.module(device, "theory.one_bulk") if device != "cpu" else None
     nodes = V.integer("nodes", nodes, 8)
     T, out_steps = _steps(config, steps)
     top_k = config.top_k if top_k is None else V.integer("top_k", top_k, 1)
