@@ -18,38 +18,21 @@ import numpy as np
 from .. import _core
 from .. import _validate as V
 from .. import parameterization as PZ
-from ..config import RunConfig
 from ..rmt import bgn_outliers
-from .one_bulk import _data, _outlier_steps, _steps, quarter_circle_nodes
+from .one_bulk import _data, _outlier_steps, _steps, check_linear_config, quarter_circle_nodes
 
 __all__ = ["deep_linear"]
 
 _COVERS = ("the deep linear theory covers depth >= 2 (W0, depth - 1 square bulks, readout), activation='linear', "
            "output_dim=1, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or 'ntk' "
-           "(as muP at richness gamma0/sqrt(width))")
+           "(as muP at richness gamma0/sqrt(width)); depth 1 and nonlinear networks: theory.two_layer_monte_carlo")
 
 # level one keeps coefficient rows of length ~2 (T + 1)(D + 1) for (T + 1) D rows per layer
 _MEMORY_LIMIT = 4 << 30
 
 
 def _check_config(config) -> None:
-    if not isinstance(config, RunConfig):
-        raise ValueError(f"config must be a specdyn.RunConfig; got {type(config).__name__}")
-    bad = []
-    if config.depth < 2:
-        bad.append(f"depth={config.depth} (depth 1 has no hidden bulk; see theory.two_layer_monte_carlo)")
-    if config.activation != "linear":
-        bad.append(f"activation={config.activation!r} (nonlinear: theory.two_layer_monte_carlo)")
-    if config.output_dim != 1:
-        bad.append(f"output_dim={config.output_dim}")
-    if config.scaling not in ("mup", "ntk"):
-        bad.append(f"scaling={config.scaling!r}")
-    if config.batch_size is not None:
-        bad.append(f"batch_size={config.batch_size}")
-    if config.online:
-        bad.append("online=True")
-    if bad:
-        raise ValueError(f"{_COVERS}; got {', '.join(bad)}")
+    check_linear_config(config, _COVERS, min_depth=2, max_depth=64)
 
 
 def _sigmas(config) -> list[float]:

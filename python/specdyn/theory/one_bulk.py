@@ -51,11 +51,13 @@ def quarter_circle_nodes(nodes: int, sigma: float = 1.0) -> tuple[np.ndarray, np
 
 # ---- inputs ------------------------------------------------------------------------
 
-def _check_config(config) -> None:
+def check_linear_config(config, covers: str, min_depth: int = 2, max_depth: int = 2) -> None:
+    """One ValueError, saying what the exact linear DMFT covers, unless ``config`` is a linear,
+    one-output, full-batch muP/NTK run of depth in [min_depth, max_depth]."""
     if not isinstance(config, RunConfig):
         raise ValueError(f"config must be a specdyn.RunConfig; got {type(config).__name__}")
     bad = []
-    if config.depth != 2:
+    if not min_depth <= config.depth <= max_depth:
         bad.append(f"depth={config.depth}")
     if config.activation != "linear":
         bad.append(f"activation={config.activation!r}")
@@ -68,7 +70,11 @@ def _check_config(config) -> None:
     if config.online:
         bad.append("online=True")
     if bad:
-        raise ValueError(f"{_COVERS}; got {', '.join(bad)}")
+        raise ValueError(f"{covers}; got {', '.join(bad)}")
+
+
+def _check_config(config) -> None:
+    check_linear_config(config, _COVERS)
 
 
 def _sigmas(config) -> tuple[float, float, float]:
