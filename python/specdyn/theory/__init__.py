@@ -10,9 +10,9 @@ muP limit of a nonlinear two-layer network by Monte Carlo over single sites,
 and ``extrapolate_width`` fits finite-width measurements to N -> infinity.
 Configurations outside these models raise a ValueError saying what is covered.
 """
-from .nonlinear import extrapolate_width, two_layer_monte_carlo
+from .nonlinear import deep_monte_carlo, extrapolate_width, two_layer_monte_carlo
 from .one_bulk import one_bulk, one_bulk_finite, quarter_circle_nodes
 from .proportional import proportional
 
 __all__ = ["one_bulk", "one_bulk_finite", "quarter_circle_nodes", "proportional",
-           "two_layer_monte_carlo", "extrapolate_width"]
+           "two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width"]
