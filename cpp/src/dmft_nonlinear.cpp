@@ -5,7 +5,6 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
-#include <cstring>
 
 #include "specdyn/blas.hpp"
 #include "specdyn/rng.hpp"
@@ -215,7 +214,8 @@ DeepMonteCarloResult monte_carlo_deep(const double* X, const double* Y, int P, i
                                       const DeepMonteCarloParams& p) {
   const int Ld = p.depth, M = p.particles, T = p.steps;
   if (P < 1 || D < 1 || Ld < 1 || M < 2 || M % 2 != 0 || T < 0 || !(p.gamma0 > 0) || !(p.eta0 > 0) ||
-      static_cast<int>(p.sigma.size()) != Ld + 1 || p.response_particles < 1 || p.response_particles > M)
+      static_cast<int>(p.sigma.size()) != Ld + 1 || p.response_particles < 2 || p.response_particles > M ||
+      p.response_particles % 2 != 0)
     throw std::invalid_argument("monte_carlo_deep: parameters out of range");
   SingleThreadedBlas single_threaded_blas;
   const int Mr = p.response_particles, half = M / 2, R = (T + 1) * P, PMr = P * Mr;
@@ -259,16 +259,20 @@ DeepMonteCarloResult monte_carlo_deep(const double* X, const double* Y, int P, i
     if (ly.has_v) setup(ly.tv, false, T);  // Ra(t; s) is needed for s < t <= T only
   }
   // readout at initialization: antithetic pairs (w, -w) with the same fields below
-  std::vector<double> w0(M);
-  rng::normal_fill(w0.data(), half, p.seed, stream0 + 4 * Ld + 2, p.sigma[Ld]);
-  for (int i = 0; i < half; ++i) w0[half + i] = -w0[i];
+  // (sites 2i, 2i + 1), so that the tangent sites 0..Mr-1 hold whole pairs
+  std::vector<double> w0(M), pair_buf(half);
+  rng::normal_fill(pair_buf.data(), half, p.seed, stream0 + 4 * Ld + 2, p.sigma[Ld]);
+  for (int i = 0; i < half; ++i) {
+    w0[2 * i] = pair_buf[i];
+    w0[2 * i + 1] = -pair_buf[i];
+  }
   // standard normal sources of row `row` (P rows at a time); the last layer's are paired
   auto draw = [&](std::vector<double>& S, int row, int rows, uint64_t stream, bool paired) {
     for (int r = row; r < row + rows; ++r) {
       double* dst = &S[static_cast<size_t>(r) * M];
       if (paired) {
-        rng::normal_fill(dst, half, p.seed, stream, 1.0, static_cast<uint64_t>(r) * half);
-        std::copy(dst, dst + half, dst + half);
+        rng::normal_fill(pair_buf.data(), half, p.seed, stream, 1.0, static_cast<uint64_t>(r) * half);
+        for (int i = 0; i < half; ++i) dst[2 * i] = dst[2 * i + 1] = pair_buf[i];
       } else {
         rng::normal_fill(dst, M, p.seed, stream, 1.0, static_cast<uint64_t>(r) * M);
       }
@@ -298,6 +302,26 @@ DeepMonteCarloResult monte_carlo_deep(const double* X, const double* Y, int P, i
         K[static_cast<size_t>(j) * R + t * P + mu] = v;
         K[static_cast<size_t>(t * P + mu) * R + j] = v;
       }
+  };
+  // ReLU: phi'' = delta(h). A site's tangent cannot see it (the kink is crossed with
+  // probability zero), but the average over sites can: <delta(h) F> = p_h(0) <F | h = 0>.
+  // Replace delta(h) by a Gaussian bump of width eps (Silverman's rule over the tangent
+  // sites), rescaled so that a Gaussian h has exactly its density at 0.
+  auto relu_delta = [&](const double* H, double* D2) {
+    const double root2pi = std::sqrt(2.0 * M_PI);
+    for (int mu = 0; mu < P; ++mu) {
+      const double* h = H + static_cast<size_t>(mu) * M;
+      double m = 0.0, v = 0.0;
+      for (int i = 0; i < M; ++i) m += h[i];
+      m /= M;
+      for (int i = 0; i < M; ++i) v += (h[i] - m) * (h[i] - m);
+      v /= M;
+      double* d2 = D2 + static_cast<size_t>(mu) * M;
+      if (!(v > 0.0)) { std::fill(d2, d2 + M, 0.0); continue; }
+      const double eps2 = 1.06 * 1.06 * v * std::pow(static_cast<double>(Mr), -0.4), eps = std::sqrt(eps2);
+      const double fix = std::sqrt((v + eps2) / v) * std::exp(-0.5 * m * m / v + 0.5 * m * m / (v + eps2));
+      for (int i = 0; i < M; ++i) d2[i] = fix * std::exp(-0.5 * h[i] * h[i] / eps2) / (eps * root2pi);
+    }
   };
   // tangent step of one block: out (P x P Mr) = [direct] I + Kc (P x n, stride ldk) * hist (n x P Mr)
   auto tangent_product = [&](const double* Kc, int ldk, int n, const double* hist, bool direct, double* dst) {
@@ -365,6 +389,7 @@ DeepMonteCarloResult monte_carlo_deep(const double* X, const double* Y, int P, i
 #pragma omp parallel for schedule(static)
       for (long long e = 0; e < static_cast<long long>(P) * M; ++e)
         act3(p.activation, ly.H[e], At[e], ly.D1[e], ly.D2[e]);
+      if (p.activation == Activation::Relu && (ly.has_u || ly.has_v)) relu_delta(ly.H.data(), ly.D2.data());
       kernel_rows(ly.A, ly.Phi, t);
       // tangents: dh(t) and d phi(h(t)) for every live source block
       for (Tangents* tg : {ly.has_u ? &ly.tu : nullptr, ly.has_v ? &ly.tv : nullptr}) {

@@ -209,7 +209,9 @@ def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 12, 
     seed = V.integer("seed", seed, 0, 2**63 - 1)
     if response_particles is None:
         response_particles = min(particles, 1024)
-    response_particles = V.integer("response_particles", response_particles, 1, particles)
+    response_particles = V.integer("response_particles", response_particles, 2, particles)
+    if response_particles % 2:
+        raise ValueError(f"response_particles must be even (whole antithetic pairs); got {response_particles}")
     X, Y = _load_data(config, data)
     L = config.depth
     need = _core.monte_carlo_deep_tangent_bytes(L, config.steps, len(Y), response_particles)
