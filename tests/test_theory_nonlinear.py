@@ -258,11 +258,13 @@ def test_deep_linear_matches_the_exact_one_bulk_dmft():
     assert mc.loss.values[-1] < 0.1 * mc.loss.values[0]
 
 
-def _simulated(cfg, data, seeds):
+def _simulated(cfg, data, seeds, stderr=False):
     import specdyn
     runs = [specdyn.simulate(cfg.replace(seed=s), data) for s in range(seeds)]
     loss = np.array([r.loss.values for r in runs])
     sharp = np.array([r.normalized_sharpness.values for r in runs])
+    if stderr:
+        return loss.mean(0), loss.std(0, ddof=1) / np.sqrt(seeds), sharp.mean(0), sharp.std(0, ddof=1) / np.sqrt(seeds)
     return loss.mean(0), sharp.mean(0)
 
 
@@ -302,11 +304,16 @@ def test_deep_bad_arguments_raise():
 @pytest.mark.slow
 @pytest.mark.parametrize("activation, depth", [("tanh", 2), ("tanh", 3), ("relu", 2), ("relu", 3)])
 def test_deep_finite_width_converges_to_the_limit(activation, depth):
+    # N = 2048, 8 seeds against 4 replicas of 2^14 sites: within 3 combined standard errors
+    # plus 2% (the finite-width and Monte Carlo biases); the late ReLU loss has a seed
+    # spread of ~4%, which is why the tolerance is statistical and not a flat percentage
     X, Y = _deep_data()
     cfg = _deep_config(activation=activation, depth=depth, width=2048)
     th = deep_monte_carlo(cfg, (X, Y), particles=1 << 14, replicas=4, response_particles=2048)
-    loss, sharp = _simulated(cfg, (X, Y), 8)
-    gap_loss = np.abs(loss / th.loss.values - 1)
-    gap_sharp = np.abs(sharp / th.normalized_sharpness.values - 1)
-    print(f"{activation} depth {depth} N=2048: loss gap {np.round(gap_loss, 4)}, S gap {np.round(gap_sharp, 4)}")
-    assert np.all(gap_loss < 0.04) and np.all(gap_sharp < 0.03)
+    loss, loss_err, sharp, sharp_err = _simulated(cfg, (X, Y), 8, stderr=True)
+    tl, ts = th.loss.values, th.normalized_sharpness.values
+    print(f"{activation} depth {depth} N=2048: loss gap {np.round(loss / tl - 1, 4)} "
+          f"(sigma {np.round(np.hypot(loss_err, th.loss_stderr.values) / tl, 4)}), "
+          f"S gap {np.round(sharp / ts - 1, 4)}")
+    assert np.all(np.abs(loss - tl) <= 3 * np.hypot(loss_err, th.loss_stderr.values) + 0.02 * tl)
+    assert np.all(np.abs(sharp - ts) <= 3 * np.hypot(sharp_err, th.normalized_sharpness_stderr.values) + 0.02 * ts)
