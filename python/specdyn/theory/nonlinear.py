@@ -158,7 +158,7 @@ def _load_data(config, data):
     return X, Y[:, 0].copy()
 
 
-def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 12, replicas: int = 4,
+def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, replicas: int = 4,
                      seed: int = 0, response_particles: int | None = None) -> xr.Dataset:
     """Loss, per-layer kernels and sharpness of the muP limit of a deep nonlinear network.
 
@@ -174,6 +174,8 @@ def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 12, 
     bytes: a ValueError names ``response_particles`` when it would exceed 6 GiB. Cost
     per replica ~ (L - 1) T^3 P^3 Mr flops (tangents) + L T^2 P^2 M (fields, kernels).
     ``depth = 1`` runs the same equations as ``two_layer_monte_carlo`` (another estimator).
+    Replicas average the O(M^{-1/2}) fluctuation away but not the O(1/M) bias (it shows
+    in a small late loss): compare against width N with M well above N.
 
     Returns an ``xarray.Dataset`` with coords ``step`` (tracked steps), ``layer``
     ("h1".."hL", hidden layer l), ``sample``/``sample2``, ``replica``; variables (mean over
