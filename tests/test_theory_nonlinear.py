@@ -318,3 +318,24 @@ def test_deep_finite_width_converges_to_the_limit(activation, depth):
           f"S gap {np.round(sharp / ts - 1, 4)}")
     assert np.all(np.abs(loss - tl) <= 3 * np.hypot(loss_err, th.loss_stderr.values) + 0.02 * tl)
     assert np.all(np.abs(sharp - ts) <= 3 * np.hypot(sharp_err, th.normalized_sharpness_stderr.values) + 0.02 * ts)
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(depth=st.integers(1, 5), sigmas=st.lists(st.floats(0.5, 1.5), min_size=6, max_size=6))
+def test_deep_linear_initial_kernels_are_products_of_variances(depth, sigmas):
+    # linear phi at t = 0: Phi^l = (prod_{k<l} sigma_k^2) Kx, G^l = prod_{k>=l} sigma_k^2 (all ones)
+    X, Y = _deep_data()
+    s = sigmas[: depth + 1]
+    ds = deep_monte_carlo(_deep_config(activation="linear", depth=depth, sigma=s, steps=0, track_every=1), (X, Y),
+                          particles=1 << 11, replicas=8, response_particles=16)
+    Kx = X @ X.T / DD
+    for l in range(1, depth + 1):
+        phi = np.prod(np.square(s[:l])) * Kx
+        grad = np.prod(np.square(s[l:])) * np.ones_like(Kx)
+        for name, exact in (("feature_kernel", phi), ("gradient_kernel", grad)):
+            est = ds[name].sel(layer=f"h{l}").isel(step=0).values
+            err = ds[name + "_stderr"].sel(layer=f"h{l}").isel(step=0).values
+            assert _close(est, err, exact, nsig=5.0, rel=0.03), (name, l)
