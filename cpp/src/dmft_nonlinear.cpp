@@ -266,16 +266,16 @@ DeepMonteCarloResult monte_carlo_deep(const double* X, const double* Y, int P, i
     w0[2 * i] = pair_buf[i];
     w0[2 * i + 1] = -pair_buf[i];
   }
-  // standard normal sources of row `row` (P rows at a time); the last layer's are paired
+  // standard normal sources of rows row..row+rows-1 (one fill per step); the last layer's are paired
+  std::vector<double> pair_rows(static_cast<size_t>(P) * half);
   auto draw = [&](std::vector<double>& S, int row, int rows, uint64_t stream, bool paired) {
-    for (int r = row; r < row + rows; ++r) {
-      double* dst = &S[static_cast<size_t>(r) * M];
-      if (paired) {
-        rng::normal_fill(pair_buf.data(), half, p.seed, stream, 1.0, static_cast<uint64_t>(r) * half);
-        for (int i = 0; i < half; ++i) dst[2 * i] = dst[2 * i + 1] = pair_buf[i];
-      } else {
-        rng::normal_fill(dst, M, p.seed, stream, 1.0, static_cast<uint64_t>(r) * M);
-      }
+    double* dst = &S[static_cast<size_t>(row) * M];
+    if (paired) {
+      rng::normal_fill(pair_rows.data(), static_cast<size_t>(rows) * half, p.seed, stream, 1.0,
+                       static_cast<uint64_t>(row) * half);
+      for (size_t i = 0; i < static_cast<size_t>(rows) * half; ++i) dst[2 * i] = dst[2 * i + 1] = pair_rows[i];
+    } else {
+      rng::normal_fill(dst, static_cast<size_t>(rows) * M, p.seed, stream, 1.0, static_cast<uint64_t>(row) * M);
     }
   };
 
@@ -386,8 +386,7 @@ DeepMonteCarloResult monte_carlo_deep(const double* X, const double* Y, int P, i
       }
       gemm_rm(false, false, P, M, tP, 1.0, K1.data(), tP, ly.G.data(), M, 1.0, ly.H.data(), M);
       double* At = &ly.A[static_cast<size_t>(tP) * M];
-#pragma omp parallel for schedule(static)
-      for (long long e = 0; e < static_cast<long long>(P) * M; ++e)
+      for (long long e = 0; e < static_cast<long long>(P) * M; ++e)  // cheap next to the tangents: serial
         act3(p.activation, ly.H[e], At[e], ly.D1[e], ly.D2[e]);
       if (p.activation == Activation::Relu && (ly.has_u || ly.has_v)) relu_delta(ly.H.data(), ly.D2.data());
       kernel_rows(ly.A, ly.Phi, t);
@@ -466,7 +465,6 @@ DeepMonteCarloResult monte_carlo_deep(const double* X, const double* Y, int P, i
         gemm_rm(false, false, P, M, n1, 1.0, K2.data(), n1, ly.A.data(), M, 1.0, ly.Z.data(), M);
       }  // the top layer's z and K2 were set in the forward pass
       double* Gt = &ly.G[static_cast<size_t>(tP) * M];
-#pragma omp parallel for schedule(static)
       for (long long e = 0; e < static_cast<long long>(P) * M; ++e) Gt[e] = ly.D1[e] * ly.Z[e];
       kernel_rows(ly.G, ly.Gk, t);
       for (Tangents* tg : {ly.has_u ? &ly.tu : nullptr, ly.has_v ? &ly.tv : nullptr}) {
