@@ -7,6 +7,8 @@
 2. Nonlinear two-layer muP network: ``two_layer_monte_carlo`` (native Monte Carlo
    over sites, replicas for the error bar) versus seed-averaged finite-width muP
    networks in NumPy (tests/nonlinear_oracle.py).
+3. Deep nonlinear muP network (depth 3, tanh): ``deep_monte_carlo`` (sites with
+   Gaussian fields and tangent responses) versus seed-averaged ``specdyn.simulate``.
 
 Reported as ratios simulation / theory, measured in the same run, with the gap
 between the seed average and the limit. Timings on a shared machine are noisy;
@@ -31,7 +33,7 @@ from specdyn.theory.proportional import proportional  # noqa: E402
 from proportional_oracle import simulate_population  # noqa: E402
 from nonlinear_oracle import simulate_mup  # noqa: E402
 from specdyn.config import RunConfig  # noqa: E402
-from specdyn.theory.nonlinear import two_layer_monte_carlo  # noqa: E402
+from specdyn.theory.nonlinear import deep_monte_carlo, two_layer_monte_carlo  # noqa: E402
 from _common import save  # noqa: E402
 
 
@@ -90,6 +92,31 @@ def main() -> None:
         print(f"{N:>6} {seeds:>5} {t_sim:>8.2f} {t_sim / t_mc:>11.2f} {gap:>19.4f}")
         rows["nonlinear"].append({"N": N, "seeds": seeds, "theory_s": t_mc, "sim_s": t_sim, "ratio": t_sim / t_mc,
                                   "loss_rel_gap": float(gap)})
+
+    # deep nonlinear muP network (depth 3)
+    import specdyn
+    Xd, yd = specdyn.data.teacher(samples=8, input_dim=4, seed=1)
+    yd = np.tanh(2.0 * yd)
+    cfg = RunConfig(width=1024, depth=3, input_dim=4, samples=8, activation="tanh", scaling="mup", gamma0=1.0,
+                    eta0=0.5, steps=20, track_every=[0, 5, 10, 20], top_k=1)
+    particles, resp = (1 << 13, 512) if args.quick else (1 << 14, 2048)
+    t_mc, mc = best_of(lambda: deep_monte_carlo(cfg, (Xd, yd), particles=particles, replicas=4,
+                                                response_particles=resp), 1)
+    print(f"\ndeep muP (depth 3, tanh, P=8, D=4, steps={cfg.steps}): Monte Carlo {particles} sites "
+          f"({resp} with tangents) x 4 replicas: {t_mc:.2f} s; final loss {float(mc.loss[-1]):.3e} "
+          f"+- {float(mc.loss_stderr[-1]):.1e}")
+    widths, seeds = ((1024,), 4) if args.quick else ((1024, 4096), 8)
+    print(f"{'N':>6} {'seeds':>5} {'sim s':>8} {'sim/theory':>11} {'rel gap final loss':>19} {'rel gap final S':>16}")
+    rows["deep"] = []
+    for N in widths:
+        t0 = time.perf_counter()
+        runs = [specdyn.simulate(cfg.replace(width=N, seed=s), (Xd, yd)) for s in range(seeds)]
+        t_sim = time.perf_counter() - t0
+        gap = abs(np.mean([r.loss.values[-1] for r in runs]) / float(mc.loss[-1]) - 1)
+        gap_s = abs(np.mean([r.normalized_sharpness.values[-1] for r in runs]) / float(mc.normalized_sharpness[-1]) - 1)
+        print(f"{N:>6} {seeds:>5} {t_sim:>8.2f} {t_sim / t_mc:>11.2f} {gap:>19.4f} {gap_s:>16.4f}")
+        rows["deep"].append({"N": N, "seeds": seeds, "theory_s": t_mc, "sim_s": t_sim, "ratio": t_sim / t_mc,
+                             "loss_rel_gap": float(gap), "sharpness_rel_gap": float(gap_s)})
     print("saved", save("theory_ext", {"quick": args.quick, **rows}))
 
 

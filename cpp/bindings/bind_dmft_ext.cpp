@@ -102,4 +102,49 @@ void bind_dmft_ext(py::module_& m) {
       py::arg("activation"), py::arg("steps"), py::arg("particles"), py::arg("seed"), py::arg("replica"),
       py::arg("tracked"), py::arg("divergence_bound"),
       "One Monte Carlo replica of the muP two-layer DMFT (docs/theory.md).");
+
+  m.def(
+      "monte_carlo_deep",
+      [](py::array_t<double, py::array::c_style | py::array::forcecast> X,
+         py::array_t<double, py::array::c_style | py::array::forcecast> Y, double gamma0, double eta0,
+         std::vector<double> sigma, int activation, int steps, int particles, int response_particles,
+         uint64_t seed, uint64_t replica, std::vector<int> tracked, double divergence_bound) {
+        if (X.ndim() != 2 || Y.ndim() != 1 || Y.shape(0) != X.shape(0))
+          throw std::invalid_argument("X must be (P, D) and Y (P,)");
+        const int P = static_cast<int>(X.shape(0)), D = static_cast<int>(X.shape(1));
+        dmft::DeepMonteCarloParams p;
+        p.gamma0 = gamma0;
+        p.eta0 = eta0;
+        p.depth = static_cast<int>(sigma.size()) - 1;
+        p.sigma = std::move(sigma);
+        p.activation = static_cast<dmft::Activation>(activation);
+        p.steps = steps;
+        p.particles = particles;
+        p.response_particles = response_particles;
+        p.seed = seed;
+        p.replica = replica;
+        p.tracked = std::move(tracked);
+        p.divergence_bound = divergence_bound;
+        dmft::DeepMonteCarloResult r;
+        {
+          py::gil_scoped_release nogil;
+          r = dmft::monte_carlo_deep(X.data(), Y.data(), P, D, p);
+        }
+        const py::ssize_t S = steps + 1, nt = static_cast<py::ssize_t>(p.tracked.size()), L = p.depth;
+        py::dict d;
+        d["loss"] = vec(r.loss, {S});
+        d["outputs"] = vec(r.outputs, {S, P});
+        d["phi"] = vec(r.phi, {nt, L, P, P});
+        d["grad"] = vec(r.grad, {nt, L, P, P});
+        d["sharpness"] = vec(r.sharpness, {nt});
+        d["diverged_step"] = r.diverged_step;
+        return d;
+      },
+      py::arg("X"), py::arg("Y"), py::arg("gamma0"), py::arg("eta0"), py::arg("sigma"), py::arg("activation"),
+      py::arg("steps"), py::arg("particles"), py::arg("response_particles"), py::arg("seed"), py::arg("replica"),
+      py::arg("tracked"), py::arg("divergence_bound"),
+      "One Monte Carlo replica of the muP DMFT of a network with len(sigma) - 1 hidden layers (docs/theory.md).");
+  m.def("monte_carlo_deep_tangent_bytes", &dmft::monte_carlo_deep_tangent_bytes, py::arg("depth"),
+        py::arg("steps"), py::arg("samples"), py::arg("response_particles"),
+        "Bytes of tangent storage that monte_carlo_deep needs.");
 }

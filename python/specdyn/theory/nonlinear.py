@@ -22,7 +22,7 @@ from .. import _core
 from .. import _validate as V
 from ..config import RunConfig
 
-__all__ = ["two_layer_monte_carlo", "extrapolate_width"]
+__all__ = ["two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width", "MAX_DEPTH"]
 
 _ACTIVATIONS = {"linear": 0, "tanh": 1, "relu": 2}
 
@@ -129,6 +129,140 @@ def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 <<
                "scaling": "mup", "config": config.to_json(), "seed": seed},
     )
     return ds
+
+
+
+# ---- deeper networks -------------------------------------------------------------------
+
+MAX_DEPTH = 8          # hidden layers; the tangent storage grows like (depth - 1) steps^2 samples^2
+_TANGENT_BYTES_LIMIT = 6 * 2**30
+
+
+def _load_data(config, data):
+    if data is None:
+        try:
+            from ..data import teacher
+        except ImportError:
+            raise ValueError("data must be given as (X, Y): specdyn.data is not available in this build") from None
+        X, Y = teacher(config.samples, config.input_dim, 1, seed=config.data_seed, kind=config.teacher,
+                       noise=config.noise)
+    else:
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise ValueError("data must be a pair (X, Y)")
+        X = V.finite_array("data X", data[0], ndim=2, dtypes=("float64", "float32"))
+        Y = V.finite_array("data Y", data[1], ndim=(1, 2), dtypes=("float64", "float32"))
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    Y = np.ascontiguousarray(np.asarray(Y, dtype=np.float64).reshape(len(Y), -1))
+    if Y.shape[1] != 1 or Y.shape[0] != X.shape[0]:
+        raise ValueError(f"data Y must have shape (P,) or (P, 1) with P = {X.shape[0]}; got {Y.shape}")
+    return X, Y[:, 0].copy()
+
+
+def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, replicas: int = 4,
+                     seed: int = 0, response_particles: int | None = None) -> xr.Dataset:
+    """Loss, per-layer kernels and sharpness of the muP limit of a deep nonlinear network.
+
+    The network of ``config`` has L = config.depth hidden layers (1 <= L <= 8): W0 (N x D),
+    square W1..W(L-1), readout WL; phi = config.activation (tanh, relu or linear); muP
+    (gamma = gamma0 sqrt(N), raw rate eta0 gamma0^2 N); full-batch GD on P fixed samples,
+    one output. At N -> infinity each hidden layer's neurons are iid single sites driven by
+    Gaussian fields whose two-time covariances are the neighbouring layers' kernels, plus
+    response terms (docs/theory.md, "Deeper nonlinear networks in muP"). The site averages
+    are estimated with ``particles`` (M, even) sampled sites per layer and replica; the
+    responses are averaged tangents of the first ``response_particles`` (default
+    min(M, 1024)) sites. The tangent storage is about 32 (L - 1) (T + 1)^2 P^2 Mr / 2
+    bytes: a ValueError names ``response_particles`` when it would exceed 6 GiB. Cost
+    per replica ~ (L - 1) T^3 P^3 Mr flops (tangents) + L T^2 P^2 M (fields, kernels).
+    ``depth = 1`` runs the same equations as ``two_layer_monte_carlo`` (another estimator).
+    Replicas average the O(M^{-1/2}) fluctuation away but not the O(1/M) bias (it shows
+    in a small late loss): compare against width N with M well above N.
+
+    Returns an ``xarray.Dataset`` with coords ``step`` (tracked steps), ``layer``
+    ("h1".."hL", hidden layer l), ``sample``/``sample2``, ``replica``; variables (mean over
+    ``replicas``, ``*_stderr`` = std over replicas / sqrt(replicas)):
+
+    - ``loss(step)``, ``output(step, sample)``;
+    - ``feature_kernel(step, layer, sample, sample2)``: Phi^l = <phi(h^l_mu) phi(h^l_nu)>;
+    - ``gradient_kernel(step, layer, sample, sample2)``: G^l = <g^l_mu g^l_nu>, g^l the
+      backward field at h^l scaled to O(1) (g^L = w phi'(h^L));
+    - ``normalized_sharpness(step)``: eta lambda_max(K) / P with
+      eta K = eta0 (Phi^L + sum_{l=1}^{L-1} G^{l+1} o Phi^l + G^1 o X X^T / D);
+    - ``loss_replicas(replica, step)``; attrs ``kind`` = "theory", ``model`` =
+      "deep_monte_carlo", ``depth``, ``particles``, ``response_particles``, ``status``.
+    """
+    if not isinstance(config, RunConfig):
+        raise ValueError(f"config must be a RunConfig; got {type(config).__name__}")
+    if not 1 <= config.depth <= MAX_DEPTH:
+        raise ValueError(f"config.depth must be in [1, {MAX_DEPTH}] for the Monte Carlo DMFT; got {config.depth}")
+    if config.scaling != "mup":
+        raise ValueError("config.scaling must be 'mup': this is the mean-field (muP) limit; the NTK limit is "
+                         f"lazy and SP has no width-independent limit here; got {config.scaling!r}")
+    if config.output_dim != 1:
+        raise ValueError(f"config.output_dim must be 1 for this solver; got {config.output_dim}")
+    if config.batch_size is not None:
+        raise ValueError("config.batch_size must be None: only full-batch GD is implemented in the Monte Carlo DMFT")
+    if config.online:
+        raise ValueError("config.online must be false: only GD on fixed samples is implemented in the Monte "
+                         "Carlo DMFT")
+    particles = V.integer("particles", particles, 2, 1 << 24)
+    if particles % 2:
+        raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
+    replicas = V.integer("replicas", replicas, 1, 10_000)
+    seed = V.integer("seed", seed, 0, 2**63 - 1)
+    if response_particles is None:
+        response_particles = min(particles, 1024)
+    response_particles = V.integer("response_particles", response_particles, 2, particles)
+    if response_particles % 2:
+        raise ValueError(f"response_particles must be even (whole antithetic pairs); got {response_particles}")
+    X, Y = _load_data(config, data)
+    L = config.depth
+    need = _core.monte_carlo_deep_tangent_bytes(L, config.steps, len(Y), response_particles)
+    if need > _TANGENT_BYTES_LIMIT:
+        raise ValueError(f"response_particles = {response_particles} needs {need / 2**30:.1f} GiB of tangents at "
+                         f"depth {L}, {config.steps} steps, {len(Y)} samples (limit 6 GiB): lower it, or the "
+                         "steps or samples")
+    sig = config.sigma
+    sigmas = [float(v) for v in sig] if isinstance(sig, list) else [float(sig)] * (L + 1)
+    tracked = config.tracked_steps()
+    runs = [
+        _core.monte_carlo_deep(X, Y, config.gamma0, config.eta0, sigmas, _ACTIVATIONS[config.activation],
+                               config.steps, particles, response_particles, seed, r, tracked,
+                               config.divergence_bound)
+        for r in range(replicas)
+    ]
+    idx = np.asarray(tracked)
+
+    def stack(key, sel=None):
+        a = np.stack([r[key] if sel is None else r[key][sel] for r in runs])
+        mean = a.mean(0)
+        err = a.std(0, ddof=1) / np.sqrt(replicas) if replicas > 1 else np.full_like(mean, np.nan)
+        return a, mean, err
+
+    loss_all, loss, loss_err = stack("loss", idx)
+    _, out, out_err = stack("outputs", idx)
+    _, phi, phi_err = stack("phi")
+    _, grad, grad_err = stack("grad")
+    _, sharp, sharp_err = stack("sharpness")
+    diverged = [int(r["diverged_step"]) for r in runs]
+    dims4 = ("step", "layer", "sample", "sample2")
+    P = len(Y)
+    return xr.Dataset(
+        {
+            "loss": ("step", loss), "loss_stderr": ("step", loss_err),
+            "output": (("step", "sample"), out), "output_stderr": (("step", "sample"), out_err),
+            "feature_kernel": (dims4, phi), "feature_kernel_stderr": (dims4, phi_err),
+            "gradient_kernel": (dims4, grad), "gradient_kernel_stderr": (dims4, grad_err),
+            "normalized_sharpness": ("step", sharp), "normalized_sharpness_stderr": ("step", sharp_err),
+            "loss_replicas": (("replica", "step"), loss_all),
+        },
+        coords={"step": idx.astype(np.int64), "layer": [f"h{l}" for l in range(1, L + 1)],
+                "sample": np.arange(P), "sample2": np.arange(P), "replica": np.arange(replicas)},
+        attrs={"kind": "theory", "model": "deep_monte_carlo", "depth": L, "particles": particles,
+               "response_particles": response_particles, "replicas": replicas,
+               "status": "ok" if max(diverged) < 0 else "diverged",
+               "diverged_step": min([d for d in diverged if d >= 0], default=-1),
+               "scaling": "mup", "config": config.to_json(), "seed": seed},
+    )
 
 
 def extrapolate_width(widths, values, stderr=None) -> dict:
