@@ -339,3 +339,26 @@ def test_deep_linear_initial_kernels_are_products_of_variances(depth, sigmas):
             est = ds[name].sel(layer=f"h{l}").isel(step=0).values
             err = ds[name + "_stderr"].sel(layer=f"h{l}").isel(step=0).values
             assert _close(est, err, exact, nsig=5.0, rel=0.03), (name, l)
+
+
+def test_extrapolated_outliers_of_simulate_hit_the_exact_one_bulk_limit():
+    # the linear one-bulk network has an exact limit: the workflow (simulate at three widths,
+    # seed means, weighted 1/sqrt(N) fit) must land on it within its fitted uncertainty
+    import specdyn
+    from specdyn.theory import extrapolated_outliers, one_bulk
+    X, y = specdyn.data.teacher(samples=16, input_dim=8, seed=1)
+    cfg = RunConfig(width=500, depth=2, input_dim=8, samples=16, gamma0=4.0, eta0=0.04, steps=40,
+                    track_every=[0, 20, 40], top_k=1)
+    ext = extrapolated_outliers(cfg, (X, y), widths=(250, 500, 1000), seeds=4)
+    exact = float(one_bulk(cfg, (X, y)).singular_values.sel(layer="W1", rank=0)[-1])
+    got = ext.singular_values.sel(layer="W1", rank=0).values[-1]
+    err = ext.singular_values_stderr.sel(layer="W1", rank=0).values[-1]
+    assert exact > 2.1 and 0 < err < 0.05
+    assert abs(got - exact) < 4 * err + 0.005
+    # here the finite-N bias is below the seed noise; the seed spread shrinks with N
+    spread = ext.seed_stderr.sel(layer="W1", rank=0).values[:, -1]
+    assert spread[-1] < spread[0]
+    with pytest.raises(ValueError, match="widths"):
+        extrapolated_outliers(cfg, (X, y), widths=(500,))
+    with pytest.raises(ValueError, match="scaling"):
+        extrapolated_outliers(cfg.replace(scaling="ntk"), (X, y))

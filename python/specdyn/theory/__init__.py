@@ -10,13 +10,14 @@ runs the same recursion on the modes of one finite network.
 population loss (Marchenko-Pastur bulk); ``two_layer_monte_carlo`` is the
 muP limit of a nonlinear two-layer network by Monte Carlo over single sites,
 ``deep_monte_carlo`` the same for 1..8 hidden layers (with response functions),
-and ``extrapolate_width`` fits finite-width measurements to N -> infinity.
+and ``extrapolate_width`` fits finite-width measurements to N -> infinity
+(``extrapolated_outliers`` runs the simulations and fits every outlier).
 Configurations outside these models raise a ValueError saying what is covered.
 """
 from .deep_linear import deep_linear
-from .nonlinear import deep_monte_carlo, extrapolate_width, two_layer_monte_carlo
+from .nonlinear import deep_monte_carlo, extrapolate_width, extrapolated_outliers, two_layer_monte_carlo
 from .one_bulk import one_bulk, one_bulk_finite, quarter_circle_nodes
 from .proportional import proportional
 
 __all__ = ["one_bulk", "deep_linear", "one_bulk_finite", "quarter_circle_nodes", "proportional",
-           "two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width"]
+           "two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width", "extrapolated_outliers"]

@@ -22,7 +22,7 @@ from .. import _core
 from .. import _validate as V
 from ..config import RunConfig
 
-__all__ = ["two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width", "MAX_DEPTH"]
+__all__ = ["two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width", "extrapolated_outliers", "MAX_DEPTH"]
 
 _ACTIVATIONS = {"linear": 0, "tanh": 1, "relu": 2}
 
@@ -312,3 +312,57 @@ def extrapolate_width(widths, values, stderr=None) -> dict:
     shape = y.shape[1:]
     names = ("limit", "limit_stderr", "slope", "slope_stderr")
     return {k: np.asarray(v).reshape(shape) for k, v in zip(names, out)}
+
+
+def extrapolated_outliers(config: RunConfig, data=None, *, widths=(512, 1024, 2048), seeds=4) -> xr.Dataset:
+    """Outlier trajectories at infinite width from finite-width simulations (any network).
+
+    Runs ``specdyn.simulate`` at every width in ``widths`` with seeds 0..seeds-1 (the rest of
+    ``config`` fixed; muP keeps a width-independent limit), takes the seed mean and standard
+    error of each tracked singular value, and fits v(N) = v_inf + b / sqrt(N) per (step, layer,
+    rank) with ``extrapolate_width`` (weighted by the standard errors). Where no limit is derived
+    (nonlinear networks) this is the estimate of the outliers, with its fitted uncertainty.
+
+    ``widths``: >= 2 distinct widths (>= 3 recommended); ``seeds``: seeds per width (>= 2).
+    Returns an ``xarray.Dataset`` with coords step, layer, rank, width: ``singular_values``
+    (the limit v_inf), ``singular_values_stderr``, ``slope`` (b), ``seed_mean`` and
+    ``seed_stderr`` (width, step, layer, rank); NaN where a width lacks the value (a run
+    that diverged, or a layer with fewer singular values); attrs kind="extrapolation".
+    Cost: len(widths) x seeds simulations.
+    """
+    from ..training import simulate
+
+    if not isinstance(config, RunConfig):
+        raise ValueError(f"config must be a RunConfig; got {type(config).__name__}")
+    if config.scaling != "mup":
+        raise ValueError("config.scaling must be 'mup': only muP has a width-independent limit to extrapolate "
+                         f"to; got {config.scaling!r}")
+    if isinstance(widths, (int, np.integer)) or len(widths) < 2:
+        raise ValueError(f"widths must list at least 2 distinct widths; got {widths!r}")
+    widths = sorted({V.integer("widths[]", int(w), 1, 1 << 20) for w in widths})
+    if len(widths) < 2:
+        raise ValueError("widths must list at least 2 distinct widths")
+    seeds = V.integer("seeds", seeds, 2, 10_000)
+    means, errs = [], []
+    ref = None
+    for N in widths:
+        runs = [simulate(config.replace(width=N, seed=s), data, progress=False) for s in range(seeds)]
+        sv = np.stack([r.singular_values.values for r in runs])   # (seed, step, layer, rank)
+        means.append(np.nanmean(sv, axis=0) if np.isfinite(sv).any() else sv[0])
+        errs.append(np.nanstd(sv, axis=0, ddof=1) / np.sqrt(np.sum(np.isfinite(sv), axis=0).clip(1)))
+        ref = runs[0]
+    means, errs = np.stack(means), np.stack(errs)              # (width, step, layer, rank)
+    shape = means.shape[1:]
+    lim, lim_err, slope = (np.full(shape, np.nan) for _ in range(3))
+    ok = np.all(np.isfinite(means), axis=0) & np.all(errs > 0, axis=0)
+    if ok.any():
+        fit = extrapolate_width(np.asarray(widths, float), means[:, ok], stderr=errs[:, ok])
+        lim[ok], lim_err[ok], slope[ok] = fit["limit"], fit["limit_stderr"], fit["slope"]
+    dims = ("step", "layer", "rank")
+    return xr.Dataset(
+        {"singular_values": (dims, lim), "singular_values_stderr": (dims, lim_err), "slope": (dims, slope),
+         "seed_mean": (("width",) + dims, means), "seed_stderr": (("width",) + dims, errs)},
+        coords={"step": ref.step.values, "layer": ref.layer.values, "rank": ref["rank"].values, "width": widths},
+        attrs={"kind": "extrapolation", "model": "v(N) = v_inf + b / sqrt(N)", "seeds": seeds,
+               "config": config.to_json(), "scaling": "mup"},
+    )
