@@ -24,6 +24,18 @@ def top_singular_values(A: np.ndarray, k: int) -> np.ndarray:
     return np.sqrt(np.maximum(lam, 0.0))
 
 
+def top_singular_vectors(A: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k left and right singular vectors (columns, descending), from the smaller Gram matrix (LAPACK)."""
+    tall = A.shape[0] >= A.shape[1]
+    G = A.T @ A if tall else A @ A.T
+    n = G.shape[0]
+    lam, Q = sla.eigh(G, subset_by_index=[n - k, n - 1])
+    Q, s = Q[:, ::-1], np.sqrt(np.maximum(lam[::-1], 1e-300))
+    if tall:
+        return (A @ Q) / s, Q
+    return Q, (A.T @ Q) / s
+
+
 def simulate_population(D: int, nu: float, gamma0: float, eta0: float, steps: int, tracked, seed: int,
                         sigma_in: float = 1.0, sigma_out: float = 1.0, top_k: int = 2) -> dict:
     """Seeded run; returns loss (steps+1), and at tracked steps: top singular values of W0/sqrt(D)
@@ -59,9 +71,9 @@ def simulate_population(D: int, nu: float, gamma0: float, eta0: float, steps: in
                 ds = n0 * alpha * ds
                 out["dsv"].append(np.pad(ds, (0, max(0, top_k - len(ds))))[:top_k])
                 # squared overlaps of the top singular vectors of A(t) with those of A(t) - A(0)
-                Ua, _, VaT = np.linalg.svd(A, full_matrices=False)
-                out["ovl"].append((Ua[:, :top_k].T @ (Qu @ Xc[:, 0])) ** 2)
-                out["ovr"].append((VaT[:top_k] @ (Qv @ Zc[0])) ** 2)
+                Ua, Va = top_singular_vectors(A, top_k)
+                out["ovl"].append((Ua.T @ (Qu @ Xc[:, 0])) ** 2)
+                out["ovr"].append((Va.T @ (Qv @ Zc[0])) ** 2)
             else:
                 out["dsv"].append(np.zeros(top_k))
                 out["ovl"].append(np.full(top_k, np.nan))
