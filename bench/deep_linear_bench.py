@@ -18,12 +18,12 @@ import os
 import sys
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "python"), HERE]
 
+# specdyn first: it sets the idle-thread policy that NumPy's OpenBLAS then loads with, so peers and specdyn run under the same one
 import specdyn  # noqa: E402
+import numpy as np  # noqa: E402
 from _common import save, table  # noqa: E402
 
 

@@ -23,10 +23,12 @@ import platform
 import sys
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "python"))
+# specdyn first: it sets the idle-thread policy that NumPy's OpenBLAS then loads with, so peers and specdyn run under the same one
+import specdyn  # noqa: E402,F401
+import numpy as np  # noqa: E402
 import dmft_numpy as dn  # noqa: E402
 
 

@@ -28,9 +28,9 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+# specdyn first: it sets the idle-thread policy that NumPy's OpenBLAS then loads with, so peers and specdyn run under the same one
+import specdyn  # noqa: I001
 import numpy as np
-
-import specdyn
 from specdyn import _core
 
 RESULTS = Path(__file__).resolve().parent / "results"

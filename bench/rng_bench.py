@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+# specdyn first: it sets the idle-thread policy that NumPy's OpenBLAS then loads with, so peers and specdyn run under the same one
+from specdyn import _core, rmt  # noqa: I001
 import numpy as np
 
 from _common import best_time, save, table
-from specdyn import _core, rmt
 
 
 def main() -> None:

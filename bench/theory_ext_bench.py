@@ -24,11 +24,12 @@ import os
 import sys
 import time
 
-import numpy as np
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "python"), os.path.join(HERE, "..", "tests"), HERE]
 
+# specdyn first: it sets the idle-thread policy that NumPy's OpenBLAS then loads with, so peers and specdyn run under the same one
+import specdyn  # noqa: E402,F401
+import numpy as np  # noqa: E402
 from specdyn.theory.proportional import proportional  # noqa: E402
 from proportional_oracle import simulate_population  # noqa: E402
 from nonlinear_oracle import simulate_mup  # noqa: E402

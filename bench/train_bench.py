@@ -45,9 +45,9 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 
-import numpy as np  # noqa: E402
-
+# specdyn first: it sets the idle-thread policy that NumPy's OpenBLAS then loads with, so peers and specdyn run under the same one
 import specdyn  # noqa: E402
+import numpy as np  # noqa: E402
 from specdyn import _core  # noqa: E402
 from specdyn.config import RunConfig  # noqa: E402
 from specdyn.parameterization import scales  # noqa: E402
