@@ -42,12 +42,14 @@ def _sigmas(config) -> list[float]:
     return [float(s)] * (config.depth + 1)
 
 
-def memory_estimate(depth: int, input_dim: int, steps: int) -> int:
-    """Bytes of level one's coefficient rows and two-time kernels (an upper bound)."""
+def memory_estimate(depth: int, input_dim: int, steps: int, nodes: int) -> int:
+    """Bytes of level one's coefficient rows and two-time kernels, plus one bulk's mode
+    histories and their bases at level two (an upper bound)."""
     T1, D = steps + 1, input_dim
     K = 2 * T1 * (D + 1)
     per_layer = T1 * (D + 1) * K + T1 * T1 * (D * D + 2 * D + 1) + T1 * D * T1 * D + T1 * D * K
-    return 8 * depth * per_layer
+    level_two = 4 * T1 * nodes * T1 * (D + 1)
+    return 8 * (depth * per_layer + level_two)
 
 
 def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | None = None, outlier_steps=None,
@@ -88,11 +90,11 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
     o_steps = _outlier_steps(outlier_steps, out_steps)
     edge_margin = V.real("edge_margin", edge_margin, 0.0)
     basis_tol = V.real("basis_tol", basis_tol, 0.0, 1e-3)
-    need = memory_estimate(config.depth, config.input_dim, T)
+    need = memory_estimate(config.depth, config.input_dim, T, nodes)
     if need > _MEMORY_LIMIT:
-        raise ValueError(f"steps={T}, input_dim={config.input_dim}, depth={config.depth} need about "
+        raise ValueError(f"steps={T}, input_dim={config.input_dim}, depth={config.depth}, nodes={nodes} need about "
                          f"{need / 2**30:.1f} GiB for the deep linear DMFT (limit {_MEMORY_LIMIT >> 30} GiB); "
-                         "use fewer steps or a smaller input_dim")
+                         "use fewer steps, nodes or a smaller input_dim")
     X, y = _data(config, data)
     sig = _sigmas(config)
     L = config.depth
