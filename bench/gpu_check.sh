@@ -13,6 +13,11 @@ mkdir -p "$out"
 export OUT="$out"
 export SPECDYN_BENCH_SVD_TIMEOUT=${SPECDYN_BENCH_SVD_TIMEOUT:-90}
 start=$(date +%s)
+# Wheels carried from a networked machine (tools/gpu_wheels.sh -> .whl/): the lent machine has no network.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 # The build of tools/dev_build.sh, with all cores of the lent machine (dev_build uses 2).
 build() {
   cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release \
@@ -23,19 +28,19 @@ build() {
 export -f build
 timeout "${GPU_CHECK_BUILD_S:-170}" bash -c build > "$out/gpu_build.log" 2>&1; build_rc=$?
 build_s=$(( $(date +%s) - start ))
-PYTHONPATH=python python -c "import specdyn, json; print(json.dumps(specdyn.info()))" > "$out/gpu_info.json" 2>&1
+PYTHONPATH="python${PYTHONPATH:+:$PYTHONPATH}" python -c "import specdyn, json; print(json.dumps(specdyn.info()))" > "$out/gpu_info.json" 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$out/gpu_smi.txt" 2>&1
 t=$(date +%s)
-PYTHONPATH=python timeout "${GPU_CHECK_TESTS_S:-90}" python -m pytest -m gpu -q -p no:cacheprovider \
+PYTHONPATH="python${PYTHONPATH:+:$PYTHONPATH}" timeout "${GPU_CHECK_TESTS_S:-90}" python -m pytest -m gpu -q -p no:cacheprovider \
   tests/test_gpu.py tests/test_gpu_train.py > "$out/gpu_tests.log" 2>&1; test_rc=$?
 tests_s=$(( $(date +%s) - t ))
 t=$(date +%s)
-PYTHONPATH=python timeout "${GPU_CHECK_BENCH_S:-170}" python bench/gpu_bench.py > "$out/gpu_bench.log" 2>&1; bench_rc=$?
+PYTHONPATH="python${PYTHONPATH:+:$PYTHONPATH}" timeout "${GPU_CHECK_BENCH_S:-170}" python bench/gpu_bench.py > "$out/gpu_bench.log" 2>&1; bench_rc=$?
 bench_s=$(( $(date +%s) - t ))
 # training step at N = 16384 vs PyTorch, DMFT curve device vs CPU (its log joins gpu_bench.log:
 # the device tool brings back at most 8 files)
 t=$(date +%s)
-PYTHONPATH=python timeout "${GPU_CHECK_TRAIN_S:-100}" python bench/gpu_train_bench.py --quick \
+PYTHONPATH="python${PYTHONPATH:+:$PYTHONPATH}" timeout "${GPU_CHECK_TRAIN_S:-100}" python bench/gpu_train_bench.py --quick \
   --out "$out/gpu_train.json" >> "$out/gpu_bench.log" 2>&1; train_rc=$?
 train_s=$(( $(date +%s) - t ))
 tail_json() { tail -"$1" "$2" 2>/dev/null | python -c 'import json,sys; print(json.dumps(sys.stdin.read()))'; }
