@@ -137,3 +137,27 @@ def test_deep_linear_sweep_compares_every_bulk_to_its_limit(tmp_path):
     res = invoke("compare", tmp_path / "deep.zarr")
     assert res.exit_code == 0, res.output
     assert "mup_N24" in res.output and "mup_N48" in res.output
+
+
+def test_theory_command_picks_the_limit_and_stores_it(tmp_path):
+    lin = tmp_path / "lin.toml"
+    lin.write_text("[run]\ndepth = 3\nsteps = 12\ntrack_every = 4\neta0 = 0.04\n")
+    res = invoke("theory", lin)
+    assert res.exit_code == 0, res.output
+    th = storage.load(tmp_path / "lin_theory.zarr")
+    assert th.attrs["model"] == "deep_linear" and th.sizes["step"] == 4
+    assert (tmp_path / "lin_theory.png").stat().st_size > 10_000
+    # the exact one-bulk solver writes the same curve at depth 2 as the general one would
+    two = tmp_path / "two.toml"
+    two.write_text("[run]\ndepth = 2\nsteps = 8\ntrack_every = 4\n")
+    assert invoke("theory", two).exit_code == 0
+    assert storage.load(tmp_path / "two_theory.zarr").attrs["model"] == "one_bulk"
+    nl = tmp_path / "nl.toml"
+    nl.write_text("[run]\ndepth = 2\nactivation = 'tanh'\ninput_dim = 4\nsamples = 8\nsteps = 4\n")
+    res = invoke("theory", nl, "--particles", "1024", "--replicas", "2")
+    assert res.exit_code == 0, res.output
+    assert storage.load(tmp_path / "nl_theory.zarr").attrs["model"] == "deep_monte_carlo"
+    sp = tmp_path / "sp.toml"
+    sp.write_text("[run]\nscaling = 'sp'\nsteps = 4\n")
+    res = invoke("theory", sp)
+    assert res.exit_code == 2 and "no limit for this config" in res.output and "scaling='sp'" in res.output

@@ -2,6 +2,7 @@
 
     specdyn demo                  width consistency, muP vs NTK, with the theory (~2 min)
     specdyn run CONFIG.toml       one training run -> a Zarr store
+    specdyn theory CONFIG.toml    its infinite-width limit (exact or Monte Carlo DMFT) -> a store + figure
     specdyn sweep CONFIG.toml     a study or a plain grid, on Dask
     specdyn plot STORE            figures of a stored study (or run)
     specdyn compare STORE         simulation vs the linear DMFT limit, variable by variable
@@ -300,6 +301,44 @@ def run(config: Path = typer.Argument(..., help="TOML file with a [run] table of
     storage.save(ds, store)
     _print_run(ds, time.perf_counter() - t0)
     console.print(f"stored in {store}")
+
+
+@app.command()
+def theory(config: Path = typer.Argument(..., help="TOML file with a [run] table of RunConfig fields"),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Zarr store (default: CONFIG_theory.zarr)"),
+           particles: int = typer.Option(1 << 14, min=2, help="Monte Carlo sites per replica (nonlinear nets)"),
+           replicas: int = typer.Option(4, min=1, help="Monte Carlo replicas (nonlinear nets)")):
+    """The infinite-width limit of a configured run: exact DMFT for linear networks
+    (one_bulk at depth 2, deep_linear deeper), Monte Carlo DMFT for nonlinear muP ones."""
+    from .config import RunConfig, load_toml
+
+    try:
+        data = load_toml(config)
+        cfg = RunConfig.from_dict(data.get("run", data), where="run." if "run" in data else "")
+    except ValueError as exc:
+        _fail(str(exc))
+    from . import plots, storage
+    from . import theory as th
+
+    t0 = time.perf_counter()
+    try:
+        if cfg.activation == "linear" and cfg.depth >= 2:
+            ds = th.one_bulk(cfg) if cfg.depth == 2 else th.deep_linear(cfg)
+        else:
+            ds = th.deep_monte_carlo(cfg, particles=particles, replicas=replicas)
+    except ValueError as exc:
+        _fail(f"no limit for this config: {exc}")
+    store = out or config.with_name(config.stem + "_theory.zarr")
+    storage.save(ds, store)
+    ds.attrs["width"] = "inf"  # for the table title (the store keeps the config)
+    if "singular_values" in ds:
+        _print_run(ds, time.perf_counter() - t0)
+    else:
+        console.print(f"{ds.attrs['model']}: loss {_fmt(float(ds.loss.values[0]))} -> {_fmt(float(ds.loss.values[-1]))} "
+                      f"(+- {_fmt(float(ds.loss_stderr.values[-1]), 2)}), S -> "
+                      f"{_fmt(float(ds.normalized_sharpness.values[-1]))}; {time.perf_counter() - t0:.1f} s")
+    figure = plots.run_overview(ds, Path(store).with_suffix(".png"))
+    console.print(f"stored in {store}; figure {figure}")
 
 
 def _print_run(ds, wall: float) -> None:

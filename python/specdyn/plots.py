@@ -298,10 +298,19 @@ def outlier_predictions(ds, summary, path):
 # one run
 # ---------------------------------------------------------------------------------
 def run_overview(run, path):
-    """One run: the loss (log) and the top singular values s_k(t) of every layer."""
+    """One run (or limit curve): the loss (log) and the top singular values s_k(t) of every
+    layer; without singular values (Monte Carlo limits) the normalized sharpness instead."""
     plt = _plt()
-    layers = [str(l) for l in run.layer.values]
-    fig, axes = plt.subplots(1, 1 + len(layers), figsize=(3.8 * (1 + len(layers)), 3.6), squeeze=False)
+    layers = [str(l) for l in run.layer.values] if "singular_values" in run else []
+    panels = 1 + max(len(layers), 1 if "normalized_sharpness" in run else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(3.8 * panels, 3.6), squeeze=False)
+    if not layers and "normalized_sharpness" in run:
+        ax = axes[0][1]
+        ax.plot(run.step.values, run.normalized_sharpness.values, "k-")
+        ax.axhline(2.0, color="0.6", ls=":", label="edge of stability")
+        ax.set_xlabel("training step t (GD steps)")
+        ax.set_ylabel("normalized sharpness eta lambda_max / P")
+        ax.legend(fontsize=8)
     steps = run.step.values
     axes[0][0].plot(steps, run.loss.values, "k-")
     axes[0][0].set_yscale("log")
@@ -315,7 +324,10 @@ def run_overview(run, path):
                 ax.plot(steps, sv.sel(rank=k).values, label=f"s{int(k) + 1}")
         ax.set_xlabel("training step t (GD steps)")
         ax.set_ylabel(f"singular values of normalized {layer}")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:  # a limit curve before any outlier has escaped the bulk
+            ax.text(0.5, 0.5, "no outlier above the bulk edge", ha="center", va="center", transform=ax.transAxes)
         ax.grid(alpha=0.3)
     return _save(fig, path)
 
