@@ -71,23 +71,7 @@ def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 <<
         raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
     replicas = V.integer("replicas", replicas, 1, 10_000)
     seed = V.integer("seed", seed, 0, 2**63 - 1)
-    if data is None:
-        try:
-            from ..data import teacher
-        except ImportError:
-            raise ValueError("data must be given as (X, Y): specdyn.data is not available in this build") from None
-        X, Y = teacher(config.samples, config.input_dim, 1, seed=config.data_seed, kind=config.teacher,
-                       noise=config.noise)
-    else:
-        if not isinstance(data, (tuple, list)) or len(data) != 2:
-            raise ValueError("data must be a pair (X, Y)")
-        X = V.finite_array("data X", data[0], ndim=2, dtypes=("float64", "float32"))
-        Y = V.finite_array("data Y", data[1], ndim=(1, 2), dtypes=("float64", "float32"))
-    X = np.ascontiguousarray(X, dtype=np.float64)
-    Y = np.ascontiguousarray(np.asarray(Y, dtype=np.float64).reshape(len(Y), -1))
-    if Y.shape[1] != 1 or Y.shape[0] != X.shape[0]:
-        raise ValueError(f"data Y must have shape (P,) or (P, 1) with P = {X.shape[0]}; got {Y.shape}")
-    Y = Y[:, 0].copy()
+    X, Y = _load_data(config, data)
     sig = config.sigma
     s_in, s_out = (sig[0], sig[1]) if isinstance(sig, list) else (sig, sig)
     tracked = config.tracked_steps()
