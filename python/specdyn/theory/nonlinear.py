@@ -81,39 +81,8 @@ def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 <<
                                     tracked, config.divergence_bound)
         for r in range(replicas)
     ]
-    idx = np.asarray(tracked)
-
-    def stack(key, sel=None):
-        a = np.stack([r[key] if sel is None else r[key][sel] for r in runs])
-        mean = a.mean(0)
-        err = a.std(0, ddof=1) / np.sqrt(replicas) if replicas > 1 else np.full_like(mean, np.nan)
-        return a, mean, err
-
-    loss_all, loss, loss_err = stack("loss", idx)
-    _, out, out_err = stack("outputs", idx)
-    _, phi, phi_err = stack("phi")
-    _, grad, grad_err = stack("grad")
-    _, sharp, sharp_err = stack("sharpness")
-    diverged = [int(r["diverged_step"]) for r in runs]
-    dims3 = ("step", "sample", "sample2")
-    ds = xr.Dataset(
-        {
-            "loss": ("step", loss), "loss_stderr": ("step", loss_err),
-            "output": (("step", "sample"), out), "output_stderr": (("step", "sample"), out_err),
-            "feature_kernel": (dims3, phi), "feature_kernel_stderr": (dims3, phi_err),
-            "gradient_kernel": (dims3, grad), "gradient_kernel_stderr": (dims3, grad_err),
-            "normalized_sharpness": ("step", sharp), "normalized_sharpness_stderr": ("step", sharp_err),
-            "loss_replicas": (("replica", "step"), loss_all),
-        },
-        coords={"step": idx.astype(np.int64), "sample": np.arange(len(Y)), "sample2": np.arange(len(Y)),
-                "replica": np.arange(replicas)},
-        attrs={"kind": "theory", "model": "two_layer_monte_carlo", "particles": particles, "replicas": replicas,
-               "status": "ok" if max(diverged) < 0 else "diverged",
-               "diverged_step": min([d for d in diverged if d >= 0], default=-1),
-               "scaling": "mup", "config": config.to_json(), "seed": seed},
-    )
-    return ds
-
+    return _replica_dataset(runs, tracked, len(Y), ("step", "sample", "sample2"), {}, config, seed,
+                            {"model": "two_layer_monte_carlo", "particles": particles})
 
 
 # ---- deeper networks -------------------------------------------------------------------
@@ -214,7 +183,17 @@ def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, 
                                config.divergence_bound)
         for r in range(replicas)
     ]
+    return _replica_dataset(runs, tracked, len(Y), ("step", "layer", "sample", "sample2"),
+                            {"layer": [f"h{l}" for l in range(1, L + 1)]}, config, seed,
+                            {"model": "deep_monte_carlo", "depth": L, "particles": particles,
+                             "response_particles": response_particles})
+
+
+def _replica_dataset(runs, tracked, P, kernel_dims, extra_coords, config, seed, attrs) -> xr.Dataset:
+    """Mean over the Monte Carlo replicas of the core's per-replica results, with
+    ``*_stderr`` = standard deviation over replicas / sqrt(replicas) (NaN for one replica)."""
     idx = np.asarray(tracked)
+    replicas = len(runs)
 
     def stack(key, sel=None):
         a = np.stack([r[key] if sel is None else r[key][sel] for r in runs])
@@ -228,21 +207,18 @@ def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, 
     _, grad, grad_err = stack("grad")
     _, sharp, sharp_err = stack("sharpness")
     diverged = [int(r["diverged_step"]) for r in runs]
-    dims4 = ("step", "layer", "sample", "sample2")
-    P = len(Y)
     return xr.Dataset(
         {
             "loss": ("step", loss), "loss_stderr": ("step", loss_err),
             "output": (("step", "sample"), out), "output_stderr": (("step", "sample"), out_err),
-            "feature_kernel": (dims4, phi), "feature_kernel_stderr": (dims4, phi_err),
-            "gradient_kernel": (dims4, grad), "gradient_kernel_stderr": (dims4, grad_err),
+            "feature_kernel": (kernel_dims, phi), "feature_kernel_stderr": (kernel_dims, phi_err),
+            "gradient_kernel": (kernel_dims, grad), "gradient_kernel_stderr": (kernel_dims, grad_err),
             "normalized_sharpness": ("step", sharp), "normalized_sharpness_stderr": ("step", sharp_err),
             "loss_replicas": (("replica", "step"), loss_all),
         },
-        coords={"step": idx.astype(np.int64), "layer": [f"h{l}" for l in range(1, L + 1)],
-                "sample": np.arange(P), "sample2": np.arange(P), "replica": np.arange(replicas)},
-        attrs={"kind": "theory", "model": "deep_monte_carlo", "depth": L, "particles": particles,
-               "response_particles": response_particles, "replicas": replicas,
+        coords={"step": idx.astype(np.int64), **extra_coords, "sample": np.arange(P), "sample2": np.arange(P),
+                "replica": np.arange(replicas)},
+        attrs={"kind": "theory", **attrs, "replicas": replicas,
                "status": "ok" if max(diverged) < 0 else "diverged",
                "diverged_step": min([d for d in diverged if d >= 0], default=-1),
                "scaling": "mup", "config": config.to_json(), "seed": seed},
