@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 
+#include "mode_problem.hpp"
 #include "specdyn/dmft.hpp"
 
 namespace py = pybind11;
@@ -29,29 +30,7 @@ void need(bool ok, const char* what) {
 std::shared_ptr<dmft::ModeSolution> solve(carr s, carr weights, carr a0, carr B0, carr X, carr y, double c,
                                           double richness, double eta0, int steps, double history_tol,
                                           py::object sharpness_steps) {
-  need(s.ndim() == 1 && weights.ndim() == 1 && s.shape(0) == weights.shape(0), "s, weights: (M,)");
-  const int M = int(s.shape(0));
-  need(a0.ndim() == 2 && a0.shape(0) == M, "a0: (M, R)");
-  const int R = int(a0.shape(1));
-  need(X.ndim() == 2, "X: (P, D)");
-  const int P = int(X.shape(0)), D = int(X.shape(1));
-  need(B0.ndim() == 3 && B0.shape(0) == M && B0.shape(1) == D && B0.shape(2) == R, "B0: (M, D, R)");
-  need(y.ndim() == 1 && y.shape(0) == P, "y: (P,)");
-  need(steps >= 0, "steps >= 0");
-  dmft::ModeProblem pb;
-  pb.nodes = M;
-  pb.coef = R;
-  pb.input_dim = D;
-  pb.samples = P;
-  pb.steps = steps;
-  pb.s = s.data();
-  pb.weights = weights.data();
-  pb.a0 = a0.data();
-  pb.B0 = B0.data();
-  pb.X = X.data();
-  pb.y = y.data();
-  pb.c = c;
-  pb.richness = richness;
+  dmft::ModeProblem pb = bindings::mode_problem(s, weights, a0, B0, X, y, c, richness, steps);
   pb.eta0 = eta0;
   pb.history_tol = history_tol;
   py::array_t<uint8_t, py::array::c_style | py::array::forcecast> flags;

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "mode_problem.hpp"
 #include "specdyn/dmft_direct.hpp"
 #include "specdyn/nets_device.hpp"
 
@@ -137,31 +138,8 @@ inline void bind(py::module_& m, MakeTrainer make, SolveDirect solve) {
       "dmft_direct",
       [solve](carr<double> s, carr<double> weights, carr<double> a0, carr<double> B0, carr<double> X,
               carr<double> y, double c, double richness, int steps, py::object gram_steps) {
-        if (s.ndim() != 1 || weights.ndim() != 1 || s.shape(0) != weights.shape(0))
-          throw std::invalid_argument("s, weights: (M,)");
-        const int M = int(s.shape(0));
-        if (a0.ndim() != 2 || a0.shape(0) != M) throw std::invalid_argument("a0: (M, R)");
-        const int R = int(a0.shape(1));
-        if (X.ndim() != 2) throw std::invalid_argument("X: (P, D)");
-        const int P = int(X.shape(0)), D = int(X.shape(1));
-        if (B0.ndim() != 3 || B0.shape(0) != M || B0.shape(1) != D || B0.shape(2) != R)
-          throw std::invalid_argument("B0: (M, D, R)");
-        if (y.ndim() != 1 || y.shape(0) != P) throw std::invalid_argument("y: (P,)");
-        if (steps < 0) throw std::invalid_argument("steps >= 0");
-        dmft::ModeProblem pb;
-        pb.nodes = M;
-        pb.coef = R;
-        pb.input_dim = D;
-        pb.samples = P;
-        pb.steps = steps;
-        pb.s = s.data();
-        pb.weights = weights.data();
-        pb.a0 = a0.data();
-        pb.B0 = B0.data();
-        pb.X = X.data();
-        pb.y = y.data();
-        pb.c = c;
-        pb.richness = richness;
+        dmft::ModeProblem pb = bindings::mode_problem(s, weights, a0, B0, X, y, c, richness, steps);
+        const int M = pb.nodes, R = pb.coef, D = pb.input_dim;
         std::vector<uint8_t> flags;
         if (!gram_steps.is_none()) {
           flags.assign(size_t(steps) + 1, 0);
