@@ -10,40 +10,15 @@
 #include <stdexcept>
 
 #include "specdyn/blas.hpp"
+#include "lanczos_info.hpp"
 #include "specdyn/lanczos.hpp"
 #include "../src/lanczos_engine.hpp"
 
 namespace py = pybind11;
 using namespace specdyn;
-using lanczos::Info;
 using lanczos::MatMat;
-using lanczos::Options;
 
 namespace {
-
-py::dict info_dict(const Info& i) {
-  py::dict d;
-  d["iterations"] = i.iterations;
-  d["restarts"] = i.restarts;
-  d["matrix_passes"] = i.matrix_passes;
-  d["converged"] = i.converged;
-  d["residuals"] = py::array_t<double>(static_cast<py::ssize_t>(i.residuals.size()), i.residuals.data());
-  d["norm_estimate"] = i.norm_estimate;
-  d["tol"] = i.tol_used;
-  d["block"] = i.block;
-  d["dense"] = i.dense;
-  return d;
-}
-
-Options make_options(double tol, int block, int max_passes, int max_basis, uint64_t seed) {
-  Options o;
-  o.tol = tol;
-  o.block = block;
-  o.max_passes = max_passes;
-  o.max_basis = max_basis;
-  o.seed = seed;
-  return o;
-}
 
 template <class T>
 py::array_t<T> fortran(const std::vector<T>& v, int64_t rows, int64_t cols) {
@@ -72,12 +47,12 @@ py::tuple top_singular(py::array A, int k, double tol, int block, int max_passes
   lanczos::Triplets<T> t;
   {
     py::gil_scoped_release nogil;
-    auto opt = make_options(tol, block, max_passes, max_basis, seed);
+    auto opt = bindings::lanczos_options(tol, block, max_passes, max_basis, seed);
     opt.warm_extra = std::max(warm_extra, 0);
     t = lanczos::top_singular<T>(pa, n, m, row_major, k, opt, pw, k0);
   }
   py::array_t<double> s(static_cast<py::ssize_t>(t.s.size()), t.s.data());
-  py::dict info = info_dict(t.info);
+  py::dict info = bindings::lanczos_info(t.info);
   if (warm_extra > 0) info["warm"] = fortran(t.warm, m, t.warm_cols);  // (internal: benchmarks of warm starts)
   return py::make_tuple(s, fortran(t.U, n, k), fortran(t.V, m, k), info);
 }
@@ -106,7 +81,8 @@ MatMat wrap_dense(const double* A, int64_t n) {
 
 py::tuple eigs_result(const lanczos::Eigs& e, int64_t n) {
   py::array_t<double> vals(static_cast<py::ssize_t>(e.values.size()), e.values.data());
-  return py::make_tuple(vals, fortran(e.vectors, n, static_cast<int64_t>(e.values.size())), info_dict(e.info));
+  return py::make_tuple(vals, fortran(e.vectors, n, static_cast<int64_t>(e.values.size())),
+                        bindings::lanczos_info(e.info));
 }
 
 py::tuple top_eigs_impl(const MatMat& op, int64_t n, int k, bool both, double tol, int block, int max_passes,
@@ -124,7 +100,7 @@ py::tuple top_eigs_impl(const MatMat& op, int64_t n, int k, bool both, double to
   {
     py::gil_scoped_release nogil;
     e = lanczos::top_eigs(op, n, k, both ? lanczos::Which::Both : lanczos::Which::Largest,
-                          make_options(tol, block, max_passes, max_basis, seed), pw, k0);
+                          bindings::lanczos_options(tol, block, max_passes, max_basis, seed), pw, k0);
   }
   return eigs_result(e, n);
 }

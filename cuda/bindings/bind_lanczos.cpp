@@ -15,6 +15,7 @@
 #include "bind_common.hpp"
 #include "lanczos_device.hpp"
 #include "lanczos_driver.hpp"
+#include "../../cpp/bindings/lanczos_info.hpp"
 #include "lanczos_host.hpp"
 #include "specdyn/lanczos.hpp"
 
@@ -24,37 +25,12 @@ using cuda::driver::MatrixView;
 
 namespace {
 
-py::dict info_dict(const lanczos::Info& i, const char* where) {
-  py::dict d;
-  d["iterations"] = i.iterations;
-  d["restarts"] = i.restarts;
-  d["matrix_passes"] = i.matrix_passes;
-  d["converged"] = i.converged;
-  d["residuals"] = py::array_t<double>(static_cast<py::ssize_t>(i.residuals.size()), i.residuals.data());
-  d["norm_estimate"] = i.norm_estimate;
-  d["tol"] = i.tol_used;
-  d["block"] = i.block;
-  d["dense"] = i.dense;
-  d["device"] = where;
-  return d;
-}
-
 template <class T>
 py::array_t<T> fortran(const std::vector<double>& v, int64_t rows, int64_t cols) {
   py::array_t<T, py::array::f_style> a({rows, cols});
   T* p = a.mutable_data();
   for (size_t i = 0; i < v.size() && i < static_cast<size_t>(rows * cols); ++i) p[i] = static_cast<T>(v[i]);
   return a;
-}
-
-lanczos::Options options(double tol, int block, int max_passes, int max_basis, uint64_t seed) {
-  lanczos::Options o;
-  o.tol = tol;
-  o.block = block;
-  o.max_passes = max_passes;
-  o.max_basis = max_basis;
-  o.seed = seed;
-  return o;
 }
 
 // The matrix compacted into host memory (row-major r x c), for the small cases
@@ -98,7 +74,7 @@ py::tuple run_top_singular(K& kern, const T* M, const MatrixView& v, int k, doub
     k0 = static_cast<int>(a.shape(1));
     w.assign(a.data(), a.data() + a.size());
   }
-  const auto opt = options(tol, block, max_passes, max_basis, seed);
+  const auto opt = bindings::lanczos_options(tol, block, max_passes, max_basis, seed);
   cuda::driver::Singular res;
   {
     py::gil_scoped_release nogil;
@@ -112,7 +88,8 @@ py::tuple run_top_singular(K& kern, const T* M, const MatrixView& v, int k, doub
     }
   }
   py::array_t<double> s(static_cast<py::ssize_t>(res.s.size()), res.s.data());
-  py::dict info = info_dict(res.info, where);
+  py::dict info = bindings::lanczos_info(res.info);
+  info["device"] = where;
   info["host_syncs"] = kern.downloads;  // device -> host copies (round trips) during the solve
   return py::make_tuple(s, fortran<T>(res.U, v.n, k), fortran<T>(res.V, v.m, k), info);
 }

@@ -1,0 +1,37 @@
+// Conversions shared by the CPU and device Lanczos bindings: the solver options
+// from the Python arguments and the info dict of a result.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "specdyn/lanczos.hpp"
+
+namespace specdyn::bindings {
+
+inline lanczos::Options lanczos_options(double tol, int block, int max_passes, int max_basis, uint64_t seed) {
+  lanczos::Options o;
+  o.tol = tol;
+  o.block = block;
+  o.max_passes = max_passes;
+  o.max_basis = max_basis;
+  o.seed = seed;
+  return o;
+}
+
+inline pybind11::dict lanczos_info(const lanczos::Info& i) {
+  pybind11::dict d;
+  d["iterations"] = i.iterations;
+  d["restarts"] = i.restarts;
+  d["matrix_passes"] = i.matrix_passes;
+  d["converged"] = i.converged;
+  d["residuals"] = pybind11::array_t<double>(static_cast<pybind11::ssize_t>(i.residuals.size()), i.residuals.data());
+  d["norm_estimate"] = i.norm_estimate;
+  d["tol"] = i.tol_used;
+  d["block"] = i.block;
+  d["dense"] = i.dense;
+  return d;
+}
+
+}  // namespace specdyn::bindings
