@@ -53,7 +53,7 @@ SPECDYN_GPU_HD inline void fold_step(double* part, int lane, int half) {
 constexpr int kTileM = 64, kTileN = 64, kTileK = 16, kSub = 4;  // 16 x 16 threads, 4 x 4 outputs each
 
 template <class T>
-struct GemmArgs {
+struct GemmArgs {  // an aggregate: GemmArgs<T>{transA, transB, m, n, k, alpha, beta, A, lda, B, ldb, C, ldc}
   bool transA = false, transB = false;
   int64_t m = 0, n = 0, k = 0;
   T alpha = 1, beta = 0;

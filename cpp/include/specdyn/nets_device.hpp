@@ -238,20 +238,7 @@ class DeviceTrainerImpl final : public DeviceTrainer {
 
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* A, int64_t lda, const T* B,
             int64_t ldb, T beta, T* C, int64_t ldc) {
-    gpu::GemmArgs<T> g;
-    g.transA = ta;
-    g.transB = tb;
-    g.m = m;
-    g.n = n;
-    g.k = k;
-    g.alpha = alpha;
-    g.beta = beta;
-    g.A = A;
-    g.lda = lda;
-    g.B = B;
-    g.ldb = ldb;
-    g.C = C;
-    g.ldc = ldc;
+    const gpu::GemmArgs<T> g{ta, tb, m, n, k, alpha, beta, A, lda, B, ldb, C, ldc};
     ex_.gemm(g);
   }
 
