@@ -72,13 +72,6 @@ MatMat wrap_callable(py::function f, int64_t n) {
   };
 }
 
-MatMat wrap_dense(const double* A, int64_t n) {
-  return [A, n](const double* X, double* Y, int b) {
-    blas::gemm(blas::Op::N, blas::Op::N, static_cast<int>(n), b, static_cast<int>(n), 1.0, A, static_cast<int>(n), X,
-               static_cast<int>(n), 0.0, Y, static_cast<int>(n));
-  };
-}
-
 py::tuple eigs_result(const lanczos::Eigs& e, int64_t n) {
   py::array_t<double> vals(static_cast<py::ssize_t>(e.values.size()), e.values.data());
   return py::make_tuple(vals, fortran(e.vectors, n, static_cast<int64_t>(e.values.size())),
@@ -155,7 +148,7 @@ void bind_lanczos(py::module_& m) {
       [](py::array_t<double, py::array::f_style> A, int k, bool both, double tol, int block, int max_passes,
          int max_basis, uint64_t seed, py::object v0) {
         if (A.ndim() != 2 || A.shape(0) != A.shape(1)) throw py::value_error("A must be square");
-        return top_eigs_impl(wrap_dense(A.data(), A.shape(0)), A.shape(0), k, both, tol, block, max_passes, max_basis,
+        return top_eigs_impl(lanczos::dense_operator(A.data(), A.shape(0)), A.shape(0), k, both, tol, block, max_passes, max_basis,
                              seed, v0);
       },
       py::arg("A"), py::arg("k"), py::arg("both"), py::arg("tol"), py::arg("block"), py::arg("max_passes"),
@@ -176,7 +169,7 @@ void bind_lanczos(py::module_& m) {
         lanczos::Quadrature q;
         {
           py::gil_scoped_release nogil;
-          q = lanczos::slq(wrap_dense(A.data(), A.shape(0)), A.shape(0), probes, degree, seed);
+          q = lanczos::slq(lanczos::dense_operator(A.data(), A.shape(0)), A.shape(0), probes, degree, seed);
         }
         return quadrature(q);
       },

@@ -282,8 +282,38 @@ EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, 
 
 using detail::Random;
 
-Eigs top_eigs(const MatMat& op, int64_t n, int k, Which which, const Options& opt, const double* v0, int k0) {
+Eigs top_eigs(const MatMat& user_op, int64_t n, int k, Which which, const Options& opt, const double* v0, int k0) {
   const int want = which == Which::Largest ? k : 2 * k;
+  // The solve runs on op = scale * user_op (see max_abs in lanczos_engine.hpp),
+  // the scale fixed by the first product; values and residuals are divided
+  // by it at the end.
+  double scale = 1.0;
+  bool scale_fixed = false;
+  std::vector<double> Xs;
+  constexpr int kRange = 500;
+  MatMat op = [&](const double* X, double* Y, int b) {
+    const size_t nb = static_cast<size_t>(n) * b;
+    auto apply = [&] {
+      if (scale == 1.0) return user_op(X, Y, b);
+      Xs.assign(X, X + nb);
+      for (auto& x : Xs) x *= scale;
+      user_op(Xs.data(), Y, b);
+    };
+    apply();
+    if (scale_fixed) return;
+    scale_fixed = true;
+    double mx = detail::max_abs(Y, nb);
+    if (mx == 0 || detail::in_safe_range(mx, kRange)) return;  // (a zero block: nothing to scale by)
+    if (!std::isfinite(mx)) {  // overflow: measure on a scaled-down block
+      scale = std::ldexp(1.0, -kRange);
+      apply();
+      mx = detail::max_abs(Y, nb);
+      if (!std::isfinite(mx)) throw std::runtime_error("top_eigs: the operator returns NaN or infinite values");
+      if (mx == 0 || detail::in_safe_range(mx, kRange)) return;
+    }
+    scale *= detail::pow2_inverse(mx, kRange);
+    apply();
+  };
   if (n < 1 || k < 1 || want > n) throw std::invalid_argument("top_eigs: need 1 <= k and k (2k for Both) <= n");
   if (k0 < 0 || (k0 > 0 && !v0)) throw std::invalid_argument("top_eigs: bad warm start");
   const double tol = std::max(opt.tol, 4 * std::numeric_limits<double>::epsilon());
@@ -306,6 +336,7 @@ Eigs top_eigs(const MatMat& op, int64_t n, int k, Which which, const Options& op
         const double s = 0.5 * (A[i + j * n] + A[j + i * n]);
         A[i + j * n] = A[j + i * n] = s;
       }
+    detail::BlasThreads one(1);  // (the same bits at any thread count)
     if (blas::syevd(static_cast<int>(n), A.data(), static_cast<int>(n), w.data()) != 0)
       throw std::runtime_error("top_eigs: syevd failed");
     std::vector<int64_t> sel;
@@ -388,7 +419,30 @@ Eigs top_eigs(const MatMat& op, int64_t n, int k, Which which, const Options& op
     }
     out.info.converged = true;
   }
+  if (scale != 1.0) {
+    for (auto& v : out.values) v /= scale;
+    for (auto& r : out.info.residuals) r /= scale;
+    out.info.norm_estimate /= scale;
+  }
+  for (size_t j = 0; j < out.values.size(); ++j)
+    if (!std::isfinite(out.values[j]) || !std::isfinite(out.info.residuals[j])) out.info.converged = false;
   return out;
+}
+
+MatMat dense_operator(const double* A, int64_t n) {
+  return [A, n](const double* X, double* Y, int b) {
+    // 256 rows of a 4096-wide matrix are 8 MiB: enough work per chunk to pay for
+    // the OpenMP region, small enough to split across a few threads.
+    constexpr int64_t kChunk = 256;
+    const int64_t nc = (n + kChunk - 1) / kChunk;
+    detail::BlasThreads one(1);
+#pragma omp parallel for schedule(dynamic, 1) if (nc > 1 && n * b >= (int64_t(1) << 14) && !omp_in_parallel())
+    for (int64_t ch = 0; ch < nc; ++ch) {
+      const int64_t i0 = ch * kChunk, rows = std::min(kChunk, n - i0);
+      blas::gemm(blas::Op::N, blas::Op::N, static_cast<int>(rows), b, static_cast<int>(n), 1.0, A + i0, static_cast<int>(n), X,
+                 static_cast<int>(n), 0.0, Y + i0, static_cast<int>(n));
+    }
+  };
 }
 
 Quadrature slq(const MatMat& op, int64_t n, int probes, int degree, uint64_t seed) {

@@ -1,8 +1,10 @@
 // Internal: the thick-restart block Lanczos engine shared by top_singular,
 // top_eigs and (for the block orthogonalization) slq. Not part of the API.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <vector>
 
 #include "specdyn/blas.hpp"
@@ -60,6 +62,31 @@ struct EngineOut {
 EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, int cap,
                         int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept,
                         int extra = 0);
+
+// Range safety. A solve works on a power-of-two multiple (scale * A) of its
+// operator whenever the operator's first products leave the range in which
+// squares and sums of squares stay normal numbers: Gram entries of a 1e-200
+// matrix underflow, those of a 1e160 one overflow. Powers of two scale
+// without rounding, so a matrix inside the range gets the same bits as before.
+//
+// max|x| over n values; +inf when any value is NaN or infinite.
+inline double max_abs(const double* x, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double a = std::fabs(x[i]);
+    if (!(a <= std::numeric_limits<double>::max())) return std::numeric_limits<double>::infinity();
+    m = a > m ? a : m;
+  }
+  return m;
+}
+// True when a block of magnitude mx is comfortably inside a type whose safe
+// exponent range is [-e, e] (the products of a block step square it once more).
+inline bool in_safe_range(double mx, int e) { return mx >= std::ldexp(1.0, -e) && mx <= std::ldexp(1.0, e); }
+// 2^-k with k = the binary exponent of mx, clamped to [-e, e]: mx * scale lies in [1, 2).
+inline double pow2_inverse(double mx, int e) {
+  const int k = std::ilogb(mx);
+  return std::ldexp(1.0, -(k < -e ? -e : (k > e ? e : k)));
+}
 
 // Size of the largest group of consecutive values (sorted either way) whose
 // neighbours differ by at most gap.

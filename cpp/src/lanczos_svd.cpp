@@ -212,10 +212,11 @@ void dense_svd(const T* A, int64_t n, int64_t m, bool row_major, int k, Triplets
              static_cast<int>(n), 0.0, AtU.data(), static_cast<int>(m));
   out.info.residuals.assign(k, 0.0);
   for (int j = 0; j < k; ++j) {
-    double a = 0, b = 0;
-    for (int64_t i = 0; i < n; ++i) a += std::pow(AV[at(i, j, n)] - s[j] * Ud[at(i, j, n)], 2);
-    for (int64_t i = 0; i < m; ++i) b += std::pow(AtU[at(i, j, m)] - s[j] * Vd[at(i, j, m)], 2);
-    out.info.residuals[j] = std::sqrt(std::max(a, b));
+    // (nrm2 scales its sum: the residual of a 1e-200 matrix does not underflow to 0)
+    for (int64_t i = 0; i < n; ++i) AV[at(i, j, n)] -= s[j] * Ud[at(i, j, n)];
+    for (int64_t i = 0; i < m; ++i) AtU[at(i, j, m)] -= s[j] * Vd[at(i, j, m)];
+    out.info.residuals[j] = std::max(blas::nrm2(static_cast<int>(n), AV.data() + at(0, j, n)),
+                                     blas::nrm2(static_cast<int>(m), AtU.data() + at(0, j, m)));
   }
   out.info.norm_estimate = s.empty() ? 0.0 : s[0];
   out.info.matrix_passes = 1;
@@ -264,18 +265,53 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
   const int64_t r = row_major ? n : m, c = row_major ? m : n;
   const size_t cs = static_cast<size_t>(c);
   const int64_t max_passes = opt.max_passes > 0 ? opt.max_passes : 1000;
+  // The solve runs on scale * M (see max_abs in lanczos_engine.hpp): the Gram
+  // operator is scale * M^T (M (scale X)), the scale a power of two fixed by
+  // the first product (1 unless that product leaves the safe range of T, then
+  // from max |a_ij|, one extra read of A). Singular values and residuals are
+  // divided by it at the end.
+  constexpr int kRange = std::is_same_v<T, float> ? 50 : 500;
+  double scale = 1.0;
+  bool scale_fixed = false;
+  auto fix_scale = [&] {  // from the largest entry of A
+    scale_fixed = true;
+    const int64_t total = n * m;
+    double amax = 0;
+    bool finite = true;
+#pragma omp parallel for reduction(max : amax) reduction(&& : finite) schedule(static) if (total >= (1 << 16))
+    for (int64_t i = 0; i < total; ++i) {
+      const double a = std::fabs(static_cast<double>(A[i]));
+      finite = finite && a <= std::numeric_limits<double>::max();
+      amax = a > amax ? a : amax;
+    }
+    ++out.info.matrix_passes;
+    if (finite && amax > 0) scale = detail::pow2_inverse(amax, std::is_same_v<T, float> ? 120 : 1000);
+  };
   std::vector<T> Xt, Zt;
-  MatMat op = [&](const double* X, double* Z, int bb) {
+  auto scaled_in = [&](const double* X, size_t xs) {  // Xt = T(scale X)
+    Xt.resize(xs);
+    for (size_t i = 0; i < xs; ++i) Xt[i] = static_cast<T>(scale * X[i]);
+    return Xt.data();
+  };
+  auto sweep = [&](const double* X, double* Z, int bb) {
     const size_t xs = cs * bb;
     if constexpr (std::is_same_v<T, double>) {
-      gram_sweep<T>(M, r, c, c, X, bb, nullptr, Z);
-    } else {
-      Xt.resize(xs);
-      Zt.resize(xs);
-      from_double(X, Xt.data(), xs);
-      gram_sweep<T>(M, r, c, c, Xt.data(), bb, nullptr, Zt.data());
-      to_double(Zt.data(), Z, xs);
+      if (scale == 1.0) return gram_sweep<T>(M, r, c, c, X, bb, nullptr, Z);
     }
+    const T* xp = scaled_in(X, xs);
+    Zt.resize(xs);
+    gram_sweep<T>(M, r, c, c, xp, bb, nullptr, Zt.data());
+    for (size_t i = 0; i < xs; ++i) Z[i] = scale * static_cast<double>(Zt[i]);
+  };
+  MatMat op = [&](const double* X, double* Z, int bb) {
+    sweep(X, Z, bb);
+    if (scale_fixed) return;
+    scale_fixed = true;
+    if (detail::in_safe_range(detail::max_abs(Z, cs * bb), kRange)) return;
+    fix_scale();
+    if (scale == 1.0) return;
+    sweep(X, Z, bb);
+    ++out.info.matrix_passes;
   };
 
   // Warm start on the c side (right vectors of A when row-major; else A v0).
@@ -287,11 +323,22 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
     if (row_major) {
       to_double(v0, warm.data(), cs * kw);
     } else {
-      std::vector<T> w(cs * kw);
-      blas::gemm(Op::N, Op::N, static_cast<int>(c), kw, static_cast<int>(r), T(1), M, static_cast<int>(c), v0,
-                 static_cast<int>(r), T(0), w.data(), static_cast<int>(c));
-      to_double(w.data(), warm.data(), cs * kw);
-      ++out.info.matrix_passes;
+      // The c-side warm block is A v0: its products fix the scale (directions are all that matter here).
+      std::vector<T> w(cs * kw), v0s(v0, v0 + static_cast<size_t>(r) * kw);
+      auto product = [&] {
+        blas::gemm(Op::N, Op::N, static_cast<int>(c), kw, static_cast<int>(r), T(1), M, static_cast<int>(c),
+                   v0s.data(), static_cast<int>(r), T(0), w.data(), static_cast<int>(c));
+        to_double(w.data(), warm.data(), cs * kw);
+        ++out.info.matrix_passes;
+      };
+      product();
+      if (!detail::in_safe_range(detail::max_abs(warm.data(), cs * kw), kRange)) {
+        fix_scale();
+        if (scale != 1.0) {
+          for (auto& x : v0s) x = static_cast<T>(scale * static_cast<double>(x));
+          product();
+        }
+      }
     }
   }
 
@@ -337,14 +384,14 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
     }
 
     // Certificate: one fused pass gives Y = M X and Z = M^T Y for the Ritz block X.
-    std::vector<T> Xk(cs * k), Yk(rs * k), Zk(cs * k);
-    from_double(eo.X.data(), Xk.data(), cs * k);
-    gram_sweep<T>(M, r, c, c, Xk.data(), k, Yk.data(), Zk.data());
+    // (On scale * M: Yk = (scale M) X, Z = (scale M)^T Yk.)
+    std::vector<T> Yk(rs * k), Zk(cs * k);
+    gram_sweep<T>(M, r, c, c, scaled_in(eo.X.data(), cs * k), k, Yk.data(), Zk.data());
     ++out.info.matrix_passes;
     std::vector<double> Xd(cs * k), Y(rs * k), Z(cs * k);
-    to_double(Xk.data(), Xd.data(), cs * k);
+    for (size_t i = 0; i < cs * k; ++i) Xd[i] = static_cast<double>(static_cast<T>(eo.X[i]));
     to_double(Yk.data(), Y.data(), rs * k);
-    to_double(Zk.data(), Z.data(), cs * k);
+    for (size_t i = 0; i < cs * k; ++i) Z[i] = scale * static_cast<double>(Zk[i]);
     // Rayleigh-Ritz with M X: Y = Q R, R = P diag(s) W^T  =>  u = Q P, v = X W.
     std::vector<double> Q = Y, Rr(static_cast<size_t>(k) * k), P(static_cast<size_t>(k) * k),
                         WT(static_cast<size_t>(k) * k), s(k);
@@ -370,7 +417,7 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
     } else {
       // One more pass: M^T U explicitly.
       std::vector<T> Ut(rs * k), Wt(cs * k);
-      from_double(U.data(), Ut.data(), rs * k);
+      for (size_t i = 0; i < rs * k; ++i) Ut[i] = static_cast<T>(scale * U[i]);
       blas::gemm(Op::N, Op::N, static_cast<int>(c), k, static_cast<int>(r), T(1), M, static_cast<int>(c), Ut.data(),
                  static_cast<int>(r), T(0), Wt.data(), static_cast<int>(c));
       to_double(Wt.data(), MtU.data(), cs * k);
@@ -386,7 +433,14 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
       out.info.residuals[j] = std::sqrt(std::max(a, bb));
       ok = ok && out.info.residuals[j] <= tol * out.info.norm_estimate;
     }
+    // Back from scale * M to M; a NaN or infinity anywhere is never certified.
     out.s = s;
+    for (int j = 0; j < k; ++j) {
+      out.s[j] /= scale;
+      out.info.residuals[j] /= scale;
+      ok = ok && std::isfinite(out.s[j]) && std::isfinite(out.info.residuals[j]);
+    }
+    out.info.norm_estimate /= scale;
     // M = A when row-major (u: left, v: right), M = A^T otherwise (swapped).
     std::vector<double>& Ua = row_major ? U : V;
     std::vector<double>& Va = row_major ? V : U;

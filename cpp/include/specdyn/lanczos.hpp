@@ -116,6 +116,12 @@ template <class T>
 MatMat gram_operator(const T* A, int64_t n, int64_t m, bool row_major);
 inline int64_t gram_dim(int64_t n, int64_t m) { return m <= n ? m : n; }
 
+// The operator X -> A X of a dense symmetric n x n matrix (column-major, used
+// in place). Rows are split into fixed chunks, each multiplied on one BLAS
+// thread (a threaded gemv/gemm splits its sums by thread count), so the result
+// has the same bits at any thread count. A must outlive the callable.
+MatMat dense_operator(const double* A, int64_t n);
+
 // Y = M X (r x b) and Z = M^T Y (c x b) for a row-major r x c matrix M (leading
 // dimension ld), in one sweep over row panels of M (OpenMP over panels). Y may be
 // null when only Z is wanted. X is c x b, all column-major.
