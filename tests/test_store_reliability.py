@@ -331,7 +331,7 @@ def test_checkpoint_temporary_does_not_follow_a_planted_link(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     victim = tmp_path / "victim.txt"
-    victim.write_text("precious")
+    victim.write_bytes(b"precious")
     (shared / "x.ckpt.tmp").symlink_to(victim)
     cfg = RunConfig(width=16, depth=2, input_dim=4, samples=8, steps=12, track_every=3, top_k=2,
                     checkpoint_every=2)
@@ -342,14 +342,14 @@ def test_checkpoint_temporary_does_not_follow_a_planted_link(tmp_path):
 
     with pytest.raises(_Stop):
         specdyn.simulate(cfg, checkpoint=shared / "x.ckpt", progress=stop)
-    assert victim.read_text() == "precious"
+    assert victim.read_bytes() == b"precious"
     assert sorted(p.name for p in shared.iterdir()) == ["x.ckpt", "x.ckpt.tmp"]  # no stray temporaries
     with np.load(shared / "x.ckpt") as z:
         assert str(z["config"]) == cfg.to_json()
     full = specdyn.simulate(cfg)
     resumed = specdyn.simulate(cfg, checkpoint=shared / "x.ckpt", resume=True)
     np.testing.assert_array_equal(full["loss"].values, resumed["loss"].values)
-    assert victim.read_text() == "precious"
+    assert victim.read_bytes() == b"precious"
 
 
 # ---------------------------------------------------------------------------------
