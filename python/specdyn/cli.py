@@ -427,7 +427,7 @@ def plot(store: Path = typer.Argument(..., help="a Zarr store written by sweep, 
             if not groups:
                 _fail(f"store {str(store)!r} holds no complete run")
             runs = {g: storage.load(store, g or None) for g in groups}
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         _fail(str(exc))
     if meta.get("study") in studies.STUDIES:
         paths = studies.get(meta["study"]).figures(ds, summary, out_dir)

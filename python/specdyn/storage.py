@@ -54,7 +54,8 @@ _GROUP_NAME = re.compile(rf"^{_NAME}(/{_NAME})*$")
 _TMP, _TRASH = ".tmp-", ".trash-"
 # how long a reader waits for a group that is being swapped in (two-rename fallback)
 _SWAP_WAIT_S = 0.5
-_READ_ATTEMPTS = 5
+# a read that overlapped a swap is repeated on the new copy, this many times at most
+_READ_ATTEMPTS = 20
 
 
 class DamagedGroupError(ValueError):
@@ -460,6 +461,9 @@ def _snapshot_once(root: Path, group: str | None):
                 vfd = os.open(var, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0), dir_fd=gfd)
             except (FileNotFoundError, NotADirectoryError):
                 problems.append(f"variable {var!r} is missing")
+                continue
+            except OSError as exc:  # a link or an unreadable folder in its place
+                problems.append(f"variable {var!r} cannot be read ({exc.strerror})")
                 continue
             try:
                 _read_tree(vfd, f"{var}/", files)

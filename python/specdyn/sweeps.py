@@ -298,7 +298,8 @@ def sweep(study_or_runfn, grid, store, client=None, workers: int | None = None,
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
 
-    storage.check_save_target(store, groups[0])  # an unusable store fails before any work
+    if groups:
+        storage.check_save_target(store, groups[0])  # an unusable store fails before any work
     # resume: skip the complete groups whose content checks out; redo damaged ones
     damaged: dict[str, str] = {}
     done = set()
