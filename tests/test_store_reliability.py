@@ -373,6 +373,14 @@ def test_cli_run_out_in_a_read_only_folder(tmp_path):
     assert one_line_error(res) and "not writable" in res.output, res.output
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_cli_run_out_on_a_read_only_file_system(tmp_path):
+    cfg = tmp_path / "one.toml"
+    cfg.write_text("[run]\nwidth = 16\nsteps = 4\ntrack_every = 2\ntop_k = 2\n")
+    res = invoke("run", cfg, "--out", "/proc/specdyn-test.zarr", "--no-progress")
+    assert one_line_error(res) and "not writable" in res.output, res.output
+
+
 @pytest.mark.parametrize("make, words", [
     (lambda p: p.write_text("not a store"), "is a file"),
     (lambda p: p.mkdir(), "does not exist"),

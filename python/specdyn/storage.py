@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -257,11 +258,13 @@ def check_save_target(store, group: str | None = None) -> None:
     Refused: a path under a file or an unwritable folder; a parent that is an
     array; an existing node that is an array, a file, a folder that is not a
     Zarr group, or a group that holds other groups or files (a run never
-    replaces them). Checks only; writes nothing. Call it before the work
-    whose result will be saved.
+    replaces them). Checks only (writability by creating and removing an
+    empty hidden folder). Call it before the work whose result will be saved.
     """
-    group = _check_group(group)
-    root = _store_path(store)
+    _check_target(_store_path(store), _check_group(group), probe_write=True)
+
+
+def _check_target(root: Path, group: str | None, probe_write: bool) -> None:
     d = _group_dir(root, group)
     # the nearest existing folder must be writable (the store is created below it)
     probe = d
@@ -269,8 +272,12 @@ def check_save_target(store, group: str | None = None) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise ValueError(f"cannot write {str(d)!r}: {str(probe)!r} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {str(d)!r}: the folder {str(probe)!r} is not writable")
+    if probe_write:
+        try:  # a real attempt: permission bits do not tell about read-only mounts or root
+            os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".specdyn-probe-"))
+        except OSError as exc:
+            raise ValueError(f"cannot write {str(d)!r}: the folder {str(probe)!r} is not writable "
+                             f"({exc.strerror})") from None
     parts = group.split("/") if group else []
     for i in range(len(parts)):
         parent = "/".join(parts[:i]) or None
@@ -371,7 +378,7 @@ def save(ds, store, group: str | None = None) -> str | None:
     group = _check_group(group)
     root = _store_path(store)
     enc = _encode(ds)
-    check_save_target(root, group)
+    _check_target(root, group, probe_write=False)  # an unwritable folder fails at the first mkdir
     d = _group_dir(root, group)
     if group:
         parent = group.rpartition("/")[0]
@@ -393,7 +400,7 @@ def save(ds, store, group: str | None = None) -> str | None:
             manifest[name] = {"chunks": chunks, "sha256": _content_hash(arr[...])}
         # one metadata write: the manifest and the completion marker together, last
         node.attrs.update({_VERSION_ATTR: STORAGE_VERSION, _MANIFEST_ATTR: manifest, COMPLETE_ATTR: True})
-        check_save_target(root, group)  # nothing appeared in the group while this one was written
+        _check_target(root, group, probe_write=False)  # nothing appeared in the group meanwhile
         _swap_in(tmp, d)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # our own temporary; the error propagates
