@@ -104,3 +104,29 @@ def test_public_names():
     import specdyn
 
     assert specdyn.save is storage.save and specdyn.load is storage.load
+
+
+def test_hidden_names_and_non_directory_stores_are_refused(tmp_path):
+    from zarr.storage import MemoryStore
+
+    with pytest.raises(ValueError, match="no name starting with '.'"):
+        storage.save(schema_dataset(), tmp_path / "s.zarr", "runs/.tmp-a")
+    with pytest.raises(ValueError, match="store must be the path of a directory"):
+        storage.save(schema_dataset(), MemoryStore(), "a")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_unreadable_metadata_is_named_not_skipped(tmp_path):
+    store = tmp_path / "s.zarr"
+    storage.save(schema_dataset(seed=1), store, "runs/a")
+    storage.save(schema_dataset(seed=2), store, "runs/b")
+    (store / "runs" / "a" / "zarr.json").write_text("{")
+    with pytest.raises(storage.DamagedGroupError, match="group 'runs/a'.*not valid JSON"):
+        storage.completed_groups(store)
+    with pytest.raises(storage.DamagedGroupError, match="group 'runs/a'"):
+        storage.is_complete(store, "runs/a")
+    assert storage.is_complete(store, "runs/b")
+    # a damaged run may be replaced by a good one
+    storage.save(schema_dataset(seed=3), store, "runs/a")
+    xr.testing.assert_identical(storage.load(store, "runs/a"), schema_dataset(seed=3))
+    assert storage.completed_groups(store) == ["runs/a", "runs/b"]

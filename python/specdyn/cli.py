@@ -49,6 +49,8 @@ def _print_sweep(sw: dict) -> None:
         console.print(f"  [yellow]diverged[/] {g}")
     for g, msg in sw["failed"].items():
         console.print(f"  [red]failed[/] {g}: {msg.splitlines()[0]}")
+    for g, why in sw.get("damaged", {}).items():
+        console.print(f"  [yellow]damaged, run again[/] {g}: {why}")
 
 
 
@@ -296,9 +298,16 @@ def run(config: Path = typer.Argument(..., help="TOML file with a [run] table of
     from .training import simulate
 
     store = out or config.with_suffix(".zarr")
+    try:
+        storage.check_save_target(store)  # before training: a store we may not replace, an unwritable path
+    except ValueError as exc:
+        _fail(str(exc))
     t0 = time.perf_counter()
     ds = simulate(cfg, progress=progress or None)
-    storage.save(ds, store)
+    try:
+        storage.save(ds, store)
+    except (ValueError, OSError) as exc:
+        _fail(f"could not store the run in {str(store)!r}: {exc}")
     _print_run(ds, time.perf_counter() - t0)
     console.print(f"stored in {store}")
 
@@ -379,8 +388,11 @@ def sweep(config: Path = typer.Argument(..., help="TOML with [study] name, [run]
         _fail(str(exc))
     store = out or config.with_suffix(".zarr")
     if spec.study is None:
-        summary = run_sweep(studies.simulate_run, spec.grid, store, client=scheduler, workers=workers,
-                            progress=True, base=spec.base)
+        try:
+            summary = run_sweep(studies.simulate_run, spec.grid, store, client=scheduler, workers=workers,
+                                progress=True, base=spec.base)
+        except ValueError as exc:
+            _fail(str(exc))
         _print_sweep(summary)
         return
     study = studies.get(spec.study)
@@ -406,18 +418,23 @@ def plot(store: Path = typer.Argument(..., help="a Zarr store written by sweep, 
     if not Path(store).exists():
         _fail(f"store {str(store)!r} does not exist")
     out_dir = out or Path(store).parent
-    meta = storage.read_attrs(store).get("specdyn_sweep", {})
+    try:  # a file, an empty folder, garbled metadata or a damaged run: one line naming it
+        meta = storage.read_attrs(store).get("specdyn_sweep", {})
+        if meta.get("study") in studies.STUDIES:
+            ds, summary = studies.analyze(store)
+        else:
+            groups = storage.completed_groups(store)
+            if not groups:
+                _fail(f"store {str(store)!r} holds no complete run")
+            runs = {g: storage.load(store, g or None) for g in groups}
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
     if meta.get("study") in studies.STUDIES:
-        ds, summary = studies.analyze(store)
         paths = studies.get(meta["study"]).figures(ds, summary, out_dir)
         print_headline(summary)
     else:
-        groups = storage.completed_groups(store)
-        if not groups:
-            _fail(f"store {str(store)!r} holds no complete run")
         paths = []
-        for g in groups:
-            ds = storage.load(store, g or None)
+        for g, ds in runs.items():
             name = (g or Path(store).stem).replace("/", "_")
             paths.append(plots.run_overview(ds, out_dir / f"{name}.png"))
     console.print(f"figures: {', '.join(paths)}")

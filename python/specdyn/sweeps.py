@@ -3,7 +3,8 @@
 Each run is one Dask task; the process that calls :func:`sweep` writes each
 finished run to its own Zarr group (``runs/<name>``), so workers need no
 access to the store and a killed sweep loses at most the runs in flight.
-Restarting the same sweep on the same store skips every complete group:
+Restarting the same sweep on the same store skips every complete group whose
+content checks out (:func:`specdyn.storage.verify`) and redoes damaged ones:
 none lost, none repeated. A run that diverges is stored with
 ``status="diverged"`` and listed in the summary; a run whose function raises
 is not stored (it is retried on the next start) and is listed as failed.
@@ -166,21 +167,58 @@ def execute_run(run_fn: Callable, config_json: str):
 SERIAL = ("serial", "sync", "synchronous")
 
 
+# seconds to reach a scheduler given by address before giving up (it is either there or not)
+SCHEDULER_TIMEOUT_S = 5
+
+
+def _local_cluster(n: int):
+    """A LocalCluster that only this process can use.
+
+    The scheduler runs the pickled tasks it is sent, so whoever can connect to
+    it can run code as this user. It listens on the loopback interface only,
+    over TLS with a certificate made for this cluster and kept in memory
+    (``Security.temporary()``): other users of the machine cannot connect.
+    Without the ``cryptography`` package Dask cannot make that certificate;
+    the cluster then listens on loopback TCP without authentication, and a
+    warning says so.
+    """
+    import warnings
+
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    try:
+        security = Security.temporary()
+    except ImportError as exc:
+        warnings.warn(f"the local Dask cluster listens on 127.0.0.1 without authentication ({exc}); any user "
+                      f"of this machine can submit tasks to it; install 'cryptography' for TLS", stacklevel=3)
+        security = None
+    # one thread per worker process: the native core parallelizes inside a
+    # run and Dask's nanny already pins OMP/BLAS threads to 1 per worker
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                        security=security, dashboard_address=None, silence_logs=logging.ERROR)
+
+
+def _connect(address: str):
+    """A Client of the scheduler at ``address``; ValueError naming it when unreachable."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=SCHEDULER_TIMEOUT_S)
+    except (OSError, ValueError, TypeError) as exc:  # malformed, refused, timed out, TLS mismatch
+        raise ValueError(f"client: cannot use the Dask scheduler {address!r} "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
 def _open_client(client, workers: int | None, n_tasks: int):
     """(client or None for serial, cleanup callable)."""
     if isinstance(client, str) and client.lower() in SERIAL:
         return None, lambda: None
-    from distributed import Client
-
     if client is None:
-        from distributed import LocalCluster
+        from distributed import Client
 
         n = workers if workers is not None else min(os.cpu_count() or 1, max(n_tasks, 1))
-        n = max(1, int(n))
-        # one thread per worker process: the native core parallelizes inside a
-        # run and Dask's nanny already pins OMP/BLAS threads to 1 per worker
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=None, silence_logs=logging.ERROR)
+        cluster = _local_cluster(max(1, int(n)))
         cl = Client(cluster)
 
         def cleanup():
@@ -189,7 +227,7 @@ def _open_client(client, workers: int | None, n_tasks: int):
 
         return cl, cleanup
     if isinstance(client, str):
-        cl = Client(client)
+        cl = _connect(client)
         return cl, cl.close
     return client, lambda: None
 
@@ -235,7 +273,7 @@ def sweep(study_or_runfn, grid, store, client=None, workers: int | None = None,
     grid : ``{field: [values]}`` over RunConfig fields (product, on top of
         ``base``) or an iterable of RunConfigs; see :func:`expand_grid`.
     store : path of the Zarr store (a directory); runs land in ``runs/<name>``.
-    client : None for an in-process ``LocalCluster`` of worker processes, a
+    client : None for a ``LocalCluster`` of worker processes (loopback, TLS), a
         ``distributed.Client``, a scheduler address (``"tcp://host:8786"``),
         or ``"serial"`` to run in this process without Dask.
     workers : worker processes of the default LocalCluster (default: cores).
@@ -245,7 +283,11 @@ def sweep(study_or_runfn, grid, store, client=None, workers: int | None = None,
     Returns the summary: ``total``, ``skipped`` (already complete),
     ``completed`` (new this time), ``groups`` (all, grid order), ``diverged``
     (groups stored with status "diverged", old and new), ``failed``
-    (``{group: message}``, not stored), ``store``, ``wall_s``.
+    (``{group: message}``, not stored), ``damaged`` (``{group: reason}``:
+    stored groups that failed :func:`specdyn.storage.verify` and were run
+    again), ``store``, ``wall_s``. A scheduler address that cannot be
+    reached within ``SCHEDULER_TIMEOUT_S`` seconds raises ``ValueError``
+    before any work.
     """
     t0 = time.perf_counter()
     run_fn, study_name = resolve_run_function(study_or_runfn)
@@ -256,60 +298,84 @@ def sweep(study_or_runfn, grid, store, client=None, workers: int | None = None,
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be an integer >= 1; got {workers!r}")
 
-    # the latest sweep's description: `specdyn plot STORE` analyzes these groups
-    storage.write_attrs(store, {"specdyn_sweep": {
-        "study": study_name,
-        "grid": grid if isinstance(grid, dict) else None,
-        "base": _as_dict(base) or None,
-        **(study_attrs or {}),
-        "groups": list(unique),
-    }})
-    done = set(storage.completed_groups(store))
+    if groups:
+        storage.check_save_target(store, groups[0])  # an unusable store fails before any work
+    # resume: skip the complete groups whose content checks out; redo damaged ones
+    damaged: dict[str, str] = {}
+    done = set()
+    for g in unique:
+        try:
+            complete = storage.is_complete(store, g)
+        except storage.DamagedGroupError as exc:
+            damaged[g] = exc.reason
+            continue
+        if complete:
+            problems = storage.verify(store, g)
+            if problems:
+                damaged[g] = problems[0][1]
+            else:
+                done.add(g)
     todo = [(g, c) for g, c in unique.items() if g not in done]
     # longest runs first, so the last task to finish is a short one
     todo.sort(key=lambda gc: -(gc[1].width ** 2 * max(gc[1].steps, 1) * gc[1].depth))
     skipped = len(unique) - len(todo)
     failed: dict[str, str] = {}
     completed: list[str] = []
+    # a scheduler given by address is reached (or refused) before anything is written
+    cl, cleanup = _open_client(client, workers, len(todo)) if todo else (None, lambda: None)
+    try:
+        # the latest sweep's description: `specdyn plot STORE` analyzes these groups
+        storage.write_attrs(store, {"specdyn_sweep": {
+            "study": study_name,
+            "grid": grid if isinstance(grid, dict) else None,
+            "base": _as_dict(base) or None,
+            **(study_attrs or {}),
+            "groups": list(unique),
+        }})
+    except BaseException:
+        cleanup()
+        raise
 
     def store_result(group, result):
         status, payload = result
         if status == "ok":
-            storage.save(payload, store, group)
+            try:
+                storage.save(payload, store, group)
+            except (ValueError, OSError) as exc:  # recorded; the previous content of the group is intact
+                failed[group] = f"could not store the run: {type(exc).__name__}: {exc}"
+                return
             completed.append(group)
         else:
             failed[group] = payload
 
     bar, advance = _progress_bar(progress, len(unique), skipped)
-    with bar:
-        if todo:
-            cl, cleanup = _open_client(client, workers, len(todo))
-            try:
-                if cl is None:
-                    for group, config in todo:
-                        store_result(group, execute_run(run_fn, config.to_json()))
-                        advance(group)
-                else:
-                    from distributed import as_completed
+    try:
+        with bar:
+            if todo and cl is None:
+                for group, config in todo:
+                    store_result(group, execute_run(run_fn, config.to_json()))
+                    advance(group)
+            elif todo:
+                from distributed import as_completed
 
-                    futures = {}
-                    for group, config in todo:
-                        fut = cl.submit(execute_run, run_fn, config.to_json(), pure=False,
-                                        key=f"specdyn-{group.removeprefix(RUN_PREFIX)}-{time.time_ns()}")
-                        futures[fut] = group
-                    for fut in as_completed(list(futures)):
-                        group = futures[fut]
-                        try:
-                            result = fut.result()
-                        except Exception as exc:  # a worker died or the task could not run
-                            result = ("failed", f"{type(exc).__name__}: {exc}")
-                        store_result(group, result)
-                        advance(group)
-                        fut.release()
-            finally:
-                cleanup()
+                futures = {}
+                for group, config in todo:
+                    fut = cl.submit(execute_run, run_fn, config.to_json(), pure=False,
+                                    key=f"specdyn-{group.removeprefix(RUN_PREFIX)}-{time.time_ns()}")
+                    futures[fut] = group
+                for fut in as_completed(list(futures)):
+                    group = futures[fut]
+                    try:
+                        result = fut.result()
+                    except Exception as exc:  # a worker died or the task could not run
+                        result = ("failed", f"{type(exc).__name__}: {exc}")
+                    store_result(group, result)
+                    advance(group)
+                    fut.release()
+    finally:
+        cleanup()
 
-    finished = set(storage.completed_groups(store))
+    finished = done | set(completed)
     diverged = [g for g in unique if g in finished and
                 storage.read_attrs(store, g).get("status") == "diverged"]
     return {
@@ -321,6 +387,7 @@ def sweep(study_or_runfn, grid, store, client=None, workers: int | None = None,
         "groups": list(unique),
         "diverged": diverged,
         "failed": failed,
+        "damaged": damaged,
         "wall_s": time.perf_counter() - t0,
     }
 

@@ -96,6 +96,9 @@ def build_trainer(cfg: RunConfig, data=None, **flags):
 
 
 def _save_checkpoint(path: Path, cfg: RunConfig, trainer, X, Y) -> None:
+    import contextlib
+    import tempfile
+
     state = trainer.get_state()
     rec = trainer.record()
     arrays = {"config": np.array(cfg.to_json()), "X": X, "Y": Y,
@@ -106,12 +109,19 @@ def _save_checkpoint(path: Path, cfg: RunConfig, trainer, X, Y) -> None:
             arrays[f"{name}_{l}"] = a
     for key in _RECORD_KEYS:
         arrays[f"record_{key}"] = rec[key]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)  # atomic: a checkpoint is either the old one or the new one
+    # a fresh temporary in the target folder, created exclusively (mkstemp: O_CREAT|O_EXCL,
+    # no following of links, random name): a file or link planted there is never written through
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # atomic: a checkpoint is either the old one or the new one
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # our own temporary; the error propagates
+        raise
 
 
 def _load_checkpoint(path: Path, cfg: RunConfig, data):
