@@ -116,6 +116,7 @@ def read_sweep_file(path) -> SweepFile:
         if key not in study.grid_keys:
             where = "grid" if key in grid else "study"
             raise ValueError(f"unknown key '{where}.{key}' for study {name!r}; allowed: {', '.join(study.grid_keys)}")
+    _check_option_types(study, {**grid, **options})
     # validate grid values against RunConfig where they map to fields
     field_of = {"widths": "width", "seeds": "seed", "scalings": "scaling", "eta0s": "eta0"}
     for key, vals in grid.items():
@@ -128,6 +129,23 @@ def read_sweep_file(path) -> SweepFile:
                 except TypeError as exc:
                     raise ValueError(f"grid.{key}: bad value {v!r} ({exc})") from None
     return SweepFile(name, base, grid, options)
+
+
+def _check_option_types(study, values: dict) -> None:
+    """A study option must have the type of its default (true/false for a flag, a number for a number)."""
+    import inspect
+    import numbers
+
+    params = inspect.signature(study.run).parameters
+    for key, value in values.items():
+        default = params[key].default if key in params else None
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"study option {key!r} must be true or false; got {value!r}")
+        elif isinstance(default, numbers.Real):
+            for v in (value if isinstance(value, list) else [value]):
+                if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                    raise ValueError(f"study option {key!r} must be a number (or a list of numbers); got {v!r}")
 
 
 # ---------------------------------------------------------------------------------
@@ -255,21 +273,25 @@ def demo(out: Path = typer.Option(Path("specdyn_demo"), "--out", "-o", help="out
     console.print(f"[bold]specdyn demo[/]: width consistency of the hidden-layer outlier, muP vs NTK, "
                   f"widths {ws}, {seeds} seed(s), {steps} steps -> {out}/")
     t0 = time.perf_counter()
-    client = "serial" if serial else None
+    if serial:
+        console.print("running serially in this process (--serial)")
+        client, close_client = "serial", (lambda: None)
+    else:
+        from .sweeps import _open_client
+
+        try:  # the cluster alone: a failure here is the environment, not the study
+            client, close_client = _open_client(None, workers, len(ws) * 2 * seeds)
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            _fail(f"the Dask cluster could not start ({type(exc).__name__}: {exc}); "
+                  f"rerun with --serial to run in this process", code=1)
     try:
         ds, summary = studies.width_consistency(widths=ws, scalings=("mup", "ntk"), seeds=tuple(range(seeds)),
                                                 base=base, theory=True, store=store, client=client,
                                                 workers=workers, progress=True)
     except ValueError as exc:
         _fail(str(exc))
-    except Exception as exc:  # a Dask cluster that cannot start here: fall back to one process
-        if serial:
-            raise
-        err_console.print(f"[yellow]Dask could not run the sweep ({type(exc).__name__}: {exc}); "
-                          f"running in this process[/]")
-        ds, summary = studies.width_consistency(widths=ws, scalings=("mup", "ntk"), seeds=tuple(range(seeds)),
-                                                base=base, theory=True, store=store, client="serial",
-                                                progress=True)
+    finally:
+        close_client()
     figures = studies.get("width_consistency").figures(ds, summary, out)
     summary["wall_s"] = time.perf_counter() - t0
     spath = _write_summary(summary, out, "demo")
@@ -297,7 +319,10 @@ def run(config: Path = typer.Argument(..., help="TOML file with a [run] table of
 
     store = out or config.with_suffix(".zarr")
     t0 = time.perf_counter()
-    ds = simulate(cfg, progress=progress or None)
+    try:
+        ds = simulate(cfg, progress=progress or None)
+    except ValueError as exc:  # a limit of this config found only when the run is set up
+        _fail(str(exc))
     storage.save(ds, store)
     _print_run(ds, time.perf_counter() - t0)
     console.print(f"stored in {store}")
