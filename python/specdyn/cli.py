@@ -151,6 +151,19 @@ def _check_option_types(study, values: dict) -> None:
 # ---------------------------------------------------------------------------------
 # printing
 # ---------------------------------------------------------------------------------
+def _drift_cell(summary: dict, sc: str) -> str:
+    """The drift of the optimal eta0: its value, a bound when an optimum is off the grid, or undefined."""
+    drift = summary["drift_log2"][sc]
+    if math.isfinite(drift):
+        return _fmt(drift, 3)
+    lo, hi = (summary.get("drift_bound") or {}).get(sc, (float("nan"), float("nan")))
+    if math.isfinite(lo) and math.isfinite(hi):
+        return f"{_fmt(lo, 3)} .. {_fmt(hi, 3)}"
+    if math.isfinite(lo):
+        return f">= {_fmt(lo, 3)}"
+    return "undefined"
+
+
 def print_headline(summary: dict, title: str | None = None) -> None:
     """The headline numbers of a study summary as rich tables."""
     name = summary.get("study")
@@ -167,8 +180,9 @@ def print_headline(summary: dict, title: str | None = None) -> None:
             t.add_row(sc, _fmt(spread), dev, summary["reference"][sc], _fmt(summary["decay_exponent"][sc], 3))
         console.print(t)
         if "spread_ratio" in summary:
+            overlay = "yes" if summary.get("theory") else f"no: {summary.get('theory_note', 'not stored')}"
             console.print(f"spread ratio muP / NTK = [bold]{summary['spread_ratio']:.3f}[/]"
-                          f"  (theory overlay: {'yes' if summary.get('theory') else 'no'})")
+                          f"  (theory overlay: {overlay})")
     elif name == "lr_transfer":
         t = Table(title="optimal eta0 (argmin of the final loss) per width")
         t.add_column("scaling")
@@ -176,9 +190,14 @@ def print_headline(summary: dict, title: str | None = None) -> None:
         for w in widths:
             t.add_column(f"N={w}", justify="right")
         t.add_column("drift (log2)", justify="right")
+        bounds = summary.get("optimum_bound", {})
         for sc, opt in summary["optimal_eta0"].items():
-            t.add_row(sc, *[_fmt(opt.get(w, float("nan"))) for w in widths], _fmt(summary["drift_log2"][sc], 3))
+            cells = [(bounds.get(sc) or {}).get(w) or _fmt(opt.get(w, float("nan"))) for w in widths]
+            t.add_row(sc, *cells, _drift_cell(summary, sc))
         console.print(t)
+        for sc, note in summary.get("drift_note", {}).items():
+            if note:
+                console.print(f"{sc}: drift {note}", highlight=False)
     elif name == "edge_of_stability":
         for sc, per_eta in summary["steady_sharpness"].items():
             t = Table(title=f"{sc}: steady S (mean over the last quarter) per eta0 and width")
@@ -207,6 +226,8 @@ def print_headline(summary: dict, title: str | None = None) -> None:
         console.print(f"isolated outlier: [bold]{summary['isolated_outlier']}[/]; edge(N) = {_fmt(fit['edge_inf'])} "
                       f"+ {_fmt(fit['amplitude'], 3)} N^-{_fmt(fit['rate'], 3)}"
                       f"{'' if fit['rate_fitted'] else ' (rate fixed)'}")
+        if fit.get("rate_fit_failure"):
+            console.print(f"[yellow]{fit['rate_fit_failure']}[/]")
         two = summary.get("edge_fit_two_thirds")
         if two:
             console.print(f"at rate 2/3: edge(N) = {_fmt(two['edge_inf'])} + {_fmt(two['amplitude'], 3)} N^-2/3")

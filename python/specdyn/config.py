@@ -76,7 +76,13 @@ class RunConfig:
             return
         if name not in _FIELD_NAMES:
             raise AttributeError(f"RunConfig has no field {name!r}; fields: {', '.join(sorted(_FIELD_NAMES))}")
-        checked = dataclasses.replace(self, **{name: value})
+        try:
+            checked = dataclasses.replace(self, **{name: value})
+        except ValueError as exc:
+            if str(exc).startswith(name):
+                raise
+            # another field's range depends on this one: say which assignment broke it
+            raise ValueError(f"{name} = {value!r} conflicts with the other fields: {exc}") from None
         for key in _FIELD_NAMES:
             object.__setattr__(self, key, getattr(checked, key))
 
