@@ -201,6 +201,19 @@ def test_tampered_checkpoint_is_refused_naming_the_field(tmp_path, checkpoint, k
         specdyn.simulate(cfg, checkpoint=path, resume=True)
 
 
+def _npy(path):
+    with open(path, "wb") as fh:
+        np.save(fh, np.zeros(3))
+
+
+@pytest.mark.parametrize("write", [lambda p: p.write_text("not a checkpoint"), _npy])
+def test_a_file_that_is_no_archive_is_refused(tmp_path, write):
+    path = tmp_path / "run.ckpt"
+    write(path)
+    with pytest.raises(ValueError, match="archive"):
+        specdyn.simulate(_ckpt_config(), checkpoint=path, resume=True)
+
+
 def test_untampered_checkpoint_resumes_bit_for_bit(tmp_path, checkpoint):
     cfg, entries, full = checkpoint
     path = tmp_path / "run.ckpt"

@@ -197,7 +197,7 @@ def print_headline(summary: dict, title: str | None = None) -> None:
         console.print(t)
         for sc, note in summary.get("drift_note", {}).items():
             if note:
-                console.print(f"{sc}: drift {note}", highlight=False)
+                console.print(f"{sc}: {note}", highlight=False)
     elif name == "edge_of_stability":
         for sc, per_eta in summary["steady_sharpness"].items():
             t = Table(title=f"{sc}: steady S (mean over the last quarter) per eta0 and width")

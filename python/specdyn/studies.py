@@ -373,9 +373,9 @@ def lr_drift(optima: dict) -> dict:
     missing = [w for w, o in optima.items() if not np.isfinite(o["eta0"])]
     if missing:
         return {"drift_log2": float("nan"), "bound": (float("nan"), float("nan")),
-                "note": f"undefined: every run diverged at N = {', '.join(map(str, missing))}"}
+                "note": f"drift undefined: every run diverged at N = {', '.join(map(str, missing))}"}
     if not optima:
-        return {"drift_log2": float("nan"), "bound": (float("nan"), float("nan")), "note": "undefined: no widths"}
+        return {"drift_log2": float("nan"), "bound": (float("nan"), float("nan")), "note": "drift undefined: no widths"}
     lo = [o["interval"][0] for o in optima.values()]
     hi = [o["interval"][1] for o in optima.values()]
     edges = [w for w, o in optima.items() if o["bound"] is not None]

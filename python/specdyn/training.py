@@ -125,6 +125,8 @@ def _load_checkpoint(path: Path, cfg: RunConfig, data):
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{where} is not a readable .npz archive: {exc}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array
+        raise ValueError(f"{where} is not an .npz archive (a single array)")
     with z:
         keys = set(z.files)
         if keys != expected:
