@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -161,3 +162,76 @@ def test_theory_command_picks_the_limit_and_stores_it(tmp_path):
     sp.write_text("[run]\nscaling = 'sp'\nsteps = 4\n")
     res = invoke("theory", sp)
     assert res.exit_code == 2 and "no limit for this config" in res.output and "scaling='sp'" in res.output
+
+
+# ---- config and theory errors: one line on stderr, exit code 2, the field named --------------------------
+@pytest.mark.parametrize("command, text, key", [
+    ("run", "[run]\ntrack_sharpness = 'no'\n", "track_sharpness"),
+    ("run", "[run]\ntrack_hessian = 2\n", "track_hessian"),
+    ("run", "[run]\nbulk_steps = 3\n", "bulk_steps"),
+    ("run", "[run]\ngamma0 = 1e300\n", "gamma0"),
+    ("run", "[run]\nsamples = 5000\n", "samples"),
+    ("run", "[run]\ndtype = 'float16'\n", "dtype"),
+    ("theory", "[run]\nwidth = 64\ndepth = 2\nsteps = 300000\n", "steps"),
+    ("theory", "[run]\ntrack_hessian = 2\n", "track_hessian"),
+    ("sweep", "[study]\nname = 'width_consistency'\ntheory = 'yes'\n", "theory"),
+    ("sweep", "[study]\nname = 'many_outputs'\nkappa = 'half'\n", "kappa"),
+])
+def test_config_errors_are_one_line_and_exit_2(tmp_path, command, text, key):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    res = invoke(command, cfg)
+    assert res.exit_code == 2, res.output
+    lines = [l for l in res.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and key in lines[0] and "Traceback" not in res.output, res.output
+    assert not list(tmp_path.glob("*.zarr"))  # no work started
+
+
+@pytest.mark.parametrize("command", ["run", "theory", "sweep"])
+def test_a_directory_as_config_is_one_line_and_exit_2(tmp_path, command):
+    res = invoke(command, tmp_path)
+    assert res.exit_code == 2, res.output
+    lines = [l for l in res.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and "not a file" in lines[0], res.output
+
+
+def test_demo_does_not_rerun_serially_when_the_cluster_fails(tmp_path, monkeypatch):
+    from specdyn import sweeps
+
+    calls = []
+
+    def width_consistency(**kw):
+        calls.append(kw["client"])
+        if kw["client"] is None:  # what the old demo did: the study started the cluster itself
+            raise OSError("no ports")
+        raise AssertionError("the study ran")
+
+    def no_cluster(*args, **kwargs):
+        raise OSError("no ports")
+
+    monkeypatch.setattr(studies, "width_consistency", width_consistency)
+    monkeypatch.setattr(sweeps, "_open_client", no_cluster)
+    res = invoke("demo", "--out", tmp_path / "demo", "--widths", "16,32", "--steps", "4")
+    assert res.exit_code == 1 and "--serial" in res.output and "no ports" in res.output, res.output
+    assert calls == []  # neither a serial rerun nor any run
+
+
+def test_lr_transfer_headline_prints_bounds_and_undefined_drifts(capsys):
+    import xarray as xr
+
+    from specdyn.cli import print_headline
+
+    eta0s = np.array([0.25, 1.0, 4.0, 16.0])
+    bowl = lambda c: 1.0 + (np.log2(eta0s) - np.log2(c)) ** 2  # noqa: E731
+    final = xr.DataArray(np.array([[bowl(1.0), bowl(1.0)], [bowl(64.0), bowl(1.0)], [bowl(1.0), np.full(4, np.inf)]]),
+                         dims=("scaling", "width", "eta0"),
+                         coords={"scaling": ["mup", "ntk", "sp"], "width": [128, 512], "eta0": eta0s})
+    summary = {"study": "lr_transfer", **studies.lr_transfer_headline(final)}
+    print_headline(summary)
+    out = capsys.readouterr().out
+    rows = {l.strip("│ ").split()[0]: l for l in out.splitlines()
+            if l.strip("│ ").split()[:1] in (["mup"], ["ntk"], ["sp"])}
+    assert ">= 16" in rows["ntk"] and ">= 4" in rows["ntk"]  # drift >= log2(16 / 1)
+    assert rows["mup"].split("│")[-2].strip() == "0"  # both optima inside the grid: drift 0
+    assert "undefined" in rows["sp"]
+    assert "every run diverged at N = 512" in out

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "mode_problem.hpp"
+#include "python_interrupt.hpp"
 #include "specdyn/dmft.hpp"
 
 namespace py = pybind11;
@@ -41,6 +42,7 @@ std::shared_ptr<dmft::ModeSolution> solve(carr s, carr weights, carr a0, carr B0
   }
   auto sol = std::make_shared<dmft::ModeSolution>();
   {
+    bindings::PythonInterrupts interrupts;  // Ctrl-C stops the time loop
     py::gil_scoped_release nogil;
     *sol = dmft::solve_modes(pb);
   }

@@ -5,6 +5,7 @@
 
 #include <stdexcept>
 
+#include "python_interrupt.hpp"
 #include "specdyn/dmft_deep_linear.hpp"
 
 namespace py = pybind11;
@@ -57,6 +58,7 @@ std::shared_ptr<dmft::DeepLinearSolution> solve(Arr X, Arr y, std::vector<double
     need(flags.ndim() == 1 && flags.shape(0) == steps + 1, "sharpness_steps: (steps + 1,) flags");
     pb.sharpness_steps = flags.data();
   }
+  bindings::PythonInterrupts interrupts;  // Ctrl-C stops the time loop
   py::gil_scoped_release nogil;
   return dmft::solve_deep_linear(pb);
 }

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "python_interrupt.hpp"
 #include "specdyn/dmft_nonlinear.hpp"
 #include "specdyn/dmft_proportional.hpp"
 
@@ -38,6 +39,7 @@ void bind_dmft_ext(py::module_& m) {
         p.divergence_bound = divergence_bound;
         dmft::ProportionalResult r;
         {
+          bindings::PythonInterrupts interrupts;  // Ctrl-C stops the time loop
           py::gil_scoped_release nogil;
           r = dmft::solve_proportional(p);
         }
@@ -85,6 +87,7 @@ void bind_dmft_ext(py::module_& m) {
         p.divergence_bound = divergence_bound;
         dmft::MonteCarloResult r;
         {
+          bindings::PythonInterrupts interrupts;  // Ctrl-C stops the time loop
           py::gil_scoped_release nogil;
           r = dmft::monte_carlo_two_layer(X.data(), Y.data(), P, D, p);
         }
@@ -127,6 +130,7 @@ void bind_dmft_ext(py::module_& m) {
         p.divergence_bound = divergence_bound;
         dmft::DeepMonteCarloResult r;
         {
+          bindings::PythonInterrupts interrupts;  // Ctrl-C stops the time loop
           py::gil_scoped_release nogil;
           r = dmft::monte_carlo_deep(X.data(), Y.data(), P, D, p);
         }

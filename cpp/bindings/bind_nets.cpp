@@ -9,6 +9,7 @@
 #include <string>
 
 #include "specdyn/nets.hpp"
+#include "python_interrupt.hpp"
 
 namespace py = pybind11;
 using namespace specdyn;
@@ -168,6 +169,7 @@ void bind_trainer(py::module_& m, const char* name) {
                 progress(step, loss);
               };
             }
+            bindings::PythonInterrupts interrupts;  // Ctrl-C stops the loop between steps
             py::gil_scoped_release nogil;
             return t.run(until, cb, interval);
           },
@@ -235,24 +237,43 @@ void bind_trainer(py::module_& m, const char* name) {
              return d;
            })
       .def("set_state", [](Tr& t, py::dict d) {
+        // Every array is size-checked before anything is copied (the Python loader checks
+        // shapes, dtypes and values; this is the last line against a bad state).
         const auto& a = t.spec().arch;
         auto W = d["weights"].cast<std::vector<Arr<T>>>();
         auto W0 = d["initial_weights"].cast<std::vector<Arr<T>>>();
         auto warm = d["warm"].cast<std::vector<Arr<T>>>();
         auto warm_d = d["warm_delta"].cast<std::vector<Arr<T>>>();
+        auto hw = d["hessian_warm"].cast<py::array_t<double, py::array::c_style | py::array::forcecast>>();
         if (static_cast<int>(W.size()) != a.layers() || W0.size() != W.size() || warm.size() != W.size() ||
             warm_d.size() != W.size())
           throw std::invalid_argument("checkpoint state has the wrong number of layers");
+        auto bad = [](const char* name, int l, const std::string& want) {
+          return std::invalid_argument(std::string("checkpoint ") + name + "[" + std::to_string(l) + "] must " + want);
+        };
         for (int l = 0; l < a.layers(); ++l) {
-          if (W[l].size() != a.size(l)) throw std::invalid_argument("checkpoint weights have the wrong shape");
+          const py::ssize_t fi = a.fan_in(l), fo = a.fan_out(l);
+          if (W[l].ndim() != 2 || W[l].shape(0) != fo || W[l].shape(1) != fi)
+            throw bad("weights", l, "have shape (" + std::to_string(fo) + ", " + std::to_string(fi) + ")");
+          // W(0) is kept only when delta spectra are tracked: the size the trainer drew
+          if (static_cast<size_t>(W0[l].size()) != t.initial_weights(l).size())
+            throw bad("initial_weights", l, "have " + std::to_string(t.initial_weights(l).size()) + " values");
+          // warm-start blocks: whole columns of length fan_in, at most min(fan_in, fan_out) of them
+          for (auto* w : {&warm[l], &warm_d[l]})
+            if (w->size() % fi != 0 || w->size() / fi > std::min(fi, fo))
+              throw bad(w == &warm[l] ? "warm" : "warm_delta", l,
+                        "hold whole columns of length " + std::to_string(fi));
+        }
+        if (hw.size() != 0 && hw.size() != a.num_params())
+          throw std::invalid_argument("checkpoint hessian_warm must be empty or hold one value per parameter");
+        t.set_position(d["step"].cast<int64_t>(), d["finished"].cast<bool>(), d["diverged_step"].cast<int64_t>());
+        for (int l = 0; l < a.layers(); ++l) {
           t.weights(l).assign(W[l].data(), W[l].data() + W[l].size());
           t.initial_weights(l).assign(W0[l].data(), W0[l].data() + W0[l].size());
           t.warm(l, false).assign(warm[l].data(), warm[l].data() + warm[l].size());
           t.warm(l, true).assign(warm_d[l].data(), warm_d[l].data() + warm_d[l].size());
         }
-        auto hw = d["hessian_warm"].cast<py::array_t<double, py::array::c_style | py::array::forcecast>>();
         t.hessian_warm().assign(hw.data(), hw.data() + hw.size());
-        t.set_position(d["step"].cast<int64_t>(), d["finished"].cast<bool>(), d["diverged_step"].cast<int64_t>());
       });
 }
 

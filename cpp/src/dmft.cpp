@@ -12,6 +12,7 @@
 #endif
 
 #include "specdyn/blas.hpp"
+#include "specdyn/interrupt.hpp"
 #include "specdyn/rng.hpp"
 
 namespace specdyn::dmft {
@@ -421,6 +422,7 @@ ModeSolution solve_modes(const ModeProblem& pb) {
   std::vector<double> diag_w(T1), diag_q(T1), diag_qm(T1);
 
   for (int n = 0; n <= T; ++n) {
+    interrupt::check();  // between time steps (serial here): Ctrl-C from the bindings
     double* Can = out.Ca.data() + size_t(n) * cap;
     double* Cqn = out.Cqc.data() + size_t(n) * cap;
     // 1. coefficients of omega(n) in the omega basis (carried from step n - 1;

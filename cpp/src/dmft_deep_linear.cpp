@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "specdyn/blas.hpp"
+#include "specdyn/interrupt.hpp"
 
 namespace specdyn::dmft {
 
@@ -142,6 +143,7 @@ std::shared_ptr<DeepLinearSolution> solve_deep_linear(const DeepLinearProblem& p
   const double* X = pb.X;
 
   for (int n = 0; n <= T; ++n) {
+    interrupt::check();  // between time steps (serial here): Ctrl-C from the bindings
     // ---- forward sweep: H^l(n), l = 1..L (u^l(n) needs Phi^{l-1}(n, .), hence upward)
     for (int l = 1; l <= L; ++l) {
       Layer& Y = lay[l - 1];

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "specdyn/blas.hpp"
+#include "specdyn/interrupt.hpp"
 #include "specdyn/rng.hpp"
 
 namespace specdyn::dmft {
@@ -69,6 +70,7 @@ MonteCarloResult monte_carlo_two_layer(const double* X, const double* Y, int P, 
   size_t q = 0;
   std::vector<double> Ks(static_cast<size_t>(P) * P), lam(P);
   for (int t = 0; t <= T; ++t) {
+    interrupt::check();  // between time steps (serial here): Ctrl-C from the bindings
     // fields h_i(x_mu) = W0_i . x_mu / sqrt(D): H (M x P)
     blas::gemm(Op::T, Op::N, M, P, D, 1.0 / rootD, W.data(), D, X, D, 0.0, H.data(), M);
     for (int mu = 0; mu < P; ++mu) {
@@ -344,6 +346,7 @@ DeepMonteCarloResult monte_carlo_deep(const double* X, const double* Y, int P, i
   };
 
   for (int t = 0; t <= T; ++t) {
+    interrupt::check();  // between time steps (serial here): Ctrl-C from the bindings
     const int tP = t * P, n1 = tP + P;
     // ---------------- forward: layers 1..L ----------------
     for (int k = 0; k < Ld; ++k) {

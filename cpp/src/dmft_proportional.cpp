@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "specdyn/blas.hpp"
+#include "specdyn/interrupt.hpp"
 
 namespace specdyn::dmft {
 namespace {
@@ -284,6 +285,7 @@ ProportionalResult solve_proportional(const ProportionalParams& p) {
   int last = T;  // last step with a finite state
   std::vector<double> acc(two_n);
   for (int t = 0; t <= T; ++t) {
+    interrupt::check();  // between time steps (serial here): Ctrl-C from the bindings
     const double* at = &a[t * static_cast<size_t>(two_n)];
     double* et = &e[t * static_cast<size_t>(two_n)];
     for (int j = 0; j <= t; ++j)

@@ -7,10 +7,12 @@
 #include <limits>
 #include <numeric>
 #include <stdexcept>
+#include <string>
 
 #include <omp.h>
 
 #include "specdyn/blas.hpp"
+#include "specdyn/interrupt.hpp"
 #include "specdyn/lanczos.hpp"
 #include "specdyn/nets.hpp"
 #include "specdyn/rng.hpp"
@@ -182,6 +184,10 @@ void Trainer<T>::draw_batch(int64_t t) {
 
 template <class T>
 int64_t Trainer<T>::run(int64_t until, const std::function<void(int64_t, double)>& progress, double interval) {
+  // A position outside [0, steps] would never reach `finished`: refuse it instead of returning without progress.
+  if (spec_.steps < 0 || step_ < 0 || step_ > spec_.steps)
+    throw std::logic_error("nets: trainer at step " + std::to_string(step_) + " outside [0, " +
+                           std::to_string(spec_.steps) + "]");
   until = std::min(until, spec_.steps);
   // Tiny networks: BLAS threads cost more in wake-ups than they save (badly so on a loaded machine).
   const Arch& a = spec_.arch;
@@ -192,6 +198,7 @@ int64_t Trainer<T>::run(int64_t until, const std::function<void(int64_t, double)
   auto last = clock::now();
   while (!finished_ && diverged_ < 0 && (step_ < until || (step_ == spec_.steps && until == spec_.steps))) {
     if (!body()) break;
+    interrupt::check();  // between whole steps: an interrupt leaves the state of step `step_`
     if (progress) {
       const auto now = clock::now();
       if (std::chrono::duration<double>(now - last).count() >= interval) {

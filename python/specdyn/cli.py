@@ -118,6 +118,7 @@ def read_sweep_file(path) -> SweepFile:
         if key not in study.grid_keys:
             where = "grid" if key in grid else "study"
             raise ValueError(f"unknown key '{where}.{key}' for study {name!r}; allowed: {', '.join(study.grid_keys)}")
+    _check_option_types(study, {**grid, **options})
     # validate grid values against RunConfig where they map to fields
     field_of = {"widths": "width", "seeds": "seed", "scalings": "scaling", "eta0s": "eta0"}
     for key, vals in grid.items():
@@ -132,9 +133,39 @@ def read_sweep_file(path) -> SweepFile:
     return SweepFile(name, base, grid, options)
 
 
+def _check_option_types(study, values: dict) -> None:
+    """A study option must have the type of its default (true/false for a flag, a number for a number)."""
+    import inspect
+    import numbers
+
+    params = inspect.signature(study.run).parameters
+    for key, value in values.items():
+        default = params[key].default if key in params else None
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"study option {key!r} must be true or false; got {value!r}")
+        elif isinstance(default, numbers.Real):
+            for v in (value if isinstance(value, list) else [value]):
+                if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                    raise ValueError(f"study option {key!r} must be a number (or a list of numbers); got {v!r}")
+
+
 # ---------------------------------------------------------------------------------
 # printing
 # ---------------------------------------------------------------------------------
+def _drift_cell(summary: dict, sc: str) -> str:
+    """The drift of the optimal eta0: its value, a bound when an optimum is off the grid, or undefined."""
+    drift = summary["drift_log2"][sc]
+    if math.isfinite(drift):
+        return _fmt(drift, 3)
+    lo, hi = (summary.get("drift_bound") or {}).get(sc, (float("nan"), float("nan")))
+    if math.isfinite(lo) and math.isfinite(hi):
+        return f"{_fmt(lo, 3)} .. {_fmt(hi, 3)}"
+    if math.isfinite(lo):
+        return f">= {_fmt(lo, 3)}"
+    return "undefined"
+
+
 def print_headline(summary: dict, title: str | None = None) -> None:
     """The headline numbers of a study summary as rich tables."""
     name = summary.get("study")
@@ -151,8 +182,9 @@ def print_headline(summary: dict, title: str | None = None) -> None:
             t.add_row(sc, _fmt(spread), dev, summary["reference"][sc], _fmt(summary["decay_exponent"][sc], 3))
         console.print(t)
         if "spread_ratio" in summary:
+            overlay = "yes" if summary.get("theory") else f"no: {summary.get('theory_note', 'not stored')}"
             console.print(f"spread ratio muP / NTK = [bold]{summary['spread_ratio']:.3f}[/]"
-                          f"  (theory overlay: {'yes' if summary.get('theory') else 'no'})")
+                          f"  (theory overlay: {overlay})")
     elif name == "lr_transfer":
         t = Table(title="optimal eta0 (argmin of the final loss) per width")
         t.add_column("scaling")
@@ -160,9 +192,14 @@ def print_headline(summary: dict, title: str | None = None) -> None:
         for w in widths:
             t.add_column(f"N={w}", justify="right")
         t.add_column("drift (log2)", justify="right")
+        bounds = summary.get("optimum_bound", {})
         for sc, opt in summary["optimal_eta0"].items():
-            t.add_row(sc, *[_fmt(opt.get(w, float("nan"))) for w in widths], _fmt(summary["drift_log2"][sc], 3))
+            cells = [(bounds.get(sc) or {}).get(w) or _fmt(opt.get(w, float("nan"))) for w in widths]
+            t.add_row(sc, *cells, _drift_cell(summary, sc))
         console.print(t)
+        for sc, note in summary.get("drift_note", {}).items():
+            if note:
+                console.print(f"{sc}: {note}", highlight=False)
     elif name == "edge_of_stability":
         for sc, per_eta in summary["steady_sharpness"].items():
             t = Table(title=f"{sc}: steady S (mean over the last quarter) per eta0 and width")
@@ -191,6 +228,8 @@ def print_headline(summary: dict, title: str | None = None) -> None:
         console.print(f"isolated outlier: [bold]{summary['isolated_outlier']}[/]; edge(N) = {_fmt(fit['edge_inf'])} "
                       f"+ {_fmt(fit['amplitude'], 3)} N^-{_fmt(fit['rate'], 3)}"
                       f"{'' if fit['rate_fitted'] else ' (rate fixed)'}")
+        if fit.get("rate_fit_failure"):
+            console.print(f"[yellow]{fit['rate_fit_failure']}[/]")
         two = summary.get("edge_fit_two_thirds")
         if two:
             console.print(f"at rate 2/3: edge(N) = {_fmt(two['edge_inf'])} + {_fmt(two['amplitude'], 3)} N^-2/3")
@@ -257,21 +296,25 @@ def demo(out: Path = typer.Option(Path("specdyn_demo"), "--out", "-o", help="out
     console.print(f"[bold]specdyn demo[/]: width consistency of the hidden-layer outlier, muP vs NTK, "
                   f"widths {ws}, {seeds} seed(s), {steps} steps -> {out}/")
     t0 = time.perf_counter()
-    client = "serial" if serial else None
+    if serial:
+        console.print("running serially in this process (--serial)")
+        client, close_client = "serial", (lambda: None)
+    else:
+        from .sweeps import _open_client
+
+        try:  # the cluster alone: a failure here is the environment, not the study
+            client, close_client = _open_client(None, workers, len(ws) * 2 * seeds)
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            _fail(f"the Dask cluster could not start ({type(exc).__name__}: {exc}); "
+                  f"rerun with --serial to run in this process", code=1)
     try:
         ds, summary = studies.width_consistency(widths=ws, scalings=("mup", "ntk"), seeds=tuple(range(seeds)),
                                                 base=base, theory=True, store=store, client=client,
                                                 workers=workers, progress=True)
     except ValueError as exc:
         _fail(str(exc))
-    except Exception as exc:  # a Dask cluster that cannot start here: fall back to one process
-        if serial:
-            raise
-        err_console.print(f"[yellow]Dask could not run the sweep ({type(exc).__name__}: {exc}); "
-                          f"running in this process[/]")
-        ds, summary = studies.width_consistency(widths=ws, scalings=("mup", "ntk"), seeds=tuple(range(seeds)),
-                                                base=base, theory=True, store=store, client="serial",
-                                                progress=True)
+    finally:
+        close_client()
     figures = studies.get("width_consistency").figures(ds, summary, out)
     summary["wall_s"] = time.perf_counter() - t0
     spath = _write_summary(summary, out, "demo")
@@ -303,7 +346,10 @@ def run(config: Path = typer.Argument(..., help="TOML file with a [run] table of
     except ValueError as exc:
         _fail(str(exc))
     t0 = time.perf_counter()
-    ds = simulate(cfg, progress=progress or None)
+    try:
+        ds = simulate(cfg, progress=progress or None)
+    except ValueError as exc:  # a limit of this config found only when the run is set up
+        _fail(str(exc))
     try:
         storage.save(ds, store)
     except (ValueError, OSError) as exc:

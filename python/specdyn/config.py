@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _validate as V
-from .parameterization import SCALINGS
+from .parameterization import SCALINGS, scales
+
+# NTK Grams beyond this many rows (samples x outputs) would need more memory
+# than a tracked measurement should take.
+MAX_GRAM_ROWS = 4096
 
 ACTIVATIONS = ("linear", "tanh", "relu")
 TEACHERS = ("linear", "tanh")
@@ -59,6 +64,33 @@ class RunConfig:
     svd_tol: float | None = None
 
     def __post_init__(self) -> None:
+        self._check_fields()
+        object.__setattr__(self, "_checked", True)
+
+    def __setattr__(self, name: str, value) -> None:
+        # Every assignment after construction is validated like the constructor's
+        # arguments (with the other fields, for the ranges that depend on them);
+        # a bad value raises and leaves the config as it was.
+        if not self.__dict__.get("_checked"):
+            object.__setattr__(self, name, value)
+            return
+        if name not in _FIELD_NAMES:
+            raise AttributeError(f"RunConfig has no field {name!r}; fields: {', '.join(sorted(_FIELD_NAMES))}")
+        try:
+            checked = dataclasses.replace(self, **{name: value})
+        except ValueError as exc:
+            if str(exc).startswith(name):
+                raise
+            # another field's range depends on this one: say which assignment broke it
+            raise ValueError(f"{name} = {value!r} conflicts with the other fields: {exc}") from None
+        for key in _FIELD_NAMES:
+            object.__setattr__(self, key, getattr(checked, key))
+
+    def validated(self) -> "RunConfig":
+        """A validated copy (catches in-place edits of list fields such as ``cfg.bulk_steps.append(-1)``)."""
+        return dataclasses.replace(self)
+
+    def _check_fields(self) -> None:
         self.width = V.integer("width", self.width, 1)
         self.depth = V.integer("depth", self.depth, 1, 64)
         self.input_dim = V.integer("input_dim", self.input_dim, 1)
@@ -80,8 +112,7 @@ class RunConfig:
         self.steps = V.integer("steps", self.steps, 0)
         if self.batch_size is not None:
             self.batch_size = V.integer("batch_size", self.batch_size, 1, self.samples)
-        if not isinstance(self.online, bool):
-            raise ValueError(f"online must be true or false; got {self.online!r}")
+        _boolean("online", self.online)
         self.seed = V.integer("seed", self.seed, 0, 2**63 - 1)
         self.data_seed = V.integer("data_seed", self.data_seed, 0, 2**63 - 1)
         self.noise = V.real("noise", self.noise, 0.0)
@@ -91,6 +122,11 @@ class RunConfig:
             self.track_every = V.integer("track_every", self.track_every, 1)
         # per layer, at most min(fan_out, fan_in) values are tracked
         self.top_k = V.integer("top_k", self.top_k, 1, max(1, self.width - 1))
+        _boolean("track_sharpness", self.track_sharpness)
+        _boolean("track_hessian", self.track_hessian)
+        if not isinstance(self.bulk_steps, (list, tuple)):
+            raise ValueError(f"bulk_steps must be a list of steps in [0, {self.steps}] (e.g. [{self.steps}]); "
+                             f"got {self.bulk_steps!r}")
         self.bulk_steps = sorted({V.integer("bulk_steps[]", s, 0, self.steps) for s in self.bulk_steps})
         self.bulk_bins = V.integer("bulk_bins", self.bulk_bins, 4, 10000)
         V.choice("dtype", self.dtype, ("float32", "float64"))
@@ -99,6 +135,26 @@ class RunConfig:
         # Lanczos residual tolerance of tracked spectra (relative to ||A||); None: 1e-8 (float64), 1e-4 (float32)
         if self.svd_tol is not None:
             self.svd_tol = V.real("svd_tol", self.svd_tol, 0.0, 0.1, lo_open=True)
+        if self.track_sharpness and self.samples * self.output_dim > MAX_GRAM_ROWS:
+            raise ValueError(f"samples * output_dim must be <= {MAX_GRAM_ROWS} when track_sharpness is true "
+                             f"(the NTK Gram is (P C) x (P C)); got {self.samples} * {self.output_dim}")
+        self._check_scales()
+
+    def _check_scales(self) -> None:
+        """gamma0 and eta0 must give finite, nonzero multipliers and learning rate at this width."""
+        bad = (f"gamma0 = {self.gamma0:g} and eta0 = {self.eta0:g} at width {self.width} ({self.scaling}) make "
+               "{what} {value}; they must keep it finite and > 0")
+        try:
+            sc = scales(self.scaling, self.width, self.depth, self.input_dim, self.output_dim, self.gamma0,
+                        self.eta0, self.sigma)
+        except OverflowError:  # float ** overflows with an error rather than to inf
+            raise ValueError(bad.format(what="the raw learning rate", value="overflow")) from None
+        derived = {"the output scale gamma": sc.gamma, "the raw learning rate": sc.learning_rate,
+                   "the readout multiplier 1/(gamma sqrt(N))": sc.multipliers[-1],
+                   "the initial weight std": min(sc.init_stds)}
+        for what, value in derived.items():
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(bad.format(what=what, value=f"{value:g}"))
 
     # ---- derived -----------------------------------------------------------------
     @property
@@ -128,10 +184,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "") -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict):
+            raise ValueError(f"a run config must be a table of RunConfig fields; got {type(d).__name__}")
         for key in d:
-            if key not in known:
-                raise ValueError(f"unknown key {where}{key!r}; allowed keys: {', '.join(sorted(known))}")
+            if key not in _FIELD_NAMES:
+                raise ValueError(f"unknown key {where}{key!r}; allowed keys: {', '.join(sorted(_FIELD_NAMES))}")
         return cls(**d)
 
     @classmethod
@@ -146,6 +203,14 @@ class RunConfig:
         return cls.from_dict(table, where="run.")
 
 
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(RunConfig))
+
+
+def _boolean(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false; got {value!r}")
+
+
 def load_toml(path: str | Path) -> dict:
     """Parse a TOML file; a syntax error becomes a ValueError naming the file."""
     try:
@@ -155,6 +220,8 @@ def load_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"config file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} is not a file (a directory?); pass a TOML file")
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)

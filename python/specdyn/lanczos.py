@@ -258,7 +258,11 @@ def _symmetric(name: str, A) -> np.ndarray:
 
 def _callable(op, n: int):
     def apply(X):
-        Y = np.asarray(op(X), dtype=np.float64)
+        Y = np.asarray(op(X))
+        # a complex (or object, string) result would lose its imaginary part in the cast below
+        if Y.dtype.kind not in "fiub":
+            raise ValueError(f"op must return real values (an operator on real vectors); its output has dtype {Y.dtype}")
+        Y = Y.astype(np.float64, copy=False)
         if Y.shape != X.shape:
             if X.shape[1] == 1 and Y.shape == (n,):
                 Y = Y[:, None]

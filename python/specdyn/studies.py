@@ -132,10 +132,7 @@ def _seed_mean(da):
 
 
 def _summary_base(store: str, dims) -> dict:
-    try:
-        meta = storage.read_attrs(store).get("specdyn_sweep", {})
-    except Exception:
-        meta = {}
+    meta = storage.read_attrs(store).get("specdyn_sweep", {})  # a store not written by sweep has none
     return {"study": meta.get("study"), "store": str(store), "dims": list(dims)}
 
 
@@ -167,7 +164,9 @@ def limit_theory(config: RunConfig, store: str | None = None, group: str = THEOR
     """The muP limit of ``config``: ``theory.one_bulk`` at depth 2, ``theory.deep_linear`` deeper
     (stored when ``store``).
 
-    Returns ``(dataset or None, note)``; never raises for a missing theory.
+    Returns ``(dataset or None, note)``: None with the reason when no linear DMFT
+    covers the config (decided by :func:`theory_fits`); a theory that covers the
+    config and fails raises.
     """
     ok, why = theory_fits(config)
     if not ok:
@@ -178,14 +177,9 @@ def limit_theory(config: RunConfig, store: str | None = None, group: str = THEOR
         th = storage.load(store, group)
         if same_limit(RunConfig.from_json(th.attrs["source_config"]), config):
             return th, f"{name} (stored)"
-    try:
-        from . import theory
-    except Exception as exc:  # the DMFT module is not built into this copy
-        return None, f"theory unavailable: {type(exc).__name__}: {exc}"
-    try:
-        th = theory.one_bulk(config) if config.depth == 2 else theory.deep_linear(config)
-    except Exception as exc:
-        return None, f"theory failed: {type(exc).__name__}: {exc}"
+    from . import theory
+
+    th = theory.one_bulk(config) if config.depth == 2 else theory.deep_linear(config)
     th.attrs["source_config"] = config.to_json()
     th.attrs.setdefault("kind", "theory")
     if store is not None:
@@ -267,6 +261,9 @@ def analyze_width_consistency(store, groups=None):
     if theory_s is not None:
         ds["theory_singular_values"] = theory_s.drop_vars([c for c in theory_s.coords if c not in ("step", "rank")])
     head["theory"] = theory_s is not None
+    if theory_s is None:
+        fits, why = theory_fits(RunConfig.from_json(ds.attrs["config"]))
+        head["theory_note"] = why if not fits else "not computed for this store (theory=False)"
     widths = [int(w) for w in ds.width.values]
     head["widths"] = widths
     head["spread"], head["deviation"], head["decay_exponent"], head["reference"] = {}, {}, {}, {}
@@ -336,10 +333,69 @@ def lr_transfer(eta0s=LR_TRANSFER_ETA0S, widths=(128, 256, 512, 1024), scalings=
     return ds, head
 
 
+def lr_optimum(eta0s, final_loss) -> dict:
+    """The argmin of a final-loss curve over an eta0 grid, and whether the grid brackets it.
+
+    ``final_loss`` is inf (or NaN) where the run diverged. Returns ``eta0`` (NaN when
+    every run diverged), ``loss``, ``bound`` ("<=": the optimum is the smallest eta0 of
+    the grid, so the true one may lie below it; ">=": the largest, the true one may lie
+    above; None: interior, known to grid resolution) and ``interval`` (lo, hi) of eta0
+    the true optimum lies in (0 / inf for an open side; NaN, NaN when undefined).
+    """
+    eta0s, loss = np.asarray(eta0s, float), np.asarray(final_loss, float)
+    order = np.argsort(eta0s)
+    eta0s, loss = eta0s[order], loss[order]
+    ok = np.isfinite(loss)
+    if not ok.any():
+        return {"eta0": float("nan"), "loss": float("inf"), "bound": None, "interval": (float("nan"), float("nan")),
+                "note": "every run diverged"}
+    i = int(np.argmin(np.where(ok, loss, np.inf)))
+    v = float(eta0s[i])
+    out = {"eta0": v, "loss": float(loss[i]), "bound": None, "interval": (v, v), "note": None}
+    # Only the ends of the grid leave a side open: a diverged run next to the argmin is a
+    # stability limit, which brackets the optimum.
+    if len(eta0s) == 1:
+        out.update(bound="?", interval=(0.0, float("inf")), note=f"a grid of one eta0 ({v:g}) brackets nothing")
+    elif i == 0:
+        out.update(bound="<=", interval=(0.0, v), note=f"optimum at the smallest eta0 of the grid: <= {v:g}")
+    elif i == len(eta0s) - 1:
+        out.update(bound=">=", interval=(v, float("inf")), note=f"optimum at the largest eta0 of the grid: >= {v:g}")
+    return out
+
+
+def lr_drift(optima: dict) -> dict:
+    """Drift in log2 of the optimal eta0 across widths from ``{width: lr_optimum(...)}``.
+
+    ``drift_log2`` is log2(max/min) when every optimum is interior; otherwise NaN, with
+    ``bound`` (min, max) the range the true drift lies in (a lower bound when some optimum
+    sits at a grid edge; NaN, NaN when some width has no optimum) and ``note`` saying why.
+    """
+    missing = [w for w, o in optima.items() if not np.isfinite(o["eta0"])]
+    if missing:
+        return {"drift_log2": float("nan"), "bound": (float("nan"), float("nan")),
+                "note": f"drift undefined: every run diverged at N = {', '.join(map(str, missing))}"}
+    if not optima:
+        return {"drift_log2": float("nan"), "bound": (float("nan"), float("nan")), "note": "drift undefined: no widths"}
+    lo = [o["interval"][0] for o in optima.values()]
+    hi = [o["interval"][1] for o in optima.values()]
+    edges = [w for w, o in optima.items() if o["bound"] is not None]
+    if not edges:
+        d = float(np.log2(max(lo) / min(lo)))
+        return {"drift_log2": d, "bound": (d, d), "note": None}
+    with np.errstate(divide="ignore"):
+        least = max(0.0, float(np.log2(max(lo) / min(hi))))
+        most = float(np.log2(max(hi) / min(lo))) if min(lo) > 0 else float("inf")
+    return {"drift_log2": float("nan"), "bound": (least, most),
+            "note": f"optimum outside the grid at N = {', '.join(map(str, edges))}: drift >= {least:g} (log2)"}
+
+
 def analyze_lr_transfer(store, groups=None):
     """``final_loss(scaling, width, eta0)``: seed-mean loss at the last step (inf if
-    any seed diverged); ``optimal_eta0[scaling][N]`` its argmin over eta0;
-    ``drift_log2[scaling]`` = log2(max/min) of the optimal eta0 across widths."""
+    any seed diverged); ``optimal_eta0[scaling][N]`` its argmin over eta0 (NaN when
+    every run diverged), ``optimum_bound[scaling][N]`` "<= x" / ">= x" when that argmin
+    sits at an end of the grid (None inside it); ``drift_log2[scaling]`` = log2(max/min)
+    of the optimal eta0 across widths when every optimum is inside the grid, else NaN
+    with ``drift_bound[scaling]`` (min, max) and the reason in ``drift_note[scaling]``."""
     ds = collect(store, dims=("scaling", "width", "eta0", "seed"), groups=groups)
     head = _summary_base(store, ("scaling", "width", "eta0", "seed"))
     head["study"] = "lr_transfer"
@@ -347,21 +403,26 @@ def analyze_lr_transfer(store, groups=None):
     last = last.where(np.isfinite(last) & (ds.status != "diverged"), np.inf)
     final = last.mean("seed")
     ds["final_loss"] = final
-    head["optimal_eta0"], head["drift_log2"], head["optimal_loss"] = {}, {}, {}
-    for sc in [str(s) for s in ds.scaling.values]:
-        opt, optl = {}, {}
-        for w in ds.width.values:
-            curve = final.sel(scaling=sc, width=w).values
-            if np.all(~np.isfinite(curve)):
-                opt[int(w)], optl[int(w)] = float("nan"), float("inf")
-                continue
-            i = int(np.nanargmin(np.where(np.isfinite(curve), curve, np.nan)))
-            opt[int(w)], optl[int(w)] = float(ds.eta0.values[i]), float(curve[i])
-        head["optimal_eta0"][sc], head["optimal_loss"][sc] = opt, optl
-        vals = [v for v in opt.values() if np.isfinite(v)]
-        head["drift_log2"][sc] = float(np.log2(max(vals) / min(vals))) if vals else float("nan")
+    head.update(lr_transfer_headline(final))
     head["statuses"] = _statuses(ds)
     return ds, head
+
+
+def lr_transfer_headline(final) -> dict:
+    """The optima and drifts of :func:`analyze_lr_transfer` from ``final_loss(scaling, width, eta0)``
+    (an ``xarray.DataArray``; inf or NaN where a run diverged)."""
+    head = {key: {} for key in ("optimal_eta0", "optimal_loss", "optimum_bound", "drift_log2", "drift_bound",
+                                "drift_note")}
+    for sc in [str(s) for s in final.scaling.values]:
+        optima = {int(w): lr_optimum(final.eta0.values, final.sel(scaling=sc, width=w).values)
+                  for w in final.width.values}
+        head["optimal_eta0"][sc] = {w: o["eta0"] for w, o in optima.items()}
+        head["optimal_loss"][sc] = {w: o["loss"] for w, o in optima.items()}
+        head["optimum_bound"][sc] = {w: o["bound"] and f"{o['bound']} {o['eta0']:g}" for w, o in optima.items()}
+        drift = lr_drift(optima)
+        head["drift_log2"][sc], head["drift_bound"][sc] = drift["drift_log2"], list(drift["bound"])
+        head["drift_note"][sc] = drift["note"]
+    return head
 
 
 # ---------------------------------------------------------------------------------
@@ -547,12 +608,17 @@ def _fit_edge(widths, edges, free_rate: bool = True) -> dict:
                 (e, a, p), _ = curve_fit(lambda n, e, a, p: e + a * n ** (-p), x, y, p0=(y[-1], (y[0] - y[-1]) * x[0] ** (2 / 3), 2 / 3),
                                          bounds=([-np.inf, -np.inf, 0.05], [np.inf, np.inf, 3.0]), maxfev=20000)
             return {"edge_inf": float(e), "rate": float(p), "amplitude": float(a), "rate_fitted": True}
-        except Exception:
-            pass
+        except RuntimeError as exc:  # no convergence: recorded, and the fixed-rate fit below is reported
+            failure = f"the free-rate fit did not converge ({exc})"
+    else:
+        failure = None
     p = 2 / 3
     A = np.stack([np.ones_like(x), x ** (-p)], axis=1)
     (e, a), *_ = np.linalg.lstsq(A, y, rcond=None)
-    return {"edge_inf": float(e), "rate": p, "amplitude": float(a), "rate_fitted": False}
+    out = {"edge_inf": float(e), "rate": p, "amplitude": float(a), "rate_fitted": False}
+    if failure:
+        out["rate_fit_failure"] = failure
+    return out
 
 
 def analyze_many_outputs(store, outlier_gap: float | None = None, groups=None):

@@ -16,12 +16,8 @@ import numpy as np
 from . import _core
 from . import _device
 from . import data as _data
-from .config import RunConfig
+from .config import MAX_GRAM_ROWS, RunConfig  # noqa: F401  (MAX_GRAM_ROWS: re-exported)
 from .parameterization import scales
-
-# NTK Grams beyond this many rows (samples x outputs) would need more memory
-# than a tracked measurement should take.
-MAX_GRAM_ROWS = 4096
 
 _RECORD_KEYS = ("loss", "normalized_sharpness", "hessian_top", "singular_values", "delta_singular_values",
                 "overlap_input", "overlap_backward", "weight_norm", "beta_f", "bulk_counts", "bulk_edges")
@@ -29,7 +25,7 @@ _RECORD_KEYS = ("loss", "normalized_sharpness", "hessian_top", "singular_values"
 
 def _as_config(config) -> RunConfig:
     if isinstance(config, RunConfig):
-        return config
+        return config.validated()  # list fields may have been edited in place since construction
     if isinstance(config, dict):
         return RunConfig.from_dict(config)
     raise ValueError(f"config must be a RunConfig or a dict of its fields; got {type(config).__name__}")
@@ -42,9 +38,6 @@ def _has_beta_f(cfg: RunConfig) -> bool:
 def _check(cfg: RunConfig, data, resume: bool, checkpoint) -> None:
     if data is not None and cfg.online:
         raise ValueError("data must be None when online=True (online training draws fresh teacher samples)")
-    if cfg.track_sharpness and cfg.samples * cfg.output_dim > MAX_GRAM_ROWS:
-        raise ValueError(f"samples * output_dim must be <= {MAX_GRAM_ROWS} when track_sharpness is true "
-                         f"(the NTK Gram is (P C) x (P C)); got {cfg.samples * cfg.output_dim}")
     if not isinstance(resume, bool):
         raise ValueError(f"resume must be true or false; got {resume!r}")
     if resume and checkpoint is None:
@@ -124,22 +117,136 @@ def _save_checkpoint(path: Path, cfg: RunConfig, trainer, X, Y) -> None:
         raise
 
 
+_STATE_NAMES = ("weights", "initial_weights", "warm", "warm_delta")
+
+
 def _load_checkpoint(path: Path, cfg: RunConfig, data):
-    with np.load(path, allow_pickle=False) as z:
-        if str(z["config"]) != cfg.to_json():
-            raise ValueError(f"checkpoint {str(path)!r} was written by a different config; resume needs the same one")
-        X, Y = z["X"], z["Y"]
-        if data is not None:
-            Xd, Yd = _data.check_data(data, cfg.samples, cfg.input_dim, cfg.output_dim)
-            if not (np.array_equal(Xd, X) and np.array_equal(Yd, Y)):
-                raise ValueError(f"data differs from the data of checkpoint {str(path)!r}")
-        n = cfg.depth + 1
-        state = {name: [z[f"{name}_{l}"] for l in range(n)]
-                 for name in ("weights", "initial_weights", "warm", "warm_delta")}
-        state.update(hessian_warm=z["hessian_warm"], step=int(z["step"]), finished=bool(z["finished"]),
-                     diverged_step=int(z["diverged_step"]))
-        record = {key: z[f"record_{key}"] for key in _RECORD_KEYS}
+    """Read a checkpoint and check every entry against the config (and the entries against each other).
+
+    Returns ``((X, Y), state, record)``; a mismatch raises one ValueError naming the entry.
+    """
+    where = f"checkpoint {str(path)!r}"
+    n = cfg.depth + 1
+    dt = np.dtype(cfg.dtype)
+    expected = ({"config", "X", "Y", "step", "finished", "diverged_step", "hessian_warm"}
+                | {f"{name}_{l}" for name in _STATE_NAMES for l in range(n)}
+                | {f"record_{key}" for key in _RECORD_KEYS})
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{where} is not a readable .npz archive: {exc}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array
+        raise ValueError(f"{where} is not an .npz archive (a single array)")
+    with z:
+        keys = set(z.files)
+        if keys != expected:
+            extra, missing = sorted(keys - expected), sorted(expected - keys)
+            raise ValueError(f"{where} has the wrong entries (missing: {missing or 'none'}; "
+                             f"unexpected: {extra or 'none'})")
+        arrays = {key: z[key] for key in expected}
+    if arrays["config"].shape != () or str(arrays["config"]) != cfg.to_json():
+        raise ValueError(f"{where} was written by a different config; resume needs the same one")
+    X, Y = _check_checkpoint_data(where, cfg, arrays["X"], arrays["Y"])
+    if data is not None:
+        Xd, Yd = _data.check_data(data, cfg.samples, cfg.input_dim, cfg.output_dim)
+        if not (np.array_equal(Xd, X) and np.array_equal(Yd, Y)):
+            raise ValueError(f"data differs from the data of {where}")
+    step = _checkpoint_integer(where, "step", arrays["step"], 0, cfg.steps)
+    finished = arrays["finished"]
+    if finished.shape != () or finished.dtype != np.bool_:
+        raise ValueError(f"{where}: finished must be a boolean scalar; got dtype {finished.dtype}, "
+                         f"shape {finished.shape}")
+    finished = bool(finished)
+    diverged = _checkpoint_integer(where, "diverged_step", arrays["diverged_step"], -1, step)
+    # The trainer stops at the step where it diverged and finishes only at the last step.
+    if diverged not in (-1, step):
+        raise ValueError(f"{where}: diverged_step must be -1 or the step it stopped at ({step}); got {diverged}")
+    if finished and (step != cfg.steps or diverged != -1):
+        raise ValueError(f"{where}: finished is true only at step == steps ({cfg.steps}) of a run that did not "
+                         f"diverge; got step {step}, diverged_step {diverged}")
+    state = {"step": step, "finished": finished, "diverged_step": diverged}
+    for name in _STATE_NAMES:
+        state[name] = [_checkpoint_state_array(where, cfg, name, l, arrays[f"{name}_{l}"], dt) for l in range(n)]
+    hw = arrays["hessian_warm"]
+    n_params = sum(a.size for a in state["weights"])
+    if hw.dtype != np.float64 or hw.ndim != 1 or hw.size not in (0, n_params) or not np.all(np.isfinite(hw)):
+        raise ValueError(f"{where}: hessian_warm must be a finite float64 vector of 0 or {n_params} values; "
+                         f"got dtype {hw.dtype}, shape {hw.shape}")
+    state["hessian_warm"] = hw
+    record = _checkpoint_record(where, cfg, {key: arrays[f"record_{key}"] for key in _RECORD_KEYS}, step, finished,
+                                diverged)
     return (X, Y), state, record
+
+
+def _check_checkpoint_data(where: str, cfg: RunConfig, X, Y):
+    for name, a, cols in (("X", X, cfg.input_dim), ("Y", Y, cfg.output_dim)):
+        if a.dtype != np.float64 or a.shape != (cfg.samples, cols) or not np.all(np.isfinite(a)):
+            raise ValueError(f"{where}: {name} must be a finite float64 array of shape ({cfg.samples}, {cols}); "
+                             f"got dtype {a.dtype}, shape {a.shape}")
+    return X, Y
+
+
+def _checkpoint_integer(where: str, name: str, a, lo: int, hi: int) -> int:
+    if a.shape != () or a.dtype.kind not in "iu":
+        raise ValueError(f"{where}: {name} must be an integer scalar; got dtype {a.dtype}, shape {a.shape}")
+    value = int(a)
+    if not lo <= value <= hi:
+        raise ValueError(f"{where}: {name} must be in [{lo}, {hi}]; got {value}")
+    return value
+
+
+def _checkpoint_state_array(where: str, cfg: RunConfig, name: str, l: int, a, dt: np.dtype):
+    fan_in = cfg.input_dim if l == 0 else cfg.width
+    fan_out = cfg.output_dim if l == cfg.depth else cfg.width
+    label = f"{where}: {name}_{l}"
+    if a.dtype != dt:
+        raise ValueError(f"{label} must have dtype {dt} (the config's dtype); got {a.dtype}")
+    if name == "weights":
+        ok = a.shape == (fan_out, fan_in)
+        want = f"shape ({fan_out}, {fan_in})"
+    elif name == "initial_weights":
+        ok = a.shape == (fan_out * fan_in,)
+        want = f"shape ({fan_out * fan_in},) (W{l}(0) flattened)"
+    else:  # warm-start blocks: whole columns of length fan_in, at most min(fan_in, fan_out) of them
+        ok = a.ndim == 1 and a.size % fan_in == 0 and a.size // fan_in <= min(fan_in, fan_out)
+        want = f"a 1-d array of at most {min(fan_in, fan_out)} columns of length {fan_in}"
+    if not ok:
+        raise ValueError(f"{label} must be {want}; got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{label} must contain only finite values")
+    return a
+
+
+def _record_shapes(cfg: RunConfig) -> dict:
+    T, n, k = len(cfg.tracked_steps()), cfg.depth + 1, cfg.top_k
+    nb, bins = len(cfg.bulk_steps), cfg.bulk_bins
+    return {"loss": (T,), "normalized_sharpness": (T,), "hessian_top": (T,), "singular_values": (T, n, k),
+            "delta_singular_values": (T, n, k), "overlap_input": (T, n, k), "overlap_backward": (T, n, k),
+            "weight_norm": (T, n), "beta_f": (T, cfg.input_dim), "bulk_counts": (nb, n, bins),
+            "bulk_edges": (nb, n, bins + 1)}
+
+
+def _checkpoint_record(where: str, cfg: RunConfig, record: dict, step: int, finished: bool, diverged: int) -> dict:
+    """Shapes from the config; entries of steps not measured yet must be NaN, the loss of measured ones finite."""
+    tracked = np.asarray(cfg.tracked_steps())
+    bulk = np.asarray(cfg.bulk_steps, dtype=np.int64)
+    # measured: every tracked step before `step`, and `step` itself once finished (or where it diverged)
+    last = step if (finished or diverged >= 0) else step - 1
+    for key, shape in _record_shapes(cfg).items():
+        a = record[key]
+        label = f"{where}: record_{key}"
+        if a.dtype != np.float64 or a.shape != shape:
+            raise ValueError(f"{label} must be float64 of shape {shape} (from the config's tracked steps); "
+                             f"got dtype {a.dtype}, shape {a.shape}")
+        steps = bulk if key.startswith("bulk") else tracked
+        if not np.all(np.isnan(a[steps > last])):
+            raise ValueError(f"{label} has values at steps after the checkpoint's step {step}")
+    # the loss of the step where it diverged may be anything; every earlier one passed the check
+    measured = record["loss"][tracked < (diverged if diverged >= 0 else last + 1)]
+    if not np.all(np.isfinite(measured) & (measured <= cfg.divergence_bound)):
+        raise ValueError(f"{where}: record_loss must be finite and <= divergence_bound at the tracked steps before "
+                         f"step {step} (the run had not diverged there)")
+    return record
 
 
 def _progress_callback(progress, steps: int):
@@ -293,6 +400,11 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     if resume and path.exists():
         data_used, state, record = _load_checkpoint(path, cfg, data)
         trainer, (X, Y) = build_trainer(cfg, data_used)
+        drawn = trainer.get_state()["initial_weights"]
+        for l, (saved, fresh) in enumerate(zip(state["initial_weights"], drawn)):
+            if not np.array_equal(saved, fresh):
+                raise ValueError(f"checkpoint {str(path)!r}: initial_weights_{l} differs from the W{l}(0) that "
+                                 f"seed {cfg.seed} draws")
         trainer.set_state(state)
         trainer.set_record(record)
     else:
@@ -304,7 +416,11 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
             until = cfg.steps
             if path is not None:
                 until = min(cfg.steps, (trainer.step // cfg.checkpoint_every + 1) * cfg.checkpoint_every)
+            before = trainer.step
             trainer.run(until, cb)
+            if trainer.step == before and not trainer.finished and trainer.diverged_step < 0:
+                # a chunk that makes no progress would repeat forever
+                raise RuntimeError(f"training made no progress at step {before} of {cfg.steps}")
             if path is not None and not trainer.finished and trainer.diverged_step < 0:
                 _save_checkpoint(path, cfg, trainer, X, Y)
     finally:

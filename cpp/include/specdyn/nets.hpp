@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -155,7 +156,14 @@ class Trainer {
   std::vector<T>& initial_weights(int l) { return W0_[l]; }
   std::vector<T>& warm(int l, bool delta) { return delta ? warm_delta_[l] : warm_[l]; }
   std::vector<double>& hessian_warm() { return hess_warm_; }
+  // Throws std::invalid_argument unless 0 <= step <= steps, finished only at step == steps
+  // (and not diverged), diverged == -1 or diverged == step.
   void set_position(int64_t step, bool finished, int64_t diverged) {
+    if (step < 0 || step > spec_.steps) throw std::invalid_argument("checkpoint step outside [0, steps]");
+    if (finished && (step != spec_.steps || diverged != -1))
+      throw std::invalid_argument("checkpoint finished only at step == steps and not diverged");
+    if (diverged != -1 && diverged != step)
+      throw std::invalid_argument("checkpoint diverged_step must be -1 or the step it stopped at");
     step_ = step;
     finished_ = finished;
     diverged_ = diverged;

@@ -19,7 +19,7 @@ from .. import _core
 from .. import _validate as V
 from .. import parameterization as PZ
 from ..rmt import bgn_outliers
-from .one_bulk import _data, _outlier_steps, _steps, check_linear_config, quarter_circle_nodes
+from .one_bulk import MEMORY_LIMIT, _data, _outlier_steps, _steps, check_linear_config, quarter_circle_nodes
 
 __all__ = ["deep_linear"]
 
@@ -28,7 +28,7 @@ _COVERS = ("the deep linear theory covers depth >= 2 (W0, depth - 1 square bulks
            "(as muP at richness gamma0/sqrt(width)); depth 1 and nonlinear networks: theory.two_layer_monte_carlo")
 
 # level one keeps coefficient rows of length ~2 (T + 1)(D + 1) for (T + 1) D rows per layer
-_MEMORY_LIMIT = 4 << 30
+_MEMORY_LIMIT = MEMORY_LIMIT
 
 
 def _check_config(config) -> None:

@@ -108,6 +108,10 @@ def _load_data(config, data):
     Y = np.ascontiguousarray(np.asarray(Y, dtype=np.float64).reshape(len(Y), -1))
     if Y.shape[1] != 1 or Y.shape[0] != X.shape[0]:
         raise ValueError(f"data Y must have shape (P,) or (P, 1) with P = {X.shape[0]}; got {Y.shape}")
+    # the config's sizes are the network's: data of another shape would train a different one
+    if X.shape != (config.samples, config.input_dim):
+        raise ValueError(f"data X must have shape (samples, input_dim) = ({config.samples}, {config.input_dim}) "
+                         f"from the config; got {X.shape}")
     return X, Y[:, 0].copy()
 
 

@@ -121,6 +121,26 @@ def _steps(config, steps) -> tuple[int, list[int]]:
     return T, list(range(T + 1))
 
 
+# What a theory solve may allocate (its histories and two-time kernels) before it is refused.
+MEMORY_LIMIT = 4 << 30
+
+
+def _check_memory(T: int, nodes: int) -> None:
+    """The recursion keeps three (T+1)^2 two-time kernels and (T+1) x min(T+1, nodes) history
+    coefficients; the Dataset two more (T+1)^2 kernels. Refuse sizes past MEMORY_LIMIT up front."""
+    def need(T):
+        T1 = T + 1
+        return 8 * (5 * T1 * T1 + 2 * T1 * min(T1, nodes))
+    if need(T) > MEMORY_LIMIT:
+        t_max = math.isqrt(MEMORY_LIMIT // 56)  # need(T) <= 56 (T+1)^2 bytes
+        while need(t_max + 1) <= MEMORY_LIMIT:
+            t_max += 1
+        while need(t_max) > MEMORY_LIMIT:
+            t_max -= 1
+        raise ValueError(f"steps = {T} needs about {need(T) / 2**30:.1f} GiB for the one-bulk DMFT "
+                         f"(limit {MEMORY_LIMIT >> 30} GiB): steps must be <= {t_max} with nodes = {nodes}")
+
+
 def _outlier_steps(outlier_steps, out_steps) -> list[int]:
     if outlier_steps is None:
         return list(out_steps)
@@ -306,6 +326,7 @@ def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None 
     direct = _device.module(device, "theory.one_bulk") if device != "cpu" else None
     nodes = V.integer("nodes", nodes, 8)
     T, out_steps = _steps(config, steps)
+    _check_memory(T, nodes)
     top_k = config.top_k if top_k is None else V.integer("top_k", top_k, 1)
     o_steps = _outlier_steps(outlier_steps, out_steps)
     edge_margin = V.real("edge_margin", edge_margin, 0.0)
@@ -340,6 +361,7 @@ def one_bulk_finite(config, weights, data=None, steps=None, top_k: int | None = 
     """
     _check_config(config)
     T, out_steps = _steps(config, steps)
+    _check_memory(T, config.width)
     top_k = config.top_k if top_k is None else V.integer("top_k", top_k, 1)
     o_steps = _outlier_steps(outlier_steps, out_steps)
     history_tol = V.real("history_tol", history_tol, 0.0, 1e-3)
