@@ -34,7 +34,8 @@ def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: di
     dataset : the monitors' datasets concatenated along a new ``width`` dimension
         (steps joined; a step missing at one width is NaN there)
     summary : dict with, per layer, ``spread`` (max over steps of the max - min
-        over widths of s1(t)), ``deviation`` ({width: max over steps of
+        over widths of s1(t)), ``delta_spread`` (the same for the top singular
+        value of W - W(0), when tracked), ``deviation`` ({width: max over steps of
         |s1(t) - s1 at the largest width|}) and ``decay_exponent`` (p of
         deviation ~ width^-p by least squares in log-log; NaN with fewer than
         two usable widths), plus ``widths``.
@@ -91,7 +92,11 @@ def summarize(ds) -> dict:
         spread = float((s1.max("width") - s1.min("width")).max("step"))
         ref = s1.sel(width=max(widths))
         dev = {w: float(abs(s1.sel(width=w) - ref).max("step")) for w in widths if w != max(widths)}
-        out["layers"][layer] = {"spread": spread, "deviation": dev,
+        delta = float("nan")
+        if "delta_singular_values" in ds:
+            d1 = ds.delta_singular_values.sel(layer=layer, rank=0)
+            delta = float((d1.max("width") - d1.min("width")).max("step"))
+        out["layers"][layer] = {"spread": spread, "delta_spread": delta, "deviation": dev,
                                 "decay_exponent": _fit_power(list(dev), list(dev.values())),
                                 "final_s1": {w: float(s1.sel(width=w).dropna("step").isel(step=-1))
                                              for w in widths}}
@@ -99,11 +104,12 @@ def summarize(ds) -> dict:
 
 
 def width_sweep_figure(sweeps: dict, path, layer: str | None = None) -> str:
-    """s1(t) of one layer across widths, one panel per sweep (e.g. {"muP": (ds, summary), "SP": ...}).
+    """s1(t) of one layer across widths, one column per sweep (e.g. {"muP": (ds, summary), "SP": ...}).
 
-    The dotted line is the layer's initial bulk edge (the random-matrix law of
-    its shape and initial scale); panel titles give the spread of s1 across
-    widths. Writes a PNG and returns its path.
+    Top row: s1 of the normalized weight, with the layer's initial bulk edge
+    dotted (the random-matrix law of its shape and initial scale). Bottom row,
+    when tracked: s1 of W - W(0), what training added. Titles give the spread
+    across widths. Writes a PNG and returns its path.
     """
     from .. import plots
 
@@ -113,20 +119,25 @@ def width_sweep_figure(sweeps: dict, path, layer: str | None = None) -> str:
     labels = list(sweeps)
     first = sweeps[labels[0]][0]
     layer = layer or str(first.layer.values[min(1, first.sizes["layer"] - 1)])
-    fig, axes = plt.subplots(1, len(labels), figsize=(5.2 * len(labels), 4.0), squeeze=False)
-    for ax, label in zip(axes[0], labels):
-        ds, summary = sweeps[label]
-        colors = plots._width_colors(ds.width.values)
-        for w in ds.width.values:
-            s1 = ds.singular_values.sel(width=w, layer=layer, rank=0)
-            ok = np.isfinite(s1.values)
-            ax.plot(ds.step.values[ok], s1.values[ok], color=colors[int(w)], lw=1.6, label=f"N = {int(w)}")
-        edge = float(ds.bulk_edge_law.sel(layer=layer).mean("width"))
-        ax.axhline(edge, color="0.6", lw=0.8, ls=":", label="initial bulk edge")
-        spread = summary["layers"][layer]["spread"]
-        ax.set_title(f"{label}: spread of s1 across widths = {spread:.3f}")
-        ax.set_xlabel("training step t (optimizer steps)")
-        ax.set_ylabel(f"top singular value s1 of {layer} (normalized)")
-        ax.legend(fontsize=8, loc="best")
-        ax.grid(alpha=0.3)
+    rows = [("singular_values", "spread", "s1")]
+    if all("delta_singular_values" in ds for ds, _ in sweeps.values()):
+        rows.append(("delta_singular_values", "delta_spread", "s1 of W - W(0)"))
+    fig, axes = plt.subplots(len(rows), len(labels), figsize=(5.2 * len(labels), 3.8 * len(rows)), squeeze=False)
+    for r, (var, key, what) in enumerate(rows):
+        for ax, label in zip(axes[r], labels):
+            ds, summary = sweeps[label]
+            colors = plots._width_colors(ds.width.values)
+            for w in ds.width.values:
+                s1 = ds[var].sel(width=w, layer=layer, rank=0)
+                ok = np.isfinite(s1.values)
+                ax.plot(ds.step.values[ok], s1.values[ok], color=colors[int(w)], lw=1.6, label=f"N = {int(w)}")
+            if r == 0:
+                edge = float(ds.bulk_edge_law.sel(layer=layer).mean("width"))
+                ax.axhline(edge, color="0.6", lw=0.8, ls=":", label="initial bulk edge")
+            spread = summary["layers"][layer][key]
+            ax.set_title(f"{label}: spread of {what} across widths = {spread:.3g}", fontsize=10)
+            ax.set_xlabel("training step t (optimizer steps)")
+            ax.set_ylabel(f"{what} of {layer} (normalized)", fontsize=9)
+            ax.legend(fontsize=8, loc="best")
+            ax.grid(alpha=0.3)
     return plots._save(fig, path)
