@@ -24,12 +24,11 @@ def test_two_engines_agree(activation, scaling, depth):
                                                           cfg.data_seed, cfg.teacher, cfg.noise))
     mon = SpectralMonitor(model, top_k=2, tol=1e-10)
     opt = torch.optim.SGD(model.parameters(), lr=model.learning_rate)
-    losses = []
     for t in range(cfg.steps + 1):
-        loss = specdyn_loss(model(X), Y)
-        mon.observe(t, loss=loss.item())
         opt.zero_grad()
-        loss.backward()
+        loss = specdyn_loss(model(X), Y)
+        loss.backward()  # before observing: the overlaps read this pass's mean input and backward signal
+        mon.observe(t, loss=loss.item())
         opt.step()
     ds = mon.dataset()
     assert ds.layer.values.tolist() == [f"layers.{n}.weight" for n in cfg.layer_names]
@@ -38,6 +37,9 @@ def test_two_engines_agree(activation, scaling, depth):
     s1 = ds.singular_values.isel(rank=0).values
     np.testing.assert_allclose(s1, sim.singular_values.isel(rank=0).values, rtol=1e-8)
     assert ds.attrs["scaling"] == scaling and ds.attrs["width"] == 64
+    # squared overlaps of the singular vectors with the mean input / backward signal of the layer
+    for name in ("overlap_input", "overlap_backward"):
+        np.testing.assert_allclose(ds[name].values, sim[name].values, atol=1e-8, err_msg=name)
 
 
 def test_mlp_initial_weights_are_the_native_ones():

@@ -302,6 +302,13 @@ def test_store_roundtrip_and_storage_load(tmp_path):
     via_storage = storage.load(path)  # the store is a complete run for specdyn.storage (specdyn plot)
     np.testing.assert_array_equal(via_storage.singular_values.values, expected.singular_values.values)
     assert via_storage.attrs["kind"] == "monitor"
+    from typer.testing import CliRunner
+
+    from specdyn.cli import app
+
+    res = CliRunner().invoke(app, ["plot", str(path), "--out", str(tmp_path / "figs")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "figs" / "run.png").exists()
 
 
 CHILD = """

@@ -46,10 +46,10 @@ class _Layer:
     def matrix(self, tensor: torch.Tensor):
         """The (rows, cols) matrix of a weight tensor, read in place (NumPy view, or the CUDA tensor)."""
         t = tensor.detach().reshape(self.rows, self.cols)
-        if t.is_cuda:
-            return t
         if t.dtype not in (torch.float32, torch.float64):
-            return t.to(torch.float64).numpy()  # other dtypes: one float64 copy (documented)
+            t = t.to(torch.float32)  # half and bfloat16: one float32 copy, on the tensor's device
+        if t.is_cuda:
+            return t  # read in place by the device Lanczos (__cuda_array_interface__)
         return t.numpy()  # shares memory with the parameter
 
 
@@ -234,11 +234,11 @@ class SpectralMonitor:
         return self.tol if self.tol is not None else _DEFAULT_TOL.get(dtype, 1e-8)
 
     def _spectrum(self, A, layer: _Layer, warm, tol):
-        """(values, residuals, converged, V) of the top-k of the normalized matrix A * layer.scale."""
+        """(values, residuals, converged, U, V) of the top-k of the normalized matrix A * layer.scale."""
         k = layer.k
-        s, _U, V, info = lanczos.top_singular(A, k, tol=tol, v0=warm, check_finite=False)
+        s, U, V, info = lanczos.top_singular(A, k, tol=tol, v0=warm, check_finite=False)
         res = np.asarray(info["residuals"], dtype=np.float64)
-        return s * layer.scale, res * layer.scale, bool(info["converged"]), V
+        return s * layer.scale, res * layer.scale, bool(info["converged"]), U, V
 
     def observe(self, step: int, loss=None, lr: float | None = None) -> dict:
         """Measure every layer at training step ``step`` (increasing); returns the row recorded.
@@ -281,9 +281,9 @@ class SpectralMonitor:
                 kk = layer.k
                 ok = True
                 if norm == 0.0:
-                    s, res, V = np.zeros(kk), np.zeros(kk), None
+                    s, res, U, V = np.zeros(kk), np.zeros(kk), None, None
                 else:
-                    s, res, conv, V = self._spectrum(A, layer, layer.warm, tol)
+                    s, res, conv, U, V = self._spectrum(A, layer, layer.warm, tol)
                     ok &= conv
                     layer.warm = V
                 row["singular_values"][i, :kk] = s
@@ -292,14 +292,14 @@ class SpectralMonitor:
                     if layer.previous_right is not None:
                         row["overlap_previous"][i, :kk] = np.sum(V * layer.previous_right, axis=0) ** 2
                     layer.previous_right = np.array(V, dtype=np.float64)
-                    self._signal_overlaps(layer, V, A, s / layer.scale, row, i)
+                    self._signal_overlaps(layer, U, V, row, i)
                 if self.delta:
                     torch.sub(W, layer.initial, out=layer.delta)
                     D = layer.matrix(layer.delta)
                     if float(torch.linalg.vector_norm(layer.delta)) == 0.0:
                         ds, dres = np.zeros(kk), np.zeros(kk)
                     else:
-                        ds, dres, conv, DV = self._spectrum(D, layer, layer.warm_delta, tol)
+                        ds, dres, conv, _, DV = self._spectrum(D, layer, layer.warm_delta, tol)
                         ok &= conv
                         layer.warm_delta = DV
                     row["delta_singular_values"][i, :kk] = ds
@@ -335,8 +335,12 @@ class SpectralMonitor:
         n = float(np.linalg.norm(x))
         return x / n if n > 0 and math.isfinite(n) else None
 
-    def _signal_overlaps(self, layer, V, A, s_raw, row, i) -> None:
-        """Squared overlaps of right (left) singular vectors with the mean input (backward signal)."""
+    def _signal_overlaps(self, layer, U, V, row, i) -> None:
+        """Squared overlaps of right (left) singular vectors with the mean input (backward signal).
+
+        The signals are the batch means seen by the layer's module in the last
+        forward (backward) pass before the observation.
+        """
         kk = layer.k
         if layer.mean_input is not None and layer.mean_input.numel() == layer.cols:
             x = self._unit(layer.mean_input)
@@ -345,12 +349,7 @@ class SpectralMonitor:
         if layer.mean_backward is not None and layer.mean_backward.numel() == layer.rows:
             g = self._unit(layer.mean_backward)
             if g is not None:
-                # left vectors u_k = A v_k / s_k, without forming U twice
-                Vt = torch.as_tensor(np.asarray(V)) if not torch.is_tensor(A) else torch.as_tensor(
-                    np.asarray(V), device=A.device)
-                At = torch.as_tensor(A) if not torch.is_tensor(A) else A
-                U = (At @ Vt.to(At.dtype)).to("cpu", torch.float64).numpy() / np.where(s_raw > 0, s_raw, np.inf)
-                row["overlap_backward"][i, :kk] = (U.T @ g) ** 2
+                row["overlap_backward"][i, :kk] = (np.asarray(U, dtype=np.float64).T @ g) ** 2
 
     def _sharpness(self, row) -> None:
         row.update(hessian_top=np.nan, hessian_top_residual=np.nan, ntk_top=np.nan, ntk_top_residual=np.nan,
