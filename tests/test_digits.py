@@ -49,3 +49,16 @@ def test_centered_targets_deterministic_and_dtype():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         data.digits(**kwargs)
+
+
+def test_named_digits_for_a_run():
+    X, Y = data.named("digits", samples=100, input_dim=64, output_dim=10, seed=2)
+    d = data.digits(seed=2, targets="centered")
+    np.testing.assert_array_equal(X, d.X_train[:100])
+    np.testing.assert_array_equal(Y, d.Y_train[:100])
+    with pytest.raises(ValueError, match="input_dim = 64"):
+        data.named("digits", samples=100, input_dim=8, output_dim=10)
+    with pytest.raises(ValueError, match="samples"):
+        data.named("digits", samples=5000, input_dim=64, output_dim=10)
+    with pytest.raises(ValueError, match="data"):
+        data.named("mnist", samples=10, input_dim=64, output_dim=10)

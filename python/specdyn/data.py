@@ -113,3 +113,23 @@ def digits(test_fraction: float = 0.25, seed: int = 0, targets: str = "one_hot",
         Y = Y - 0.1
     return Digits(X[train].astype(dt), Y[train].astype(dt), X[test].astype(dt), Y[test].astype(dt),
                   labels[train].astype(np.int64), labels[test].astype(np.int64))
+
+
+NAMED_DATA = ("digits",)
+
+
+def named(name: str, samples: int, input_dim: int, output_dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Training arrays ``(X, Y)`` of a named data set for a run of the given sizes.
+
+    ``"digits"``: the first ``samples`` images of the training split of
+    :func:`digits` (``seed`` draws the split) with centered targets; the run
+    needs input_dim 64 and output_dim 10. Raises one ValueError naming the
+    mismatched field.
+    """
+    V.choice("data", name, NAMED_DATA)
+    d = digits(seed=seed, targets="centered")
+    if input_dim != d.X_train.shape[1] or output_dim != d.Y_train.shape[1]:
+        raise ValueError(f"data = {name!r} needs input_dim = {d.X_train.shape[1]} and output_dim = "
+                         f"{d.Y_train.shape[1]}; got input_dim = {input_dim}, output_dim = {output_dim}")
+    samples = V.integer("samples", samples, 1, d.X_train.shape[0])
+    return np.ascontiguousarray(d.X_train[:samples]), np.ascontiguousarray(d.Y_train[:samples])
