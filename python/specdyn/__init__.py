@@ -56,6 +56,7 @@ _LAZY = {
     "theory": ("specdyn.theory", None),
     "studies": ("specdyn.studies", None),
     "parameterization": ("specdyn.parameterization", None),
+    "torch": ("specdyn.torch", None),  # needs PyTorch (the extra specdyn[torch])
     "top_singular": ("specdyn.lanczos", "top_singular"),
     "top_eigs": ("specdyn.lanczos", "top_eigs"),
     "spectral_density": ("specdyn.lanczos", "spectral_density"),

@@ -1,4 +1,4 @@
-"""Training data: the Gaussian teacher of THEORY.md and checks of user arrays.
+"""Training data: the Gaussian teacher of THEORY.md, a real data set (digits) and checks of user arrays.
 
 The teacher is generated in C++ from counter-based streams of ``seed``, so the
 samples a run draws online (fresh each step) continue the same sequence:
@@ -7,6 +7,7 @@ sample mu is the same vector whichever call produces it.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -63,3 +64,72 @@ def check_data(data, samples: int, input_dim: int, output_dim: int) -> tuple[np.
         raise ValueError(f"data Y must have shape (samples, output_dim) = ({samples}, {output_dim}) or ({samples},) "
                          f"from the config; got {Y.shape}")
     return np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(Y, dtype=np.float64)
+
+
+DIGITS_TARGETS = ("one_hot", "centered")
+
+
+class Digits(NamedTuple):
+    """A train/test split of the handwritten digits; X standardized, Y one row of 10 targets per image."""
+
+    X_train: np.ndarray
+    Y_train: np.ndarray
+    X_test: np.ndarray
+    Y_test: np.ndarray
+    labels_train: np.ndarray
+    labels_test: np.ndarray
+
+
+def digits(test_fraction: float = 0.25, seed: int = 0, targets: str = "one_hot",
+           dtype: str = "float64") -> Digits:
+    """scikit-learn's bundled handwritten digits (1797 images of 8 x 8 pixels, 10 classes; no download).
+
+    The split is a permutation drawn from ``seed`` (NumPy's default generator):
+    the last ``round(test_fraction * 1797)`` images of it are the test set.
+    Pixels are standardized with the mean and standard deviation of the
+    training set (a pixel constant on it is only centered). ``targets``:
+    "one_hot" (1 for the class, 0 elsewhere) or "centered" (one-hot minus 1/10,
+    so every target row sums to 0). Needs scikit-learn.
+    """
+    test_fraction = V.real("test_fraction", test_fraction, 0.0, 1.0, hi_open=True)
+    seed = V.integer("seed", seed, 0, 2**63 - 1)
+    V.choice("targets", targets, DIGITS_TARGETS)
+    dt = V.dtype("dtype", dtype)
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError("specdyn.data.digits needs scikit-learn (pip install scikit-learn, "
+                          "or the extra specdyn[torch])") from None
+    images, labels = load_digits(return_X_y=True)
+    order = np.random.default_rng(seed).permutation(labels.size)
+    n_test = int(round(test_fraction * labels.size))
+    train, test = order[: labels.size - n_test], order[labels.size - n_test:]
+    mean = images[train].mean(axis=0)
+    std = images[train].std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    X = (images - mean) / std
+    Y = np.eye(10)[labels]
+    if targets == "centered":
+        Y = Y - 0.1
+    return Digits(X[train].astype(dt), Y[train].astype(dt), X[test].astype(dt), Y[test].astype(dt),
+                  labels[train].astype(np.int64), labels[test].astype(np.int64))
+
+
+NAMED_DATA = ("digits",)
+
+
+def named(name: str, samples: int, input_dim: int, output_dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Training arrays ``(X, Y)`` of a named data set for a run of the given sizes.
+
+    ``"digits"``: the first ``samples`` images of the training split of
+    :func:`digits` (``seed`` draws the split) with centered targets; the run
+    needs input_dim 64 and output_dim 10. Raises one ValueError naming the
+    mismatched field.
+    """
+    V.choice("data", name, NAMED_DATA)
+    d = digits(seed=seed, targets="centered")
+    if input_dim != d.X_train.shape[1] or output_dim != d.Y_train.shape[1]:
+        raise ValueError(f"data = {name!r} needs input_dim = {d.X_train.shape[1]} and output_dim = "
+                         f"{d.Y_train.shape[1]}; got input_dim = {input_dim}, output_dim = {output_dim}")
+    samples = V.integer("samples", samples, 1, d.X_train.shape[0])
+    return np.ascontiguousarray(d.X_train[:samples]), np.ascontiguousarray(d.Y_train[:samples])

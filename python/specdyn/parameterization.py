@@ -128,6 +128,17 @@ def scales(scaling: str, width: int, depth: int, input_dim: int, output_dim: int
     return Scales(tuple(layers), learning_rate(scaling, width, gamma0, eta0), gamma)
 
 
+def fan_in_normalizer(fan_in: int) -> float:
+    """1 / sqrt(fan_in): the factor that turns a raw weight of any model into W / sqrt(fan_in).
+
+    Monitors of user models (``specdyn.torch``) scale singular values by it
+    instead of scaling the matrix (which would copy it).
+    """
+    if isinstance(fan_in, bool) or not isinstance(fan_in, int) or fan_in < 1:
+        raise ValueError(f"fan_in must be an integer >= 1; got {fan_in!r}")
+    return 1.0 / math.sqrt(fan_in)
+
+
 def normalized(scale: LayerScale, weights):
     """The normalized matrix of a layer from its raw weights (W / sqrt(fan_in) or W)."""
     return weights * scale.normalizer

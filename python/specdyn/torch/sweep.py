@@ -1,0 +1,143 @@
+"""``width_sweep``: the spectral coordinate check of a user's model factory.
+
+Trains the factory's model at each width (serially, in this process) with a
+:class:`SpectralMonitor` on it and reports, per layer, how much the top
+singular value s1(t) still moves with width. Under a width-consistent
+parameterization (muP) the curves of different widths collapse and their
+spread shrinks as the widths grow; under SP it does not.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .monitor import SpectralMonitor
+
+
+def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: dict | None = None,
+                progress=None):
+    """Train ``make_model(width)`` at every width with a monitor; returns ``(dataset, summary)``.
+
+    Parameters
+    ----------
+    make_model : callable ``width -> torch.nn.Module``; every width must give
+        the same parameter names for the tracked layers
+    widths : sequence of distinct integers >= 1
+    train : callable ``(model, monitor) -> None`` running the training loop;
+        it observes through ``monitor.attach(optimizer)`` or ``monitor.observe``
+        at the same steps for every width
+    top_k, monitor_kwargs : passed to :class:`SpectralMonitor` (``store`` is
+        not allowed here: one store per width would be needed)
+    progress : optional callable ``(width, dataset)`` called after each width
+
+    Returns
+    -------
+    dataset : the monitors' datasets concatenated along a new ``width`` dimension
+        (steps joined; a step missing at one width is NaN there)
+    summary : dict with, per layer, ``spread`` (max over steps of the max - min
+        over widths of s1(t)), ``delta_spread`` (the same for the top singular
+        value of W - W(0), when tracked), ``deviation`` ({width: max over steps of
+        |s1(t) - s1 at the largest width|}) and ``decay_exponent`` (p of
+        deviation ~ width^-p by least squares in log-log; NaN with fewer than
+        two usable widths), plus ``widths``.
+    """
+    import xarray as xr
+
+    from .. import _validate as v
+
+    if not callable(make_model) or not callable(train):
+        raise ValueError("make_model (width -> nn.Module) and train ((model, monitor) -> None) must be callables")
+    widths = [v.integer("widths[]", w, 1) for w in widths]
+    if len(widths) < 1 or len(set(widths)) != len(widths):
+        raise ValueError(f"widths must be a non-empty list of distinct integers >= 1; got {widths}")
+    kwargs = dict(monitor_kwargs or {})
+    if "store" in kwargs:
+        raise ValueError("monitor_kwargs must not hold 'store' (width_sweep keeps every width in memory)")
+    runs, names = [], None
+    for width in widths:
+        model = make_model(width)
+        with SpectralMonitor(model, top_k=top_k, **kwargs) as monitor:
+            train(model, monitor)
+            ds = monitor.dataset()
+        if ds.sizes["step"] == 0:
+            raise ValueError(f"train made no observation at width {width}: call monitor.observe(step) or "
+                             f"monitor.attach(optimizer) in it")
+        layer_names = [str(x) for x in ds.layer.values]
+        if names is not None and layer_names != names:
+            raise ValueError(f"make_model({width}) has tracked layers {layer_names}, the first width had {names}")
+        names = layer_names
+        runs.append(ds.expand_dims(width=[width]))
+        if progress is not None:
+            progress(width, ds)
+    attrs = dict(runs[0].attrs)
+    ds = xr.concat(runs, dim="width", join="outer", combine_attrs="drop_conflicts")
+    ds.attrs.update(kind="width_sweep", status="ok" if all(r.attrs.get("status") == "ok" for r in runs)
+                    else "diverged", config=attrs.get("config", ""))
+    return ds, summarize(ds)
+
+
+def _fit_power(x, y) -> float:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(y) & (y > 0) & (x > 0)
+    if ok.sum() < 2:
+        return float("nan")
+    return float(-np.polyfit(np.log(x[ok]), np.log(y[ok]), 1)[0])
+
+
+def summarize(ds) -> dict:
+    """Per layer: spread of s1(t) across widths, deviation from the largest width, its decay exponent."""
+    widths = [int(w) for w in ds.width.values]
+    out = {"widths": widths, "layers": {}}
+    for layer in [str(x) for x in ds.layer.values]:
+        s1 = ds.singular_values.sel(layer=layer, rank=0)  # (width, step)
+        spread = float((s1.max("width") - s1.min("width")).max("step"))
+        ref = s1.sel(width=max(widths))
+        dev = {w: float(abs(s1.sel(width=w) - ref).max("step")) for w in widths if w != max(widths)}
+        delta = float("nan")
+        if "delta_singular_values" in ds:
+            d1 = ds.delta_singular_values.sel(layer=layer, rank=0)
+            delta = float((d1.max("width") - d1.min("width")).max("step"))
+        out["layers"][layer] = {"spread": spread, "delta_spread": delta, "deviation": dev,
+                                "decay_exponent": _fit_power(list(dev), list(dev.values())),
+                                "final_s1": {w: float(s1.sel(width=w).dropna("step").isel(step=-1))
+                                             for w in widths}}
+    return out
+
+
+def width_sweep_figure(sweeps: dict, path, layer: str | None = None) -> str:
+    """s1(t) of one layer across widths, one column per sweep (e.g. {"muP": (ds, summary), "SP": ...}).
+
+    Top row: s1 of the normalized weight, with the layer's initial bulk edge
+    dotted (the random-matrix law of its shape and initial scale). Bottom row,
+    when tracked: s1 of W - W(0), what training added. Titles give the spread
+    across widths. Writes a PNG and returns its path.
+    """
+    from .. import plots
+
+    plt = plots._plt()
+    if not sweeps:
+        raise ValueError("sweeps must hold at least one (dataset, summary) pair")
+    labels = list(sweeps)
+    first = sweeps[labels[0]][0]
+    layer = layer or str(first.layer.values[min(1, first.sizes["layer"] - 1)])
+    rows = [("singular_values", "spread", "s1")]
+    if all("delta_singular_values" in ds for ds, _ in sweeps.values()):
+        rows.append(("delta_singular_values", "delta_spread", "s1 of W - W(0)"))
+    fig, axes = plt.subplots(len(rows), len(labels), figsize=(5.2 * len(labels), 3.8 * len(rows)), squeeze=False)
+    for r, (var, key, what) in enumerate(rows):
+        for ax, label in zip(axes[r], labels):
+            ds, summary = sweeps[label]
+            colors = plots._width_colors(ds.width.values)
+            for w in ds.width.values:
+                s1 = ds[var].sel(width=w, layer=layer, rank=0)
+                ok = np.isfinite(s1.values)
+                ax.plot(ds.step.values[ok], s1.values[ok], color=colors[int(w)], lw=1.6, label=f"N = {int(w)}")
+            if r == 0:
+                edge = float(ds.bulk_edge_law.sel(layer=layer).mean("width"))
+                ax.axhline(edge, color="0.6", lw=0.8, ls=":", label="initial bulk edge")
+            spread = summary["layers"][layer][key]
+            ax.set_title(f"{label}: spread of {what} across widths = {spread:.3g}", fontsize=10)
+            ax.set_xlabel("training step t (optimizer steps)")
+            ax.set_ylabel(f"{what} of {layer} (normalized)", fontsize=9)
+            ax.legend(fontsize=8, loc="best")
+            ax.grid(alpha=0.3)
+    return plots._save(fig, path)

@@ -1,0 +1,99 @@
+"""specdyn.torch.mlp(cfg) trained by plain PyTorch SGD against specdyn.simulate(cfg),
+and width_sweep against monitors run by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import specdyn  # noqa: E402
+from specdyn.torch import SpectralMonitor, mlp, specdyn_loss, width_sweep, width_sweep_figure  # noqa: E402
+
+CASES = [(a, s, d) for a in ("linear", "tanh") for s in ("mup", "ntk") for d in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("activation,scaling,depth", CASES)
+def test_two_engines_agree(activation, scaling, depth):
+    cfg = specdyn.RunConfig(width=64, depth=depth, input_dim=8, samples=16, output_dim=2, steps=6, top_k=2,
+                            activation=activation, scaling=scaling, eta0=0.5, svd_tol=1e-10, seed=depth,
+                            track_sharpness=False)
+    sim = specdyn.simulate(cfg)
+    model = mlp(cfg)
+    X, Y = (torch.tensor(a) for a in specdyn.data.teacher(cfg.samples, cfg.input_dim, cfg.output_dim,
+                                                          cfg.data_seed, cfg.teacher, cfg.noise))
+    mon = SpectralMonitor(model, top_k=2, tol=1e-10)
+    opt = torch.optim.SGD(model.parameters(), lr=model.learning_rate)
+    for t in range(cfg.steps + 1):
+        opt.zero_grad()
+        loss = specdyn_loss(model(X), Y)
+        loss.backward()  # before observing: the overlaps read this pass's mean input and backward signal
+        mon.observe(t, loss=loss.item())
+        opt.step()
+    ds = mon.dataset()
+    assert ds.layer.values.tolist() == [f"layers.{n}.weight" for n in cfg.layer_names]
+    np.testing.assert_allclose(ds.loss.values, sim.loss.values, rtol=1e-8)
+    # muP and NTK: the normalized matrix is W / sqrt(fan_in), the monitor's default
+    s1 = ds.singular_values.isel(rank=0).values
+    np.testing.assert_allclose(s1, sim.singular_values.isel(rank=0).values, rtol=1e-8)
+    assert ds.attrs["scaling"] == scaling and ds.attrs["width"] == 64
+    # squared overlaps of the singular vectors with the mean input / backward signal of the layer
+    for name in ("overlap_input", "overlap_backward"):
+        np.testing.assert_allclose(ds[name].values, sim[name].values, atol=1e-8, err_msg=name)
+
+
+def test_mlp_initial_weights_are_the_native_ones():
+    cfg = specdyn.RunConfig(width=32, depth=2, scaling="sp", seed=7)
+    model = mlp(cfg)
+    state = specdyn.training.build_trainer(cfg)[0].get_state()
+    for w, p in zip(state["initial_weights"], model.parameters()):
+        np.testing.assert_array_equal(p.detach().numpy().reshape(-1), np.asarray(w).reshape(-1))
+    assert mlp(cfg.replace(dtype="float32")).layers.W0.weight.dtype == torch.float32
+
+
+def _make(width):
+    torch.manual_seed(width)
+    return torch.nn.Sequential(torch.nn.Linear(6, width), torch.nn.Tanh(), torch.nn.Linear(width, width),
+                               torch.nn.Tanh(), torch.nn.Linear(width, 2)).double()
+
+
+def _train(model, monitor):
+    torch.manual_seed(0)
+    X, Y = torch.randn(10, 6, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    monitor.attach(opt)
+    for _ in range(4):
+        opt.zero_grad()
+        ((model(X) - Y) ** 2).mean().backward()
+        opt.step()
+
+
+def test_width_sweep_matches_monitors_by_hand(tmp_path):
+    widths = [8, 16, 32]
+    ds, summary = width_sweep(_make, widths, _train, top_k=2)
+    assert ds.sizes["width"] == 3 and ds.sizes["step"] == 5
+    by_hand = {}
+    for w in widths:
+        model = _make(w)
+        mon = SpectralMonitor(model, top_k=2)
+        _train(model, mon)
+        by_hand[w] = mon.dataset().singular_values.sel(layer="2.weight", rank=0).values
+    curves = np.stack([by_hand[w] for w in widths])
+    np.testing.assert_allclose(ds.singular_values.sel(layer="2.weight", rank=0).values, curves, rtol=1e-12)
+    layer = summary["layers"]["2.weight"]
+    assert layer["spread"] == pytest.approx(float((curves.max(0) - curves.min(0)).max()), rel=1e-12)
+    dev = {w: float(np.abs(by_hand[w] - by_hand[32]).max()) for w in (8, 16)}
+    assert layer["deviation"] == pytest.approx(dev, rel=1e-12)
+    expect = -np.polyfit(np.log([8, 16]), np.log([dev[8], dev[16]]), 1)[0]
+    assert layer["decay_exponent"] == pytest.approx(expect, rel=1e-9)
+    path = width_sweep_figure({"tanh MLP": (ds, summary)}, tmp_path / "sweep.png", layer="2.weight")
+    assert (tmp_path / "sweep.png").stat().st_size > 0 and path.endswith("sweep.png")
+
+
+def test_width_sweep_checks_its_arguments():
+    with pytest.raises(ValueError, match="widths"):
+        width_sweep(_make, [8, 8], _train)
+    with pytest.raises(ValueError, match="no observation"):
+        width_sweep(_make, [8], lambda model, monitor: None)
+    with pytest.raises(ValueError, match="store"):
+        width_sweep(_make, [8], _train, monitor_kwargs={"store": "x.zarr"})
