@@ -292,6 +292,9 @@ def concurrent_reads(tmp_path, loads: int, exchange: bool) -> dict:
                 counts["seen"].add(match[0])
             else:
                 counts["torn"] += 1
+                differ = [n for n in ds.variables if not any(ds[n].identical(v[n]) for v in versions
+                                                             if n in v.variables)]
+                counts.setdefault("messages", []).append(f"torn: variables {differ}, attrs {ds.attrs}")
     finally:
         stop.write_text("")
         writer.wait(timeout=60)

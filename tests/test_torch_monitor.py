@@ -19,7 +19,8 @@ torch = pytest.importorskip("torch")
 
 import specdyn  # noqa: E402
 from specdyn import lanczos, storage  # noqa: E402
-from specdyn.torch import SpectralMonitor, load  # noqa: E402
+from specdyn.torch import SpectralMonitor  # noqa: E402
+from specdyn.storage import load  # noqa: E402
 from specdyn.torch import monitor as monitor_mod  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -360,8 +361,32 @@ def test_kill_9_leaves_every_flushed_observation(tmp_path):
         np.testing.assert_array_equal(got[name].values, ref[name].values, err_msg=name)
     np.testing.assert_array_equal(got.bulk_step.values, ref.bulk_step.values)
     np.testing.assert_array_equal(got.bulk_counts.values, ref.bulk_counts.values)
-    if storage.is_complete(path):  # killed between flushes: a whole run for specdyn.storage too
-        assert storage.load(path).sizes["step"] == n
+    assert storage.is_complete(path) and storage.verify(path) == []  # killed anywhere: no damage
+
+
+def test_a_changed_observation_is_reported_as_damage(tmp_path):
+    import zarr
+
+    model, X, Y = small_model()
+    path = tmp_path / "run.zarr"
+    mon = SpectralMonitor(model, top_k=2, store=path)
+    for t in range(3):
+        mon.observe(t, loss=float(t))
+    assert storage.verify(path) == []
+    arr = zarr.open_array(str(path / "loss"), mode="r+")
+    arr[1] = 7.0  # a valid chunk (its CRC32C rewritten) with a value that was never observed
+    assert [g for g, _ in storage.verify(path)] == [""]
+    with pytest.raises(storage.DamagedGroupError, match="loss"):
+        storage.load(path)
+
+
+def test_store_refuses_what_it_may_not_replace(tmp_path):
+    model, _, _ = small_model()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes"):
+        SpectralMonitor(model, top_k=2, store=tmp_path / "notes")
+    assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
 
 # ---- light import and validation -----------------------------------------------------------

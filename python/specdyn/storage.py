@@ -408,6 +408,113 @@ def save(ds, store, group: str | None = None) -> str | None:
     return group
 
 
+class GrowingGroup:
+    """A run written one observation at a time that survives being killed at any moment.
+
+    ``static``: ``{name: (dims, values)}`` written once; ``growing``:
+    ``{name: (dims, trailing shape, dtype)}``, arrays whose leading dimension
+    (``dims[0]``, for example ``step``) grows by one row per :meth:`append`.
+    The target is checked and replaced as in :func:`save`: the empty group is
+    built under a temporary name and swapped in by the constructor.
+
+    Every flush writes the new rows (each chunk file replaced atomically, with
+    its CRC32C), then one metadata write that holds the row count and a SHA-256
+    of the rows so far for every growing variable and the completion marker.
+    A reader (:func:`load`, :func:`verify`) keeps the rows those counts cover,
+    so a process killed mid-flush leaves the store as it was after the
+    previous flush, and a changed row is reported as damage.
+    """
+
+    _ROWS_CHUNK = 64  # observations per chunk along the growing dimension
+
+    def __init__(self, store, static: dict, growing: dict, attrs: dict, group: str | None = None):
+        import zarr
+
+        self.group_name = _check_group(group)
+        root = _store_path(store)
+        self.attrs = {k: _plain(v) for k, v in attrs.items() if k not in _INTERNAL_ATTRS}
+        json.dumps(self.attrs)  # fail before any work on attributes Zarr cannot hold
+        check_save_target(root, self.group_name)
+        d = _group_dir(root, self.group_name)
+        if self.group_name:
+            zarr.open_group(str(root), path=self.group_name.rpartition("/")[0], mode="a", zarr_format=3)
+        else:
+            d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = d.parent / f"{_TMP}{d.name}-{uuid.uuid4().hex}"
+        os.mkdir(tmp)
+        codecs = _chunk_codecs()
+        self._manifest, self._hashes, self._axis = {}, {}, {}
+        try:
+            node = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            for name, (dims, values) in static.items():
+                values = np.asarray(values)
+                if values.dtype.kind == "U":
+                    arr = node.create_array(name, shape=values.shape, dtype=str, dimension_names=list(dims),
+                                            attributes={_DTYPE_ATTR: values.dtype.str}, **codecs)
+                    arr[...] = values.astype(object)
+                else:
+                    arr = node.create_array(name, shape=values.shape, dtype=values.dtype,
+                                            dimension_names=list(dims), fill_value=_fill(values.dtype), **codecs)
+                    arr[...] = values
+                chunks = sum(len(files) for _, _, files in os.walk(tmp / name / "c"))
+                self._manifest[name] = {"chunks": max(chunks, int((tmp / name / "c").is_file())),
+                                        "sha256": _content_hash(arr[...])}
+            for name, (dims, trailing, dtype) in growing.items():
+                dtype = np.dtype(dtype)
+                node.create_array(name, shape=(0, *trailing), chunks=(self._ROWS_CHUNK, *trailing), dtype=dtype,
+                                  dimension_names=list(dims), fill_value=_fill(dtype), **codecs)
+                self._hashes[name] = _rows_hash_start(dtype, trailing)
+                self._axis[name] = dims[0]
+                self._manifest[name] = {"rows": 0, "sha256": self._hashes[name].hexdigest()}
+            self._node = node
+            self._write_attrs(complete=True)
+            _check_target(root, self.group_name, probe_write=False)
+            _swap_in(tmp, d)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # our own temporary; the error propagates
+            raise
+        self._node = zarr.open_group(str(d), mode="r+", zarr_format=3)
+        self._arrays = {name: self._node[name] for name in growing}
+        self.rows = {axis: 0 for axis in set(self._axis.values())}
+
+    def _write_attrs(self, complete: bool) -> None:
+        out = dict(self.attrs)
+        out.update({_VERSION_ATTR: STORAGE_VERSION, _MANIFEST_ATTR: self._manifest, COMPLETE_ATTR: complete})
+        self._node.attrs.put(out)  # one atomic rewrite of the group's metadata
+
+    def append(self, rows: dict, attrs: dict | None = None) -> None:
+        """Append one row to each named growing variable (all variables of a dimension together), then flush."""
+        axes = {self._axis[name] for name in rows}
+        missing = [n for n, a in self._axis.items() if a in axes and n not in rows]
+        if missing:
+            raise ValueError(f"append: rows for {sorted(missing)} missing (every variable along "
+                             f"{sorted(axes)} grows together)")
+        for name, row in rows.items():
+            arr = self._arrays[name]
+            n = self.rows[self._axis[name]]
+            row = np.asarray(row, dtype=arr.dtype).reshape(arr.shape[1:])
+            arr.resize((n + 1, *arr.shape[1:]))
+            arr[n] = row
+            self._hashes[name].update(np.ascontiguousarray(row).tobytes())
+        for axis in axes:
+            self.rows[axis] += 1
+        for name in rows:
+            self._manifest[name] = {"rows": self.rows[self._axis[name]], "sha256": self._hashes[name].hexdigest()}
+        if attrs:
+            self.attrs.update({k: _plain(v) for k, v in attrs.items() if k not in _INTERNAL_ATTRS})
+        self._write_attrs(complete=True)
+
+
+def _rows_hash_start(dtype: np.dtype, trailing) -> "hashlib._Hash":
+    """The running SHA-256 of a growing variable: its dtype and row shape, then its rows' bytes."""
+    return hashlib.sha256(f"rows{np.dtype(dtype).str}{tuple(trailing)}".encode())
+
+
+def _fill(dtype: np.dtype):
+    dtype = np.dtype(dtype)
+    return np.nan if dtype.kind in "fc" else (False if dtype.kind == "b" else 0)
+
+
 # ---------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------
@@ -497,6 +604,9 @@ def _check_content(meta: dict, files: dict) -> tuple[list[str], Any]:
             if any(k.startswith(var + "/") for k in files):
                 problems.append(f"variable {var!r} has no zarr.json")
             continue  # a missing variable is already reported
+        if isinstance(rec, dict) and "rows" in rec:  # a growing variable: its first `rows` rows
+            problems += _check_rows(mem, var, rec)
+            continue
         chunks = sum(_is_chunk_key(k, var) for k in files)
         written = rec.get("chunks") if isinstance(rec, dict) else None
         if chunks != written:
@@ -512,6 +622,34 @@ def _check_content(meta: dict, files: dict) -> tuple[list[str], Any]:
         if _content_hash(values) != rec.get("sha256"):
             problems.append(f"variable {var!r}: its values differ from those written (SHA-256 mismatch)")
     return problems, mem
+
+
+def _check_rows(mem, var: str, rec: dict) -> list[str]:
+    import zarr
+
+    rows = rec.get("rows")
+    try:
+        arr = zarr.open_array(mem, path=var, mode="r", zarr_format=3)
+        if not isinstance(rows, int) or not 0 <= rows <= arr.shape[0]:
+            return [f"variable {var!r} holds {arr.shape[0]} row(s), its manifest names {rows!r}"]
+        values = arr[:rows]
+    except Exception as exc:  # reported as this group's damage, with the reason
+        reason = "a chunk fails its CRC32C checksum" if "checksum" in str(exc) else "unreadable"
+        return [f"variable {var!r}: {reason} ({type(exc).__name__}: {exc})"]
+    h = _rows_hash_start(values.dtype, values.shape[1:])
+    h.update(np.ascontiguousarray(values).tobytes())
+    if h.hexdigest() != rec.get("sha256"):
+        return [f"variable {var!r}: its first {rows} row(s) differ from those written (SHA-256 mismatch)"]
+    return []
+
+
+def _rows_written(meta: dict) -> dict:
+    """{dimension: rows} of a growing group's manifest (empty for a run written by save)."""
+    out = {}
+    for var, rec in _attrs(meta)[_MANIFEST_ATTR].items():
+        if isinstance(rec, dict) and "rows" in rec:
+            out[var] = rec["rows"]
+    return out
 
 
 def _identity(d: Path):
@@ -576,9 +714,31 @@ def load(store, group: str | None = None):
                          f"(complete groups: {sorted(done)[:10]})")
     if problems:
         raise DamagedGroupError(root, group or "", "; ".join(problems))
+    rows = _rows_written(_meta)
+    if rows:  # a growing group: the rows of its last finished flush
+        return _decode(_read_growing(mem, _meta, rows))
     with xr.open_dataset(mem, engine="zarr", consolidated=False, chunks=None, zarr_format=3) as ds:
         ds = ds.load()
     return _decode(ds)
+
+
+def _read_growing(mem, meta: dict, rows: dict):
+    """The Dataset of a GrowingGroup snapshot, each growing variable cut to its counted rows.
+
+    Read array by array: mid-flush, the arrays of one dimension may differ in
+    length beyond the counted rows, which xarray's own reader refuses.
+    """
+    import xarray as xr
+    import zarr
+
+    variables = {}
+    for var in _attrs(meta)[_MANIFEST_ATTR]:
+        arr = zarr.open_array(mem, path=var, mode="r", zarr_format=3)
+        values = arr[: rows[var]] if var in rows else arr[...]
+        variables[var] = xr.Variable(tuple(arr.metadata.dimension_names), np.asarray(values), dict(arr.attrs))
+    coords = {k: v for k, v in variables.items() if v.dims == (k,)}
+    data = {k: v for k, v in variables.items() if k not in coords}
+    return xr.Dataset(data, coords=coords, attrs=dict(_attrs(meta)))
 
 
 def verify(store, group: str | None = None) -> list[tuple[str, str]]:

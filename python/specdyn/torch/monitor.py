@@ -8,9 +8,8 @@ import warnings
 import numpy as np
 import torch
 
-from .. import backend, lanczos, rmt
+from .. import backend, lanczos, rmt, storage
 from ..parameterization import fan_in_normalizer
-from . import _append
 
 NORMALIZE = ("fan_in", "none")
 _DEFAULT_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
@@ -106,7 +105,7 @@ class SpectralMonitor:
     output : None or a closure returning the model outputs (samples first) on
         the same batch: adds the top NTK eigenvalue and ``normalized_sharpness``
     store : None or a directory path: observations are appended to a Zarr store
-        as they are taken (readable after a crash with :func:`specdyn.torch.load`)
+        as they are taken (readable after a crash with :func:`specdyn.storage.load`)
     tol : residual tolerance of every value, relative to the norm of its matrix
         or operator (default 1e-8 in float64, 1e-4 in float32)
     attrs : extra dataset attributes (e.g. ``scaling``, ``width``)
@@ -206,7 +205,7 @@ class SpectralMonitor:
         return g
 
     def _open_store(self, path):
-        return _append.AppendStore(path, self._static(), self._growing(), self.attrs)
+        return storage.GrowingGroup(path, self._static(), self._growing(), self.attrs)
 
     # ---- overlaps with the mean input / backward signal (nn.Linear layers) -----------
     def _install_overlap_hooks(self) -> None:
