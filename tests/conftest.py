@@ -12,3 +12,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def pytest_terminal_summary(terminalreporter):
+    hostile = __import__("sys").modules.get("test_hostile")
+    for line in hostile.summary_lines() if hostile is not None else []:
+        terminalreporter.write_line(line)

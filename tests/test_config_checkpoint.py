@@ -187,6 +187,20 @@ TAMPER = [
 ]
 
 
+@pytest.mark.parametrize("key", ["X", "Y", "weights_1", "record_loss"])
+def test_a_well_formed_edit_is_refused_by_the_checksum(tmp_path, checkpoint, key):
+    cfg, entries, _ = checkpoint
+    bad = dict(entries)
+    a = entries[key].copy()
+    i = np.flatnonzero(np.isfinite(a))[0]
+    a.flat[i] = -np.abs(a.flat[i]) - 0.5  # still finite, right shape and dtype: only the checksum can tell
+    bad[key] = a
+    path = tmp_path / "run.ckpt"
+    _write(path, bad)
+    with pytest.raises(ValueError, match=f"{key} differ.*checksum"):
+        specdyn.simulate(cfg, checkpoint=path, resume=True)
+
+
 @pytest.mark.parametrize("key, change, field", TAMPER)
 def test_tampered_checkpoint_is_refused_naming_the_field(tmp_path, checkpoint, key, change, field):
     cfg, entries, _ = checkpoint

@@ -7,6 +7,7 @@ progress reports (at most every ``progress_interval`` seconds).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -102,6 +103,7 @@ def _save_checkpoint(path: Path, cfg: RunConfig, trainer, X, Y) -> None:
             arrays[f"{name}_{l}"] = a
     for key in _RECORD_KEYS:
         arrays[f"record_{key}"] = rec[key]
+    arrays[_CHECKSUM_KEY] = np.array(_checkpoint_checksum(arrays))
     # a fresh temporary in the target folder, created exclusively (mkstemp: O_CREAT|O_EXCL,
     # no following of links, random name): a file or link planted there is never written through
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -118,6 +120,35 @@ def _save_checkpoint(path: Path, cfg: RunConfig, trainer, X, Y) -> None:
 
 
 _STATE_NAMES = ("weights", "initial_weights", "warm", "warm_delta")
+_CHECKSUM_KEY = "sha256"
+
+
+def _checkpoint_checksum(arrays: dict) -> str:
+    """JSON {entry: SHA-256 of its dtype, shape and bytes}: an edited or mixed-up entry that is still
+    well-formed (a plausible X, a shifted record) would otherwise resume into a wrong run."""
+    import hashlib
+
+    out = {}
+    for key in sorted(k for k in arrays if k != _CHECKSUM_KEY):
+        a = np.asarray(arrays[key])
+        h = hashlib.sha256(f"{a.dtype.str}|{a.shape}|".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+        out[key] = h.hexdigest()
+    return json.dumps(out, sort_keys=True)
+
+
+def _check_checksum(where: str, arrays: dict) -> None:
+    stored = arrays[_CHECKSUM_KEY]
+    try:
+        recorded = json.loads(str(stored)) if stored.shape == () else None
+    except ValueError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{where}: its {_CHECKSUM_KEY} entry is not a JSON table of checksums")
+    actual = json.loads(_checkpoint_checksum(arrays))
+    changed = sorted(k for k in actual if recorded.get(k) != actual[k])
+    if changed:
+        raise ValueError(f"{where}: {', '.join(changed)} differ(s) from what was written (SHA-256 checksum)")
 
 
 def _load_checkpoint(path: Path, cfg: RunConfig, data):
@@ -128,7 +159,7 @@ def _load_checkpoint(path: Path, cfg: RunConfig, data):
     where = f"checkpoint {str(path)!r}"
     n = cfg.depth + 1
     dt = np.dtype(cfg.dtype)
-    expected = ({"config", "X", "Y", "step", "finished", "diverged_step", "hessian_warm"}
+    expected = ({"config", "X", "Y", "step", "finished", "diverged_step", "hessian_warm", _CHECKSUM_KEY}
                 | {f"{name}_{l}" for name in _STATE_NAMES for l in range(n)}
                 | {f"record_{key}" for key in _RECORD_KEYS})
     try:
@@ -175,6 +206,8 @@ def _load_checkpoint(path: Path, cfg: RunConfig, data):
     state["hessian_warm"] = hw
     record = _checkpoint_record(where, cfg, {key: arrays[f"record_{key}"] for key in _RECORD_KEYS}, step, finished,
                                 diverged)
+    # last: the checks above name the malformed entry; this catches a well-formed one that was edited
+    _check_checksum(where, arrays)
     return (X, Y), state, record
 
 
