@@ -1,4 +1,4 @@
-"""Plain NumPy version of the one-bulk model (THEORY.md section 2).
+"""Plain NumPy version of the one-bulk model (docs/theory.md, One-bulk model).
 
 Two things live here, both deliberately simple:
 

@@ -1,4 +1,4 @@
-"""One-bulk DMFT (THEORY.md section 2): exactness, numerics, agreement with finite-width GD.
+"""One-bulk DMFT (docs/theory.md, One-bulk model): exactness, numerics, agreement with finite-width GD.
 
 References used here are independent of the C++ solver: plain NumPy GD of the
 network itself (bench/dmft_numpy.py, with the multipliers of

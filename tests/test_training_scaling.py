@@ -1,5 +1,5 @@
 """Width scaling laws that a wrong multiplier or learning rate breaks
-(THEORY.md claim 1): under muP the top singular value of the hidden matrix
+(docs/theory.md, claim 1): under muP the top singular value of the hidden matrix
 after a fixed number of steps is the same at every width; under NTK the change
 ||A(t) - A(0)||_op shrinks like N^(-1/2). Small widths run in CI; the widths
 of the issue are marked slow."""

@@ -1,5 +1,5 @@
 // One-bulk DMFT: the mode recursion (level one) and the outlier solver
-// (level two). Equations and notation: THEORY.md section 2 and dmft.hpp.
+// (level two). Equations and notation: docs/theory.md, One-bulk model, and dmft.hpp.
 #include "specdyn/dmft.hpp"
 
 #include <algorithm>

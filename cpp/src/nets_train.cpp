@@ -1,4 +1,4 @@
-// The training loop with live spectral tracking (the nets concern of DESIGN.md).
+// The training loop with live spectral tracking.
 // Everything between two calls of run() stays native: (S)GD steps, minibatch
 // and online sampling from counter-based streams, and tracking on a schedule.
 #include <algorithm>

@@ -273,7 +273,7 @@ def demo(out: Path = typer.Option(Path("specdyn_demo"), "--out", "-o", help="out
          fresh: bool = typer.Option(False, help="delete a previous demo store first")):
     """Width consistency, muP vs NTK, with the one-bulk theory: figures + headline (~2 min on 2 cores).
 
-    The solvable model of THEORY.md (depth 2, linear, D = 8, P = 16, gamma0 = 8,
+    The solvable model of docs/theory.md, One-bulk model (depth 2, linear, D = 8, P = 16, gamma0 = 8,
     eta0 = 0.02); NTK runs use the gamma0 that makes NTK equal muP at the
     smallest width, so the scalings differ only in how they change with N.
     """

@@ -24,7 +24,7 @@ TEACHERS = ("linear", "tanh")
 
 @dataclass
 class RunConfig:
-    """One training run of an MLP (THEORY.md section 1 notation).
+    """One training run of an MLP (notation of docs/theory.md, Notation and scalings).
 
     Sizes: ``width`` N, ``depth`` L hidden layers (weight matrices W0..WL;
     W1..W(L-1) are the square hidden matrices), ``input_dim`` D,

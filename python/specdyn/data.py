@@ -1,4 +1,5 @@
-"""Training data: the Gaussian teacher of THEORY.md, a real data set (digits) and checks of user arrays.
+"""Training data: the Gaussian teacher (docs/theory.md, Notation and scalings), a real data set (digits)
+and checks of user arrays.
 
 The teacher is generated in C++ from counter-based streams of ``seed``, so the
 samples a run draws online (fresh each step) continue the same sequence:

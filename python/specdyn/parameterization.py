@@ -1,6 +1,6 @@
 """The one place that turns (scaling, width, gamma0, eta0, sigma) into numbers.
 
-THEORY.md section 1, for depth L hidden layers of width N, input D, C outputs:
+docs/theory.md, Notation and scalings, for depth L hidden layers of width N, input D, C outputs:
 
     h^1     = W^0 x / sqrt(D)
     h^{l+1} = W^l phi(h^l) / sqrt(N)
@@ -69,7 +69,7 @@ def layer_shapes(width: int, depth: int, input_dim: int, output_dim: int) -> lis
 
 
 def output_scale(scaling: str, width: int, gamma0: float) -> float:
-    """gamma of THEORY.md: gamma0 sqrt(N) under muP, gamma0 under NTK, 1 under SP."""
+    """The output multiplier gamma: gamma0 sqrt(N) under muP, gamma0 under NTK, 1 under SP."""
     if scaling == "mup":
         return gamma0 * math.sqrt(width)
     if scaling == "ntk":
@@ -93,7 +93,7 @@ def learning_rate(scaling: str, width: int, gamma0: float, eta0: float) -> float
 def effective_richness(scaling: str, width: int, gamma0: float) -> float:
     """Richness of the muP limit that a finite-width run corresponds to.
 
-    NTK at width N is muP with richness gamma0 / sqrt(N) (THEORY.md section 1);
+    NTK at width N is muP with richness gamma0 / sqrt(N) (docs/theory.md, Notation and scalings);
     muP keeps gamma0. Used to run the one-bulk recursion for an NTK network.
     """
     if scaling == "mup":
@@ -145,7 +145,7 @@ def normalized(scale: LayerScale, weights):
 
 
 def proportional_scales(width: int, input_dim: int, gamma0: float, eta0: float, sigma=1.0) -> Scales:
-    """Scales of the proportional two-layer model (THEORY.md section 3).
+    """Scales of the proportional two-layer model (docs/theory.md, Proportional two-layer model).
 
     W^0 is N x D with N / D fixed; the output scale is gamma = gamma0 (as under
     NTK) but the raw learning rate is eta0 gamma0^2 N (as under muP): then the

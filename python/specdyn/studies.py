@@ -1,4 +1,4 @@
-"""Studies: the claims of THEORY.md as one call each.
+"""Studies: the claims of docs/theory.md as one call each.
 
 Every study runs a grid of simulations through :func:`specdyn.sweep`
 (so it resumes in a store and scales over Dask), collects the runs into one
@@ -42,7 +42,7 @@ def simulate_run(config: RunConfig):
 
 
 # ---------------------------------------------------------------------------------
-# base configurations (the solvable model of THEORY.md section 2 unless noted)
+# base configurations (the solvable model of docs/theory.md, One-bulk model, unless noted)
 # ---------------------------------------------------------------------------------
 def default_base(study: str) -> RunConfig:
     """The default base config of a study (fields not swept)."""
@@ -208,7 +208,7 @@ def width_consistency(widths=(256, 512, 1024), scalings=("mup", "ntk"), seeds=(0
 
     ``base`` sets everything but width/scaling/seed (default: the solvable
     one-bulk model with gamma0 = 8). ``match_width``: NTK runs use the gamma0
-    that makes NTK at that width the same network as muP (THEORY.md: NTK at
+    that makes NTK at that width the same network as muP (docs/theory.md, Notation and scalings: NTK at
     width N is muP with richness gamma0/sqrt(N)); default the smallest width,
     so the two scalings start from the same run and differ only in how they
     change with N. Pass ``match_width=0`` to give NTK the base gamma0.
@@ -537,7 +537,7 @@ def many_outputs(kappa=0.5, widths=(64, 128, 256, 512), seeds=(0, 1), base=None,
     """C = kappa N outputs, D = input_ratio N inputs, P = sample_ratio N samples:
     the update of W1 is full rank, the bulk deforms, no isolated outlier escapes.
 
-    Why this setting (THEORY.md claim 5). Write A0 = W0/sqrt(D), A1 = W1/sqrt(N),
+    Why this setting (docs/theory.md, claim 5). Write A0 = W0/sqrt(D), A1 = W1/sqrt(N),
     A2 = W2/sqrt(N) (all O(1) operator norm at init) and the teacher
     y = T x with T = B/sqrt(D) (C x D, O(1) operator norm, O(1) per output).
 
@@ -551,7 +551,7 @@ def many_outputs(kappa=0.5, widths=(64, 128, 256, 512), seeds=(0, 1), base=None,
       target are both O(1) maps; the loss gradient in A1 is
       A2^T (M - T) (X X^T / P) A0^T / gamma0 = O(1), but the raw rate
       eta0 gamma0^2 moves A1 by eta / N per step. The proportional rate
-      eta0 gamma0^2 N of THEORY.md section 3 (``proportional_lr``: each run
+      eta0 gamma0^2 N of docs/theory.md, Proportional two-layer model (``proportional_lr``: each run
       gets eta0 = :func:`parameterization.proportional_run_eta0`) makes every
       step an O(1), full-rank change of A0, A1, A2, so s_k(W1, t) at a fixed
       step count has an N -> infinity limit. The loss sums over outputs (it

@@ -1,4 +1,4 @@
-// DMFT of the one-bulk model (THEORY.md section 2): a linear network
+// DMFT of the one-bulk model (docs/theory.md, One-bulk model): a linear network
 // h1 = W0 x / sqrt(D), h2 = A h1, f = w . h2 / (gamma sqrt(N)) under muP,
 // solved through the singular modes of the bulk A(0).
 //

@@ -1,4 +1,4 @@
-// The one-bulk mode recursion (THEORY.md section 2, level one) in its direct
+// The one-bulk mode recursion (docs/theory.md, One-bulk model, level one) in its direct
 // form, for the device: the full histories of omega and qhat are kept (no
 // compressed basis), every mode average is a deterministic block reduction
 // and every node's update is an independent element. Equations and notation

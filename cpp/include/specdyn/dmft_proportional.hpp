@@ -1,4 +1,4 @@
-// The proportional two-layer linear model (THEORY.md section 3, docs/theory.md):
+// The proportional two-layer linear model (docs/theory.md, Proportional two-layer model):
 // W0 is N x D with N / D = nu fixed, D -> infinity, trained by population GD
 // on a linear teacher with isotropic inputs, output f = w . (W0 x / sqrt(D)) / gamma0 / sqrt(N),
 // raw learning rate eta0 gamma0^2 N. In the limit each singular mode of the

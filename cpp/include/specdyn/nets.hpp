@@ -1,4 +1,4 @@
-// Finite-width MLPs (THEORY.md section 1): forward, backward, fused (S)GD
+// Finite-width MLPs (docs/theory.md, Notation and scalings): forward, backward, fused (S)GD
 // updates, NTK Gram, exact Hessian-vector products, and a training loop that
 // tracks spectra on a schedule without returning to Python between steps.
 //

@@ -1,4 +1,4 @@
-"""Infinite-width theory of the one-bulk model (THEORY.md section 2).
+"""Infinite-width theory of the one-bulk model (docs/theory.md, One-bulk model).
 
 The network is h1 = W0 x / sqrt(D), h2 = A h1 with the square bulk
 A = W1 / sqrt(N), f = w . h2 / (gamma sqrt(N)), C = 1 output, trained by

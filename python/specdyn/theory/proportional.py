@@ -1,4 +1,4 @@
-"""Limit curves of the proportional two-layer linear model (THEORY.md section 3).
+"""Limit curves of the proportional two-layer linear model (docs/theory.md, Proportional two-layer model).
 
 Model: h = W0 x / sqrt(D) with W0 of shape (N, D), f(x) = w . h / (gamma sqrt(N)),
 population (online) GD on a linear teacher y = beta . x / sqrt(D) with
