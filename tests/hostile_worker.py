@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import resource
 import signal
 import subprocess
@@ -68,6 +69,8 @@ def case_top_singular(c):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         s, U, V, info = specdyn.top_singular(A, k, tol=tol)
+    if isinstance(A, list):  # an array-like is read as numpy.asarray reads it
+        A = np.asarray(A)
     if not _is_real_matrix(A):
         return "wrong", f"returned a result for a non-real or non-finite A of dtype {getattr(A, 'dtype', None)}"
     B = A.astype(np.float64)
@@ -172,7 +175,7 @@ def case_checkpoint(c):
     if how == "drop":
         del arrays[key]
     elif how == "transpose":
-        arrays[key] = a.T.copy() if a.ndim == 2 else a[::-1].copy()
+        arrays[key] = a.T.copy() if a.ndim == 2 else (a[::-1].copy() if a.ndim == 1 else np.array([a]))
     elif how == "shrink":
         arrays[key] = a.reshape(-1)[: max(a.size - 1, 0)]
     elif how == "nan":
@@ -230,7 +233,11 @@ def case_store(c):
     detail = f"{how} {target.relative_to(d)}"
     # nothing lost: the undamaged run loads unchanged, whatever happened to its neighbour
     xr.testing.assert_identical(specdyn.load(d, "runs/b"), runs["runs/b"])
-    if "runs/b" not in specdyn.storage.completed_groups(d):
+    try:
+        listed = specdyn.storage.completed_groups(d)
+    except specdyn.storage.DamagedGroupError as exc:  # unreadable metadata: the listing names the group
+        return ("clear", f"{detail}: {str(exc)[:200]}") if "runs/a" in str(exc) else ("unclear", str(exc))
+    if "runs/b" not in listed:
         return "wrong", f"{detail}: the undamaged run is no longer listed"
     try:
         got = specdyn.load(d, "runs/a")
@@ -270,7 +277,126 @@ def case_cli(c):
     return "correct", " ".join(args)
 
 
-CASES = {"top_singular": case_top_singular, "top_eigs": case_top_eigs, "spectral_density": case_spectral_density,
+# ---- the rest of the public API: one hostile argument at a time, valid calls checked ---------------------
+
+def _finite_real(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def _int_in(x, lo, hi=None) -> bool:
+    return (isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= lo
+            and (hi is None or x <= hi))
+
+
+def _api_gaussian(a):
+    valid = (_int_in(a["n"], 1, 2000) and _int_in(a["m"], 1, 2000) and _int_in(a["seed"], 0, 2**64 - 1)
+             and _int_in(a["stream"], 0, 2**64 - 1) and _finite_real(a["sigma"]) and a["sigma"] >= 0
+             and a["dtype"] in ("float64", "float32", np.float64, np.float32))
+    G = specdyn.rmt.gaussian(**a)
+    if not valid:
+        return "wrong", f"accepted {a}"
+    if G.shape != (a["n"], a["m"]) or G.dtype != np.dtype(a["dtype"]):
+        return "wrong", f"shape {G.shape} dtype {G.dtype}"
+    head = specdyn.rmt.gaussian(**{**a, "n": 1})
+    if not np.array_equal(G[:1], head):  # row-major counter stream: a prefix of rows is the smaller draw
+        return "wrong", "first row differs from gaussian(1, m)"
+    if a["sigma"] == 0:
+        return ("correct", "") if not np.any(G) else ("wrong", "sigma 0 gave nonzero entries")
+    z = G.astype(np.float64).ravel() / a["sigma"]
+    if z.size >= 400 and (abs(z.mean()) > 6 / np.sqrt(z.size) or abs(z.std() - 1) > 6 / np.sqrt(z.size)):
+        return "wrong", f"mean {z.mean()}, std {z.std()} of N(0, 1) draws"
+    return "correct", ""
+
+
+def _api_density(a):
+    fn, sigma = a["law"], a["sigma"]
+    ok_sigma = _finite_real(sigma) and sigma > 0
+    ok_ratio = fn == "quarter_circle" or (_finite_real(a["ratio"]) and a["ratio"] > 0)
+    x = np.asarray(a["x"], dtype=np.float64)
+    if fn == "quarter_circle":
+        out = specdyn.rmt.quarter_circle_density(a["x"], sigma=sigma)
+    else:
+        out = specdyn.rmt.marchenko_pastur_density(a["x"], ratio=a["ratio"], sigma=sigma)
+    if not (ok_sigma and ok_ratio):
+        return "wrong", f"accepted sigma={sigma!r}, ratio={a.get('ratio')!r}"
+    if np.any(np.isnan(x) != np.isnan(out)):
+        return "wrong", "a NaN abscissa gave a number (or a number gave NaN)"
+    # independent: the density integrates to 1 (trapezoid on a fine grid of its own support)
+    if fn == "quarter_circle":
+        g = np.linspace(0, 2 * sigma, 200001)
+        total = np.trapezoid(specdyn.rmt.quarter_circle_density(g, sigma), g)
+    else:
+        lo, hi = sigma**2 * (1 - np.sqrt(a["ratio"])) ** 2, sigma**2 * (1 + np.sqrt(a["ratio"])) ** 2
+        g = lo + (hi - lo) * (0.5 - 0.5 * np.cos(np.linspace(0, np.pi, 200001)))  # dense at the edges
+        total = np.trapezoid(specdyn.rmt.marchenko_pastur_density(g, a["ratio"], sigma), g)
+    if abs(total - 1) > 2e-3:
+        return "wrong", f"integrates to {total}"
+    return "correct", ""
+
+
+def _api_bgn(a):
+    th = np.atleast_1d(np.asarray(a["thetas"], dtype=np.float64)) if not isinstance(a["thetas"], str) else None
+    valid = (th is not None and np.all(np.isfinite(th)) and np.all(th >= 0) and _finite_real(a["ratio"])
+             and a["ratio"] > 0 and _finite_real(a["sigma"]) and a["sigma"] > 0)
+    out = specdyn.rmt.bgn_outliers(a["thetas"], ratio=a["ratio"], sigma=a["sigma"])
+    if not valid:
+        return "wrong", f"accepted {a}"
+    s, sig, c = out["singular_values"], a["sigma"], a["ratio"]
+    # closed form at c = 1 (theta/sigma + sigma/theta above threshold), and the edge below it
+    edge = sig * (1 + np.sqrt(c))
+    if np.any(s < edge * (1 - 1e-12)):
+        return "wrong", "an outlier below the bulk edge"
+    if c == 1.0:
+        ref = np.where(th > sig, th + sig**2 / np.where(th > 0, th, 1), 2 * sig)
+        if not np.allclose(s, ref, rtol=1e-12):
+            return "wrong", f"{s} vs {ref}"
+    return "correct", ""
+
+
+def _api_teacher(a):
+    valid = (_int_in(a["samples"], 1, 5000) and _int_in(a["input_dim"], 1, 500) and _int_in(a["output_dim"], 1, 50)
+             and _int_in(a["seed"], 0, 2**63 - 1) and a["kind"] in ("linear", "tanh")
+             and _finite_real(a["noise"]) and a["noise"] >= 0)
+    X, Y = specdyn.data.teacher(**a)
+    if not valid:
+        return "wrong", f"accepted {a}"
+    P, D, C = a["samples"], a["input_dim"], a["output_dim"]
+    if X.shape != (P, D) or Y.shape != (P, C) or not (np.all(np.isfinite(X)) and np.all(np.isfinite(Y))):
+        return "wrong", f"shapes {X.shape} {Y.shape} or non-finite values"
+    if a["kind"] == "linear" and a["noise"] == 0 and P >= D + 2:  # Y lies in the span of X's columns
+        res = Y - X @ np.linalg.lstsq(X, Y, rcond=None)[0]
+        if np.abs(res).max() > 1e-8 * max(1.0, np.abs(Y).max()):
+            return "wrong", "a noiseless linear teacher that X does not explain"
+    return "correct", ""
+
+
+def _api_store(a):
+    import xarray as xr
+
+    d = Path(tempfile.mkdtemp())
+    ds = xr.Dataset({"loss": (("step",), np.arange(3.0))}, coords={"step": [0, 1, 2]}, attrs={"kind": "t"})
+    group = a["group"]
+    valid = group is None or (isinstance(group, str) and bool(re.fullmatch(
+        r"[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*(/[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*)*", group)))
+    specdyn.save(ds, d / "s.zarr", group=group)
+    if not valid:
+        return "wrong", f"saved under group {group!r}"
+    got = specdyn.load(d / "s.zarr", group=group)
+    if not got.identical(ds):
+        return "wrong", "round trip changed the run"
+    outside = [p for p in d.iterdir() if p.name != "s.zarr"]
+    return ("wrong", f"wrote outside the store: {outside}") if outside else ("correct", "")
+
+
+_API = {"gaussian": _api_gaussian, "density": _api_density, "bgn": _api_bgn, "teacher": _api_teacher,
+        "store_group": _api_store}
+
+
+def case_api(c):
+    return _API[c["fn"]](dict(c["args"]))
+
+
+CASES = {"api": case_api, "top_singular": case_top_singular, "top_eigs": case_top_eigs, "spectral_density": case_spectral_density,
          "config": case_config, "checkpoint": case_checkpoint, "store": case_store, "cli": case_cli}
 
 

@@ -166,6 +166,47 @@ def test_hostile_lanczos(cases):
     run_batch(cases)
 
 
+# ---- the rest of the public API ----------------------------------------------------------------------
+
+HOSTILE_ANY = [-1, 0, 1, 2**64, -(2**70), 1.5, float("nan"), float("inf"), -float("inf"), 1e300, "3", None, True,
+               [], [1.0, 2.0], {"a": 1}, np.float64(2.0), np.int64(7)]
+API_VALID = {
+    "gaussian": dict(n=st.integers(1, 80), m=st.integers(1, 80), seed=st.integers(0, 2**64 - 1),
+                     sigma=st.sampled_from([0.0, 1e-3, 1.0, 7.5]), dtype=st.sampled_from(["float64", "float32"]),
+                     stream=st.integers(0, 9)),
+    "density": dict(law=st.sampled_from(["quarter_circle", "marchenko_pastur"]),
+                    x=st.sampled_from([np.linspace(-1, 5, 13), [0.5, float("nan"), 1.0], 1.0, np.array([])]),
+                    ratio=st.sampled_from([0.05, 0.5, 1.0, 3.0]), sigma=st.sampled_from([0.1, 1.0, 4.0])),
+    "bgn": dict(thetas=st.sampled_from([[3.0, 1.5], 0.2, [0.0], [1.0, 2.0, 10.0]]),
+                ratio=st.sampled_from([0.25, 1.0, 2.0]), sigma=st.sampled_from([0.5, 1.0])),
+    "teacher": dict(samples=st.integers(1, 40), input_dim=st.integers(1, 12), output_dim=st.integers(1, 3),
+                    seed=st.integers(0, 2**63 - 1), kind=st.sampled_from(["linear", "tanh"]),
+                    noise=st.sampled_from([0.0, 0.1])),
+    "store_group": dict(group=st.sampled_from([None, "a", "runs/mup_1024", "x=1/y+2"])),
+}
+API_HOSTILE = {"group": ["", "/", "a//b", "../x", ".hidden", "a/../../b", "a b", "a\\b", 3, "x" * 300, "/abs"],
+               "kind": ["quadratic", "", None, 3], "dtype": ["float16", "int8", "complex128", None, "f8x"],
+               "law": None, "thetas": [[-1.0], [float("nan")], "abc", [[1.0, 2.0]], [1e308, float("inf")]],
+               "x": None}
+
+
+@st.composite
+def api_cases(draw):
+    fn = draw(st.sampled_from(sorted(API_VALID)))
+    args = {k: draw(v) for k, v in API_VALID[fn].items()}
+    names = [k for k in args if API_HOSTILE.get(k, ()) is not None]
+    hostile = draw(st.sampled_from(["none"] + names))
+    if hostile != "none":
+        args[hostile] = draw(st.sampled_from(HOSTILE_ANY + list(API_HOSTILE.get(hostile, []))))
+    return {"kind": "api", "fn": fn, "args": args, "names": (hostile,) if hostile != "none" else ("",)}
+
+
+@SETTINGS
+@given(st.lists(api_cases(), min_size=BATCH, max_size=BATCH))
+def test_hostile_api(cases):
+    run_batch(cases)
+
+
 # ---- configs ---------------------------------------------------------------------------------------------
 
 BASE = dict(width=24, depth=2, input_dim=4, samples=6, steps=4, top_k=2, gamma0=1.0, eta0=0.1)

@@ -11,13 +11,18 @@ import numbers
 import numpy as np
 
 
-def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
-    """Return ``value`` as int if it is an integer in [lo, hi], else raise."""
+def integer(name: str, value, lo: int | None = None, hi: int | None = None, because: str = "") -> int:
+    """Return ``value`` as int if it is an integer in [lo, hi], else raise.
+
+    ``because`` names the other fields a bound comes from (``"width = 8"``), so an
+    error caused by changing one field also names that field.
+    """
+    why = f" ({because})" if because else ""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer{_range(lo, hi)}, got {value!r}")
+        raise ValueError(f"{name} must be an integer{_range(lo, hi)}{why}, got {value!r}")
     value = int(value)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be an integer{_range(lo, hi)}, got {value}")
+        raise ValueError(f"{name} must be an integer{_range(lo, hi)}{why}, got {value}")
     return value
 
 

@@ -111,23 +111,25 @@ class RunConfig:
             self.sigma = V.real("sigma", self.sigma, 0.0, None, lo_open=True)
         self.steps = V.integer("steps", self.steps, 0)
         if self.batch_size is not None:
-            self.batch_size = V.integer("batch_size", self.batch_size, 1, self.samples)
+            self.batch_size = V.integer("batch_size", self.batch_size, 1, self.samples,
+                                        because=f"samples = {self.samples}")
         _boolean("online", self.online)
         self.seed = V.integer("seed", self.seed, 0, 2**63 - 1)
         self.data_seed = V.integer("data_seed", self.data_seed, 0, 2**63 - 1)
         self.noise = V.real("noise", self.noise, 0.0)
         if isinstance(self.track_every, (list, tuple)):
-            self.track_every = sorted({V.integer("track_every[]", s, 0, self.steps) for s in self.track_every})
+            self.track_every = sorted({V.integer("track_every[]", s, 0, self.steps, because=f"steps = {self.steps}") for s in self.track_every})
         else:
             self.track_every = V.integer("track_every", self.track_every, 1)
         # per layer, at most min(fan_out, fan_in) values are tracked
-        self.top_k = V.integer("top_k", self.top_k, 1, max(1, self.width - 1))
+        self.top_k = V.integer("top_k", self.top_k, 1, max(1, self.width - 1),
+                               because=f"at most width - 1, width = {self.width}")
         _boolean("track_sharpness", self.track_sharpness)
         _boolean("track_hessian", self.track_hessian)
         if not isinstance(self.bulk_steps, (list, tuple)):
             raise ValueError(f"bulk_steps must be a list of steps in [0, {self.steps}] (e.g. [{self.steps}]); "
                              f"got {self.bulk_steps!r}")
-        self.bulk_steps = sorted({V.integer("bulk_steps[]", s, 0, self.steps) for s in self.bulk_steps})
+        self.bulk_steps = sorted({V.integer("bulk_steps[]", s, 0, self.steps, because=f"steps = {self.steps}") for s in self.bulk_steps})
         self.bulk_bins = V.integer("bulk_bins", self.bulk_bins, 4, 10000)
         V.choice("dtype", self.dtype, ("float32", "float64"))
         self.divergence_bound = V.real("divergence_bound", self.divergence_bound, 0.0, None, lo_open=True)
