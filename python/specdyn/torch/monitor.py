@@ -34,11 +34,9 @@ class _Layer:
         self.warm_delta = None  # ... of W - W(0)
         self.previous_right = None
         self.hessian_warm = None
-        a0 = param.detach().reshape(self.rows, self.cols)
-        rms = float(torch.linalg.vector_norm(a0.double())) / math.sqrt(a0.numel())
-        # scale sigma of the initial normalized matrix in the convention of specdyn.rmt
-        # (entries of variance sigma^2 / cols)
-        self.sigma = rms * self.scale * math.sqrt(self.cols)
+        # scale sigma of the initial normalized matrix A in the convention of specdyn.rmt (entries of
+        # variance sigma^2 / cols): sigma^2 = ||A||_F^2 / rows
+        self.sigma = float(torch.linalg.vector_norm(param.detach(), dtype=torch.float64)) * self.scale / math.sqrt(self.rows)
         self.mean_input = None
         self.mean_backward = None
 
