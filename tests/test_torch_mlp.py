@@ -40,6 +40,11 @@ def test_two_engines_agree(activation, scaling, depth):
     # squared overlaps of the singular vectors with the mean input / backward signal of the layer
     for name in ("overlap_input", "overlap_backward"):
         np.testing.assert_allclose(ds[name].values, sim[name].values, atol=1e-8, err_msg=name)
+    # specdyn.compare sets the monitor's run against the simulation (layers named as in simulate)
+    cmp = specdyn.compare(ds.assign_coords(layer=cfg.layer_names), sim)
+    summary = cmp.attrs["summary"]
+    for name in ("loss", "singular_values", "delta_singular_values"):
+        assert summary[name]["points"] > 0 and summary[name]["max_rel_gap"] < 1e-8, name
 
 
 def test_mlp_initial_weights_are_the_native_ones():
