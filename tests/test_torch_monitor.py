@@ -345,10 +345,20 @@ def small_model():
     return model, X, Y
 
 
-def test_hessian_ntk_and_blocks_match_dense():
+def small_conv_model():
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 2), torch.nn.Tanh(), torch.nn.Flatten(),
+                                torch.nn.Linear(3 * 2 * 2, 2)).double()
+    X = torch.randn(4, 2, 3, 3, dtype=torch.float64)
+    Y = torch.randn(4, 2, dtype=torch.float64)
+    return model, X, Y
+
+
+@pytest.mark.parametrize("make", [small_model, small_conv_model])
+def test_hessian_ntk_and_blocks_match_dense(make):
     from torch.func import functional_call, hessian, jacrev
 
-    model, X, Y = small_model()
+    model, X, Y = make()
     loss = lambda: ((model(X) - Y) ** 2).sum() / (2 * X.shape[0])  # noqa: E731
     mon = SpectralMonitor(model, top_k=2, tol=1e-10, sharpness=loss, output=lambda: model(X))
     opt = torch.optim.SGD(model.parameters(), lr=0.3)
