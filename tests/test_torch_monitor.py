@@ -244,6 +244,37 @@ def test_native_lanczos_reads_the_parameter_memory(monkeypatch, dtype):
     assert [ptr for ptr, *_ in seen] == [weights[0].data_ptr(), buffers[0], weights[1].data_ptr(), buffers[1]]
 
 
+def test_strided_weights_are_read_correctly(monkeypatch):
+    """A transposed (Fortran-ordered) weight is still read in place; a channels_last kernel is not a
+    contiguous (out, in kh kw) matrix, so it is reshaped (a copy), with the right values either way."""
+    from specdyn import _core
+
+    torch.manual_seed(2)
+    lin = torch.nn.Linear(50, 60, dtype=torch.float64)
+    lin.weight = torch.nn.Parameter(torch.randn(50, 60, dtype=torch.float64).t())
+    conv = torch.nn.Conv2d(6, 40, 3, dtype=torch.float64).to(memory_format=torch.channels_last)
+    model = torch.nn.Sequential(lin, torch.nn.Tanh(), torch.nn.Unflatten(1, (6, 10)), conv)
+    assert not lin.weight.is_contiguous() and not conv.weight.is_contiguous()
+    seen = []
+    real = _core.top_singular_f64
+    monkeypatch.setattr(_core, "top_singular_f64",
+                        lambda A, *a, **k: seen.append(A.__array_interface__["data"][0]) or real(A, *a, **k))
+    W0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mon = SpectralMonitor(model, top_k=3, tol=1e-10)
+    for step in range(2):
+        row = mon.observe(step)
+        for i, name in enumerate(mon.layer_names):
+            W = dict(model.named_parameters())[name]
+            np.testing.assert_allclose(row["singular_values"][i], reference(W, 3), rtol=1e-8)
+            if step:
+                np.testing.assert_allclose(row["delta_singular_values"][i], reference(W - W0[name], 3), rtol=1e-8)
+        if not step:
+            assert seen[0] == lin.weight.data_ptr()
+        with torch.no_grad():
+            for p in (lin.weight, conv.weight):
+                p.add_(0.1 * torch.randn_like(p))
+
+
 class FakeCudaParameter(torch.nn.Parameter):
     """A CPU parameter that says it lives on a CUDA device (there is no GPU here)."""
 
