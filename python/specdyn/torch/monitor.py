@@ -36,7 +36,8 @@ class _Layer:
         self.hessian_warm = None
         # scale sigma of the initial normalized matrix A in the convention of specdyn.rmt (entries of
         # variance sigma^2 / cols): sigma^2 = ||A||_F^2 / rows
-        self.sigma = float(torch.linalg.vector_norm(param.detach(), dtype=torch.float64)) * self.scale / math.sqrt(self.rows)
+        frobenius = float(torch.linalg.vector_norm(param.detach(), dtype=torch.float64))
+        self.sigma = frobenius * self.scale / math.sqrt(self.rows)
         self.mean_input = None
         self.mean_backward = None
 
@@ -117,7 +118,9 @@ class SpectralMonitor:
     store : None or a directory path: observations are appended to a Zarr store
         as they are taken (readable after a crash with :func:`specdyn.storage.load`)
     tol : residual tolerance of every value, relative to the norm of its matrix
-        or operator (default 1e-8 in float64, 1e-4 in float32)
+        or operator, in (0, 0.1] (default 1e-8 in float64, 1e-4 in float32;
+        specdyn's solver floors it at 1e-4 for float32 weights, which is
+        reported once and recorded in the ``tolerance`` variable)
     attrs : extra dataset attributes (e.g. ``scaling``, ``width``)
     """
 
