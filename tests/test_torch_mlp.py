@@ -40,6 +40,11 @@ def test_two_engines_agree(activation, scaling, depth):
     # squared overlaps of the singular vectors with the mean input / backward signal of the layer
     for name in ("overlap_input", "overlap_backward"):
         np.testing.assert_allclose(ds[name].values, sim[name].values, atol=1e-8, err_msg=name)
+    # specdyn.compare sets the monitor's run against the simulation (layers named as in simulate)
+    cmp = specdyn.compare(ds.assign_coords(layer=cfg.layer_names), sim)
+    summary = cmp.attrs["summary"]
+    for name in ("loss", "singular_values", "delta_singular_values"):
+        assert summary[name]["points"] > 0 and summary[name]["max_rel_gap"] < 1e-8, name
 
 
 def test_mlp_initial_weights_are_the_native_ones():
@@ -90,6 +95,42 @@ def test_width_sweep_matches_monitors_by_hand(tmp_path):
     assert (tmp_path / "sweep.png").stat().st_size > 0 and path.endswith("sweep.png")
 
 
+def test_width_sweep_of_specdyn_mlp_against_simulate(tmp_path):
+    """width_sweep over specdyn.torch.mlp trained by SGD: the curves are simulate's at every width, and the
+    summary (spread, deviation from the widest, its decay exponent) is numpy's on simulate's curves."""
+    widths = [16, 32, 64]
+    base = specdyn.RunConfig(width=16, depth=2, input_dim=6, samples=12, output_dim=1, steps=4, top_k=2,
+                             activation="tanh", scaling="mup", eta0=0.5, svd_tol=1e-10, track_sharpness=False)
+
+    def train(model, monitor):
+        cfg = base.replace(width=model.layers.W1.weight.shape[0])
+        X, Y = (torch.tensor(a) for a in specdyn.data.teacher(cfg.samples, cfg.input_dim, cfg.output_dim,
+                                                              cfg.data_seed, cfg.teacher, cfg.noise))
+        opt = torch.optim.SGD(model.parameters(), lr=model.learning_rate)
+        monitor.attach(opt, loss=lambda: specdyn_loss(model(X), Y).item())
+        for _ in range(cfg.steps):
+            opt.zero_grad()
+            specdyn_loss(model(X), Y).backward()
+            opt.step()
+
+    ds, summary = width_sweep(lambda w: mlp(base.replace(width=w)), widths, train, top_k=2,
+                              monitor_kwargs={"tol": 1e-10}, figure=tmp_path / "mlp_sweep.png",
+                              figure_layer="layers.W1.weight", label="muP tanh")
+    assert summary["figure"] == str(tmp_path / "mlp_sweep.png") and (tmp_path / "mlp_sweep.png").stat().st_size > 0
+    sims = {w: specdyn.simulate(base.replace(width=w)) for w in widths}
+    for l, layer in enumerate(base.layer_names):
+        curves = np.stack([sims[w].singular_values.isel(layer=l, rank=0).values for w in widths])
+        name = f"layers.{layer}.weight"
+        np.testing.assert_allclose(ds.singular_values.sel(layer=name, rank=0).values, curves, rtol=1e-8)
+        got = summary["layers"][name]
+        assert got["spread"] == pytest.approx(float((curves.max(0) - curves.min(0)).max()), rel=1e-6)
+        dev = [float(np.abs(curves[i] - curves[-1]).max()) for i in range(len(widths) - 1)]
+        assert [got["deviation"][w] for w in widths[:-1]] == pytest.approx(dev, rel=1e-6)
+        slope = np.polyfit(np.log(widths[:-1]), np.log(dev), 1)[0]
+        assert got["decay_exponent"] == pytest.approx(-slope, rel=1e-5)
+    np.testing.assert_allclose(ds.loss.values, np.stack([sims[w].loss.values for w in widths]), rtol=1e-8)
+
+
 def test_width_sweep_checks_its_arguments():
     with pytest.raises(ValueError, match="widths"):
         width_sweep(_make, [8, 8], _train)
@@ -97,3 +138,12 @@ def test_width_sweep_checks_its_arguments():
         width_sweep(_make, [8], lambda model, monitor: None)
     with pytest.raises(ValueError, match="store"):
         width_sweep(_make, [8], _train, monitor_kwargs={"store": "x.zarr"})
+    for bad in (8, "816", [], [0, 8], [8, 2.5]):
+        with pytest.raises(ValueError, match="widths"):
+            width_sweep(_make, bad, _train)
+    with pytest.raises(ValueError, match="figure must be None or the path"):
+        width_sweep(_make, [8], _train, figure=3)
+    with pytest.raises(ValueError, match=r"figure_layer must be one of the tracked layers"):
+        width_sweep(_make, [8], _train, figure="x.png", figure_layer="nope")
+    with pytest.raises(ValueError, match="make_model"):
+        width_sweep(None, [8], _train)

@@ -23,7 +23,7 @@ def compare(sim, theory, variables=None, average_over=("seed",)):
     sim, theory : xarray.Dataset of the shared result schema (any two runs work:
         simulation vs theory, theory vs theory, width vs width).
     variables : names to compare (default: the shared ones among ``COMPARED``
-        and any other shared data variable).
+        and any other shared numeric data variable; boolean flags are left out).
     average_over : dims averaged out of either side before comparing when present
         (e.g. a ``seed`` dimension of a seed sweep).
 
@@ -51,13 +51,19 @@ def compare(sim, theory, variables=None, average_over=("seed",)):
         if dim in b.dims:
             b = b.mean(dim, skipna=True, keep_attrs=True)
     shared = [v for v in a.data_vars if v in b.data_vars]
+    # numbers only: flags (e.g. a monitor's ``certified``) and strings have no gap
+    numeric = [v for v in shared if a[v].dtype.kind in "iuf" and b[v].dtype.kind in "iuf"]
     if variables is None:
-        names = [v for v in COMPARED if v in shared] + [v for v in shared if v not in COMPARED]
+        names = [v for v in COMPARED if v in numeric] + [v for v in numeric if v not in COMPARED]
     else:
         names = list(variables)
         missing = [v for v in names if v not in shared]
         if missing:
             raise ValueError(f"variables {missing} are not in both datasets; shared: {sorted(shared)}")
+        flags = [v for v in names if v not in numeric]
+        if flags:
+            raise ValueError(f"variables {flags} are not numeric (flags or text have no gap); numeric shared "
+                             f"variables: {sorted(numeric)}")
     out = {}
     summary = {}
     for v in names:

@@ -20,6 +20,7 @@ MAX_GRAM_ROWS = 4096
 
 ACTIVATIONS = ("linear", "tanh", "relu")
 TEACHERS = ("linear", "tanh")
+DATA = ("teacher", "digits")  # the Gaussian teacher, or a named data set of specdyn.data
 
 
 @dataclass
@@ -30,7 +31,10 @@ class RunConfig:
     W1..W(L-1) are the square hidden matrices), ``input_dim`` D,
     ``output_dim`` C, ``samples`` P. Data: a teacher drawn from ``data_seed``
     unless arrays are given to ``simulate``; ``online`` draws fresh samples
-    each step. Training: full-batch GD when ``batch_size`` is None, else SGD.
+    each step. ``data = "digits"`` trains on the first ``samples`` images of
+    the training split of ``specdyn.data.digits`` (split drawn from
+    ``data_seed``, centered targets; needs input_dim 64, output_dim 10,
+    samples <= 1348, online false and scikit-learn). Training: full-batch GD when ``batch_size`` is None, else SGD.
     Tracking happens at every ``track_every``-th step (or at the listed steps)
     and always at step 0 and at the last step.
     """
@@ -62,6 +66,7 @@ class RunConfig:
     divergence_bound: float = 1e8
     checkpoint_every: int = 0
     svd_tol: float | None = None
+    data: str = "teacher"
 
     def __post_init__(self) -> None:
         self._check_fields()
@@ -117,6 +122,14 @@ class RunConfig:
         self.seed = V.integer("seed", self.seed, 0, 2**63 - 1)
         self.data_seed = V.integer("data_seed", self.data_seed, 0, 2**63 - 1)
         self.noise = V.real("noise", self.noise, 0.0)
+        V.choice("data", self.data, DATA)
+        if self.data != "teacher":
+            from .data import check_named_sizes
+
+            if self.online:
+                raise ValueError(f"online must be false when data = {self.data!r} (online training draws fresh "
+                                 "teacher samples)")
+            check_named_sizes(self.data, self.samples, self.input_dim, self.output_dim)
         if isinstance(self.track_every, (list, tuple)):
             self.track_every = sorted({V.integer("track_every[]", s, 0, self.steps, because=f"steps = {self.steps}") for s in self.track_every})
         else:

@@ -117,6 +117,21 @@ def digits(test_fraction: float = 0.25, seed: int = 0, targets: str = "one_hot",
 
 
 NAMED_DATA = ("digits",)
+# digits: 1797 images of 8 x 8 pixels, 10 classes; the training split of named() (test_fraction 0.25)
+_NAMED_SIZES = {"digits": (1797 - round(0.25 * 1797), 64, 10)}
+
+
+def check_named_sizes(name: str, samples: int, input_dim: int, output_dim: int) -> None:
+    """The sizes a run needs for a named data set (no data is loaded); one ValueError naming the field."""
+    V.choice("data", name, NAMED_DATA)
+    samples = V.integer("samples", samples, 1)
+    most, pixels, classes = _NAMED_SIZES[name]
+    if input_dim != pixels:
+        raise ValueError(f"input_dim must be {pixels} when data = {name!r}; got {input_dim}")
+    if output_dim != classes:
+        raise ValueError(f"output_dim must be {classes} when data = {name!r}; got {output_dim}")
+    if not 1 <= samples <= most:
+        raise ValueError(f"samples must be in [1, {most}] when data = {name!r} (its training split); got {samples}")
 
 
 def named(name: str, samples: int, input_dim: int, output_dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -127,10 +142,6 @@ def named(name: str, samples: int, input_dim: int, output_dim: int, seed: int = 
     needs input_dim 64 and output_dim 10. Raises one ValueError naming the
     mismatched field.
     """
-    V.choice("data", name, NAMED_DATA)
+    check_named_sizes(name, samples, input_dim, output_dim)
     d = digits(seed=seed, targets="centered")
-    if input_dim != d.X_train.shape[1] or output_dim != d.Y_train.shape[1]:
-        raise ValueError(f"data = {name!r} needs input_dim = {d.X_train.shape[1]} and output_dim = "
-                         f"{d.Y_train.shape[1]}; got input_dim = {input_dim}, output_dim = {output_dim}")
-    samples = V.integer("samples", samples, 1, d.X_train.shape[0])
     return np.ascontiguousarray(d.X_train[:samples]), np.ascontiguousarray(d.Y_train[:samples])

@@ -39,6 +39,9 @@ def _has_beta_f(cfg: RunConfig) -> bool:
 def _check(cfg: RunConfig, data, resume: bool, checkpoint) -> None:
     if data is not None and cfg.online:
         raise ValueError("data must be None when online=True (online training draws fresh teacher samples)")
+    if data is not None and cfg.data != "teacher":
+        raise ValueError(f"data must be None when the config names a data set (data = {cfg.data!r}); pass "
+                         "arrays with the config's data = 'teacher'")
     if not isinstance(resume, bool):
         raise ValueError(f"resume must be true or false; got {resume!r}")
     if resume and checkpoint is None:
@@ -54,7 +57,9 @@ def build_trainer(cfg: RunConfig, data=None, **flags):
     track_sharpness, track_hessian, svd_tol.
     """
     sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
-    if data is None:
+    if data is None and cfg.data != "teacher":
+        X, Y = _data.named(cfg.data, cfg.samples, cfg.input_dim, cfg.output_dim, seed=cfg.data_seed)
+    elif data is None:
         X, Y = _data.teacher(cfg.samples, cfg.input_dim, cfg.output_dim, cfg.data_seed, cfg.teacher, cfg.noise)
     else:
         X, Y = _data.check_data(data, cfg.samples, cfg.input_dim, cfg.output_dim)
@@ -380,7 +385,8 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     config : RunConfig (or a dict of its fields)
     data : optional ``(X, Y)``, X of shape (samples, input_dim), Y of shape
         (samples, output_dim) or (samples,); default: ``specdyn.data.teacher``
-        with the config's ``data_seed``, ``teacher`` and ``noise``.
+        with the config's ``data_seed``, ``teacher`` and ``noise``, or the named
+        data set of the config's ``data`` (``"digits"``: ``specdyn.data.named``).
     progress : None, True (a rich progress bar) or ``callable(step, steps, loss)``,
         called at most every ~0.5 s.
     resume, checkpoint : with ``checkpoint`` a path and ``config.checkpoint_every > 0``

@@ -34,13 +34,19 @@ class _Layer:
         self.warm_delta = None  # ... of W - W(0)
         self.previous_right = None
         self.hessian_warm = None
-        a0 = param.detach().reshape(self.rows, self.cols)
-        rms = float(torch.linalg.vector_norm(a0.double())) / math.sqrt(a0.numel())
-        # scale sigma of the initial normalized matrix in the convention of specdyn.rmt
-        # (entries of variance sigma^2 / cols)
-        self.sigma = rms * self.scale * math.sqrt(self.cols)
+        # scale sigma of the initial normalized matrix A in the convention of specdyn.rmt (entries of
+        # variance sigma^2 / cols): sigma^2 = ||A||_F^2 / rows
+        frobenius = float(torch.linalg.vector_norm(param.detach(), dtype=torch.float64))
+        self.sigma = frobenius * self.scale / math.sqrt(self.rows)
         self.mean_input = None
         self.mean_backward = None
+
+    def follow_device(self) -> None:
+        """After ``model.to(device or dtype)``: W(0) and the delta buffer follow the weight (once)."""
+        W = self.param.detach()
+        if self.initial is not None and (self.initial.device != W.device or self.initial.dtype != W.dtype):
+            self.initial = self.initial.to(W)
+            self.delta = torch.empty_like(W)
 
     def matrix(self, tensor: torch.Tensor):
         """The (rows, cols) matrix of a weight tensor, read in place (NumPy view, or the CUDA tensor)."""
@@ -68,9 +74,14 @@ def _select_layers(model, layers) -> list[tuple[str, torch.nn.Parameter]]:
         chosen = [(n, p) for n, p in named if p.ndim >= 2 and layers(n, p)]
     elif isinstance(layers, (list, tuple)):
         own = dict(named)
-        unknown = [n for n in layers if n not in own]
+        unknown = [n for n in layers if not isinstance(n, str) or n not in own]
         if unknown:
-            raise ValueError(f"layers: unknown parameter names {unknown}; the model has {list(own)[:20]}")
+            raise ValueError(f"layers: unknown parameter names {unknown}; allowed: names from "
+                             f"model.named_parameters() with ndim >= 2, here "
+                             f"{[n for n, p in named if p.ndim >= 2][:20]}")
+        repeated = sorted({n for n in layers if list(layers).count(n) > 1})
+        if repeated:
+            raise ValueError(f"layers: each parameter name at most once; repeated: {repeated}")
         chosen = [(n, own[n]) for n in layers]
     else:
         raise ValueError("layers must be None (every weight with ndim >= 2), a list of parameter names or "
@@ -107,7 +118,9 @@ class SpectralMonitor:
     store : None or a directory path: observations are appended to a Zarr store
         as they are taken (readable after a crash with :func:`specdyn.storage.load`)
     tol : residual tolerance of every value, relative to the norm of its matrix
-        or operator (default 1e-8 in float64, 1e-4 in float32)
+        or operator, in (0, 0.1] (default 1e-8 in float64, 1e-4 in float32;
+        specdyn's solver floors it at 1e-4 for float32 weights, which is
+        reported once and recorded in the ``tolerance`` variable)
     attrs : extra dataset attributes (e.g. ``scaling``, ``width``)
     """
 
@@ -130,12 +143,16 @@ class SpectralMonitor:
         if output is not None and sharpness is None:
             raise ValueError("output needs sharpness (the loss closure on the same batch)")
         self.tol = None if tol is None else v.real("tol", tol, 0.0, 0.1, lo_open=True)
+        if not isinstance(overlaps, bool):
+            raise ValueError(f"overlaps must be true or false; got {overlaps!r}")
+        if attrs is not None and not isinstance(attrs, dict):
+            raise ValueError(f"attrs must be None or a dict of dataset attributes; got {type(attrs).__name__}")
+        chosen = _select_layers(model, layers)
+        for name, param in chosen:  # before any work on a weight
+            _require_device_lanczos(name, param)
         self.model = model
         self.delta = delta
-        self.layers = [_Layer(n, p, self.top_k, self.normalize, delta)
-                       for n, p in _select_layers(model, layers)]
-        for layer in self.layers:
-            _require_device_lanczos(layer.name, layer.param)
+        self.layers = [_Layer(n, p, self.top_k, self.normalize, delta) for n, p in chosen]
         self._ops = None
         if sharpness is not None:
             from ._sharpness import Operators
@@ -145,6 +162,7 @@ class SpectralMonitor:
         self._hessian_warm = None
         self._ntk_warm = None
         self._rows: list[dict] = []
+        self._floored: set[str] = set()  # layers whose requested tol the solver raised (reported once)
         self._bulk: list[dict] = []
         self._optimizer = None
         self._hook = None
@@ -190,6 +208,7 @@ class SpectralMonitor:
              "delta_singular_values": (slr, (nl, k), np.float64),
              "delta_singular_values_residual": (slr, (nl, k), np.float64),
              "certified": (("step", "layer"), (nl,), bool), "weight_norm": (("step", "layer"), (nl,), np.float64),
+             "tolerance": (("step", "layer"), (nl,), np.float64),
              "overlap_input": (slr, (nl, k), np.float64), "overlap_backward": (slr, (nl, k), np.float64),
              "overlap_previous": (slr, (nl, k), np.float64),
              "normalized_sharpness": (("step",), (), np.float64), "hessian_top": (("step",), (), np.float64),
@@ -233,11 +252,21 @@ class SpectralMonitor:
         return self.tol if self.tol is not None else _DEFAULT_TOL.get(dtype, 1e-8)
 
     def _spectrum(self, A, layer: _Layer, warm, tol):
-        """(values, residuals, converged, U, V) of the top-k of the normalized matrix A * layer.scale."""
+        """(values, residuals, converged, U, V, tolerance applied) of the top-k of the normalized A * layer.scale.
+
+        The solver floors the tolerance for float32 matrices; the one it applied is returned
+        (and a requested tolerance below it is reported once).
+        """
         k = layer.k
         s, U, V, info = lanczos.top_singular(A, k, tol=tol, v0=warm, check_finite=False)
         res = np.asarray(info["residuals"], dtype=np.float64)
-        return s * layer.scale, res * layer.scale, bool(info["converged"]), U, V
+        applied = float(info["tol"])
+        if applied > tol and self.tol is not None and layer.name not in self._floored:
+            self._floored.add(layer.name)
+            warnings.warn(f"SpectralMonitor: tol={self.tol:g} is below what layer {layer.name!r} "
+                          f"({A.dtype} weights) allows; its values are certified at tol={applied:g} "
+                          "(see the dataset's 'tolerance')", RuntimeWarning, stacklevel=4)
+        return s * layer.scale, res * layer.scale, bool(info["converged"]), U, V, applied
 
     def observe(self, step: int, loss=None, lr: float | None = None) -> dict:
         """Measure every layer at training step ``step`` (increasing); returns the row recorded.
@@ -251,6 +280,11 @@ class SpectralMonitor:
         if self._rows and step <= self._rows[-1]["step"]:
             raise ValueError(f"step must increase from one observation to the next; got {step} after "
                              f"{self._rows[-1]['step']}")
+        if lr is not None:
+            lr = v.real("lr", lr, 0.0)
+        for layer in self.layers:  # before any work: a device weight without the device Lanczos stops here
+            _require_device_lanczos(layer.name, layer.param)
+            layer.follow_device()
         if lr is None:
             lr = self._optimizer_lr()
         nl, k = len(self.layers), self.top_k
@@ -261,20 +295,24 @@ class SpectralMonitor:
             row[key] = np.full((nl, k), np.nan)
         row["certified"] = np.zeros(nl, dtype=bool)
         row["weight_norm"] = np.full(nl, np.nan)
+        row["tolerance"] = np.full(nl, np.nan)
         row["hessian_block_top"] = np.full(nl, np.nan)
         row["hessian_block_residual"] = np.full(nl, np.nan)
         bulk = self.bulk_every is not None and (step % self.bulk_every == 0 or not self._rows)
         if bulk:
             counts = np.zeros((nl, _BULK_BINS), dtype=np.int64)
             edges = np.full((nl, _BULK_BINS + 1), np.nan)
+        finite = True
         with torch.no_grad():
             for i, layer in enumerate(self.layers):
                 W = layer.param.detach()
                 tol = self._tol(W.dtype)
+                row["tolerance"][i] = tol
                 norm = float(torch.linalg.vector_norm(W)) * layer.scale
                 row["weight_norm"][i] = norm
                 if not math.isfinite(norm):
                     self._diverged(step)
+                    finite = False
                     continue
                 A = layer.matrix(W)
                 kk = layer.k
@@ -282,8 +320,9 @@ class SpectralMonitor:
                 if norm == 0.0:
                     s, res, U, V = np.zeros(kk), np.zeros(kk), None, None
                 else:
-                    s, res, conv, U, V = self._spectrum(A, layer, layer.warm, tol)
+                    s, res, conv, U, V, applied = self._spectrum(A, layer, layer.warm, tol)
                     ok &= conv
+                    row["tolerance"][i] = max(row["tolerance"][i], applied)
                     layer.warm = V
                 row["singular_values"][i, :kk] = s
                 row["singular_values_residual"][i, :kk] = res
@@ -298,8 +337,9 @@ class SpectralMonitor:
                     if float(torch.linalg.vector_norm(layer.delta)) == 0.0:
                         ds, dres = np.zeros(kk), np.zeros(kk)
                     else:
-                        ds, dres, conv, _, DV = self._spectrum(D, layer, layer.warm_delta, tol)
+                        ds, dres, conv, _, DV, applied = self._spectrum(D, layer, layer.warm_delta, tol)
                         ok &= conv
+                        row["tolerance"][i] = max(row["tolerance"][i], applied)
                         layer.warm_delta = DV
                     row["delta_singular_values"][i, :kk] = ds
                     row["delta_singular_values_residual"][i, :kk] = dres
@@ -311,7 +351,7 @@ class SpectralMonitor:
                                                                        max(layer.sigma, 1e-300)))
                     edges[i] = np.linspace(0.0, 1.05 * top, _BULK_BINS + 1)
                     counts[i] = np.histogram(sv, bins=edges[i])[0]
-        self._sharpness(row)
+        self._sharpness(row, finite)
         self._rows.append(row)
         if bulk:
             self._bulk.append({"bulk_step": step, "bulk_counts": counts, "bulk_edges": edges})
@@ -322,10 +362,10 @@ class SpectralMonitor:
             self._store.append(rows, {"status": self.status, "diverged_step": self.diverged_step})
         return row
 
-    def _diverged(self, step: int) -> None:
+    def _diverged(self, step: int, what: str = "weights") -> None:
         if self.status == "ok":
             self.status, self.diverged_step = "diverged", step
-            warnings.warn(f"SpectralMonitor: non-finite weights at step {step}; values are NaN and not certified",
+            warnings.warn(f"SpectralMonitor: non-finite {what} at step {step}; values are NaN and not certified",
                           RuntimeWarning, stacklevel=3)
 
     @staticmethod
@@ -350,10 +390,11 @@ class SpectralMonitor:
             if g is not None:
                 row["overlap_backward"][i, :kk] = (np.asarray(U, dtype=np.float64).T @ g) ** 2
 
-    def _sharpness(self, row) -> None:
+    def _sharpness(self, row, finite: bool) -> None:
+        """Hessian / NTK tops; NaN and not certified where the weights or the batch loss are not finite."""
         row.update(hessian_top=np.nan, hessian_top_residual=np.nan, ntk_top=np.nan, ntk_top_residual=np.nan,
                    normalized_sharpness=np.nan, sharpness_certified=False)
-        if self._ops is None:
+        if self._ops is None or not finite:
             return
         ops = self._ops
         self._capture = False
@@ -361,9 +402,13 @@ class SpectralMonitor:
             params = ops.params()
             dtype = next(iter(params.values())).dtype
             tol = self._tol(dtype)
+            with torch.no_grad():
+                batch_loss = float(ops._loss(params))
             if math.isnan(row["loss"]):
-                with torch.no_grad():
-                    row["loss"] = float(ops._loss(params))
+                row["loss"] = batch_loss
+            if not math.isfinite(batch_loss):
+                self._diverged(row["step"], "sharpness loss")
+                return
             ok = True
             n, apply = ops.hessian(params)
             vals, vecs, info = lanczos.top_eigs(apply, n, k=1, tol=tol, v0=self._hessian_warm)

@@ -8,13 +8,15 @@ spread shrinks as the widths grow; under SP it does not.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .monitor import SpectralMonitor
 
 
 def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: dict | None = None,
-                progress=None):
+                progress=None, figure=None, figure_layer: str | None = None, label: str = "width sweep"):
     """Train ``make_model(width)`` at every width with a monitor; returns ``(dataset, summary)``.
 
     Parameters
@@ -28,6 +30,9 @@ def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: di
     top_k, monitor_kwargs : passed to :class:`SpectralMonitor` (``store`` is
         not allowed here: one store per width would be needed)
     progress : optional callable ``(width, dataset)`` called after each width
+    figure : optional path of a PNG: :func:`width_sweep_figure` of this sweep
+        (layer ``figure_layer``, default the second tracked layer; column title
+        ``label``) is written there and its path stored as ``summary["figure"]``
 
     Returns
     -------
@@ -38,7 +43,7 @@ def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: di
         value of W - W(0), when tracked), ``deviation`` ({width: max over steps of
         |s1(t) - s1 at the largest width|}) and ``decay_exponent`` (p of
         deviation ~ width^-p by least squares in log-log; NaN with fewer than
-        two usable widths), plus ``widths``.
+        two usable widths), plus ``widths`` (and ``figure`` when asked for).
     """
     import xarray as xr
 
@@ -46,12 +51,20 @@ def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: di
 
     if not callable(make_model) or not callable(train):
         raise ValueError("make_model (width -> nn.Module) and train ((model, monitor) -> None) must be callables")
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise ValueError(f"widths must be a non-empty list of distinct integers >= 1; got {widths!r}")
     widths = [v.integer("widths[]", w, 1) for w in widths]
     if len(widths) < 1 or len(set(widths)) != len(widths):
         raise ValueError(f"widths must be a non-empty list of distinct integers >= 1; got {widths}")
     kwargs = dict(monitor_kwargs or {})
     if "store" in kwargs:
         raise ValueError("monitor_kwargs must not hold 'store' (width_sweep keeps every width in memory)")
+    if progress is not None and not callable(progress):
+        raise ValueError("progress must be None or a callable (width, dataset) -> None")
+    if figure is not None and not isinstance(figure, (str, os.PathLike)):
+        raise ValueError(f"figure must be None or the path of a PNG file; got {type(figure).__name__}")
+    if figure_layer is not None and not isinstance(figure_layer, str):
+        raise ValueError(f"figure_layer must be None or a tracked parameter name; got {figure_layer!r}")
     runs, names = [], None
     for width in widths:
         model = make_model(width)
@@ -72,7 +85,12 @@ def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: di
     ds = xr.concat(runs, dim="width", join="outer", combine_attrs="drop_conflicts")
     ds.attrs.update(kind="width_sweep", status="ok" if all(r.attrs.get("status") == "ok" for r in runs)
                     else "diverged", config=attrs.get("config", ""))
-    return ds, summarize(ds)
+    summary = summarize(ds)
+    if figure is not None:
+        if figure_layer is not None and figure_layer not in names:
+            raise ValueError(f"figure_layer must be one of the tracked layers {names}; got {figure_layer!r}")
+        summary["figure"] = width_sweep_figure({label: (ds, summary)}, figure, layer=figure_layer)
+    return ds, summary
 
 
 def _fit_power(x, y) -> float:
