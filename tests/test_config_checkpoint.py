@@ -408,3 +408,16 @@ def test_limit_theory_raises_when_a_covering_theory_fails_and_explains_when_none
         studies.limit_theory(ok)
     th, why = studies.limit_theory(ok.replace(activation="tanh"))
     assert th is None and "linear" in why
+
+
+@pytest.mark.parametrize("field", ["width", "input_dim", "output_dim", "samples"])
+def test_sizes_past_a_cpp_int_are_refused_naming_the_field(field):
+    with pytest.raises(ValueError, match=f"{field} must be an integer in \\[1, 2147483647\\]"):
+        RunConfig(**{field: 2**63})
+
+
+def test_a_run_larger_than_the_machine_is_refused_before_any_work():
+    # 300000^2 doubles per hidden matrix (720 GB): refused by simulate up front, naming the sizes
+    cfg = RunConfig(width=300_000, depth=2, input_dim=4, samples=8, steps=2, top_k=2)
+    with pytest.raises(ValueError, match="width = 300000.*GiB; this machine has"):
+        specdyn.simulate(cfg)

@@ -213,8 +213,8 @@ BASE = dict(width=24, depth=2, input_dim=4, samples=6, steps=4, top_k=2, gamma0=
 FIELDS = ["width", "depth", "input_dim", "output_dim", "samples", "activation", "scaling", "gamma0", "eta0", "sigma",
           "steps", "batch_size", "online", "seed", "data_seed", "teacher", "noise", "track_every", "top_k",
           "track_sharpness", "track_hessian", "bulk_steps", "bulk_bins", "dtype", "divergence_bound",
-          "checkpoint_every", "svd_tol"]
-HOSTILE_VALUES = [-1, 0, 1, 3, 2**63, 1e300, -1e300, float("nan"), float("inf"), "no", "yes", True, False, None, [],
+          "checkpoint_every", "svd_tol", "data"]
+HOSTILE_VALUES = [-1, 0, 1, 3, 2**63, 300_000, "digits", 1e300, -1e300, float("nan"), float("inf"), "no", "yes", True, False, None, [],
                   [-3, 2], [1, 2, 3], 3.5, "float16", "tanh", "sp", 5000, 1e-300, {"a": 1}]
 
 

@@ -140,3 +140,25 @@ def test_top_singular_value_is_near_the_edge_without_spikes(n, ratio, seed):
 def test_bad_input(call, field):
     with pytest.raises(ValueError, match=field):
         call()
+
+
+def test_densities_are_nan_at_nan_and_match_the_closed_forms_elsewhere():
+    s = np.array([0.5, np.nan, 1.9, 2.5])
+    qc = rmt.quarter_circle_density(s, sigma=1.0)
+    assert np.isnan(qc[1]) and qc[3] == 0.0
+    np.testing.assert_allclose(qc[[0, 2]], np.sqrt(4 - s[[0, 2]] ** 2) / np.pi, rtol=1e-14)
+    mp = rmt.marchenko_pastur_density(np.array([1.0, np.nan]), ratio=0.5)
+    assert np.isnan(mp[1]) and mp[0] > 0
+
+
+@pytest.mark.parametrize("thetas", ["3", [[1.0, 2.0]], [np.nan], {"a": 1}])
+def test_spiked_refuses_thetas_that_are_not_a_flat_real_sequence(thetas):
+    with pytest.raises(ValueError, match="thetas"):
+        rmt.spiked(20, 20, thetas)
+
+
+def test_bgn_outliers_refuse_strings_and_keep_array_shapes():
+    with pytest.raises(ValueError, match="thetas"):
+        rmt.bgn_outliers("3")
+    out = rmt.bgn_outliers(np.array([[3.0, 0.5], [2.0, 1.0]]))
+    np.testing.assert_allclose(out["singular_values"], [[3 + 1 / 3, 2.0], [2.5, 2.0]], rtol=1e-14)

@@ -20,6 +20,7 @@ MAX_GRAM_ROWS = 4096
 
 ACTIVATIONS = ("linear", "tanh", "relu")
 TEACHERS = ("linear", "tanh")
+MAX_SIZE = 2**31 - 1  # width, input_dim, output_dim, samples
 DATA = ("teacher", "digits")  # the Gaussian teacher, or a named data set of specdyn.data
 
 
@@ -96,11 +97,12 @@ class RunConfig:
         return dataclasses.replace(self)
 
     def _check_fields(self) -> None:
-        self.width = V.integer("width", self.width, 1)
+        # sizes are C++ ints; what fits in memory is checked by simulate (see training.check_memory)
+        self.width = V.integer("width", self.width, 1, MAX_SIZE)
         self.depth = V.integer("depth", self.depth, 1, 64)
-        self.input_dim = V.integer("input_dim", self.input_dim, 1)
-        self.output_dim = V.integer("output_dim", self.output_dim, 1)
-        self.samples = V.integer("samples", self.samples, 1)
+        self.input_dim = V.integer("input_dim", self.input_dim, 1, MAX_SIZE)
+        self.output_dim = V.integer("output_dim", self.output_dim, 1, MAX_SIZE)
+        self.samples = V.integer("samples", self.samples, 1, MAX_SIZE)
         V.choice("activation", self.activation, ACTIVATIONS)
         V.choice("scaling", self.scaling, SCALINGS)
         V.choice("teacher", self.teacher, TEACHERS)

@@ -50,6 +50,7 @@ def quarter_circle_density(s, sigma: float = 1.0) -> np.ndarray:
     inside = (s >= 0) & (s <= 2 * sigma)
     out = np.zeros_like(s)
     out[inside] = np.sqrt(4 * sigma**2 - s[inside] ** 2) / (np.pi * sigma**2)
+    out[np.isnan(s)] = np.nan  # no density at an undefined abscissa
     return out
 
 
@@ -74,6 +75,7 @@ def marchenko_pastur_density(x, ratio: float, sigma: float = 1.0) -> np.ndarray:
     inside = (x > lo) & (x < hi) & (x > 0)
     xi = x[inside]
     out[inside] = np.sqrt((hi - xi) * (xi - lo)) / (2 * np.pi * sigma**2 * min(ratio, 1.0) * xi)
+    out[np.isnan(x)] = np.nan  # no density at an undefined abscissa
     return out
 
 
@@ -87,6 +89,18 @@ def bgn_threshold(ratio: float = 1.0, sigma: float = 1.0) -> float:
     ratio = V.real("ratio", ratio, 0.0, None, lo_open=True)
     sigma = V.real("sigma", sigma, 0.0, None, lo_open=True)
     return float(sigma * ratio**0.25)
+
+
+def _thetas(thetas, flat: bool = True) -> np.ndarray:
+    """Spike strengths as a float64 array (at least 1-d): real numbers, a flat sequence unless ``flat=False``."""
+    a = np.asarray(thetas)
+    if a.dtype.kind not in "iuf" or (flat and a.ndim > 1):
+        shape = "a 1-d sequence" if flat else "an array"
+        raise ValueError(f"thetas must be a real number or {shape} of real numbers; got {thetas!r:.80}")
+    a = np.atleast_1d(a.astype(np.float64))
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"thetas must be finite; got {a.tolist()!r:.80}")
+    return a
 
 
 def bgn_outliers(thetas, ratio: float = 1.0, sigma: float = 1.0) -> dict:
@@ -109,8 +123,8 @@ def bgn_outliers(thetas, ratio: float = 1.0, sigma: float = 1.0) -> dict:
     """
     ratio = V.real("ratio", ratio, 0.0, None, lo_open=True)
     sigma = V.real("sigma", sigma, 0.0, None, lo_open=True)
-    thetas = np.atleast_1d(np.asarray(thetas, dtype=np.float64))
-    if not np.all(np.isfinite(thetas)) or np.any(thetas < 0):
+    thetas = _thetas(thetas, flat=False)
+    if np.any(thetas < 0):
         raise ValueError("thetas must be finite and >= 0")
     thr = bgn_threshold(ratio, sigma)
     edge = singular_value_edge(ratio, sigma)
@@ -140,7 +154,7 @@ def spiked(n: int, m: int, thetas, seed: int = 0, sigma: float = 1.0, directions
     sigma = V.real("sigma", sigma, 0.0)
     V.choice("directions", directions, ("independent", "aligned"))
     dt = V.dtype("dtype", dtype)
-    thetas = np.atleast_1d(np.asarray(thetas, dtype=np.float64))
+    thetas = _thetas(thetas)
     r = thetas.size
     if r > min(n, m):
         raise ValueError(f"thetas must have at most min(n, m) = {min(n, m)} entries, got {r}")

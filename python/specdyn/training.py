@@ -50,12 +50,34 @@ def _check(cfg: RunConfig, data, resume: bool, checkpoint) -> None:
         raise ValueError("checkpoint_every must be >= 1 when a checkpoint path is given")
 
 
+def memory_estimate(cfg: RunConfig) -> int:
+    """Bytes a run holds at least: each weight matrix four times (W, W(0), its gradient, a
+    work copy), the activations and their gradients of every layer, and the data."""
+    item = np.dtype(cfg.dtype).itemsize
+    fans = [cfg.input_dim] + [cfg.width] * cfg.depth + [cfg.output_dim]
+    weights = sum(a * b for a, b in zip(fans[:-1], fans[1:]))
+    batch = cfg.batch_size or cfg.samples
+    activations = 2 * batch * sum(fans)
+    return item * (4 * weights + activations) + 8 * cfg.samples * (cfg.input_dim + cfg.output_dim)
+
+
+def check_memory(cfg: RunConfig) -> None:
+    """Refuse up front a run whose arrays alone exceed this machine's physical memory."""
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = memory_estimate(cfg)
+    if need > have:
+        raise ValueError(f"width = {cfg.width}, depth = {cfg.depth}, input_dim = {cfg.input_dim}, output_dim = "
+                         f"{cfg.output_dim}, samples = {cfg.samples} need at least {need / 2**30:.3g} GiB; this "
+                         f"machine has {have / 2**30:.3g} GiB")
+
+
 def build_trainer(cfg: RunConfig, data=None, **flags):
     """The native Trainer of a validated config (internal; benchmarks use it to switch tracking parts).
 
     ``flags`` override TrainSpec switches: track_spectra, track_delta, track_overlaps,
     track_sharpness, track_hessian, svd_tol.
     """
+    check_memory(cfg)
     sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
     if data is None and cfg.data != "teacher":
         X, Y = _data.named(cfg.data, cfg.samples, cfg.input_dim, cfg.output_dim, seed=cfg.data_seed)
