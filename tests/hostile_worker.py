@@ -280,7 +280,9 @@ def case_cli(c):
 # ---- the rest of the public API: one hostile argument at a time, valid calls checked ---------------------
 
 def _finite_real(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and np.isfinite(x)
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        return False
+    return isinstance(x, (int, np.integer)) or bool(np.isfinite(x))
 
 
 def _int_in(x, lo, hi=None) -> bool:
@@ -291,11 +293,11 @@ def _int_in(x, lo, hi=None) -> bool:
 def _api_gaussian(a):
     valid = (_int_in(a["n"], 1, 2000) and _int_in(a["m"], 1, 2000) and _int_in(a["seed"], 0, 2**64 - 1)
              and _int_in(a["stream"], 0, 2**64 - 1) and _finite_real(a["sigma"]) and a["sigma"] >= 0
-             and a["dtype"] in ("float64", "float32", np.float64, np.float32))
+             and a["dtype"] in ("float64", "float32", np.float64, np.float32, None))  # None: NumPy's float64
     G = specdyn.rmt.gaussian(**a)
     if not valid:
         return "wrong", f"accepted {a}"
-    if G.shape != (a["n"], a["m"]) or G.dtype != np.dtype(a["dtype"]):
+    if G.shape != (a["n"], a["m"]) or G.dtype != np.dtype(a["dtype"] or "float64"):
         return "wrong", f"shape {G.shape} dtype {G.dtype}"
     head = specdyn.rmt.gaussian(**{**a, "n": 1})
     if not np.array_equal(G[:1], head):  # row-major counter stream: a prefix of rows is the smaller draw
@@ -319,6 +321,9 @@ def _api_density(a):
         out = specdyn.rmt.marchenko_pastur_density(a["x"], ratio=a["ratio"], sigma=sigma)
     if not (ok_sigma and ok_ratio):
         return "wrong", f"accepted sigma={sigma!r}, ratio={a.get('ratio')!r}"
+    sigma = float(sigma)
+    if fn != "quarter_circle":
+        a["ratio"] = float(a["ratio"])
     if np.any(np.isnan(x) != np.isnan(out)):
         return "wrong", "a NaN abscissa gave a number (or a number gave NaN)"
     # independent: the density integrates to 1 (trapezoid on a fine grid of its own support)
@@ -335,16 +340,17 @@ def _api_density(a):
 
 
 def _api_bgn(a):
-    th = np.atleast_1d(np.asarray(a["thetas"], dtype=np.float64)) if not isinstance(a["thetas"], str) else None
+    raw = np.asarray(a["thetas"]) if not isinstance(a["thetas"], dict) else np.asarray(None)
+    th = np.atleast_1d(raw.astype(np.float64)) if raw.dtype.kind in "iuf" else None  # real numbers only
     valid = (th is not None and np.all(np.isfinite(th)) and np.all(th >= 0) and _finite_real(a["ratio"])
              and a["ratio"] > 0 and _finite_real(a["sigma"]) and a["sigma"] > 0)
     out = specdyn.rmt.bgn_outliers(a["thetas"], ratio=a["ratio"], sigma=a["sigma"])
     if not valid:
         return "wrong", f"accepted {a}"
-    s, sig, c = out["singular_values"], a["sigma"], a["ratio"]
+    s, sig, c = out["singular_values"], float(a["sigma"]), float(a["ratio"])
     # closed form at c = 1 (theta/sigma + sigma/theta above threshold), and the edge below it
     edge = sig * (1 + np.sqrt(c))
-    if np.any(s < edge * (1 - 1e-12)):
+    if np.any(s < edge * (1 - 1e-12)) or not np.all(np.isfinite(s)):
         return "wrong", "an outlier below the bulk edge"
     if c == 1.0:
         ref = np.where(th > sig, th + sig**2 / np.where(th > 0, th, 1), 2 * sig)
@@ -376,8 +382,9 @@ def _api_store(a):
     d = Path(tempfile.mkdtemp())
     ds = xr.Dataset({"loss": (("step",), np.arange(3.0))}, coords={"step": [0, 1, 2]}, attrs={"kind": "t"})
     group = a["group"]
-    valid = group is None or (isinstance(group, str) and bool(re.fullmatch(
-        r"[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*(/[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*)*", group)))
+    name = r"[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*"
+    valid = group in (None, "") or (isinstance(group, str) and bool(re.fullmatch(rf"{name}(/{name})*", group))
+                                    and max(map(len, group.split("/"))) <= 200)
     specdyn.save(ds, d / "s.zarr", group=group)
     if not valid:
         return "wrong", f"saved under group {group!r}"

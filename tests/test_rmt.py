@@ -162,3 +162,25 @@ def test_bgn_outliers_refuse_strings_and_keep_array_shapes():
         rmt.bgn_outliers("3")
     out = rmt.bgn_outliers(np.array([[3.0, 0.5], [2.0, 1.0]]))
     np.testing.assert_allclose(out["singular_values"], [[3 + 1 / 3, 2.0], [2.5, 2.0]], rtol=1e-14)
+
+
+@given(st.floats(1e-3, 1e300), st.floats(1e-3, 1e3))
+def test_bgn_outliers_do_not_overflow_at_extreme_spikes(theta, sigma):
+    # square case closed form: s = theta + sigma^2 / theta above the threshold sigma
+    out = rmt.bgn_outliers([theta], ratio=1.0, sigma=sigma)
+    ref = theta + sigma**2 / theta if theta > sigma else 2 * sigma
+    np.testing.assert_allclose(out["singular_values"], [ref], rtol=1e-12)
+    assert np.all(np.isfinite(out["overlap_left"])) and np.all(np.isfinite(out["overlap_right"]))
+
+
+@pytest.mark.parametrize("n, m", [(2**64, 1), (2**20, 2**20), (1, 2**62)])
+def test_a_draw_larger_than_the_machine_is_refused_naming_the_sizes(n, m):
+    with pytest.raises(ValueError, match=f"n = {n}, m = {m}.*GiB; this machine has"):
+        rmt.gaussian(n, m)
+
+
+def test_a_teacher_larger_than_the_machine_is_refused_naming_the_sizes():
+    from specdyn import data
+
+    with pytest.raises(ValueError, match="samples = 18446744073709551616.*GiB"):
+        data.teacher(2**64, 1)

@@ -433,3 +433,14 @@ def test_local_cluster_is_loopback_tls_only():
             Client(address.replace("tls://", "tcp://"), timeout=3)
     finally:
         cleanup()
+
+
+def test_a_group_name_too_long_for_the_file_system_is_one_clear_error(tmp_path):
+    import xarray as xr
+
+    ds = xr.Dataset({"loss": (("step",), np.arange(3.0))})
+    with pytest.raises(ValueError, match="at most 200 characters"):
+        storage.save(ds, tmp_path / "s.zarr", "runs/" + "x" * 201)
+    assert not (tmp_path / "s.zarr").exists()  # refused before anything is written
+    storage.save(ds, tmp_path / "s.zarr", "runs/" + "x" * 200)
+    xr.testing.assert_identical(storage.load(tmp_path / "s.zarr", "runs/" + "x" * 200), ds)

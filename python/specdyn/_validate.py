@@ -109,3 +109,17 @@ def _interval(lo, hi, lo_open, hi_open) -> str:
     if lo is None:
         return f" {'<' if hi_open else '<='} {hi}"
     return f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory of this machine."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def fits_in_memory(what: str, nbytes: int) -> None:
+    """Raise a ValueError naming ``what`` (the sizes) when ``nbytes`` exceeds physical memory."""
+    have = physical_memory()
+    if nbytes > have:
+        raise ValueError(f"{what} need at least {nbytes / 2**30:.3g} GiB; this machine has {have / 2**30:.3g} GiB")

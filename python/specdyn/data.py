@@ -41,7 +41,9 @@ def teacher(samples: int, input_dim: int, output_dim: int = 1, seed: int = 0, ki
     seed = V.integer("seed", seed, 0, 2**63 - 1)
     V.choice("kind", kind, TEACHER_KINDS)
     noise = V.real("noise", noise, 0.0)
-    first = V.integer("first", first, 0)
+    first = V.integer("first", first, 0, 2**62)
+    V.fits_in_memory(f"samples = {samples}, input_dim = {input_dim}, output_dim = {output_dim}",
+                     8 * samples * (input_dim + output_dim))
     return _core.nets_teacher(first, samples, input_dim, output_dim, seed, TEACHER_KINDS.index(kind),
                               teacher_scale(input_dim), noise)
 

@@ -29,6 +29,7 @@ def gaussian(n: int, m: int, seed: int = 0, sigma: float = 1.0, dtype="float64",
     stream = V.integer("stream", stream, 0, 2**64 - 1)
     sigma = V.real("sigma", sigma, 0.0)
     dt = V.dtype("dtype", dtype)
+    V.fits_in_memory(f"n = {n}, m = {m} ({np.dtype(dt).name})", n * m * np.dtype(dt).itemsize)
     fill = _core.gaussian_f64 if dt == np.float64 else _core.gaussian_f32
     return fill(n, m, seed, stream, sigma)
 
@@ -40,16 +41,21 @@ def quarter_circle_edge(sigma: float = 1.0) -> float:
     return 2.0 * V.real("sigma", sigma, 0.0, None, lo_open=True)
 
 
+# the densities divide by sigma (or sigma^2): scales where that stays a normal float64
+_SIGMA_MIN, _SIGMA_MAX = 1e-300, 1e300
+
+
 def quarter_circle_density(s, sigma: float = 1.0) -> np.ndarray:
     """Density of the singular values of a square normalized Gaussian matrix.
 
     rho(s) = sqrt(4 sigma^2 - s^2) / (pi sigma^2) on [0, 2 sigma], 0 elsewhere.
     """
-    sigma = V.real("sigma", sigma, 0.0, None, lo_open=True)
+    sigma = V.real("sigma", sigma, _SIGMA_MIN, _SIGMA_MAX)
     s = np.asarray(s, dtype=np.float64)
     inside = (s >= 0) & (s <= 2 * sigma)
     out = np.zeros_like(s)
-    out[inside] = np.sqrt(4 * sigma**2 - s[inside] ** 2) / (np.pi * sigma**2)
+    r = s[inside] / sigma  # in units of sigma: no square of sigma under- or overflows
+    out[inside] = np.sqrt(np.maximum(4 - r**2, 0.0)) / (np.pi * sigma)
     out[np.isnan(s)] = np.nan  # no density at an undefined abscissa
     return out
 
@@ -59,7 +65,11 @@ def marchenko_pastur_edges(ratio: float, sigma: float = 1.0) -> tuple[float, flo
     ratio = V.real("ratio", ratio, 0.0, None, lo_open=True)
     sigma = V.real("sigma", sigma, 0.0, None, lo_open=True)
     r = np.sqrt(ratio)
-    return float(sigma**2 * (1 - r) ** 2), float(sigma**2 * (1 + r) ** 2)
+    top = sigma * (1 + r)
+    if not 1e-150 <= top <= 1e150:
+        raise ValueError(f"sigma = {sigma:g} and ratio = {ratio:g} put the squared edge sigma^2 (1 + sqrt(ratio))^2 "
+                         f"outside the float64 range: sigma (1 + sqrt(ratio)) must be in [1e-150, 1e150]")
+    return float((sigma * (1 - r)) ** 2), float(top**2)
 
 
 def marchenko_pastur_density(x, ratio: float, sigma: float = 1.0) -> np.ndarray:
@@ -81,7 +91,9 @@ def marchenko_pastur_density(x, ratio: float, sigma: float = 1.0) -> np.ndarray:
 
 def singular_value_edge(ratio: float = 1.0, sigma: float = 1.0) -> float:
     """Top edge sigma (1 + sqrt(ratio)) of the singular values (2 sigma when square)."""
-    return float(np.sqrt(marchenko_pastur_edges(ratio, sigma)[1]))
+    ratio = V.real("ratio", ratio, 0.0, None, lo_open=True)
+    sigma = V.real("sigma", sigma, 0.0, None, lo_open=True)
+    return float(sigma * (1 + np.sqrt(ratio)))
 
 
 def bgn_threshold(ratio: float = 1.0, sigma: float = 1.0) -> float:
@@ -128,12 +140,14 @@ def bgn_outliers(thetas, ratio: float = 1.0, sigma: float = 1.0) -> dict:
         raise ValueError("thetas must be finite and >= 0")
     thr = bgn_threshold(ratio, sigma)
     edge = singular_value_edge(ratio, sigma)
-    t = thetas / sigma
+    with np.errstate(over="ignore"):  # t = inf (theta far above sigma) is handled through u = 0
+        t = thetas / sigma
     out = t > ratio**0.25
-    ts = np.where(out, t, 1.0)
-    s = np.where(out, sigma * np.sqrt((1 + ts**2) * (ratio + ts**2)) / ts, edge)
-    ol = np.where(out, 1 - ratio * (1 + ts**2) / (ts**2 * (ts**2 + ratio)), 0.0)
-    orr = np.where(out, 1 - (ratio + ts**2) / (ts**2 * (ts**2 + 1)), 0.0)
+    # in u = 1/t, so that no square of t overflows: s = theta sqrt((1 + u^2)(1 + ratio u^2))
+    u2 = np.where(out, (sigma / np.where(out, thetas, 1.0)) ** 2, 1.0)
+    s = np.where(out, np.where(out, thetas, 0.0) * np.sqrt((1 + u2) * (1 + ratio * u2)), edge)
+    ol = np.where(out, 1 - ratio * u2 * (1 + u2) / (1 + ratio * u2), 0.0)
+    orr = np.where(out, 1 - u2 * (1 + ratio * u2) / (1 + u2), 0.0)
     return {"singular_values": s, "is_outlier": out, "overlap_left": ol, "overlap_right": orr,
             "threshold": thr, "edge": edge}
 

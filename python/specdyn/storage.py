@@ -53,6 +53,7 @@ _INTERNAL_ATTRS = (COMPLETE_ATTR, _VERSION_ATTR, _MANIFEST_ATTR)
 _NAME = r"[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*"
 _GROUP_NAME = re.compile(rf"^{_NAME}(/{_NAME})*$")
 _TMP, _TRASH = ".tmp-", ".trash-"
+_MAX_NAME = 200
 # how long a reader waits for a group that is being swapped in (two-rename fallback)
 _SWAP_WAIT_S = 0.5
 # a read that overlapped a swap is repeated on the new copy, this many times at most
@@ -74,6 +75,9 @@ def _check_group(group: str | None) -> str | None:
     if not isinstance(group, str) or not _GROUP_NAME.match(group):
         raise ValueError(f"group must be a path of names made of letters, digits and _.=+- separated by '/', "
                          f"no name starting with '.'; got {group!r}")
+    longest = max(len(part) for part in group.split("/"))
+    if longest > _MAX_NAME:  # a folder name, and its temporary's (".tmp-NAME-<32 hex>"), must fit NAME_MAX
+        raise ValueError(f"group names must be at most {_MAX_NAME} characters between '/'; got one of {longest}")
     return group
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _core
 from . import _device
+from . import _validate as V
 from . import data as _data
 from .config import MAX_GRAM_ROWS, RunConfig  # noqa: F401  (MAX_GRAM_ROWS: re-exported)
 from .parameterization import scales
@@ -63,12 +64,8 @@ def memory_estimate(cfg: RunConfig) -> int:
 
 def check_memory(cfg: RunConfig) -> None:
     """Refuse up front a run whose arrays alone exceed this machine's physical memory."""
-    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    need = memory_estimate(cfg)
-    if need > have:
-        raise ValueError(f"width = {cfg.width}, depth = {cfg.depth}, input_dim = {cfg.input_dim}, output_dim = "
-                         f"{cfg.output_dim}, samples = {cfg.samples} need at least {need / 2**30:.3g} GiB; this "
-                         f"machine has {have / 2**30:.3g} GiB")
+    V.fits_in_memory(f"width = {cfg.width}, depth = {cfg.depth}, input_dim = {cfg.input_dim}, output_dim = "
+                     f"{cfg.output_dim}, samples = {cfg.samples}", memory_estimate(cfg))
 
 
 def build_trainer(cfg: RunConfig, data=None, **flags):
