@@ -289,7 +289,8 @@ def cli_cases(draw):
         return {"kind": "cli", "args": args, "toml": _toml(field, value), "names": ()}
     if what == "plot":
         target = draw(st.sampled_from(["{dir}/afile", "{dir}", "{dir}/missing.zarr"]))
-        return {"kind": "cli", "args": ["plot", target], "make_file": True, "names": ()}
+        return {"kind": "cli", "args": [draw(st.sampled_from(["plot", "verify"])), target], "make_file": True,
+                "names": ()}
     if what == "run_dir":
         return {"kind": "cli", "args": ["run", "{dir}"], "names": ()}
     return {"kind": "cli", "args": ["sweep", "{cfg}", "--scheduler", draw(st.sampled_from(["nonsense", "tcp://",

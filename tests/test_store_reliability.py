@@ -444,3 +444,22 @@ def test_a_group_name_too_long_for_the_file_system_is_one_clear_error(tmp_path):
     assert not (tmp_path / "s.zarr").exists()  # refused before anything is written
     storage.save(ds, tmp_path / "s.zarr", "runs/" + "x" * 200)
     xr.testing.assert_identical(storage.load(tmp_path / "s.zarr", "runs/" + "x" * 200), ds)
+
+
+def test_cli_verify_reports_a_damaged_run_and_passes_a_clean_store(tmp_path):
+    import xarray as xr
+
+    store = tmp_path / "s.zarr"
+    for g in ("runs/a", "runs/b"):
+        storage.save(xr.Dataset({"loss": (("step",), np.arange(4.0))}), store, g)
+    res = invoke("verify", store)
+    assert res.exit_code == 0 and "2 complete run(s)" in res.output, res.output
+    chunk = next(p for p in (store / "runs" / "a" / "loss").rglob("*") if p.is_file() and p.parent.name == "c"
+                 or p.name == "c" and p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 1
+    chunk.write_bytes(bytes(data))
+    res = invoke("verify", store)
+    assert res.exit_code == 1 and "damaged: runs/a" in res.output and "runs/b" not in res.output, res.output
+    res = invoke("verify", tmp_path / "missing.zarr")
+    assert one_line_error(res), res.output

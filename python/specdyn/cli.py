@@ -533,6 +533,25 @@ def compare(store: Path = typer.Argument(..., help="a study store holding muP ru
 
 
 @app.command()
+def verify(store: Path = typer.Argument(..., help="a Zarr store written by specdyn (run, sweep, demo or a monitor)")):
+    """Check every complete run of a store against its checksums; exit 1 when one is damaged."""
+    from . import storage
+
+    if not store.is_dir():
+        _fail(f"store {str(store)!r} does not exist or is not a folder")
+    try:
+        damaged = storage.verify(store)
+        groups = storage.completed_groups(store) if not damaged else []
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    for group, reason in damaged:
+        console.print(f"damaged: {group or '(root)'}: {reason}", highlight=False, soft_wrap=True)
+    if damaged:
+        raise typer.Exit(1)
+    console.print(f"{len(groups)} complete run(s), every chunk and checksum intact")
+
+
+@app.command()
 def info():
     """Versions, the BLAS in use, thread counts and whether the GPU module is usable."""
     import specdyn
