@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--every", type=int, default=10, help="observe every that many steps")
     parser.add_argument("--eta0", type=float, default=0.5, help="muP learning rate eta0 (raw rate eta0 * N)")
-    parser.add_argument("--eta0-sp", type=float, default=0.05,
+    parser.add_argument("--eta0-sp", type=float, default=0.02,
                         help="SP learning rate (raw, the same at every width; SP at the muP eta0 diverges)")
     parser.add_argument("--out", type=Path, default=HERE / "torch_digits")
     parser.add_argument("--quick", action="store_true", help="widths 64, 128, 256 and 30 steps")
@@ -95,10 +95,12 @@ def main(argv=None) -> dict:
               "decay_exponent": {label: s["layers"]["layers.W1.weight"]["decay_exponent"]
                                  for label, (_, s) in sweeps.items()},
               "final_s1": {label: s["layers"]["layers.W1.weight"]["final_s1"] for label, (_, s) in sweeps.items()},
+              "diverged_widths": {label: s["diverged_widths"] for label, (_, s) in sweeps.items()},
               "test_accuracy": accuracy, "status": {label: ds.attrs["status"] for label, (ds, _) in sweeps.items()},
               "wall_s": timings, "figure": str(figure)}
     (args.out / "digits_width_sweep.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("spread", "delta_spread", "decay_exponent", "test_accuracy", "status", "wall_s")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("spread", "delta_spread", "decay_exponent", "diverged_widths", "test_accuracy",
+                                                          "status", "wall_s")}, indent=2))
     return result
 
 

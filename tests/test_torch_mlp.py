@@ -147,3 +147,29 @@ def test_width_sweep_checks_its_arguments():
         width_sweep(_make, [8], _train, figure="x.png", figure_layer="nope")
     with pytest.raises(ValueError, match="make_model"):
         width_sweep(None, [8], _train)
+
+
+def test_width_sweep_leaves_a_diverged_width_out_of_the_spread_and_names_it(tmp_path):
+    widths = [8, 16, 32]
+
+    def train(model, monitor):
+        _train(model, monitor)
+        if model[0].weight.shape[0] == 32:  # this width blows up after the last normal observation
+            with torch.no_grad():
+                model[2].weight.mul_(1e30)
+            monitor.observe(10**6)
+            with torch.no_grad():
+                model[2].weight.fill_(float("inf"))
+            monitor.observe(10**6 + 1)
+
+    ds, summary = width_sweep(_make, widths, train, top_k=2)
+    assert ds.attrs["status"] == "diverged"
+    assert ds.width_status.values.tolist() == ["ok", "ok", "diverged"]
+    assert summary["widths"] == [8, 16] and summary["diverged_widths"] == {32: 10**6 + 1}
+    curves = np.stack([ds.singular_values.sel(width=w, layer="2.weight", rank=0).values for w in (8, 16)])
+    layer = summary["layers"]["2.weight"]
+    assert layer["spread"] == pytest.approx(float(np.nanmax(curves.max(0) - curves.min(0))), rel=1e-12)
+    assert layer["spread"] < 10  # not the 1e30 of the blown-up width
+    width_sweep_figure({"x": (ds, summary)}, tmp_path / "d.png", layer="2.weight")
+    _, alone = width_sweep(_make, [8, 32], train, top_k=2)  # one width left: nothing to compare
+    assert "fewer than two widths" in alone["note"] and np.isnan(alone["layers"]["2.weight"]["spread"])

@@ -65,7 +65,7 @@ def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: di
         raise ValueError(f"figure must be None or the path of a PNG file; got {type(figure).__name__}")
     if figure_layer is not None and not isinstance(figure_layer, str):
         raise ValueError(f"figure_layer must be None or a tracked parameter name; got {figure_layer!r}")
-    runs, names = [], None
+    runs, names, statuses = [], None, []
     for width in widths:
         model = make_model(width)
         with SpectralMonitor(model, top_k=top_k, **kwargs) as monitor:
@@ -79,12 +79,16 @@ def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: di
             raise ValueError(f"make_model({width}) has tracked layers {layer_names}, the first width had {names}")
         names = layer_names
         runs.append(ds.expand_dims(width=[width]))
+        statuses.append((str(ds.attrs.get("status", "ok")), int(ds.attrs.get("diverged_step", -1))))
         if progress is not None:
             progress(width, ds)
     attrs = dict(runs[0].attrs)
     ds = xr.concat(runs, dim="width", join="outer", combine_attrs="drop_conflicts")
-    ds.attrs.update(kind="width_sweep", status="ok" if all(r.attrs.get("status") == "ok" for r in runs)
+    ds.attrs.update(kind="width_sweep", status="ok" if all(st == "ok" for st, _ in statuses)
                     else "diverged", config=attrs.get("config", ""))
+    # each width's own outcome (the concatenation keeps only the attributes all widths share)
+    ds["width_status"] = ("width", np.array([st for st, _ in statuses]))
+    ds["width_diverged_step"] = ("width", np.array([step for _, step in statuses], dtype=np.int64))
     summary = summarize(ds)
     if figure is not None:
         if figure_layer is not None and figure_layer not in names:
@@ -102,10 +106,29 @@ def _fit_power(x, y) -> float:
 
 
 def summarize(ds) -> dict:
-    """Per layer: spread of s1(t) across widths, deviation from the largest width, its decay exponent."""
-    widths = [int(w) for w in ds.width.values]
-    out = {"widths": widths, "layers": {}}
+    """Per layer: spread of s1(t) across widths, deviation from the largest width, its decay exponent.
+
+    Over the widths whose run did not diverge (``diverged_widths`` lists the
+    others with the step where each diverged): a blown-up run would otherwise
+    make the spread the size of its last finite value. With fewer than two
+    such widths every spread is NaN and ``note`` says why.
+    """
+    all_widths = [int(w) for w in ds.width.values]
+    status = ([str(x) for x in ds.width_status.values] if "width_status" in ds else ["ok"] * len(all_widths))
+    steps = ([int(x) for x in ds.width_diverged_step.values] if "width_diverged_step" in ds
+             else [-1] * len(all_widths))
+    widths = [w for w, st in zip(all_widths, status) if st == "ok"]
+    out = {"widths": widths, "diverged_widths": {w: step for w, st, step in zip(all_widths, status, steps)
+                                                 if st != "ok"}, "layers": {}}
+    if len(widths) < 2:
+        out["note"] = (f"fewer than two widths ran without diverging ({widths}); spreads and deviations are "
+                       f"undefined (NaN)")
+    ds = ds.sel(width=widths)
     for layer in [str(x) for x in ds.layer.values]:
+        if len(widths) < 2:
+            out["layers"][layer] = {"spread": float("nan"), "delta_spread": float("nan"), "deviation": {},
+                                    "decay_exponent": float("nan"), "final_s1": {}}
+            continue
         s1 = ds.singular_values.sel(layer=layer, rank=0)  # (width, step)
         spread = float((s1.max("width") - s1.min("width")).max("step"))
         ref = s1.sel(width=max(widths))
@@ -145,7 +168,7 @@ def width_sweep_figure(sweeps: dict, path, layer: str | None = None) -> str:
         for ax, label in zip(axes[r], labels):
             ds, summary = sweeps[label]
             colors = plots._width_colors(ds.width.values)
-            for w in ds.width.values:
+            for w in summary["widths"]:  # the widths that did not diverge
                 s1 = ds[var].sel(width=w, layer=layer, rank=0)
                 ok = np.isfinite(s1.values)
                 ax.plot(ds.step.values[ok], s1.values[ok], color=colors[int(w)], lw=1.6, label=f"N = {int(w)}")
@@ -153,7 +176,9 @@ def width_sweep_figure(sweeps: dict, path, layer: str | None = None) -> str:
                 edge = float(ds.bulk_edge_law.sel(layer=layer).mean("width"))
                 ax.axhline(edge, color="0.6", lw=0.8, ls=":", label="initial bulk edge")
             spread = summary["layers"][layer][key]
-            ax.set_title(f"{label}: spread of {what} across widths = {spread:.3g}", fontsize=10)
+            gone = ", ".join(f"N = {w} diverged at t = {t}" for w, t in summary.get("diverged_widths", {}).items())
+            ax.set_title(f"{label}: spread of {what} across widths = {spread:.3g}" + (f"\n({gone})" if gone else ""),
+                         fontsize=10)
             ax.set_xlabel("training step t (optimizer steps)")
             ax.set_ylabel(f"{what} of {layer} (normalized)", fontsize=9)
             ax.legend(fontsize=8, loc="best")
