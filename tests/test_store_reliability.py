@@ -463,3 +463,23 @@ def test_cli_verify_reports_a_damaged_run_and_passes_a_clean_store(tmp_path):
     assert res.exit_code == 1 and "damaged: runs/a" in res.output and "runs/b" not in res.output, res.output
     res = invoke("verify", tmp_path / "missing.zarr")
     assert one_line_error(res), res.output
+
+
+def test_an_edited_attribute_is_damage_and_write_attrs_keeps_the_checksum(tmp_path):
+    import json
+
+    import xarray as xr
+
+    store = tmp_path / "s.zarr"
+    ds = xr.Dataset({"loss": (("step",), np.arange(4.0))}, attrs={"status": "diverged", "diverged_step": 3})
+    storage.save(ds, store, "runs/a")
+    storage.write_attrs(store, {"note": "checked by hand"}, "runs/a")  # through the API: still intact
+    assert storage.verify(store) == []
+    assert storage.load(store, "runs/a").attrs["note"] == "checked by hand"
+    meta_path = store / "runs" / "a" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["status"] = "ok"  # valid JSON, a plausible value: only the checksum can tell
+    meta_path.write_text(json.dumps(meta))
+    assert [g for g, _ in storage.verify(store)] == ["runs/a"]
+    with pytest.raises(storage.DamagedGroupError, match="attributes differ"):
+        storage.load(store, "runs/a")

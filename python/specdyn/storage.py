@@ -41,14 +41,16 @@ from typing import Any
 import numpy as np
 
 COMPLETE_ATTR = "specdyn_complete"
-STORAGE_VERSION = 2
+STORAGE_VERSION = 3
 _VERSION_ATTR = "specdyn_storage_version"
 # {variable: {"chunks": chunk files written, "sha256": hash of its stored values}}
 _MANIFEST_ATTR = "specdyn_manifest"
 # Fixed-width unicode has no stable Zarr v3 encoding: strings are stored as
 # variable-length strings and their NumPy dtype is restored on load.
 _DTYPE_ATTR = "specdyn_dtype"
-_INTERNAL_ATTRS = (COMPLETE_ATTR, _VERSION_ATTR, _MANIFEST_ATTR)
+# SHA-256 of the group's own attributes (the run's status, config, ...), kept beside the manifest
+_ATTRS_HASH_ATTR = "specdyn_attrs_sha256"
+_INTERNAL_ATTRS = (COMPLETE_ATTR, _VERSION_ATTR, _MANIFEST_ATTR, _ATTRS_HASH_ATTR)
 # a name never starts with "." : hidden names belong to temporaries
 _NAME = r"[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]*"
 _GROUP_NAME = re.compile(rf"^{_NAME}(/{_NAME})*$")
@@ -170,6 +172,12 @@ def _content_hash(values) -> str:
         h.update(arr.dtype.str.encode())
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
+
+
+def _attrs_hash(attrs: dict) -> str:
+    """SHA-256 of a group's attributes as stored (JSON), the internal ones left out."""
+    own = {k: v for k, v in attrs.items() if k not in _INTERNAL_ATTRS}
+    return hashlib.sha256(json.dumps(own, sort_keys=True).encode()).hexdigest()
 
 
 def _is_chunk_key(key: str, var: str) -> bool:
@@ -403,7 +411,9 @@ def save(ds, store, group: str | None = None) -> str | None:
                 chunks = 1
             manifest[name] = {"chunks": chunks, "sha256": _content_hash(arr[...])}
         # one metadata write: the manifest and the completion marker together, last
-        node.attrs.update({_VERSION_ATTR: STORAGE_VERSION, _MANIFEST_ATTR: manifest, COMPLETE_ATTR: True})
+        stored = json.loads((tmp / "zarr.json").read_bytes()).get("attributes", {})  # as a reader parses them
+        node.attrs.update({_VERSION_ATTR: STORAGE_VERSION, _MANIFEST_ATTR: manifest,
+                           _ATTRS_HASH_ATTR: _attrs_hash(stored), COMPLETE_ATTR: True})
         _check_target(root, group, probe_write=False)  # nothing appeared in the group meanwhile
         _swap_in(tmp, d)
     except BaseException:
@@ -483,7 +493,8 @@ class GrowingGroup:
 
     def _write_attrs(self, complete: bool) -> None:
         out = dict(self.attrs)
-        out.update({_VERSION_ATTR: STORAGE_VERSION, _MANIFEST_ATTR: self._manifest, COMPLETE_ATTR: complete})
+        out.update({_VERSION_ATTR: STORAGE_VERSION, _MANIFEST_ATTR: self._manifest, COMPLETE_ATTR: complete,
+                    _ATTRS_HASH_ATTR: _attrs_hash(json.loads(json.dumps(self.attrs)))})
         self._node.attrs.put(out)  # one atomic rewrite of the group's metadata
 
     def append(self, rows: dict, attrs: dict | None = None) -> None:
@@ -603,6 +614,8 @@ def _check_content(meta: dict, files: dict) -> tuple[list[str], Any]:
     buf = default_buffer_prototype().buffer
     mem = MemoryStore({k: buf.from_bytes(v) for k, v in files.items()}, read_only=True)
     problems = []
+    if _attrs(meta).get(_ATTRS_HASH_ATTR) != _attrs_hash(_attrs(meta)):
+        problems.append("its attributes differ from those written (SHA-256 mismatch)")
     for var, rec in _attrs(meta)[_MANIFEST_ATTR].items():
         if f"{var}/zarr.json" not in files:
             if any(k.startswith(var + "/") for k in files):
@@ -859,4 +872,9 @@ def write_attrs(store, attrs: dict, group: str | None = None) -> None:
     if meta is not None and not _is_group(meta):
         raise ValueError(f"{_where(group)} of store {str(root)!r} is a Zarr {meta.get('node_type')}, not a group")
     node = zarr.open_group(str(root), path=group or "", mode="a", zarr_format=3)
-    node.attrs.update({k: _plain(v) for k, v in attrs.items()})
+    new = {k: _plain(v) for k, v in attrs.items() if k not in _INTERNAL_ATTRS}
+    json.dumps(new)  # fail before writing on attributes Zarr cannot hold
+    if _marked_complete(meta):  # a stored run: its attribute checksum follows the change, in the same write
+        merged = json.loads(json.dumps({**_attrs(meta), **new}))
+        new[_ATTRS_HASH_ATTR] = _attrs_hash(merged)
+    node.attrs.update(new)
