@@ -282,7 +282,9 @@ _STOP_BOUND_S = 20
 
 
 def _interrupt(args, ready=lambda: True):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), os.environ.get("PYTHONPATH", "")])}
+    # the specdyn under test (installed, or the in-tree build on PYTHONPATH), not the bare source tree
+    package_parent = str(Path(specdyn.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_parent, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from specdyn.storage import load  # noqa: E402
 from specdyn.torch import monitor as monitor_mod  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PYTHON_DIR = os.path.join(os.path.dirname(HERE), "python")
+PYTHON_DIR = str(Path(specdyn.__file__).resolve().parents[1])  # the specdyn under test, installed or in-tree
 
 
 def conv_net(dtype, seed=0):

@@ -199,10 +199,34 @@ def _local_cluster(n: int):
                         security=security, dashboard_address=None, silence_logs=logging.ERROR)
 
 
+def _probe(address: str) -> None:
+    """Reach a tcp:// or tls:// scheduler with a plain socket first: a refused or silent port is one
+    ValueError within the timeout, without Dask's client (whose failed start was seen to hang)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls"):
+        return  # another transport: Dask's client reports it
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:  # a port that is not a number
+        raise ValueError(f"client: cannot use the Dask scheduler {address!r} ({exc})") from None
+    if not host or port is None:
+        raise ValueError(f"client: cannot use the Dask scheduler {address!r} (expected tcp://HOST:PORT)")
+    try:
+        with socket.create_connection((host, port), timeout=SCHEDULER_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ValueError(f"client: cannot use the Dask scheduler {address!r} "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
 def _connect(address: str):
     """A Client of the scheduler at ``address``; ValueError naming it when unreachable."""
     from distributed import Client
 
+    _probe(address)
     try:
         return Client(address, timeout=SCHEDULER_TIMEOUT_S)
     except (OSError, ValueError, TypeError) as exc:  # malformed, refused, timed out, TLS mismatch
