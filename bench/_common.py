@@ -4,10 +4,19 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def in_tree_if_asked() -> None:
+    """With ``--in-tree`` on the command line, import specdyn from ../python (the build of
+    tools/dev_build.sh); without it, the installed package. Call before importing specdyn."""
+    if "--in-tree" in sys.argv:
+        sys.argv.remove("--in-tree")
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
 
 
 def best_time(fn, repeat: int = 5, warmup: int = 1) -> float:

@@ -19,7 +19,10 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "python"), HERE]
+sys.path.insert(0, HERE)
+from _common import in_tree_if_asked  # noqa: E402
+
+in_tree_if_asked()
 
 # specdyn first: it sets the idle-thread policy that NumPy's OpenBLAS then loads with, so peers and specdyn run under the same one
 import specdyn  # noqa: E402

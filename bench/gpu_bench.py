@@ -28,7 +28,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "python"))
+sys.path.insert(0, str(HERE))
+from _common import in_tree_if_asked  # noqa: E402
+
+in_tree_if_asked()
 
 
 def env_int(name: str, default: int) -> int:

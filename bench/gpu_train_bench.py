@@ -28,7 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import in_tree_if_asked  # noqa: E402
+
+in_tree_if_asked()
 
 
 def parse():

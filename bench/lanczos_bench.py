@@ -29,6 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # specdyn first: it sets the idle-thread policy that NumPy's OpenBLAS then loads with, so peers and specdyn run under the same one
+from _common import in_tree_if_asked  # noqa: E402
+
+in_tree_if_asked()
 import specdyn  # noqa: I001
 import numpy as np
 from specdyn import _core

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 
+from _common import in_tree_if_asked
+
+in_tree_if_asked()
 # specdyn first: it sets the idle-thread policy that NumPy's OpenBLAS then loads with, so peers and specdyn run under the same one
 from specdyn import _core, rmt  # noqa: I001
 import numpy as np

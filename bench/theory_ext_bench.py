@@ -25,7 +25,10 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.join(HERE, "..", "python"), os.path.join(HERE, "..", "tests"), HERE]
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "tests")]
+from _common import in_tree_if_asked  # noqa: E402
+
+in_tree_if_asked()
 
 # specdyn first: it sets the idle-thread policy that NumPy's OpenBLAS then loads with, so peers and specdyn run under the same one
 import specdyn  # noqa: E402,F401

@@ -37,7 +37,6 @@ def parse():
     p.add_argument("--quick", action="store_true", help="width 256, batch 64, 6 steps")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--in-tree", action="store_true", help="import specdyn from ../python")
     return p.parse_args()
 
 
@@ -46,9 +45,11 @@ def spread(xs):
 
 
 def main():
+    sys.path.insert(0, str(HERE))
+    from _common import in_tree_if_asked
+
+    in_tree_if_asked()
     args = parse()
-    if args.in_tree:
-        sys.path.insert(0, str(HERE.parent / "python"))
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import specdyn  # noqa: F401  (first: it sets the thread policy the runtimes load with)
     import numpy as np
