@@ -370,16 +370,21 @@ np.savez(sys.argv[1], **out)
 """
 
 
-def test_solvers_give_the_same_bits_at_any_thread_count(tmp_path):
+def assert_same_bits_at_1_and_2_threads(snippet: str, tmp_path) -> None:
+    """Run ``snippet`` (it saves arrays to the .npz named by argv[1]) at 1 and 2 threads; compare bit for bit."""
     outs = []
     for threads in (1, 2):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                    PYTHONPATH=str(Path(specdyn.__file__).parent.parent))
         out = tmp_path / f"t{threads}.npz"
-        subprocess.run([sys.executable, "-c", _THREADS_SNIPPET, str(out)], env=env, check=True, timeout=300)
+        subprocess.run([sys.executable, "-c", snippet, str(out)], env=env, check=True, timeout=300)
         outs.append(np.load(out))
     for k in outs[0].files:
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+
+
+def test_solvers_give_the_same_bits_at_any_thread_count(tmp_path):
+    assert_same_bits_at_1_and_2_threads(_THREADS_SNIPPET, tmp_path)
 
 
 def test_warm_extra_block_continues_a_nearby_solve():

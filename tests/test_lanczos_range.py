@@ -5,11 +5,7 @@ one) must give the singular values LAPACK gives, with a computed certificate;
 a power-of-two scale must change nothing but the exponent. Dense symmetric
 operators and spectral densities give the same bits at 1 and 2 threads.
 """
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,12 +128,6 @@ np.savez(sys.argv[1], **out)
 
 
 def test_dense_symmetric_solvers_give_the_same_bits_at_any_thread_count(tmp_path):
-    outs = []
-    for threads in (1, 2):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-                   PYTHONPATH=str(Path(specdyn.__file__).parent.parent))
-        out = tmp_path / f"t{threads}.npz"
-        subprocess.run([sys.executable, "-c", _THREADS, str(out)], env=env, check=True, timeout=300)
-        outs.append(np.load(out))
-    for k in outs[0].files:
-        np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+    from test_lanczos import assert_same_bits_at_1_and_2_threads
+
+    assert_same_bits_at_1_and_2_threads(_THREADS, tmp_path)

@@ -317,13 +317,19 @@ class SpectralMonitor:
                 A = layer.matrix(W)
                 kk = layer.k
                 ok = True
-                if norm == 0.0:
-                    s, res, U, V = np.zeros(kk), np.zeros(kk), None, None
-                else:
-                    s, res, conv, U, V, applied = self._spectrum(A, layer, layer.warm, tol)
+
+                def measure(M, zero: bool, warm_attr: str):
+                    """(values, residuals, U, V) of M, warm-started from and saved to layer.<warm_attr>."""
+                    nonlocal ok
+                    if zero:  # nothing to measure (W(0) = 0, or no change yet)
+                        return np.zeros(kk), np.zeros(kk), None, None
+                    vals, resid, conv, U_, V_, applied = self._spectrum(M, layer, getattr(layer, warm_attr), tol)
                     ok &= conv
                     row["tolerance"][i] = max(row["tolerance"][i], applied)
-                    layer.warm = V
+                    setattr(layer, warm_attr, V_)
+                    return vals, resid, U_, V_
+
+                s, res, U, V = measure(A, norm == 0.0, "warm")
                 row["singular_values"][i, :kk] = s
                 row["singular_values_residual"][i, :kk] = res
                 if V is not None:
@@ -334,13 +340,7 @@ class SpectralMonitor:
                 if self.delta:
                     torch.sub(W, layer.initial, out=layer.delta)
                     D = layer.matrix(layer.delta)
-                    if float(torch.linalg.vector_norm(layer.delta)) == 0.0:
-                        ds, dres = np.zeros(kk), np.zeros(kk)
-                    else:
-                        ds, dres, conv, _, DV, applied = self._spectrum(D, layer, layer.warm_delta, tol)
-                        ok &= conv
-                        row["tolerance"][i] = max(row["tolerance"][i], applied)
-                        layer.warm_delta = DV
+                    ds, dres, _, _ = measure(D, float(torch.linalg.vector_norm(layer.delta)) == 0.0, "warm_delta")
                     row["delta_singular_values"][i, :kk] = ds
                     row["delta_singular_values_residual"][i, :kk] = dres
                 row["certified"][i] = ok
