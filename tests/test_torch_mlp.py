@@ -173,3 +173,16 @@ def test_width_sweep_leaves_a_diverged_width_out_of_the_spread_and_names_it(tmp_
     width_sweep_figure({"x": (ds, summary)}, tmp_path / "d.png", layer="2.weight")
     _, alone = width_sweep(_make, [8, 32], train, top_k=2)  # one width left: nothing to compare
     assert "fewer than two widths" in alone["note"] and np.isnan(alone["layers"]["2.weight"]["spread"])
+
+
+def test_width_sweep_on_a_dask_cluster_equals_the_serial_sweep():
+    from distributed import Client
+
+    widths = [8, 16]
+    serial, s_summary = width_sweep(_make, widths, _train, top_k=2)
+    with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as cl:
+        dask, d_summary = width_sweep(_make, widths, _train, top_k=2, client=cl)
+    np.testing.assert_array_equal(dask.singular_values.values, serial.singular_values.values)
+    assert d_summary["layers"]["2.weight"]["spread"] == s_summary["layers"]["2.weight"]["spread"]
+    with pytest.raises(ValueError, match="client"):
+        width_sweep(_make, widths, _train, client="serial")

@@ -1,7 +1,7 @@
 """``width_sweep``: the spectral coordinate check of a user's model factory.
 
-Trains the factory's model at each width (serially, in this process) with a
-:class:`SpectralMonitor` on it and reports, per layer, how much the top
+Trains the factory's model at each width (serially in this process, or as
+Dask tasks) with a :class:`SpectralMonitor` on it and reports, per layer, how much the top
 singular value s1(t) still moves with width. Under a width-consistent
 parameterization (muP) the curves of different widths collapse and their
 spread shrinks as the widths grow; under SP it does not.
@@ -16,7 +16,8 @@ from .monitor import SpectralMonitor
 
 
 def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: dict | None = None,
-                progress=None, figure=None, figure_layer: str | None = None, label: str = "width sweep"):
+                progress=None, figure=None, figure_layer: str | None = None, label: str = "width sweep",
+                client=None, workers: int | None = None):
     """Train ``make_model(width)`` at every width with a monitor; returns ``(dataset, summary)``.
 
     Parameters
@@ -30,6 +31,12 @@ def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: di
     top_k, monitor_kwargs : passed to :class:`SpectralMonitor` (``store`` is
         not allowed here: one store per width would be needed)
     progress : optional callable ``(width, dataset)`` called after each width
+    client : None (default): the widths one after the other in this process;
+        ``"local"``: a Dask LocalCluster of ``workers`` processes (as
+        :func:`specdyn.sweep` starts one); a ``distributed.Client`` or a
+        scheduler address: that cluster. Each width is one task, so
+        ``make_model`` and ``train`` must be picklable by cloudpickle (closures
+        are); a task that fails raises here.
     figure : optional path of a PNG: :func:`width_sweep_figure` of this sweep
         (layer ``figure_layer``, default the second tracked layer; column title
         ``label``) is written there and its path stored as ``summary["figure"]``
@@ -66,11 +73,7 @@ def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: di
     if figure_layer is not None and not isinstance(figure_layer, str):
         raise ValueError(f"figure_layer must be None or a tracked parameter name; got {figure_layer!r}")
     runs, names, statuses = [], None, []
-    for width in widths:
-        model = make_model(width)
-        with SpectralMonitor(model, top_k=top_k, **kwargs) as monitor:
-            train(model, monitor)
-            ds = monitor.dataset()
+    for width, ds in _run_widths(make_model, train, widths, top_k, kwargs, client, workers):
         if ds.sizes["step"] == 0:
             raise ValueError(f"train made no observation at width {width}: call monitor.observe(step) or "
                              f"monitor.attach(optimizer) in it")
@@ -95,6 +98,34 @@ def width_sweep(make_model, widths, train, *, top_k: int = 4, monitor_kwargs: di
             raise ValueError(f"figure_layer must be one of the tracked layers {names}; got {figure_layer!r}")
         summary["figure"] = width_sweep_figure({label: (ds, summary)}, figure, layer=figure_layer)
     return ds, summary
+
+
+def _one_width(make_model, train, width: int, top_k: int, kwargs: dict):
+    """The monitor's dataset of one width (a Dask task when the sweep runs on a cluster)."""
+    model = make_model(width)
+    with SpectralMonitor(model, top_k=top_k, **kwargs) as monitor:
+        train(model, monitor)
+        return monitor.dataset()
+
+
+def _run_widths(make_model, train, widths, top_k, kwargs, client, workers):
+    """(width, dataset) in the order of ``widths``: in this process, or gathered from Dask tasks."""
+    if client is None:
+        for width in widths:
+            yield width, _one_width(make_model, train, width, top_k, kwargs)
+        return
+    from .. import sweeps
+
+    if isinstance(client, str) and client.lower() in sweeps.SERIAL:
+        raise ValueError(f"client must be None (this process), 'local', a distributed.Client or a scheduler "
+                         f"address; got {client!r}")
+    cl, cleanup = sweeps._open_client(None if client == "local" else client, workers, len(widths))
+    try:
+        futures = [cl.submit(_one_width, make_model, train, w, top_k, kwargs, pure=False) for w in widths]
+        for width, future in zip(widths, futures):
+            yield width, future.result()
+    finally:
+        cleanup()
 
 
 def _fit_power(x, y) -> float:
