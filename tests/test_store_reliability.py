@@ -470,6 +470,9 @@ def test_cli_verify_reports_a_damaged_run_and_passes_a_clean_store(tmp_path):
     assert res.exit_code == 1 and "damaged: runs/a" in res.output and "runs/b" not in res.output, res.output
     res = invoke("verify", tmp_path / "missing.zarr")
     assert one_line_error(res), res.output
+    (tmp_path / "empty").mkdir()
+    res = invoke("verify", tmp_path / "empty")
+    assert one_line_error(res) and "not a Zarr store" in res.output, res.output
 
 
 def test_an_edited_attribute_is_damage_and_write_attrs_keeps_the_checksum(tmp_path):

@@ -539,6 +539,8 @@ def verify(store: Path = typer.Argument(..., help="a Zarr store written by specd
 
     if not store.is_dir():
         _fail(f"store {str(store)!r} does not exist or is not a folder")
+    if not (store / "zarr.json").is_file():
+        _fail(f"{str(store)!r} is not a Zarr store (no zarr.json at its root)")
     try:
         damaged = storage.verify(store)
         groups = storage.completed_groups(store) if not damaged else []
