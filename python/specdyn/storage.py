@@ -369,6 +369,26 @@ def _swap_in(tmp: Path, d: Path) -> None:
     shutil.rmtree(trash)
 
 
+def _new_temporary(root: Path, group: str | None) -> tuple[Path, Path]:
+    """(the group's folder, a fresh hidden temporary beside it), the parent groups created."""
+    import zarr
+
+    d = _group_dir(root, group)
+    if group:
+        zarr.open_group(str(root), path=group.rpartition("/")[0], mode="a", zarr_format=3)  # the parent groups
+    else:
+        d.parent.mkdir(parents=True, exist_ok=True)
+    tmp = d.parent / f"{_TMP}{d.name}-{uuid.uuid4().hex}"
+    os.mkdir(tmp)  # exclusive: never writes through a planted link
+    return d, tmp
+
+
+def _chunk_files(array_dir: Path) -> int:
+    """Chunk files of a written array (default v3 keys: c, or c/0, c/0/1, ...)."""
+    c = array_dir / "c"
+    return 1 if c.is_file() else sum(len(files) for _, _, files in os.walk(c))
+
+
 def save(ds, store, group: str | None = None) -> str | None:
     """Write one run to the store directory ``store`` under ``group``, atomically.
 
@@ -391,14 +411,7 @@ def save(ds, store, group: str | None = None) -> str | None:
     root = _store_path(store)
     enc = _encode(ds)
     _check_target(root, group, probe_write=False)  # an unwritable folder fails at the first mkdir
-    d = _group_dir(root, group)
-    if group:
-        parent = group.rpartition("/")[0]
-        zarr.open_group(str(root), path=parent, mode="a", zarr_format=3)  # the parent groups
-    else:
-        d.parent.mkdir(parents=True, exist_ok=True)
-    tmp = d.parent / f"{_TMP}{d.name}-{uuid.uuid4().hex}"
-    os.mkdir(tmp)  # exclusive: never writes through a planted link
+    d, tmp = _new_temporary(root, group)
     try:
         codecs = _chunk_codecs()
         enc.to_zarr(str(tmp), mode="w-", consolidated=False, zarr_format=3,
@@ -406,10 +419,7 @@ def save(ds, store, group: str | None = None) -> str | None:
         node = zarr.open_group(str(tmp), mode="r+", zarr_format=3)
         manifest = {}
         for name, arr in node.arrays():
-            chunks = sum(len(files) for _, _, files in os.walk(tmp / name / "c"))
-            if (tmp / name / "c").is_file():
-                chunks = 1
-            manifest[name] = {"chunks": chunks, "sha256": _content_hash(arr[...])}
+            manifest[name] = {"chunks": _chunk_files(tmp / name), "sha256": _content_hash(arr[...])}
         # one metadata write: the manifest and the completion marker together, last
         stored = json.loads((tmp / "zarr.json").read_bytes()).get("attributes", {})  # as a reader parses them
         node.attrs.update({_VERSION_ATTR: STORAGE_VERSION, _MANIFEST_ATTR: manifest,
@@ -449,13 +459,7 @@ class GrowingGroup:
         self.attrs = {k: _plain(v) for k, v in attrs.items() if k not in _INTERNAL_ATTRS}
         json.dumps(self.attrs)  # fail before any work on attributes Zarr cannot hold
         check_save_target(root, self.group_name)
-        d = _group_dir(root, self.group_name)
-        if self.group_name:
-            zarr.open_group(str(root), path=self.group_name.rpartition("/")[0], mode="a", zarr_format=3)
-        else:
-            d.parent.mkdir(parents=True, exist_ok=True)
-        tmp = d.parent / f"{_TMP}{d.name}-{uuid.uuid4().hex}"
-        os.mkdir(tmp)
+        d, tmp = _new_temporary(root, self.group_name)
         codecs = _chunk_codecs()
         self._manifest, self._hashes, self._axis = {}, {}, {}
         try:
@@ -470,9 +474,7 @@ class GrowingGroup:
                     arr = node.create_array(name, shape=values.shape, dtype=values.dtype,
                                             dimension_names=list(dims), fill_value=_fill(values.dtype), **codecs)
                     arr[...] = values
-                chunks = sum(len(files) for _, _, files in os.walk(tmp / name / "c"))
-                self._manifest[name] = {"chunks": max(chunks, int((tmp / name / "c").is_file())),
-                                        "sha256": _content_hash(arr[...])}
+                self._manifest[name] = {"chunks": _chunk_files(tmp / name), "sha256": _content_hash(arr[...])}
             for name, (dims, trailing, dtype) in growing.items():
                 dtype = np.dtype(dtype)
                 node.create_array(name, shape=(0, *trailing), chunks=(self._ROWS_CHUNK, *trailing), dtype=dtype,
@@ -607,7 +609,6 @@ def _snapshot_once(root: Path, group: str | None):
 
 def _check_content(meta: dict, files: dict) -> tuple[list[str], Any]:
     """(problems, in-memory zarr store) of a complete group's snapshot."""
-    import zarr
     from zarr.core.buffer import default_buffer_prototype
     from zarr.storage import MemoryStore
 
@@ -631,29 +632,42 @@ def _check_content(meta: dict, files: dict) -> tuple[list[str], Any]:
             problems.append(f"variable {var!r} has {chunks} chunk(s) of the {written} written "
                             f"({'missing' if isinstance(written, int) and chunks < written else 'unexpected'} chunks)")
             continue
-        try:
-            values = zarr.open_array(mem, path=var, mode="r", zarr_format=3)[...]
-        except Exception as exc:  # reported as this group's damage, with the reason
-            reason = "a chunk fails its CRC32C checksum" if "checksum" in str(exc) else "unreadable"
-            problems.append(f"variable {var!r}: {reason} ({type(exc).__name__}: {exc})")
+        values, problem = _read_variable(mem, var)
+        if problem:
+            problems.append(problem)
             continue
         if _content_hash(values) != rec.get("sha256"):
             problems.append(f"variable {var!r}: its values differ from those written (SHA-256 mismatch)")
     return problems, mem
 
 
-def _check_rows(mem, var: str, rec: dict) -> list[str]:
+# what Zarr raises on a damaged array: a failed CRC32C, garbled or invalid metadata (its own
+# errors derive from ValueError), a bad decompression
+_READ_ERRORS = (ValueError, TypeError, KeyError, RuntimeError)
+
+
+def _read_variable(mem, var: str, rows=None):
+    """(values, None) of a variable of a snapshot (its first ``rows`` rows when given), or
+    (None, the reason it is damaged)."""
     import zarr
 
-    rows = rec.get("rows")
     try:
         arr = zarr.open_array(mem, path=var, mode="r", zarr_format=3)
+        if rows is None:
+            return arr[...], None
         if not isinstance(rows, int) or not 0 <= rows <= arr.shape[0]:
-            return [f"variable {var!r} holds {arr.shape[0]} row(s), its manifest names {rows!r}"]
-        values = arr[:rows]
-    except Exception as exc:  # reported as this group's damage, with the reason
+            return None, f"variable {var!r} holds {arr.shape[0]} row(s), its manifest names {rows!r}"
+        return arr[:rows], None
+    except _READ_ERRORS as exc:  # reported as this group's damage, with the reason
         reason = "a chunk fails its CRC32C checksum" if "checksum" in str(exc) else "unreadable"
-        return [f"variable {var!r}: {reason} ({type(exc).__name__}: {exc})"]
+        return None, f"variable {var!r}: {reason} ({type(exc).__name__}: {exc})"
+
+
+def _check_rows(mem, var: str, rec: dict) -> list[str]:
+    rows = rec.get("rows")
+    values, problem = _read_variable(mem, var, rows)
+    if problem:
+        return [problem]
     h = _rows_hash_start(values.dtype, values.shape[1:])
     h.update(np.ascontiguousarray(values).tobytes())
     if h.hexdigest() != rec.get("sha256"):
@@ -662,7 +676,7 @@ def _check_rows(mem, var: str, rec: dict) -> list[str]:
 
 
 def _rows_written(meta: dict) -> dict:
-    """{dimension: rows} of a growing group's manifest (empty for a run written by save)."""
+    """{variable: rows} of a growing group's manifest (empty for a run written by save)."""
     out = {}
     for var, rec in _attrs(meta)[_MANIFEST_ATTR].items():
         if isinstance(rec, dict) and "rows" in rec:

@@ -127,7 +127,7 @@ def _save_checkpoint(path: Path, cfg: RunConfig, trainer, X, Y) -> None:
             arrays[f"{name}_{l}"] = a
     for key in _RECORD_KEYS:
         arrays[f"record_{key}"] = rec[key]
-    arrays[_CHECKSUM_KEY] = np.array(_checkpoint_checksum(arrays))
+    arrays[_CHECKSUM_KEY] = np.array(json.dumps(_entry_hashes(arrays), sort_keys=True))
     # a fresh temporary in the target folder, created exclusively (mkstemp: O_CREAT|O_EXCL,
     # no following of links, random name): a file or link planted there is never written through
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -147,8 +147,8 @@ _STATE_NAMES = ("weights", "initial_weights", "warm", "warm_delta")
 _CHECKSUM_KEY = "sha256"
 
 
-def _checkpoint_checksum(arrays: dict) -> str:
-    """JSON {entry: SHA-256 of its dtype, shape and bytes}: an edited or mixed-up entry that is still
+def _entry_hashes(arrays: dict) -> dict:
+    """{entry: SHA-256 of its dtype, shape and bytes}: an edited or mixed-up entry that is still
     well-formed (a plausible X, a shifted record) would otherwise resume into a wrong run."""
     import hashlib
 
@@ -158,7 +158,7 @@ def _checkpoint_checksum(arrays: dict) -> str:
         h = hashlib.sha256(f"{a.dtype.str}|{a.shape}|".encode())
         h.update(np.ascontiguousarray(a).tobytes())
         out[key] = h.hexdigest()
-    return json.dumps(out, sort_keys=True)
+    return out
 
 
 def _check_checksum(where: str, arrays: dict) -> None:
@@ -169,7 +169,7 @@ def _check_checksum(where: str, arrays: dict) -> None:
         recorded = None
     if not isinstance(recorded, dict):
         raise ValueError(f"{where}: its {_CHECKSUM_KEY} entry is not a JSON table of checksums")
-    actual = json.loads(_checkpoint_checksum(arrays))
+    actual = _entry_hashes(arrays)
     changed = sorted(k for k in actual if recorded.get(k) != actual[k])
     if changed:
         raise ValueError(f"{where}: {', '.join(changed)} differ(s) from what was written (SHA-256 checksum)")
