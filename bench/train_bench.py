@@ -39,14 +39,14 @@ def parse():
     return ap.parse_args()
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import in_tree_if_asked  # noqa: E402
+
+in_tree_if_asked()  # takes --in-tree off the command line before argparse sees it
 ARGS = parse()
 # Thread counts must be fixed before NumPy/torch/OpenBLAS start their pools.
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = str(ARGS.threads)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import in_tree_if_asked  # noqa: E402
-
-in_tree_if_asked()
 
 # specdyn first: it sets the idle-thread policy that NumPy's OpenBLAS then loads with, so peers and specdyn run under the same one
 import specdyn  # noqa: E402
