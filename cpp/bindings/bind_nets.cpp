@@ -296,6 +296,7 @@ void bind_nets(py::module_& m) {
       .def_readwrite("init_stds", &nets::TrainSpec::init_stds)
       .def_readwrite("normalizers", &nets::TrainSpec::normalizers)
       .def_readwrite("learning_rate", &nets::TrainSpec::learning_rate)
+      .def_readwrite("output_normalizer", &nets::TrainSpec::output_normalizer)
       .def_readwrite("samples", &nets::TrainSpec::samples)
       .def_readwrite("batch", &nets::TrainSpec::batch)
       .def_readwrite("online", &nets::TrainSpec::online)

@@ -51,6 +51,8 @@ inline nets::DeviceTrainSpec spec_from(const py::dict& d) {
   s.multipliers = d["multipliers"].cast<std::vector<double>>();
   s.init_stds = d["init_stds"].cast<std::vector<double>>();
   s.learning_rate = d["learning_rate"].cast<double>();
+  // optional: 1 (the loss summed over outputs) unless the spec says otherwise
+  if (d.contains("output_normalizer")) s.output_normalizer = d["output_normalizer"].cast<double>();
   s.seed = d["seed"].cast<uint64_t>();
   s.divergence_bound = d["divergence_bound"].cast<double>();
   s.check();
@@ -132,7 +134,8 @@ inline void bind(py::module_& m, MakeTrainer make, SolveDirect solve) {
       },
       py::arg("spec"), py::arg("X"), py::arg("Y"),
       "A DeviceTrainer; spec: dict of input_dim, width, output_dim, samples, depth, activation, multipliers, "
-      "init_stds, learning_rate, seed, divergence_bound. float32 when X is float32, else float64.");
+      "init_stds, learning_rate, seed, divergence_bound and optionally output_normalizer (K of the loss "
+      "(1 / 2 P K) sum |f - y|^2; default 1). float32 when X is float32, else float64.");
 
   m.def(
       "dmft_direct",

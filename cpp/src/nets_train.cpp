@@ -124,6 +124,8 @@ Trainer<T>::Trainer(const TrainSpec& spec, const T* X, const T* Y) : spec_(spec)
     throw std::invalid_argument("nets: need one init std and one normalizer per weight matrix");
   if (spec_.samples < 1 || spec_.batch < 1 || (!spec_.online && spec_.batch > spec_.samples))
     throw std::invalid_argument("nets: need 1 <= batch <= samples");
+  if (!(spec_.output_normalizer >= 1.0 && std::isfinite(spec_.output_normalizer)))
+    throw std::invalid_argument("nets: output_normalizer must be finite and >= 1");
   if (spec_.top_k < 1) throw std::invalid_argument("nets: top_k must be >= 1");
   if (spec_.bulk_bins < 1) throw std::invalid_argument("nets: bulk_bins must be >= 1");
   std::sort(spec_.tracked_steps.begin(), spec_.tracked_steps.end());
@@ -229,7 +231,7 @@ bool Trainer<T>::body() {
 
   if (gd) {
     forward(a, cw, X_.data(), spec_.samples, pass_);
-    const double loss = residual(a, Y_.data(), static_cast<double>(spec_.samples), pass_);
+    const double loss = residual(a, Y_.data(), static_cast<double>(spec_.samples) * spec_.output_normalizer, pass_);
     last_loss_ = loss;
     if (ti >= 0) rec_.loss[ti] = loss;
     if (diverged(loss)) {
@@ -251,7 +253,7 @@ bool Trainer<T>::body() {
   } else {
     if (ti >= 0 || bi_ >= 0 || t == spec_.steps) {
       forward(a, cw, X_.data(), spec_.samples, eval_);
-      const double loss = residual(a, Y_.data(), static_cast<double>(spec_.samples), eval_);
+      const double loss = residual(a, Y_.data(), static_cast<double>(spec_.samples) * spec_.output_normalizer, eval_);
       last_loss_ = loss;
       if (ti >= 0) rec_.loss[ti] = loss;
       if (diverged(loss)) {
@@ -270,7 +272,7 @@ bool Trainer<T>::body() {
     }
     draw_batch(t);
     forward(a, cw, Xb_.data(), spec_.batch, pass_);
-    const double loss = residual(a, Yb_.data(), static_cast<double>(spec_.batch), pass_);
+    const double loss = residual(a, Yb_.data(), static_cast<double>(spec_.batch) * spec_.output_normalizer, pass_);
     if (ti < 0) last_loss_ = loss;
     if (diverged(loss)) {
       diverged_ = t;
@@ -368,7 +370,8 @@ void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
   }
   ConstWeights<T> cw(nl);
   for (int l = 0; l < nl; ++l) cw[l] = W_[l].data();
-  if (spec_.track_sharpness) rec_.sharpness[ti] = spec_.learning_rate * ntk_top(ev) / static_cast<double>(spec_.samples);
+  if (spec_.track_sharpness) rec_.sharpness[ti] = spec_.learning_rate * ntk_top(ev) /
+                                                 (static_cast<double>(spec_.samples) * spec_.output_normalizer);
   if (spec_.track_hessian) rec_.hessian[ti] = hessian_top(ev);
   if (spec_.track_beta && a.output_dim == 1 && a.activation == Activation::Linear) {
     // f(x) = b . x with b^T = m_L W^L ... m_0 W^0; beta_f = b / teacher_scale.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _validate as V
-from .parameterization import SCALINGS, scales
+from .parameterization import OUTPUT_NORMALIZATIONS, SCALINGS, scales
 
 # NTK Grams beyond this many rows (samples x outputs) would need more memory
 # than a tracked measurement should take.
@@ -38,6 +38,13 @@ class RunConfig:
     samples <= 1348, online false and scikit-learn). Training: full-batch GD when ``batch_size`` is None, else SGD.
     Tracking happens at every ``track_every``-th step (or at the listed steps)
     and always at step 0 and at the last step.
+    ``output_normalization`` is "sum" (the loss (1/2P) sum over samples and
+    outputs, the default) or "mean" (divided by C as well: the normalization
+    under which muP with many outputs has a width limit). A config at the
+    default "sum" leaves the field out of ``to_json`` (``to_dict`` has every
+    field), so that
+    configs, stored results and checkpoints written before the field existed
+    compare equal on resume.
     """
 
     width: int = 256
@@ -68,6 +75,7 @@ class RunConfig:
     checkpoint_every: int = 0
     svd_tol: float | None = None
     data: str = "teacher"
+    output_normalization: str = "sum"
 
     def __post_init__(self) -> None:
         self._check_fields()
@@ -105,6 +113,7 @@ class RunConfig:
         self.samples = V.integer("samples", self.samples, 1, MAX_SIZE)
         V.choice("activation", self.activation, ACTIVATIONS)
         V.choice("scaling", self.scaling, SCALINGS)
+        V.choice("output_normalization", self.output_normalization, OUTPUT_NORMALIZATIONS)
         V.choice("teacher", self.teacher, TEACHERS)
         self.gamma0 = V.real("gamma0", self.gamma0, 0.0, None, lo_open=True)
         self.eta0 = V.real("eta0", self.eta0, 0.0, None, lo_open=True)
@@ -193,7 +202,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        d = self.to_dict()
+        # fields added after results were stored: absent at their default (see the class docstring)
+        for name, default in _OMITTED_AT_DEFAULT.items():
+            if d[name] == default:
+                del d[name]
+        return json.dumps(d, sort_keys=True)
 
     def replace(self, **changes) -> "RunConfig":
         """A copy with some fields changed (validated again)."""
@@ -221,6 +235,7 @@ class RunConfig:
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(RunConfig))
+_OMITTED_AT_DEFAULT = {"output_normalization": "sum"}
 
 
 def _boolean(name: str, value) -> None:

@@ -14,6 +14,9 @@ ntk       gamma0                eta0 gamma0^2          N(0, sigma^2)
 sp        (none)                eta0                   N(0, sigma^2 / fan_in)
 ========  ====================  =====================  ==========================
 
+The loss is L = (1 / 2 P K) sum_mu |f(x_mu) - y_mu|^2 with K = 1 ("sum" over the C
+outputs, the default) or K = C ("mean" over them): see :func:`output_normalizer`.
+
 Every other module asks this one for multipliers; none multiplies by sqrt(N).
 The *normalized matrix* of a layer is what multiplies its input in the forward
 pass, without the output scale 1/gamma: W / sqrt(fan_in) (muP, NTK) or W (SP).
@@ -25,6 +28,7 @@ import math
 from dataclasses import dataclass
 
 SCALINGS = ("mup", "ntk", "sp")
+OUTPUT_NORMALIZATIONS = ("sum", "mean")
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,23 @@ def learning_rate(scaling: str, width: int, gamma0: float, eta0: float) -> float
     if scaling == "sp":
         return eta0
     raise ValueError(f"scaling must be one of {SCALINGS}; got {scaling!r}")
+
+
+def output_normalizer(output_normalization: str, output_dim: int) -> float:
+    """K of the loss (1 / 2 P K) sum_mu |f(x_mu) - y_mu|^2: 1 for "sum", C for "mean".
+
+    Averaging over the C outputs is the same as dividing the raw learning rate
+    and the error signal by C: under muP every weight then moves by an O(1)
+    (sum over outputs) / C, so the width limit at fixed (gamma0, eta0) exists for
+    C fixed and for C proportional to N. Summing keeps C = 1 runs as they were;
+    with C ~ N outputs the hidden update grows with C (docs/theory.md, Many outputs).
+    The same K divides the NTK in the normalized sharpness eta lambda_max(K) / (P K).
+    """
+    if output_normalization == "sum":
+        return 1.0
+    if output_normalization == "mean":
+        return float(output_dim)
+    raise ValueError(f"output_normalization must be one of {OUTPUT_NORMALIZATIONS}; got {output_normalization!r}")
 
 
 def effective_richness(scaling: str, width: int, gamma0: float) -> float:

@@ -19,7 +19,7 @@ from . import _device
 from . import _validate as V
 from . import data as _data
 from .config import MAX_GRAM_ROWS, RunConfig  # noqa: F401  (MAX_GRAM_ROWS: re-exported)
-from .parameterization import scales
+from .parameterization import output_normalizer, scales
 
 _RECORD_KEYS = ("loss", "normalized_sharpness", "hessian_top", "singular_values", "delta_singular_values",
                 "overlap_input", "overlap_backward", "weight_norm", "beta_f", "bulk_counts", "bulk_edges")
@@ -88,6 +88,7 @@ def build_trainer(cfg: RunConfig, data=None, **flags):
     spec.init_stds = sc.init_stds
     spec.normalizers = sc.normalizers
     spec.learning_rate = sc.learning_rate
+    spec.output_normalizer = output_normalizer(cfg.output_normalization, cfg.output_dim)
     spec.samples = cfg.samples
     spec.batch = cfg.batch_size if cfg.batch_size is not None else cfg.samples
     spec.online = cfg.online
@@ -354,6 +355,7 @@ def _simulate_device(cfg: RunConfig, data, module, cb):
     spec = dict(input_dim=cfg.input_dim, width=cfg.width, output_dim=cfg.output_dim, samples=cfg.samples,
                 depth=cfg.depth, activation=cfg.activation, multipliers=list(sc.multipliers),
                 init_stds=list(sc.init_stds), learning_rate=float(sc.learning_rate), seed=cfg.seed,
+                output_normalizer=output_normalizer(cfg.output_normalization, cfg.output_dim),
                 divergence_bound=float(cfg.divergence_bound))
     dev = module.device_trainer(spec, np.ascontiguousarray(X, dtype=dt), np.ascontiguousarray(Y, dtype=dt))
     tracked = cfg.tracked_steps()

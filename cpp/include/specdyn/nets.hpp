@@ -105,6 +105,9 @@ struct TrainSpec {
   std::vector<double> init_stds;    // raw std of each W^l at initialization
   std::vector<double> normalizers;  // normalized matrix = normalizer * W
   double learning_rate = 0;
+  // K of the loss (1 / 2 n K) sum |f - y|^2 over n samples: 1 sums over the outputs,
+  // C averages over them (parameterization.output_normalizer)
+  double output_normalizer = 1;
   int64_t samples = 1;  // P: the training set (or, online, the evaluation set)
   int64_t batch = 0;    // samples per step; == samples and !online means full-batch GD
   bool online = false;

@@ -27,6 +27,7 @@ struct DeviceTrainSpec {
   std::vector<double> multipliers;  // m_0 .. m_L
   std::vector<double> init_stds;    // raw std of each W^l
   double learning_rate = 0;
+  double output_normalizer = 1;     // K of the loss (1 / 2 P K) sum |f - y|^2 (nets::TrainSpec)
   uint64_t seed = 0;
   double divergence_bound = 1e8;
 
@@ -40,6 +41,8 @@ struct DeviceTrainSpec {
     if (static_cast<int>(multipliers.size()) != layers() || static_cast<int>(init_stds.size()) != layers())
       throw std::invalid_argument("device trainer: need one multiplier and one init std per weight matrix");
     if (activation < 0 || activation > 2) throw std::invalid_argument("device trainer: activation must be 0, 1 or 2");
+    if (!(output_normalizer >= 1.0 && std::isfinite(output_normalizer)))
+      throw std::invalid_argument("device trainer: output_normalizer must be finite and >= 1");
   }
 };
 
@@ -255,7 +258,7 @@ class DeviceTrainerImpl final : public DeviceTrainer {
 
   void residual(int64_t t) {
     const int64_t total = s_.output_dim * s_.samples;
-    const double n_norm = static_cast<double>(s_.samples);
+    const double n_norm = static_cast<double>(s_.samples) * s_.output_normalizer;
     ex_.for_each(total, device::ErrorSignal<T>{F_, Y_, E_, static_cast<T>(1.0 / n_norm)});
     ex_.reduce(1, device::LossSum<T>{F_, Y_, loss_dev_ + (t - loss_base_), total, n_norm});
   }
