@@ -246,7 +246,7 @@ def test_bad_arguments(data, kw, match):
         one_bulk(config(steps=5), data, **{"steps": 5, **kw})
 
 
-@pytest.mark.parametrize("change", [dict(depth=3), dict(activation="tanh"), dict(output_dim=2),
+@pytest.mark.parametrize("change", [dict(depth=3), dict(activation="tanh"),
                                     dict(scaling="sp"), dict(batch_size=4), dict(online=True)])
 def test_configs_outside_the_model(data, change):
     with pytest.raises(ValueError, match="one-bulk theory covers"):

@@ -49,6 +49,53 @@ std::shared_ptr<dmft::ModeSolution> solve(carr s, carr weights, carr a0, carr B0
   return sol;
 }
 
+std::shared_ptr<dmft::OutputsSolution> solve_outputs(carr s, carr weights, carr a0, carr B0, carr X, carr y,
+                                                     double c, double richness, double eta0, int steps,
+                                                     double output_normalizer, double history_tol,
+                                                     py::object sharpness_steps) {
+  need(s.ndim() == 1 && weights.ndim() == 1 && s.shape(0) == weights.shape(0), "s, weights: (M,)");
+  const int M = int(s.shape(0));
+  need(a0.ndim() == 3 && a0.shape(0) == M, "a0: (M, C, R)");
+  const int C = int(a0.shape(1)), R = int(a0.shape(2));
+  need(X.ndim() == 2, "X: (P, D)");
+  const int P = int(X.shape(0)), D = int(X.shape(1));
+  need(B0.ndim() == 3 && B0.shape(0) == M && B0.shape(1) == D && B0.shape(2) == R, "B0: (M, D, R)");
+  need(y.ndim() == 2 && y.shape(0) == P && y.shape(1) == C, "y: (P, C)");
+  need(steps >= 0, "steps >= 0");
+  need(output_normalizer >= 1.0, "output_normalizer >= 1");
+  dmft::ModeProblem pb;
+  pb.nodes = M;
+  pb.coef = R;
+  pb.input_dim = D;
+  pb.samples = P;
+  pb.steps = steps;
+  pb.outputs = C;
+  pb.s = s.data();
+  pb.weights = weights.data();
+  pb.a0 = a0.data();
+  pb.B0 = B0.data();
+  pb.X = X.data();
+  pb.y = y.data();
+  pb.c = c;
+  pb.richness = richness;
+  pb.eta0 = eta0;
+  pb.output_normalizer = output_normalizer;
+  pb.history_tol = history_tol;
+  py::array_t<uint8_t, py::array::c_style | py::array::forcecast> flags;
+  if (!sharpness_steps.is_none()) {
+    flags = sharpness_steps.cast<py::array_t<uint8_t, py::array::c_style | py::array::forcecast>>();
+    need(flags.ndim() == 1 && flags.shape(0) == steps + 1, "sharpness_steps: (steps + 1,) flags");
+    pb.sharpness_steps = flags.data();
+  }
+  auto sol = std::make_shared<dmft::OutputsSolution>();
+  {
+    bindings::PythonInterrupts interrupts;
+    py::gil_scoped_release nogil;
+    *sol = dmft::solve_modes_outputs(pb);
+  }
+  return sol;
+}
+
 py::dict outliers_many(const dmft::ModeSolution& sol, std::vector<int> steps, int top_k, double c, double edge,
                        double spike_tol) {
   for (int n : steps) need(n >= 0 && n <= sol.steps, "outlier step out of range");
@@ -97,6 +144,29 @@ void bind_dmft(py::module_& m) {
                              [](const dmft::ModeSolution& s) { return to_array(s.sharpness, {s.steps + 1}); })
       .def_property_readonly("rank_a", [](const dmft::ModeSolution& s) { return s.rank_a; })
       .def_property_readonly("rank_q", [](const dmft::ModeSolution& s) { return s.rank_q; });
+  using OS = dmft::OutputsSolution;
+  py::class_<OS, std::shared_ptr<OS>>(m, "DmftOutputsSolution", "Result of the one-bulk recursion with C outputs")
+      .def_property_readonly("steps", [](const OS& s) { return s.steps; })
+      .def_property_readonly("outputs", [](const OS& s) { return s.outputs; })
+      .def_property_readonly("loss", [](const OS& s) { return to_array(s.loss, {s.steps + 1}); })
+      .def_property_readonly("beta_f",
+                             [](const OS& s) { return to_array(s.beta_f, {s.steps + 1, s.input_dim, s.outputs}); })
+      .def_property_readonly("Cw", [](const OS& s) {
+        const py::ssize_t T1 = s.steps + 1, C = s.outputs;
+        return to_array(s.Cw, {T1, C, T1, C});
+      })
+      .def_property_readonly("Cq", [](const OS& s) {
+        const py::ssize_t T1 = s.steps + 1, C = s.outputs;
+        return to_array(s.Cq, {T1, C, T1, C});
+      })
+      .def_property_readonly("sharpness", [](const OS& s) { return to_array(s.sharpness, {s.steps + 1}); })
+      .def_property_readonly(
+          "history", [](const std::shared_ptr<OS>& s) { return std::shared_ptr<dmft::ModeSolution>(s, &s->history); },
+          "the histories, one row per (step, output): dmft_outliers(history, [n * C], ...) are those of A(n)");
+  m.def("dmft_solve_modes_outputs", &solve_outputs, py::arg("s"), py::arg("weights"), py::arg("a0"), py::arg("B0"),
+        py::arg("X"), py::arg("y"), py::arg("c"), py::arg("richness"), py::arg("eta0"), py::arg("steps"),
+        py::arg("output_normalizer") = 1.0, py::arg("history_tol") = 1e-13, py::arg("sharpness_steps") = py::none(),
+        "One-bulk mode recursion with C outputs: a0 (M, C, R), y (P, C); see specdyn/dmft.hpp");
   m.def("dmft_solve_modes", &solve, py::arg("s"), py::arg("weights"), py::arg("a0"), py::arg("B0"), py::arg("X"),
         py::arg("y"), py::arg("c"), py::arg("richness"), py::arg("eta0"), py::arg("steps"),
         py::arg("history_tol") = 1e-13, py::arg("sharpness_steps") = py::none(),

@@ -602,6 +602,146 @@ ModeSolution solve_modes(const ModeProblem& pb) {
   return out;
 }
 
+// ---- level one with C outputs ------------------------------------------------------
+
+namespace {
+
+// Row-major C (m x n) = alpha op(A) op(B) + beta C, as the column-major product of the transposes.
+void gemm_rm(bool ta, bool tb, int m, int n, int k, double alpha, const double* A, int lda, const double* B, int ldb,
+             double beta, double* C, int ldc) {
+  blas::gemm(tb ? Op::T : Op::N, ta ? Op::T : Op::N, n, m, k, alpha, B, ldb, A, lda, beta, C, ldc);
+}
+
+}  // namespace
+
+OutputsSolution solve_modes_outputs(const ModeProblem& pb) {
+  const int M = pb.nodes, R = pb.coef, D = pb.input_dim, P = pb.samples, T = pb.steps, C = pb.outputs;
+  if (M < 1 || R < 1 || D < 1 || P < 1 || T < 0 || C < 1) throw std::invalid_argument("solve_modes_outputs: bad sizes");
+  if (!(pb.output_normalizer >= 1.0)) throw std::invalid_argument("solve_modes_outputs: output_normalizer >= 1");
+  OneBlasThread one_thread;
+  const int L = M * R, T1 = T + 1, TC = T1 * C;
+  const double K = pb.output_normalizer, c = pb.c / K, rD = std::sqrt(double(D));
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  OutputsSolution out;
+  out.steps = T;
+  out.outputs = C;
+  out.input_dim = D;
+  out.loss.assign(T1, 0.0);
+  out.beta_f.assign(size_t(T1) * D * C, 0.0);
+  out.Cw.assign(size_t(TC) * TC, 0.0);
+  out.Cq.assign(size_t(TC) * TC, 0.0);
+  out.sharpness.assign(T1, nan);
+  std::vector<double> Cqm(size_t(TC) * TC, 0.0);   // [(j, a), (n, b)] = <qhat_a(j) m_b(n)>, j <= n
+
+  // scaled state (every node times sqrt(weight_k)): row (n, a) of Ha is omega_a(n), of Hq qhat_a(n)
+  std::vector<double> Ha(size_t(TC) * L, 0.0), Hq(size_t(TC) * L, 0.0), B(size_t(D) * L), Y(size_t(D) * L);
+  std::vector<double> s_row(L);
+  for (int k = 0; k < M; ++k) {
+    const double sw = std::sqrt(pb.weights[k]);
+    for (int r = 0; r < R; ++r) {
+      const int i = k * R + r;
+      s_row[i] = pb.s[k];
+      for (int a = 0; a < C; ++a) Ha[size_t(a) * L + i] = sw * pb.a0[(size_t(k) * C + a) * R + r];
+      for (int d = 0; d < D; ++d) {
+        B[size_t(d) * L + i] = sw * pb.B0[(size_t(k) * D + d) * R + r];
+        Y[size_t(d) * L + i] = pb.s[k] * B[size_t(d) * L + i];   // u_k^T A(0) W0(0) = s_k zeta_k
+      }
+    }
+  }
+  std::vector<double> Sroot(size_t(D) * D, 0.0);   // Sigma^{1/2}, Sigma = X^T X / P (symmetric)
+  {
+    std::vector<double> Sig(size_t(D) * D), ev(D);
+    gemm_rm(true, false, D, D, P, 1.0 / P, pb.X, D, pb.X, D, 0.0, Sig.data(), D);
+    blas::syevd(D, Sig.data(), D, ev.data());
+    for (int i = 0; i < D; ++i)
+      for (int j = 0; j < D; ++j) {
+        double acc = 0;
+        for (int l = 0; l < D; ++l) acc += Sig[l * D + i] * std::sqrt(std::max(ev[l], 0.0)) * Sig[l * D + j];
+        Sroot[j * D + i] = acc;
+      }
+  }
+  std::vector<double> m(size_t(C) * L), vec(size_t(C) * L), beta(size_t(D) * C), pred(size_t(P) * C),
+      delta(size_t(P) * C), Rr(size_t(D) * C), RT(size_t(D) * C), EC(size_t(D) * C);
+  std::vector<double> YY(size_t(D) * D), BB(size_t(D) * D), MM(size_t(C) * C), T2(size_t(D) * D),
+      Big(size_t(C) * D * C * D);
+  for (int n = 0; n <= T; ++n) {
+    interrupt::check();
+    const size_t nC = size_t(n) * C;
+    double* an = Ha.data() + nC * L;
+    double* qn = Hq.data() + nC * L;
+    // Cw[(j, .), (n, .)] for j <= n
+    gemm_rm(false, true, int(nC) + C, C, L, 1.0, Ha.data(), L, an, L, 0.0, out.Cw.data() + nC, TC);
+    // m_b(n) = s omega_b(n) + c sum_{j<n, a} Cw[(j, a), (n, b)] qhat_a(j)
+    for (int a = 0; a < C; ++a)
+      for (int i = 0; i < L; ++i) m[size_t(a) * L + i] = s_row[i] * an[size_t(a) * L + i];
+    if (n > 0) gemm_rm(true, false, C, L, int(nC), c, out.Cw.data() + nC, TC, Hq.data(), L, 1.0, m.data(), L);
+    // beta_f = <zeta m^T> / gamma0 (D x C); pred = X beta_f / sqrt D; r = X^T (y - pred) / P
+    gemm_rm(false, true, D, C, L, 1.0 / pb.richness, B.data(), L, m.data(), L, 0.0, beta.data(), C);
+    std::copy(beta.begin(), beta.end(), out.beta_f.begin() + size_t(n) * D * C);
+    gemm_rm(false, false, P, C, D, 1.0 / rD, pb.X, D, beta.data(), C, 0.0, pred.data(), C);
+    double l2 = 0;
+    for (size_t i = 0; i < size_t(P) * C; ++i) {
+      delta[i] = pb.y[i] - pred[i];
+      l2 += delta[i] * delta[i];
+    }
+    out.loss[n] = l2 / (2.0 * P * K);
+    gemm_rm(true, false, D, C, P, 1.0 / P, pb.X, D, delta.data(), C, 0.0, Rr.data(), C);
+    // qhat_a(n) = zeta . r_a / sqrt D; Cq, Cqm columns (n, .); ec = c <zeta qhat(n)^T>
+    gemm_rm(true, false, C, L, D, 1.0 / rD, Rr.data(), C, B.data(), L, 0.0, qn, L);
+    gemm_rm(false, true, int(nC) + C, C, L, 1.0, Hq.data(), L, qn, L, 0.0, out.Cq.data() + nC, TC);
+    gemm_rm(false, true, int(nC) + C, C, L, 1.0, Hq.data(), L, m.data(), L, 0.0, Cqm.data() + nC, TC);
+    gemm_rm(false, true, D, C, L, c, B.data(), L, qn, L, 0.0, EC.data(), C);
+    // normalized sharpness: eta0 / K lambda_max of the (C D) x (C D) matrix with blocks
+    //   Sigma^1/2 (delta_ab <y y^T> + Cw_ab(n, n) <zeta zeta^T> + <m_a m_b> I) Sigma^1/2 / D
+    if (!pb.sharpness_steps || pb.sharpness_steps[n]) {
+      gemm_rm(false, true, D, D, L, 1.0, Y.data(), L, Y.data(), L, 0.0, YY.data(), D);
+      gemm_rm(false, true, D, D, L, 1.0, B.data(), L, B.data(), L, 0.0, BB.data(), D);
+      gemm_rm(false, true, C, C, L, 1.0, m.data(), L, m.data(), L, 0.0, MM.data(), C);
+      const int CD = C * D;
+      for (int a = 0; a < C; ++a)
+        for (int b = 0; b < C; ++b) {
+          const double cw = out.Cw[(nC + a) * TC + nC + b];
+          for (int i = 0; i < D * D; ++i) T2[i] = ((a == b ? YY[i] : 0.0) + cw * BB[i]) / D;
+          for (int i = 0; i < D; ++i) T2[i * D + i] += MM[a * C + b] / D;
+          std::vector<double> U(size_t(D) * D);
+          gemm_rm(false, false, D, D, D, 1.0, Sroot.data(), D, T2.data(), D, 0.0, U.data(), D);
+          gemm_rm(false, false, D, D, D, 1.0, U.data(), D, Sroot.data(), D, 0.0, T2.data(), D);
+          for (int i = 0; i < D; ++i)
+            for (int j = 0; j < D; ++j) Big[size_t(a * D + i) * CD + b * D + j] = T2[i * D + j];
+        }
+      out.sharpness[n] = pb.eta0 / K * top_eig_sym(CD, Big);
+    }
+    if (n == T) break;
+    // vec_b = u^T A A^T w_b = s m_b + c sum_{j<=n, a} Cqm[(j, a), (n, b)] omega_a(j)
+    for (size_t i = 0; i < size_t(C) * L; ++i) vec[i] = s_row[i % L] * m[i];
+    gemm_rm(true, false, C, L, int(nC) + C, c, Cqm.data() + nC, TC, Ha.data(), L, 1.0, vec.data(), L);
+    // y += rt vec + ec omega(n), zeta += rt m, rt = c r / sqrt D
+    for (size_t i = 0; i < RT.size(); ++i) RT[i] = c * Rr[i] / rD;
+    gemm_rm(false, false, D, L, C, 1.0, RT.data(), C, vec.data(), L, 1.0, Y.data(), L);
+    gemm_rm(false, false, D, L, C, 1.0, EC.data(), C, an, L, 1.0, Y.data(), L);
+    gemm_rm(false, false, D, L, C, 1.0, RT.data(), C, m.data(), L, 1.0, B.data(), L);
+    // omega_b(n+1) = omega_b(n) + c [s qhat_b(n) + c sum_{j<n, a} Cq[(j, a), (n, b)] omega_a(j)]
+    double* anew = an + size_t(C) * L;
+    for (size_t i = 0; i < size_t(C) * L; ++i) anew[i] = an[i] + c * s_row[i % L] * qn[i];
+    if (n > 0) gemm_rm(true, false, C, L, int(nC), c * c, out.Cq.data() + nC, TC, Ha.data(), L, 1.0, anew, L);
+  }
+  for (int j = 0; j < TC; ++j)   // the columns were filled for rows (j, .) <= (n, .)
+    for (int i = j + 1; i < TC; ++i) {
+      out.Cw[size_t(i) * TC + j] = out.Cw[size_t(j) * TC + i];
+      out.Cq[size_t(i) * TC + j] = out.Cq[size_t(j) * TC + i];
+    }
+  ModeSolution& h = out.history;
+  h.steps = TC - 1;
+  h.nodes = M;
+  h.coef = R;
+  h.input_dim = D;
+  h.s_row = s_row;
+  h.cap = std::min(TC, L);
+  compress_rows(Ha, TC, L, h.cap, pb.history_tol, h.Qa, h.Ca, h.rank_a_at, h.rank_a);
+  compress_rows(Hq, TC, L, h.cap, pb.history_tol, h.Qq, h.Cqc, h.rank_q_at, h.rank_q);
+  return out;
+}
+
 // ---- level two ------------------------------------------------------------------
 
 namespace {

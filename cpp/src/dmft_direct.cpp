@@ -20,13 +20,9 @@ DirectSolution solve_direct_host(const ModeProblem& pb) {
   return solve_direct(ex, pb);
 }
 
-namespace {
-
-// In-order Gram-Schmidt (two passes) of the T1 rows of hist (T1 x L): Q gets
-// a row whenever a row leaves the span by more than tol |row| (and a few
-// roundoffs); C[n, :rank] = Q row_n; rank_at[n] = rank after row n.
-void compress(const std::vector<double>& hist, int T1, int L, int cap, double tol, std::vector<double>& Q,
-              std::vector<double>& C, std::vector<int>& rank_at, int& rank) {
+// (dmft.hpp) a row enters Q when it leaves the span by more than tol |row| and a few roundoffs
+void compress_rows(const std::vector<double>& hist, int T1, int L, int cap, double tol, std::vector<double>& Q,
+                   std::vector<double>& C, std::vector<int>& rank_at, int& rank) {
   using blas::Op;
   rank = 0;
   Q.clear();
@@ -56,7 +52,6 @@ void compress(const std::vector<double>& hist, int T1, int L, int cap, double to
   }
 }
 
-}  // namespace
 
 ModeSolution solution_from_histories(const DirectSolution& d, const std::vector<double>& sharpness,
                                      double history_tol) {
@@ -77,8 +72,8 @@ ModeSolution solution_from_histories(const DirectSolution& d, const std::vector<
   s.sharpness = sharpness;
   s.s_row = d.s_row;
   s.cap = std::min(T1, L);
-  compress(d.hist_a, T1, L, s.cap, history_tol, s.Qa, s.Ca, s.rank_a_at, s.rank_a);
-  compress(d.hist_q, T1, L, s.cap, history_tol, s.Qq, s.Cqc, s.rank_q_at, s.rank_q);
+  compress_rows(d.hist_a, T1, L, s.cap, history_tol, s.Qa, s.Ca, s.rank_a_at, s.rank_a);
+  compress_rows(d.hist_q, T1, L, s.cap, history_tol, s.Qq, s.Cqc, s.rank_q_at, s.rank_q);
   return s;
 }
 

@@ -43,6 +43,10 @@ struct ModeProblem {
   double eta0 = 0;       // width-free learning rate (normalized sharpness)
   double history_tol = 1e-13;
   const uint8_t* sharpness_steps = nullptr;  // (T + 1) flags; null: every step
+  // C outputs (solve_modes_outputs): a0 is (M, C, R), y is (P, C); the loss is
+  // (1 / 2 P K) sum |f - y|^2 with K = output_normalizer, every update carries c / K
+  int outputs = 1;
+  double output_normalizer = 1;
 };
 
 struct ModeSolution {
@@ -61,6 +65,30 @@ struct ModeSolution {
 };
 
 ModeSolution solve_modes(const ModeProblem& pb);
+
+// The recursion with C outputs (docs/theory.md, One-bulk model with C outputs):
+// omega_k, qhat_k, m_k are C-vectors, the two-time kernels C x C blocks
+//   Cw[(j, a), (n, b)] = <omega_a(j) omega_b(n)>,  Cq likewise with qhat.
+// Full histories, one gemm per history sum: O(T^2 C^2 M R). At C = 1 it is
+// the recursion of solve_modes.
+struct OutputsSolution {
+  int steps = 0, outputs = 0, input_dim = 0;
+  std::vector<double> loss;        // (T + 1)
+  std::vector<double> beta_f;      // (T + 1, D, C)
+  std::vector<double> Cw, Cq;      // ((T + 1) C, (T + 1) C) symmetric, row (j, a) = j C + a
+  std::vector<double> sharpness;   // (T + 1), NaN where not asked
+  // the histories of omega and qhat with one row per (step, output), compressed as
+  // solve_modes keeps them: outliers(history, n C, ...) are those of A(n)
+  ModeSolution history;
+};
+
+OutputsSolution solve_modes_outputs(const ModeProblem& pb);
+
+// In-order Gram-Schmidt (two passes) of the rows of hist (rows x L) into an
+// orthonormal basis Q: a row is added whenever one leaves the span by more than
+// tol |row|; C[n, :rank] = Q row_n, rank_at[n] = rank after row n.
+void compress_rows(const std::vector<double>& hist, int rows, int L, int cap, double tol, std::vector<double>& Q,
+                   std::vector<double>& C, std::vector<int>& rank_at, int& rank);
 
 struct OutlierResult {
   std::vector<double> values;          // (top_k) outliers, descending; NaN: none

@@ -1,12 +1,13 @@
 """Infinite-width theory of the one-bulk model (docs/theory.md, One-bulk model).
 
 The network is h1 = W0 x / sqrt(D), h2 = A h1 with the square bulk
-A = W1 / sqrt(N), f = w . h2 / (gamma sqrt(N)), C = 1 output, trained by
-full-batch GD. Under muP its dynamics close on mode averages over the
-singular values s of A(0) (quarter circle on [0, 2 sigma]); the C++ core
-(``specdyn._core.dmft_solve_modes``) runs that recursion on a Gauss rule
-and the outlier solver (``dmft_outliers``) finds the singular values of
-A(t) = A(0) + c U V^T above the bulk edge.
+A = W1 / sqrt(N), f_a = w_a . h2 / (gamma sqrt(N)) for C outputs a = 1..C,
+trained by full-batch GD. Under muP its dynamics close on mode averages over
+the singular values s of A(0) (quarter circle on [0, 2 sigma]); the C++ core
+runs that recursion on a Gauss rule (``specdyn._core.dmft_solve_modes`` for
+C = 1, ``dmft_solve_modes_outputs`` with C-vectors per mode for C > 1) and the
+outlier solver (``dmft_outliers``) finds the singular values of
+A(t) = A(0) + c U V^T above the bulk edge (U V^T of rank up to t C).
 
 Public entry points:
 
@@ -31,7 +32,7 @@ from ..rmt import bgn_outliers
 
 LAYER = "W1"
 _COVERS = ("the one-bulk theory covers depth=2 (W0, one square bulk W1, readout W2), activation='linear', "
-           "output_dim=1, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or "
+           "any output_dim, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or "
            "'ntk' (as muP at richness gamma0/sqrt(width)); deeper linear networks: theory.deep_linear")
 
 
@@ -51,9 +52,10 @@ def quarter_circle_nodes(nodes: int, sigma: float = 1.0) -> tuple[np.ndarray, np
 
 # ---- inputs ------------------------------------------------------------------------
 
-def check_linear_config(config, covers: str, min_depth: int = 2, max_depth: int = 2) -> None:
+def check_linear_config(config, covers: str, min_depth: int = 2, max_depth: int = 2, outputs: bool = False) -> None:
     """One ValueError, saying what the exact linear DMFT covers, unless ``config`` is a linear,
-    one-output, full-batch muP/NTK run of depth in [min_depth, max_depth]."""
+    full-batch muP/NTK run of depth in [min_depth, max_depth] with one output (any
+    number when ``outputs``)."""
     if not isinstance(config, RunConfig):
         raise ValueError(f"config must be a specdyn.RunConfig; got {type(config).__name__}")
     bad = []
@@ -61,7 +63,7 @@ def check_linear_config(config, covers: str, min_depth: int = 2, max_depth: int 
         bad.append(f"depth={config.depth}")
     if config.activation != "linear":
         bad.append(f"activation={config.activation!r}")
-    if config.output_dim != 1:
+    if config.output_dim != 1 and not outputs:
         bad.append(f"output_dim={config.output_dim}")
     if config.scaling not in ("mup", "ntk"):
         bad.append(f"scaling={config.scaling!r}")
@@ -74,7 +76,7 @@ def check_linear_config(config, covers: str, min_depth: int = 2, max_depth: int 
 
 
 def _check_config(config) -> None:
-    check_linear_config(config, _COVERS)
+    check_linear_config(config, _COVERS, outputs=True)
 
 
 def _sigmas(config) -> tuple[float, float, float]:
@@ -85,20 +87,26 @@ def _sigmas(config) -> tuple[float, float, float]:
 
 
 def _data(config, data) -> tuple[np.ndarray, np.ndarray]:
-    P, D = config.samples, config.input_dim
+    """X (P, D) and the targets: y (P,) for output_dim 1, Y (P, C) otherwise."""
+    P, D, C = config.samples, config.input_dim, config.output_dim
     if data is None:
         try:
             from ..data import teacher
         except ImportError:  # pragma: no cover - until specdyn.data lands
             raise ValueError("data=None needs specdyn.data.teacher; pass data=(X, y) instead") from None
-        data = teacher(P, D, output_dim=1, seed=config.data_seed, kind=config.teacher, noise=config.noise)
+        data = teacher(P, D, output_dim=C, seed=config.data_seed, kind=config.teacher, noise=config.noise)
+    shapes = f"({P},) or ({P}, 1)" if C == 1 else f"({P}, {C})"
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise ValueError("data must be a pair (X, y) with X of shape (samples, input_dim) and y of shape "
-                         f"(samples,) or (samples, 1); samples={P}, input_dim={D}")
+                         f"{shapes}; samples={P}, input_dim={D}, output_dim={C}")
     X = V.finite_array("data X", data[0], ndim=2).astype(np.float64)
     y = V.finite_array("data y", data[1], ndim=(1, 2)).astype(np.float64)
     if X.shape != (P, D):
         raise ValueError(f"data X must have shape (samples, input_dim) = ({P}, {D}); got {X.shape}")
+    if C > 1:
+        if y.shape != (P, C):
+            raise ValueError(f"data y must have shape (samples, output_dim) = ({P}, {C}); got {y.shape}")
+        return np.ascontiguousarray(X), np.ascontiguousarray(y)
     if y.ndim == 2 and y.shape[1] != 1:
         raise ValueError(f"data y must have shape ({P},) or ({P}, 1); got {y.shape}")
     y = y.reshape(-1)
@@ -139,6 +147,16 @@ def _check_memory(T: int, nodes: int) -> None:
             t_max -= 1
         raise ValueError(f"steps = {T} needs about {need(T) / 2**30:.1f} GiB for the one-bulk DMFT "
                          f"(limit {MEMORY_LIMIT >> 30} GiB): steps must be <= {t_max} with nodes = {nodes}")
+
+
+def _check_memory_outputs(T: int, length: int, outputs: int) -> None:
+    """The C-output recursion keeps full histories, two ((T+1) C, L) arrays of mode rows of length L,
+    and three ((T+1) C)^2 kernels."""
+    rows = (T + 1) * outputs
+    need = 8 * (2 * rows * length + 3 * rows * rows)
+    if need > MEMORY_LIMIT:
+        raise ValueError(f"steps = {T} with output_dim = {outputs} needs about {need / 2**30:.1f} GiB for the "
+                         f"one-bulk DMFT with C outputs (limit {MEMORY_LIMIT >> 30} GiB): use fewer steps or nodes")
 
 
 def _outlier_steps(outlier_steps, out_steps) -> list[int]:
@@ -201,14 +219,51 @@ def solve_modes_direct(module, s, weights, a0, B0, X, y, c, richness, eta0, step
     return _core.dmft_solution_from_histories(d, sharp, float(history_tol))
 
 
-def limit_initial(s, input_dim: int, sigma_in: float, sigma_out: float) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficient rows at t = 0 in xi ~ N(0, I_{1+D}): omega(0) = sigma_out xi_0, zeta(0) = sigma_in xi_{1:}."""
-    M, D = len(s), input_dim
-    a0 = np.zeros((M, 1 + D))
-    a0[:, 0] = sigma_out
-    B0 = np.zeros((M, D, 1 + D))
-    B0[:, np.arange(D), 1 + np.arange(D)] = sigma_in
-    return a0, B0
+def limit_initial(s, input_dim: int, sigma_in: float, sigma_out: float, outputs: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficient rows at t = 0 in xi ~ N(0, I_{C+D}): omega_a(0) = sigma_out xi_a, zeta(0) = sigma_in xi_{C:}.
+
+    a0 has shape (M, C + D) for one output (the layout of ``solve_modes``) and
+    (M, C, C + D) for C > 1 (``solve_modes_outputs``); B0 (M, D, C + D).
+    """
+    M, D, C = len(s), input_dim, outputs
+    a0 = np.zeros((M, C, C + D))
+    a0[:, np.arange(C), np.arange(C)] = sigma_out
+    B0 = np.zeros((M, D, C + D))
+    B0[:, np.arange(D), C + np.arange(D)] = sigma_in
+    return (a0[:, 0] if C == 1 else a0), B0
+
+
+class _OutputsSolution:
+    """The C-output solution in the shapes ``_dataset`` reads: C_w, C_q averaged over the
+    outputs (tr Cw(i, j) / C), beta_f (T + 1, D, C), outliers of A(n) at history row n C."""
+
+    def __init__(self, sol):
+        self.core = sol
+        self.steps = sol.steps
+        self.outputs = sol.outputs
+        self.loss = sol.loss
+        self.beta_f = sol.beta_f
+        self.sharpness = sol.sharpness
+        self.Cw = np.einsum("iaja->ij", sol.Cw) / sol.outputs
+        self.Cq = np.einsum("iaja->ij", sol.Cq) / sol.outputs
+
+
+def solve_modes_outputs(s, weights, a0, B0, X, Y, c, richness, eta0, steps, output_normalizer=1.0,
+                        history_tol=1e-13, sharpness_steps=None):
+    """The recursion with C outputs in the C++ core (no argument checks: internal and tests).
+
+    a0 (M, C, R), B0 (M, D, R), Y (P, C); c = eta0 * richness (divided by
+    output_normalizer inside, with the loss and the sharpness).
+    """
+    flags = None
+    if sharpness_steps is not None:
+        flags = np.zeros(steps + 1, dtype=np.uint8)
+        flags[list(sharpness_steps)] = 1
+    return _core.dmft_solve_modes_outputs(np.ascontiguousarray(s, float), np.ascontiguousarray(weights, float),
+                                          np.ascontiguousarray(a0, float), np.ascontiguousarray(B0, float),
+                                          X, Y, float(c), float(richness), float(eta0), int(steps),
+                                          float(output_normalizer), float(history_tol), flags)
 
 
 def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, kind_attrs):
@@ -227,7 +282,11 @@ def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, 
     ol = np.full((S, 1, top_k), np.nan)
     orr = np.full((S, 1, top_k), np.nan)
     if live:
-        res = _core.dmft_outliers(sol, live, top_k, float(c), float(edge))
+        if isinstance(sol, _OutputsSolution):   # rows (j, a) of the history, j < n
+            res = _core.dmft_outliers(sol.core.history, [n * sol.outputs for n in live], top_k, float(c),
+                                      float(edge))
+        else:
+            res = _core.dmft_outliers(sol, live, top_k, float(c), float(edge))
         pos = {n: i for i, n in enumerate(out_steps)}
         for i, n in enumerate(live):
             j = pos[n]
@@ -251,11 +310,17 @@ def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, 
             arr[after] = np.nan
     coords = {"step": idx, "layer": [LAYER], "rank": np.arange(top_k), "input": np.arange(config.input_dim),
               "step_b": idx}
+    beta_dims = ("step", "input")
+    # ---- C outputs: beta_f gains an output dimension
+    if isinstance(sol, _OutputsSolution):
+        beta_dims = ("step", "input", "output")
+        coords["output"] = np.arange(sol.outputs)
+    # ----
     dims3 = ("step", "layer", "rank")
     ds = xr.Dataset(
         {
             "loss": ("step", loss[idx]),
-            "beta_f": (("step", "input"), beta_f),
+            "beta_f": (beta_dims, beta_f),
             "normalized_sharpness": ("step", sharp),
             "singular_values": (dims3, sv),
             "naive_singular_values": (dims3, naive),
@@ -269,15 +334,15 @@ def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, 
         },
         coords=coords,
     )
-    ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2"
+    ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2, divided by C under output_normalization 'mean'"
     ds["singular_values"].attrs["long_name"] = "outlier singular values of A = W1/sqrt(N) above the bulk edge (NaN: none)"
     ds["naive_singular_values"].attrs["long_name"] = "BGN outliers of an independent spike with the increment's singular values"
     ds["delta_singular_values"].attrs["long_name"] = "singular values of A(t) - A(0) = c U V^T"
     ds["overlap_spike_left"].attrs["long_name"] = "|<left outlier vector, top left singular vector of A(t)-A(0)>|^2"
     ds["overlap_spike_right"].attrs["long_name"] = "|<right outlier vector, top right singular vector of A(t)-A(0)>|^2"
     ds["normalized_sharpness"].attrs["long_name"] = "eta lambda_max(NTK) / P (edge of stability at 2)"
-    ds["C_w"].attrs["long_name"] = "|w(t)|^2 / N"
-    ds["C_q"].attrs["long_name"] = "|q(t)|^2 / N, q = W0 r / sqrt(D)"
+    ds["C_w"].attrs["long_name"] = "|w(t)|^2 / N (mean over the outputs' readout rows)"
+    ds["C_q"].attrs["long_name"] = "|q(t)|^2 / N, q = W0 r / sqrt(D) (mean over outputs)"
     ds.attrs.update({
         "config": config.to_json(), "status": "ok" if div_step < 0 else "diverged", "diverged_step": div_step,
         "scaling": config.scaling, "width": config.width, "seed": config.seed, "update_strength": float(c),
@@ -336,23 +401,34 @@ def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None 
     g = PZ.effective_richness(config.scaling, config.width, config.gamma0)
     c = config.eta0 * g
     s, wts = quarter_circle_nodes(nodes, sig_bulk)
-    a0, B0 = limit_initial(s, config.input_dim, sig_in, sig_out)
+    C = config.output_dim
+    a0, B0 = limit_initial(s, config.input_dim, sig_in, sig_out, C)
+    edge = 2.0 * sig_bulk * (1.0 + edge_margin)
+    attrs = {"kind": "theory", "model": "one_bulk", "nodes": nodes, "richness": g, "device": device}
+    if C > 1:
+        if direct is not None:
+            raise ValueError(f"device must be 'cpu' for output_dim > 1 (got {device!r}); the device recursion "
+                             "carries one output")
+        K = PZ.output_normalizer(config.output_normalization, C)
+        _check_memory_outputs(T, nodes * (C + config.input_dim), C)
+        with np.errstate(all="ignore"):
+            sol = _OutputsSolution(solve_modes_outputs(s, wts, a0, B0, X, y, c, g, config.eta0, T, K, history_tol,
+                                                       sharpness_steps=out_steps))
+        return _dataset(config, sol, out_steps, o_steps, top_k, c / K, edge, sig_bulk, attrs)
     with np.errstate(all="ignore"):
         if direct is None:
             sol = solve_modes(s, wts, a0, B0, X, y, c, g, config.eta0, T, history_tol, sharpness_steps=out_steps)
         else:
             sol = solve_modes_direct(direct, s, wts, a0, B0, X, y, c, g, config.eta0, T, history_tol,
                                      sharpness_steps=out_steps)
-    edge = 2.0 * sig_bulk * (1.0 + edge_margin)
-    return _dataset(config, sol, out_steps, o_steps, top_k, c, edge, sig_bulk,
-                    {"kind": "theory", "model": "one_bulk", "nodes": nodes, "richness": g, "device": device})
+    return _dataset(config, sol, out_steps, o_steps, top_k, c, edge, sig_bulk, attrs)
 
 
 def one_bulk_finite(config, weights, data=None, steps=None, top_k: int | None = None, outlier_steps=None,
                     history_tol: float = 0.0):
     """The same recursion on the actual SVD modes of one finite network.
 
-    ``weights`` = (W0 (N, D), W1 (N, N), w (N,) or (1, N)): raw weights at t = 0 of the
+    ``weights`` = (W0 (N, D), W1 (N, N), w (N,) or (1, N); (C, N) for C outputs): raw weights at t = 0 of the
     network of ``config`` (width N = config.width). One node per singular mode of
     A(0) = W1 / sqrt(N) with weight 1/N; the result equals that network's full-batch
     GD to rounding (loss, beta_f, sharpness, the top singular values of A(t) above
@@ -366,25 +442,35 @@ def one_bulk_finite(config, weights, data=None, steps=None, top_k: int | None = 
     o_steps = _outlier_steps(outlier_steps, out_steps)
     history_tol = V.real("history_tol", history_tol, 0.0, 1e-3)
     X, y = _data(config, data)
-    N, D = config.width, config.input_dim
+    N, D, C = config.width, config.input_dim, config.output_dim
+    w_shape = f"({N},)" if C == 1 else f"({C}, {N})"
     if not isinstance(weights, (tuple, list)) or len(weights) != 3:
-        raise ValueError(f"weights must be (W0 ({N}, {D}), W1 ({N}, {N}), w ({N},))")
+        raise ValueError(f"weights must be (W0 ({N}, {D}), W1 ({N}, {N}), w {w_shape})")
     W0 = V.finite_array("weights W0", weights[0], ndim=2).astype(np.float64)
     W1 = V.finite_array("weights W1", weights[1], ndim=2).astype(np.float64)
-    w = V.finite_array("weights w", weights[2], ndim=(1, 2)).astype(np.float64).reshape(-1)
-    if W0.shape != (N, D) or W1.shape != (N, N) or w.shape != (N,):
-        raise ValueError(f"weights must have shapes W0 ({N}, {D}), W1 ({N}, {N}), w ({N},); got "
+    w = V.finite_array("weights w", weights[2], ndim=(1, 2)).astype(np.float64)
+    w = w.reshape(-1) if C == 1 else w
+    if W0.shape != (N, D) or W1.shape != (N, N) or w.shape != ((N,) if C == 1 else (C, N)):
+        raise ValueError(f"weights must have shapes W0 ({N}, {D}), W1 ({N}, {N}), w {w_shape}; got "
                          f"{W0.shape}, {W1.shape}, {np.shape(weights[2])}")
-    sc = PZ.scales(config.scaling, N, 2, D, 1, config.gamma0, config.eta0, config.sigma)
+    sc = PZ.scales(config.scaling, N, 2, D, C, config.gamma0, config.eta0, config.sigma)
     A = sc.layers[1].normalizer * W1
     U, s, Vt = np.linalg.svd(A)
-    a0 = (U.T @ w)[:, None]
     B0 = (Vt @ W0)[:, :, None]
     g = PZ.effective_richness(config.scaling, N, config.gamma0)
     c = config.eta0 * g
+    edge = float(s[0]) * (1.0 + 1e-12)
+    attrs = {"kind": "finite_modes", "model": "one_bulk", "nodes": N, "richness": g}
+    if C > 1:
+        K = PZ.output_normalizer(config.output_normalization, C)
+        _check_memory_outputs(T, N, C)
+        with np.errstate(all="ignore"):
+            sol = _OutputsSolution(solve_modes_outputs(s, np.full(N, 1.0 / N), (U.T @ w.T)[:, :, None], B0, X, y,
+                                                       c, g, config.eta0, T, K, history_tol,
+                                                       sharpness_steps=out_steps))
+        return _dataset(config, sol, out_steps, o_steps, top_k, c / K, edge, _sigmas(config)[1], attrs)
+    a0 = (U.T @ w)[:, None]
     with np.errstate(all="ignore"):
         sol = solve_modes(s, np.full(N, 1.0 / N), a0, B0, X, y, c, g, config.eta0, T, history_tol,
                           sharpness_steps=out_steps)
-    edge = float(s[0]) * (1.0 + 1e-12)
-    return _dataset(config, sol, out_steps, o_steps, top_k, c, edge, _sigmas(config)[1],
-                    {"kind": "finite_modes", "model": "one_bulk", "nodes": N, "richness": g})
+    return _dataset(config, sol, out_steps, o_steps, top_k, c, edge, _sigmas(config)[1], attrs)
