@@ -101,7 +101,7 @@ def output_normalizer(output_normalization: str, output_dim: int) -> float:
     and the error signal by C: under muP every weight then moves by an O(1)
     (sum over outputs) / C, so the width limit at fixed (gamma0, eta0) exists for
     C fixed and for C proportional to N. Summing keeps C = 1 runs as they were;
-    with C ~ N outputs the hidden update grows with C (docs/theory.md, Many outputs).
+    with C ~ N outputs the hidden update grows with C (docs/theory.md, Many outputs under muP).
     The same K divides the NTK in the normalized sharpness eta lambda_max(K) / (P K).
     """
     if output_normalization == "sum":
