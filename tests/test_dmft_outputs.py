@@ -1,10 +1,11 @@
-"""The one-bulk limit with C outputs (theory.one_bulk, output_dim > 1): the C-vector
-recursion against the scalar one at C = 1 and against finite-width GD on the
-actual modes (to rounding), the limit against seed means of ``simulate`` with
-tolerances from the seed spread, and two models that drop the coupling between
-outputs (the one-output theory run per output; the BGN baseline of an
-independent spike), which the simulations refute. The large validation
-(C = 2..16, P below and above C, N = 500..4000) is marked slow."""
+"""The linear limits with C outputs (theory.one_bulk and theory.deep_linear, output_dim > 1):
+the C-vector recursion against the scalar one at C = 1 and against finite-width GD
+on the actual modes (to rounding), the deep single-site DMFT at depth 2 against the
+mode recursion (two derivations, equal to rounding), the limits against seed means
+of ``simulate`` with tolerances from the seed spread, and two models that drop the
+coupling between outputs (the one-output theory run per output; the BGN baseline of
+an independent spike), which the simulations refute. The large validation
+(C = 2..16, P below and above C, N = 500..4000; depth 3) is marked slow."""
 from __future__ import annotations
 
 import importlib
@@ -16,6 +17,7 @@ import specdyn
 from specdyn import _core
 from specdyn.config import RunConfig
 from specdyn.parameterization import scales
+from specdyn.theory import deep_linear
 
 OB = importlib.import_module("specdyn.theory.one_bulk")
 
@@ -124,6 +126,48 @@ def test_bad_inputs_name_the_problem():
         OB.one_bulk_finite(cfg.replace(width=40), [np.zeros((40, 8)), np.zeros((40, 40)), np.zeros(40)])
 
 
+@pytest.mark.parametrize("C,P,norm", [(3, 4, "mean"), (4, 24, "mean"), (2, 6, "sum")])
+def test_deep_linear_at_depth_two_is_the_mode_recursion(C, P, norm):
+    # the single-site DMFT with response functions and the mode recursion are separate
+    # derivations; at depth 2 they must agree, outputs coupled the same way
+    cfg = config(output_dim=C, samples=P, output_normalization=norm, eta0=0.1 if norm == "sum" else 0.2, steps=20,
+                 input_dim=6, top_k=3, track_every=5, track_sharpness=True)
+    a = OB.one_bulk(cfg, nodes=96, history_tol=0.0)
+    b = deep_linear(cfg, nodes=96, basis_tol=0.0)
+    np.testing.assert_allclose(b.loss.values, a.loss.values, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(b.normalized_sharpness.values, a.normalized_sharpness.values, rtol=1e-10)
+    np.testing.assert_allclose(b.beta_f.values, a.beta_f.values, atol=1e-12)
+    np.testing.assert_allclose(b.delta_singular_values.values, a.delta_singular_values.values, atol=1e-9)
+    np.testing.assert_array_equal(np.isnan(b.singular_values.values), np.isnan(a.singular_values.values))
+    assert np.isfinite(a.singular_values.values[-1, 0, 0])
+    np.testing.assert_allclose(b.singular_values.values, a.singular_values.values, rtol=1e-9)
+
+
+def deep_check(cfg, seeds, slack=0.0):
+    """deep_linear against the seed means of simulate: loss, S and every predicted outlier of
+    each bulk within three per-seed standard deviations (plus ``slack``)."""
+    th = deep_linear(cfg)
+    runs = [specdyn.simulate(cfg.replace(seed=s)) for s in range(seeds)]
+    for name in ("loss", "normalized_sharpness"):
+        sim = np.stack([d[name].values for d in runs])
+        assert np.all(np.abs(sim.mean(0) - th[name].values) <= 3 * sim.std(0, ddof=1) + slack * abs(th[name].values)), name
+    gaps = []
+    for layer in th.layer.values:
+        ref = th.singular_values.sel(layer=layer).values
+        sim = np.stack([d.singular_values.sel(layer=layer).values for d in runs])
+        found = np.isfinite(ref)
+        found[0] = False
+        assert found[-1, 0]
+        gap = np.abs(sim.mean(0) - ref)[found]
+        assert np.all(gap <= 3 * sim.std(0, ddof=1)[found] + slack), (layer, gap)
+        gaps.append(gap)
+    return np.concatenate(gaps)
+
+
+def test_deep_linear_with_four_outputs_matches_seed_means():
+    deep_check(config(depth=3, width=1000, eta0=0.1, top_k=3, track_sharpness=True), seeds=4)
+
+
 # ---- large validation ------------------------------------------------------------------
 
 GRID = [(C, P) for C in (2, 4, 8, 16) for P in (4, 24)]
@@ -147,3 +191,12 @@ def test_limit_matches_simulations_and_gaps_shrink(C, P):
         assert np.all(np.abs(loss.mean(0) - th.loss.values) <= 3 * loss.std(0, ddof=1) + 1e-3 * th.loss.values[0])
         gaps[N] = float(np.sqrt(np.mean(gap**2)))
     assert gaps[4000] < gaps[500], gaps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("C,P", [(2, 24), (8, 4), (8, 24)])
+def test_deep_linear_with_c_outputs_matches_simulations_and_gaps_shrink(C, P):
+    cfg = config(depth=3, output_dim=C, samples=P, eta0=0.1, top_k=3, track_sharpness=True)
+    rms = {N: float(np.sqrt(np.mean(deep_check(cfg.replace(width=N), seeds=4, slack=0.01) ** 2)))
+           for N in (500, 1000, 2000)}
+    assert rms[2000] < rms[500], rms

@@ -98,8 +98,6 @@ def test_unsupported_configurations_say_what_is_covered():
         deep_linear(_cfg(depth=1))
     with pytest.raises(ValueError, match="activation='tanh'"):
         deep_linear(_cfg(activation="tanh"))
-    with pytest.raises(ValueError, match="output_dim=2"):
-        deep_linear(_cfg(output_dim=2))
     with pytest.raises(ValueError, match="scaling='sp'"):
         deep_linear(_cfg(scaling="sp"))
     with pytest.raises(ValueError, match="steps=4000"):

@@ -37,8 +37,9 @@ py::array_t<double> stack(const std::vector<std::vector<double>>& v, std::vector
 
 std::shared_ptr<dmft::DeepLinearSolution> solve(Arr X, Arr y, std::vector<double> sigma, double c, double richness,
                                                 double eta0, int steps, py::object sharpness_steps,
-                                                double divergence_bound, double basis_tol) {
-  need(X.ndim() == 2 && y.ndim() == 1 && y.shape(0) == X.shape(0), "X (P, D), y (P)");
+                                                double divergence_bound, double basis_tol, double output_normalizer) {
+  need(X.ndim() == 2 && (y.ndim() == 1 || y.ndim() == 2) && y.shape(0) == X.shape(0), "X (P, D), y (P) or (P, C)");
+  need(output_normalizer >= 1.0, "output_normalizer >= 1");
   dmft::DeepLinearProblem pb;
   pb.depth = int(sigma.size()) - 1;
   pb.samples = int(X.shape(0));
@@ -46,6 +47,8 @@ std::shared_ptr<dmft::DeepLinearSolution> solve(Arr X, Arr y, std::vector<double
   pb.steps = steps;
   pb.X = X.data();
   pb.y = y.data();
+  pb.outputs = y.ndim() == 2 ? int(y.shape(1)) : 1;
+  pb.output_normalizer = output_normalizer;
   pb.sigma = std::move(sigma);
   pb.c = c;
   pb.richness = richness;
@@ -96,9 +99,18 @@ void bind_dmft_deep(py::module_& m) {
       .def_property_readonly("steps", [](const S& s) { return s.steps; })
       .def_property_readonly("diverged_step", [](const S& s) { return s.diverged_step; })
       .def_property_readonly("loss", [](const S& s) { return to_array(s.loss.data(), {s.steps + 1}); })
+      .def_property_readonly("outputs", [](const S& s) { return s.outputs; })
+      // one output: (T + 1, D); C outputs: (T + 1, D, C)
       .def_property_readonly("beta_f",
-                             [](const S& s) { return to_array(s.beta_f.data(), {s.steps + 1, s.input_dim}); })
-      .def_property_readonly("residual", [](const S& s) { return to_array(s.r.data(), {s.steps + 1, s.input_dim}); })
+                             [](const S& s) {
+                               if (s.outputs == 1) return to_array(s.beta_f.data(), {s.steps + 1, s.input_dim});
+                               return to_array(s.beta_f.data(), {s.steps + 1, s.input_dim, s.outputs});
+                             })
+      .def_property_readonly("residual",
+                             [](const S& s) {
+                               if (s.outputs == 1) return to_array(s.r.data(), {s.steps + 1, s.input_dim});
+                               return to_array(s.r.data(), {s.steps + 1, s.input_dim, s.outputs});
+                             })
       .def_property_readonly("sharpness", [](const S& s) { return to_array(s.sharpness.data(), {s.steps + 1}); })
       .def_property_readonly("feature_kernel",
                              [](const S& s) {
@@ -106,14 +118,15 @@ void bind_dmft_deep(py::module_& m) {
                                return stack(s.Phi, {T1, T1, D, D});
                              })
       .def_property_readonly("gradient_kernel",
-                             [](const S& s) {
-                               const py::ssize_t T1 = s.steps + 1;
-                               return stack(s.G, {T1, T1});
+                             [](const S& s) {   // (L, T+1, T+1), or (L, T+1, T+1, C, C) for C outputs
+                               const py::ssize_t T1 = s.steps + 1, C = s.outputs;
+                               if (C == 1) return stack(s.G, {T1, T1});
+                               return stack(s.G, {T1, T1, C, C});
                              })
       .def_property_readonly("source_ranks", [](const S& s) { return std::make_pair(s.ru, s.rv); });
   m.def("dmft_deep_linear_solve", &solve, py::arg("X"), py::arg("y"), py::arg("sigma"), py::arg("c"),
         py::arg("richness"), py::arg("eta0"), py::arg("steps"), py::arg("sharpness_steps") = py::none(),
-        py::arg("divergence_bound") = 1e8, py::arg("basis_tol") = 1e-12,
+        py::arg("divergence_bound") = 1e8, py::arg("basis_tol") = 1e-12, py::arg("output_normalizer") = 1.0,
         "Deep linear DMFT, level one (kernels, loss, sharpness); see specdyn/dmft_deep_linear.hpp");
   m.def("dmft_deep_linear_outliers", &outliers, py::arg("solution"), py::arg("layer"), py::arg("s"),
         py::arg("weights"), py::arg("steps"), py::arg("top_k"), py::arg("edge"), py::arg("history_tol") = 1e-13,

@@ -1,5 +1,10 @@
-// DMFT of deep linear networks (L >= 2 hidden layers, C = 1) under muP,
+// DMFT of deep linear networks (L >= 2 hidden layers, C >= 1 outputs) under muP,
 // trained by full-batch GD (docs/theory.md, "Deep linear networks").
+// With C outputs the backward variables g^l, v^l and the kernels G^l are
+// C-vectors / C x C blocks (one backward signal per output), alpha^l(n, m) is
+// D x C, beta^l(n, m) is C x D and r_m is D x C; the equations below are
+// written for C = 1 and become matrix products (docs/theory.md). Every
+// update carries c / K, K the output normalizer.
 //
 // Level one (solve_deep_linear): every neuron of hidden layer l carries a
 // forward row H^l(n) in R^D (h^l(x) = H^l x / sqrt(D)) and a backward scalar
@@ -48,7 +53,9 @@ struct DeepLinearProblem {
   int samples = 0;      // P
   int steps = 0;        // T (states 0..T)
   const double* X = nullptr;  // (P, D) row-major
-  const double* y = nullptr;  // (P)
+  const double* y = nullptr;  // (P, C) row-major
+  int outputs = 1;            // C
+  double output_normalizer = 1;  // K: loss (1 / 2 P K) sum |f - y|^2
   std::vector<double> sigma;  // (L + 1) init std of W0, bulks W1..W_{L-1}, readout
   double c = 0;               // update strength eta0 * richness
   double richness = 1;        // beta_f = <H^1 g^1> / richness
@@ -59,22 +66,22 @@ struct DeepLinearProblem {
 };
 
 struct DeepLinearSolution {
-  int depth = 0, input_dim = 0, samples = 0, steps = 0;
+  int depth = 0, input_dim = 0, samples = 0, steps = 0, outputs = 1;
   int diverged_step = -1;  // first step whose loss is not finite or exceeds the bound; -1: none
-  double c = 0;
+  double c = 0;                   // the update strength of every step: c / K
   std::vector<double> sigma;
   std::vector<double> loss;       // (T + 1)
-  std::vector<double> beta_f;     // (T + 1, D)
-  std::vector<double> r;          // (T + 1, D): X^T (y - f) / P
+  std::vector<double> beta_f;     // (T + 1, D, C)
+  std::vector<double> r;          // (T + 1, D, C): X^T (y - f) / P
   std::vector<double> sharpness;  // (T + 1), NaN where not asked
   // per hidden layer l = 1..L at index l - 1; two-time arrays are (T + 1, T + 1, ...) row-major,
   // zero above the diagonal for the causal ones
   std::vector<std::vector<double>> Phi;    // (T+1, T+1, D, D)
-  std::vector<std::vector<double>> G;      // (T+1, T+1)
-  std::vector<std::vector<double>> alpha;  // (T+1, T+1, D) forward memory kernel, [n][m] for m < n
-  std::vector<std::vector<double>> beta;   // (T+1, T+1, D) backward memory kernel, [n][m] for m < n
+  std::vector<std::vector<double>> G;      // (T+1, T+1, C, C)
+  std::vector<std::vector<double>> alpha;  // (T+1, T+1, D, C) forward memory kernel, [n][m] for m < n
+  std::vector<std::vector<double>> beta;   // (T+1, T+1, C, D) backward memory kernel, [n][m] for m < n
   // sources as coefficient rows over iid standard coordinates: u^l(n) = Uf[l-1][n] (D x ru_max),
-  // v^l(n) = Vb[l-1][n] (rv_max); ru[l-1], rv[l-1] of those coordinates are used
+  // v^l(n) = Vb[l-1][n] (C x rv_max); ru[l-1], rv[l-1] of those coordinates are used
   std::vector<std::vector<double>> Uf, Vb;
   std::vector<int> ru, rv, ru_max, rv_max;
 };

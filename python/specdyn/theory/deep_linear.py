@@ -1,8 +1,9 @@
-"""Infinite-width theory of deep linear networks (depth L >= 2 hidden layers, C = 1).
+"""Infinite-width theory of deep linear networks (depth L >= 2 hidden layers, C >= 1 outputs).
 
 The network is h1 = W0 x / sqrt(D), h^{l+1} = A_l h^l with square bulks
-A_l = W_l / sqrt(N) (l = 1 .. L-1), f = w . h^L / (gamma sqrt(N)), trained by
-full-batch GD under muP. At infinite width every neuron of layer l is a
+A_l = W_l / sqrt(N) (l = 1 .. L-1), f_a = w_a . h^L / (gamma sqrt(N)) for C outputs,
+trained by full-batch GD under muP (the backward signals, one per output, are
+C-vectors per neuron). At infinite width every neuron of layer l is a
 single-site process driven by Gaussian fields whose covariances are the
 feature and gradient kernels of the neighbouring layers, plus response terms
 (docs/theory.md, "Deep linear networks"). The C++ core solves it exactly by
@@ -24,7 +25,7 @@ from .one_bulk import MEMORY_LIMIT, _data, _outlier_steps, _steps, check_linear_
 __all__ = ["deep_linear"]
 
 _COVERS = ("the deep linear theory covers depth >= 2 (W0, depth - 1 square bulks, readout), activation='linear', "
-           "output_dim=1, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or 'ntk' "
+           "any output_dim, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or 'ntk' "
            "(as muP at richness gamma0/sqrt(width)); depth 1 and nonlinear networks: theory.two_layer_monte_carlo")
 
 # level one keeps coefficient rows of length ~2 (T + 1)(D + 1) for (T + 1) D rows per layer
@@ -32,7 +33,7 @@ _MEMORY_LIMIT = MEMORY_LIMIT
 
 
 def _check_config(config) -> None:
-    check_linear_config(config, _COVERS, min_depth=2, max_depth=64)
+    check_linear_config(config, _COVERS, min_depth=2, max_depth=64, outputs=True)
 
 
 def _sigmas(config) -> list[float]:
@@ -42,13 +43,13 @@ def _sigmas(config) -> list[float]:
     return [float(s)] * (config.depth + 1)
 
 
-def memory_estimate(depth: int, input_dim: int, steps: int, nodes: int) -> int:
+def memory_estimate(depth: int, input_dim: int, steps: int, nodes: int, outputs: int = 1) -> int:
     """Bytes of level one's coefficient rows and two-time kernels, plus one bulk's mode
     histories and their bases at level two (an upper bound)."""
-    T1, D = steps + 1, input_dim
-    K = 2 * T1 * (D + 1)
-    per_layer = T1 * (D + 1) * K + T1 * T1 * (D * D + 2 * D + 1) + T1 * D * T1 * D + T1 * D * K
-    level_two = 4 * T1 * nodes * T1 * (D + 1)
+    T1, D, C = steps + 1, input_dim, outputs
+    K = 2 * T1 * (D + C)
+    per_layer = T1 * (D + C) * K + T1 * T1 * (D * D + 2 * D * C + C * C) + T1 * D * T1 * D + T1 * D * K
+    level_two = 4 * T1 * C * nodes * T1 * (D + C)
     return 8 * (depth * per_layer + level_two)
 
 
@@ -58,11 +59,13 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
 
     Parameters
     ----------
-    config : RunConfig with depth >= 2, activation="linear", output_dim=1, batch_size=None;
+    config : RunConfig with depth >= 2, activation="linear", any output_dim (either
+        output_normalization), batch_size=None;
         scaling "mup" (the limit at richness gamma0) or "ntk" (the same equations at the
         effective richness gamma0 / sqrt(width)). sigma: one float or depth + 1 floats
         [sigma_W0, sigma_W1, ..., sigma_readout].
-    data : (X (P, D), y (P,) or (P, 1)); None draws ``specdyn.data.teacher`` from config.data_seed.
+    data : (X (P, D), y (P,) or (P, 1); (P, C) for C outputs); None draws ``specdyn.data.teacher``
+        from config.data_seed.
     nodes : quadrature nodes M >= 8 over each bulk's quarter circle (outliers only).
     steps : None (config.steps, output at config.tracked_steps()), an int T (every step) or a
         list of output steps (run to the largest).
@@ -74,10 +77,11 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
     Returns
     -------
     xarray.Dataset, coords step, layer (the bulks "W1" .. "W{L-1}"), hidden ("h1" .. "hL"),
-    rank, input; variables loss(step), beta_f(step, input), normalized_sharpness(step),
+    rank, input (and output for C > 1); variables loss(step), beta_f(step, input[, output]),
+    normalized_sharpness(step),
     singular_values(step, layer, rank) (NaN: no outlier), naive_singular_values,
     delta_singular_values, overlap_spike_left/right, feature_kernel_trace(step, hidden)
-    = tr Phi^l(t, t) / D, gradient_kernel(step, hidden) = G^l(t, t); attrs kind="theory",
+    = tr Phi^l(t, t) / D, gradient_kernel(step, hidden) = tr G^l(t, t) / C; attrs kind="theory",
     model="deep_linear", status, diverged_step. Cost O(L T^3 D^3) for level one plus
     O(M T^2 D R) per bulk for the outliers, R <= (T + 1)(D + 1).
     """
@@ -90,7 +94,7 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
     o_steps = _outlier_steps(outlier_steps, out_steps)
     edge_margin = V.real("edge_margin", edge_margin, 0.0)
     basis_tol = V.real("basis_tol", basis_tol, 0.0, 1e-3)
-    need = memory_estimate(config.depth, config.input_dim, T, nodes)
+    need = memory_estimate(config.depth, config.input_dim, T, nodes, config.output_dim)
     if need > _MEMORY_LIMIT:
         raise ValueError(f"steps={T}, input_dim={config.input_dim}, depth={config.depth}, nodes={nodes} need about "
                          f"{need / 2**30:.1f} GiB for the deep linear DMFT (limit {_MEMORY_LIMIT >> 30} GiB); "
@@ -100,11 +104,13 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
     L = config.depth
     g = PZ.effective_richness(config.scaling, config.width, config.gamma0)
     c = config.eta0 * g
+    C = config.output_dim
+    K = PZ.output_normalizer(config.output_normalization, C)
     flags = np.zeros(T + 1, dtype=np.uint8)
     flags[out_steps] = 1
     with np.errstate(all="ignore"):
         sol = _core.dmft_deep_linear_solve(X, y, sig, c, g, config.eta0, T, flags, config.divergence_bound,
-                                           basis_tol)
+                                           basis_tol, K)
     div = int(sol.diverged_step)
     idx = np.asarray(out_steps, dtype=np.int64)
     bulks = [f"W{l}" for l in range(1, L)]
@@ -130,6 +136,8 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
     Gk = sol.gradient_kernel                       # (L, T1, T1)
     D = config.input_dim
     phi_tr = np.stack([np.trace(Phi[l][idx, idx], axis1=1, axis2=2) / D for l in range(L)], axis=1)
+    if C > 1:   # the trace over outputs of each C x C block G^l(t, t), divided by C
+        Gk = np.einsum("ltsaa->lts", Gk) / C
     g_diag = np.stack([Gk[l][idx, idx] for l in range(L)], axis=1)
     loss = np.asarray(sol.loss)[idx]
     if div >= 0:
@@ -137,10 +145,18 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
         for arr in (sv, naive, dsv, ol, orr):
             arr[after] = np.nan
     dims3 = ("step", "layer", "rank")
+    coords = {"step": idx, "layer": bulks, "hidden": [f"h{l}" for l in range(1, L + 1)],
+              "rank": np.arange(top_k), "input": np.arange(D)}
+    beta_dims = ("step", "input")
+    # ---- C outputs: beta_f gains an output dimension
+    if C > 1:
+        beta_dims = ("step", "input", "output")
+        coords["output"] = np.arange(C)
+    # ----
     ds = xr.Dataset(
         {
             "loss": ("step", loss),
-            "beta_f": (("step", "input"), np.asarray(sol.beta_f)[idx]),
+            "beta_f": (beta_dims, np.asarray(sol.beta_f)[idx]),
             "normalized_sharpness": ("step", np.asarray(sol.sharpness)[idx]),
             "singular_values": (dims3, sv),
             "naive_singular_values": (dims3, naive),
@@ -150,18 +166,17 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
             "feature_kernel_trace": (("step", "hidden"), phi_tr),
             "gradient_kernel": (("step", "hidden"), g_diag),
         },
-        coords={"step": idx, "layer": bulks, "hidden": [f"h{l}" for l in range(1, L + 1)],
-                "rank": np.arange(top_k), "input": np.arange(D)},
+        coords=coords,
     )
-    ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2"
+    ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2, divided by C under output_normalization 'mean'"
     ds["singular_values"].attrs["long_name"] = "outlier singular values of A_l = W_l/sqrt(N) above the bulk edge (NaN: none)"
     ds["naive_singular_values"].attrs["long_name"] = "BGN outliers of an independent spike with the increment's singular values"
     ds["delta_singular_values"].attrs["long_name"] = "singular values of A_l(t) - A_l(0)"
     ds["normalized_sharpness"].attrs["long_name"] = "eta lambda_max(NTK) / P (edge of stability at 2)"
     ds["feature_kernel_trace"].attrs["long_name"] = "tr Phi^l(t, t) / D, Phi^l = H^l(t)^T H^l(t) / N"
-    ds["gradient_kernel"].attrs["long_name"] = "G^l(t, t) = |g^l(t)|^2 / N"
+    ds["gradient_kernel"].attrs["long_name"] = "G^l(t, t) = |g^l(t)|^2 / N (mean over the outputs' signals)"
     ds.attrs.update({
-        "kind": "theory", "model": "deep_linear", "nodes": nodes, "richness": g, "update_strength": float(c),
+        "kind": "theory", "model": "deep_linear", "nodes": nodes, "richness": g, "update_strength": float(c / K),
         "config": config.to_json(), "status": "ok" if div < 0 else "diverged", "diverged_step": div,
         "scaling": config.scaling, "width": config.width, "seed": config.seed, "steps_run": int(T),
     })
