@@ -1,7 +1,7 @@
 """Cost of the C-output limits against the seed-averaged simulations they replace.
 
-For each limit with C > 1 outputs (``specdyn.theory.one_bulk`` at depth 2) and
-each C, the theory (level one + up to top_k outliers per step) is timed once,
+For each limit with C > 1 outputs (``specdyn.theory.one_bulk`` at depth 2,
+``specdyn.theory.deep_linear`` at depth 3) and each C, the theory (level one + up to top_k outliers per step) is timed once,
 then ``seeds`` runs of ``specdyn.simulate`` of the same configuration (muP,
 output_normalization="mean") at two widths. Reported: simulation time /
 theory time, measured in the same run, and the largest gap between the seed
@@ -30,7 +30,8 @@ import specdyn  # noqa: E402
 import numpy as np  # noqa: E402
 from _common import save, table  # noqa: E402
 
-LIMITS = {"one_bulk": (2, specdyn.theory.one_bulk)}
+# name: (depth, solver, eta0)
+LIMITS = {"one_bulk": (2, specdyn.theory.one_bulk, 0.2), "deep_linear": (3, specdyn.theory.deep_linear, 0.1)}
 
 
 def main() -> None:
@@ -39,10 +40,10 @@ def main() -> None:
     args = ap.parse_args()
     outputs, widths, seeds = ((4,), (500, 1000), 2) if args.quick else ((4, 16), (1000, 4000), 6)
     rows = []
-    for name, (depth, limit) in LIMITS.items():
+    for name, (depth, limit, eta0) in LIMITS.items():
         for C in outputs:
             cfg = specdyn.RunConfig(width=widths[0], depth=depth, input_dim=8, samples=24, output_dim=C, gamma0=4.0,
-                                    eta0=0.2, steps=40, track_every=10, top_k=4, track_sharpness=False,
+                                    eta0=eta0, steps=40, track_every=10, top_k=4, track_sharpness=False,
                                     output_normalization="mean")
             t0 = time.perf_counter()
             th = limit(cfg)
