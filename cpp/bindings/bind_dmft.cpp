@@ -28,6 +28,15 @@ void need(bool ok, const char* what) {
   if (!ok) throw py::value_error(what);
 }
 
+// the optional (steps + 1,) flags of the steps whose sharpness is taken; `flags` keeps them alive
+void sharpness_flags(dmft::ModeProblem& pb, py::object sharpness_steps, int steps,
+                     py::array_t<uint8_t, py::array::c_style | py::array::forcecast>& flags) {
+  if (sharpness_steps.is_none()) return;
+  flags = sharpness_steps.cast<py::array_t<uint8_t, py::array::c_style | py::array::forcecast>>();
+  need(flags.ndim() == 1 && flags.shape(0) == steps + 1, "sharpness_steps: (steps + 1,) flags");
+  pb.sharpness_steps = flags.data();
+}
+
 std::shared_ptr<dmft::ModeSolution> solve(carr s, carr weights, carr a0, carr B0, carr X, carr y, double c,
                                           double richness, double eta0, int steps, double history_tol,
                                           py::object sharpness_steps) {
@@ -35,11 +44,7 @@ std::shared_ptr<dmft::ModeSolution> solve(carr s, carr weights, carr a0, carr B0
   pb.eta0 = eta0;
   pb.history_tol = history_tol;
   py::array_t<uint8_t, py::array::c_style | py::array::forcecast> flags;
-  if (!sharpness_steps.is_none()) {
-    flags = sharpness_steps.cast<py::array_t<uint8_t, py::array::c_style | py::array::forcecast>>();
-    need(flags.ndim() == 1 && flags.shape(0) == steps + 1, "sharpness_steps: (steps + 1,) flags");
-    pb.sharpness_steps = flags.data();
-  }
+  sharpness_flags(pb, sharpness_steps, steps, flags);
   auto sol = std::make_shared<dmft::ModeSolution>();
   {
     bindings::PythonInterrupts interrupts;  // Ctrl-C stops the time loop
@@ -53,40 +58,13 @@ std::shared_ptr<dmft::OutputsSolution> solve_outputs(carr s, carr weights, carr 
                                                      double c, double richness, double eta0, int steps,
                                                      double output_normalizer, double history_tol,
                                                      py::object sharpness_steps) {
-  need(s.ndim() == 1 && weights.ndim() == 1 && s.shape(0) == weights.shape(0), "s, weights: (M,)");
-  const int M = int(s.shape(0));
-  need(a0.ndim() == 3 && a0.shape(0) == M, "a0: (M, C, R)");
-  const int C = int(a0.shape(1)), R = int(a0.shape(2));
-  need(X.ndim() == 2, "X: (P, D)");
-  const int P = int(X.shape(0)), D = int(X.shape(1));
-  need(B0.ndim() == 3 && B0.shape(0) == M && B0.shape(1) == D && B0.shape(2) == R, "B0: (M, D, R)");
-  need(y.ndim() == 2 && y.shape(0) == P && y.shape(1) == C, "y: (P, C)");
-  need(steps >= 0, "steps >= 0");
+  dmft::ModeProblem pb = bindings::mode_problem(s, weights, a0, B0, X, y, c, richness, steps, true);
   need(output_normalizer >= 1.0, "output_normalizer >= 1");
-  dmft::ModeProblem pb;
-  pb.nodes = M;
-  pb.coef = R;
-  pb.input_dim = D;
-  pb.samples = P;
-  pb.steps = steps;
-  pb.outputs = C;
-  pb.s = s.data();
-  pb.weights = weights.data();
-  pb.a0 = a0.data();
-  pb.B0 = B0.data();
-  pb.X = X.data();
-  pb.y = y.data();
-  pb.c = c;
-  pb.richness = richness;
   pb.eta0 = eta0;
   pb.output_normalizer = output_normalizer;
   pb.history_tol = history_tol;
   py::array_t<uint8_t, py::array::c_style | py::array::forcecast> flags;
-  if (!sharpness_steps.is_none()) {
-    flags = sharpness_steps.cast<py::array_t<uint8_t, py::array::c_style | py::array::forcecast>>();
-    need(flags.ndim() == 1 && flags.shape(0) == steps + 1, "sharpness_steps: (steps + 1,) flags");
-    pb.sharpness_steps = flags.data();
-  }
+  sharpness_flags(pb, sharpness_steps, steps, flags);
   auto sol = std::make_shared<dmft::OutputsSolution>();
   {
     bindings::PythonInterrupts interrupts;

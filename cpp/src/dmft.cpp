@@ -316,6 +316,20 @@ void basis_pass(const double* Q, int rank, int L, const double* K, int ldk, int 
   }
 }
 
+// Sigma^{1/2} (D x D, symmetric), Sigma = X^T X / P; X row-major (P, D) is column-major D x P
+std::vector<double> covariance_root(const double* X, int P, int D) {
+  std::vector<double> Sroot(size_t(D) * D, 0.0), Sig(size_t(D) * D), ev(D);
+  blas::gemm(Op::N, Op::T, D, D, P, 1.0 / P, X, D, X, D, 0.0, Sig.data(), D);
+  blas::syevd(D, Sig.data(), D, ev.data());
+  for (int i = 0; i < D; ++i)
+    for (int j = 0; j < D; ++j) {
+      double acc = 0;
+      for (int l = 0; l < D; ++l) acc += Sig[l * D + i] * std::sqrt(std::max(ev[l], 0.0)) * Sig[l * D + j];
+      Sroot[j * D + i] = acc;
+    }
+  return Sroot;
+}
+
 double top_eig_sym(int n, std::vector<double>& A) {
   std::vector<double> w(n);
   if (blas::syevd(n, A.data(), n, w.data()) != 0) return std::numeric_limits<double>::quiet_NaN();
@@ -368,19 +382,7 @@ ModeSolution solve_modes(const ModeProblem& pb) {
   }
   const double* sr = out.s_row.data();
 
-  // Sigma^{1/2}, Sigma = X^T X / P (column-major view of X is D x P)
-  std::vector<double> Sroot(size_t(D) * D, 0.0);
-  {
-    std::vector<double> Sig(size_t(D) * D), ev(D);
-    blas::gemm(Op::N, Op::T, D, D, P, 1.0 / P, pb.X, D, pb.X, D, 0.0, Sig.data(), D);
-    blas::syevd(D, Sig.data(), D, ev.data());
-    for (int i = 0; i < D; ++i)
-      for (int j = 0; j < D; ++j) {
-        double acc = 0;
-        for (int l = 0; l < D; ++l) acc += Sig[l * D + i] * std::sqrt(std::max(ev[l], 0.0)) * Sig[l * D + j];
-        Sroot[j * D + i] = acc;
-      }
-  }
+  const std::vector<double> Sroot = covariance_root(pb.X, P, D);
 
   // Grams <y y^T>, <zeta zeta^T> (D x D): exact at t = 0, then updated with the
   // rank-two changes of Y and B (O(D L) per step instead of O(D^2 L))
@@ -648,18 +650,7 @@ OutputsSolution solve_modes_outputs(const ModeProblem& pb) {
       }
     }
   }
-  std::vector<double> Sroot(size_t(D) * D, 0.0);   // Sigma^{1/2}, Sigma = X^T X / P (symmetric)
-  {
-    std::vector<double> Sig(size_t(D) * D), ev(D);
-    gemm_rm(true, false, D, D, P, 1.0 / P, pb.X, D, pb.X, D, 0.0, Sig.data(), D);
-    blas::syevd(D, Sig.data(), D, ev.data());
-    for (int i = 0; i < D; ++i)
-      for (int j = 0; j < D; ++j) {
-        double acc = 0;
-        for (int l = 0; l < D; ++l) acc += Sig[l * D + i] * std::sqrt(std::max(ev[l], 0.0)) * Sig[l * D + j];
-        Sroot[j * D + i] = acc;
-      }
-  }
+  const std::vector<double> Sroot = covariance_root(pb.X, P, D);   // symmetric
   std::vector<double> m(size_t(C) * L), vec(size_t(C) * L), beta(size_t(D) * C), pred(size_t(P) * C),
       delta(size_t(P) * C), Rr(size_t(D) * C), RT(size_t(D) * C), EC(size_t(D) * C);
   std::vector<double> YY(size_t(D) * D), BB(size_t(D) * D), MM(size_t(C) * C), T2(size_t(D) * D),

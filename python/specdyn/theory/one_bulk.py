@@ -174,6 +174,15 @@ def _outlier_steps(outlier_steps, out_steps) -> list[int]:
 
 # ---- the solver --------------------------------------------------------------------
 
+def _sharpness_flags(steps, sharpness_steps):
+    """(steps + 1,) uint8 flags of the steps whose sharpness is taken; None: every step."""
+    if sharpness_steps is None:
+        return None
+    flags = np.zeros(steps + 1, dtype=np.uint8)
+    flags[list(sharpness_steps)] = 1
+    return flags
+
+
 def solve_modes(s, weights, a0, B0, X, y, c, richness, eta0, steps, history_tol=1e-13, sharpness_steps=None):
     """Run the mode recursion in the C++ core (no argument checks: internal and tests).
 
@@ -181,14 +190,10 @@ def solve_modes(s, weights, a0, B0, X, y, c, richness, eta0, steps, history_tol=
     X (P, D), y (P,); c = eta0 * richness. Returns the core's ``DmftModeSolution``
     (loss, beta_f, Cw, Cq, Cqm, sharpness; compressed histories for ``dmft_outliers``).
     """
-    flags = None
-    if sharpness_steps is not None:
-        flags = np.zeros(steps + 1, dtype=np.uint8)
-        flags[list(sharpness_steps)] = 1
     return _core.dmft_solve_modes(np.ascontiguousarray(s, float), np.ascontiguousarray(weights, float),
                                   np.ascontiguousarray(a0, float), np.ascontiguousarray(B0, float),
                                   X, y, float(c), float(richness), float(eta0), int(steps),
-                                  float(history_tol), flags)
+                                  float(history_tol), _sharpness_flags(steps, sharpness_steps))
 
 
 def solve_modes_direct(module, s, weights, a0, B0, X, y, c, richness, eta0, steps, history_tol=1e-13,
@@ -256,14 +261,11 @@ def solve_modes_outputs(s, weights, a0, B0, X, Y, c, richness, eta0, steps, outp
     a0 (M, C, R), B0 (M, D, R), Y (P, C); c = eta0 * richness (divided by
     output_normalizer inside, with the loss and the sharpness).
     """
-    flags = None
-    if sharpness_steps is not None:
-        flags = np.zeros(steps + 1, dtype=np.uint8)
-        flags[list(sharpness_steps)] = 1
     return _core.dmft_solve_modes_outputs(np.ascontiguousarray(s, float), np.ascontiguousarray(weights, float),
                                           np.ascontiguousarray(a0, float), np.ascontiguousarray(B0, float),
                                           X, Y, float(c), float(richness), float(eta0), int(steps),
-                                          float(output_normalizer), float(history_tol), flags)
+                                          float(output_normalizer), float(history_tol),
+                                          _sharpness_flags(steps, sharpness_steps))
 
 
 def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, kind_attrs):
