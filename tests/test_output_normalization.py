@@ -128,3 +128,42 @@ def test_default_run_is_bit_identical_to_an_explicit_sum():
     b = specdyn.simulate(cfg.replace(output_normalization="mean"))  # C = 1: K = 1 as well
     for name in ("loss", "singular_values", "normalized_sharpness"):
         np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
+# ---- the width limit under muP ----------------------------------------------------------
+
+def per_output_loss(cfg, seeds):
+    """Seed mean of the loss per output, (1 / 2PC) sum |f - y|^2, whatever the normalization."""
+    K = 1 if cfg.output_normalization == "mean" else cfg.output_dim
+    return np.mean([specdyn.simulate(cfg.replace(seed=s)).loss.values / K for s in range(seeds)], axis=0)
+
+
+def width_config(width, outputs, norm, steps=40):
+    return RunConfig(width=width, depth=2, input_dim=8, output_dim=outputs, samples=32, steps=steps, gamma0=1.0,
+                     eta0=0.5, track_every=10, top_k=2, track_sharpness=False, output_normalization=norm)
+
+
+def test_summed_loss_diverges_with_many_outputs_and_the_mean_does_not():
+    # C = N/4 outputs under muP at fixed (gamma0, eta0): the summed loss blows up, sooner at larger N
+    steps = [specdyn.simulate(width_config(n, n // 4, "sum", steps=20)).attrs["diverged_step"] for n in (64, 256)]
+    assert 0 < steps[1] < steps[0], steps
+    mean_run = specdyn.simulate(width_config(256, 64, "mean", steps=20))
+    assert mean_run.attrs["status"] == "ok"
+    assert mean_run.loss.values[-1] < mean_run.loss.values[0]
+
+
+@pytest.mark.slow
+def test_loss_per_output_converges_across_widths_under_mup():
+    widths = (128, 256, 512, 1024)
+    # C = 4: the curves approach one another (gaps between neighbouring widths shrink)
+    curves = [per_output_loss(width_config(n, 4, "mean"), 3) for n in widths]
+    gaps = [float(np.max(np.abs(b - a) / a[0])) for a, b in zip(curves, curves[1:])]
+    assert gaps[-1] < 0.05 and max(gaps) < 0.1, gaps
+    # C = N/4: finite at every width, the gap between neighbouring widths shrinking; the limit learns
+    # at a rate of order 1/C, so the loss at a fixed step rises with N toward its initial value
+    curves = [per_output_loss(width_config(n, n // 4, "mean"), 3) for n in widths]
+    assert all(np.all(np.isfinite(c)) for c in curves)
+    gaps = [float(np.max(np.abs(b - a))) for a, b in zip(curves, curves[1:])]
+    assert gaps[-1] < gaps[0], gaps
+    drop = [c[0] - c[-1] for c in curves]
+    assert all(x > y for x, y in zip(drop, drop[1:])), drop
