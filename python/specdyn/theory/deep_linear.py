@@ -81,9 +81,10 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
     normalized_sharpness(step),
     singular_values(step, layer, rank) (NaN: no outlier), naive_singular_values,
     delta_singular_values, overlap_spike_left/right, feature_kernel_trace(step, hidden)
-    = tr Phi^l(t, t) / D, gradient_kernel(step, hidden) = tr G^l(t, t) / C; attrs kind="theory",
-    model="deep_linear", status, diverged_step. Cost O(L T^3 D^3) for level one plus
-    O(M T^2 D R) per bulk for the outliers, R <= (T + 1)(D + 1).
+    = tr Phi^l(t, t) / D, gradient_kernel(step, hidden) = tr G^l(t, t) / C, bulk_edge(layer);
+    attrs kind="theory",
+    model="deep_linear", status, diverged_step. Cost O(L T^3 (D + C)^3) for level one plus
+    O(M T^2 C (D + C) R) per bulk for the outliers, R <= (T + 1)(D + C).
     """
     import xarray as xr
 
@@ -168,6 +169,10 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
         },
         coords=coords,
     )
+    # ---- the limit bulk edge of each hidden matrix (the quarter circle's, outliers lie above it)
+    ds["bulk_edge"] = ("layer", [2.0 * sig[l] * (1.0 + edge_margin) for l in range(1, L)])
+    ds["bulk_edge"].attrs["long_name"] = "edge of the limit bulk of A_l, 2 sigma_l (1 + edge_margin)"
+    # ----
     ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2, divided by C under output_normalization 'mean'"
     ds["singular_values"].attrs["long_name"] = "outlier singular values of A_l = W_l/sqrt(N) above the bulk edge (NaN: none)"
     ds["naive_singular_values"].attrs["long_name"] = "BGN outliers of an independent spike with the increment's singular values"
