@@ -76,12 +76,7 @@ def build_trainer(cfg: RunConfig, data=None, **flags):
     """
     check_memory(cfg)
     sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
-    if data is None and cfg.data != "teacher":
-        X, Y = _data.named(cfg.data, cfg.samples, cfg.input_dim, cfg.output_dim, seed=cfg.data_seed)
-    elif data is None:
-        X, Y = _data.teacher(cfg.samples, cfg.input_dim, cfg.output_dim, cfg.data_seed, cfg.teacher, cfg.noise)
-    else:
-        X, Y = _data.check_data(data, cfg.samples, cfg.input_dim, cfg.output_dim)
+    X, Y = _data.for_run(cfg, data)
     spec = _core.TrainSpec()
     spec.arch = dict(input_dim=cfg.input_dim, width=cfg.width, output_dim=cfg.output_dim, depth=cfg.depth,
                      activation=cfg.activation, multipliers=sc.multipliers)

@@ -19,27 +19,17 @@ from .. import _core
 from .. import _validate as V
 from .. import parameterization as PZ
 from ..rmt import bgn_outliers
-from .one_bulk import MEMORY_LIMIT, _data, _outlier_steps, _steps, check_linear_config, quarter_circle_nodes
+from ..config import check_limit
+from .one_bulk import MEMORY_LIMIT, _data, _outlier_steps, _steps, quarter_circle_nodes
 
 __all__ = ["deep_linear"]
-
-_COVERS = ("the deep linear theory covers depth >= 2 (W0, depth - 1 square bulks, readout), activation='linear', "
-           "output_dim=1, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or 'ntk' "
-           "(as muP at richness gamma0/sqrt(width)); depth 1 and nonlinear networks: theory.two_layer_monte_carlo")
 
 # level one keeps coefficient rows of length ~2 (T + 1)(D + 1) for (T + 1) D rows per layer
 _MEMORY_LIMIT = MEMORY_LIMIT
 
 
 def _check_config(config) -> None:
-    check_linear_config(config, _COVERS, min_depth=2, max_depth=64)
-
-
-def _sigmas(config) -> list[float]:
-    s = config.sigma
-    if isinstance(s, (list, tuple)):
-        return [float(v) for v in s]
-    return [float(s)] * (config.depth + 1)
+    check_limit(config, "deep_linear")
 
 
 def memory_estimate(depth: int, input_dim: int, steps: int, nodes: int) -> int:
@@ -96,7 +86,7 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
                          f"{need / 2**30:.1f} GiB for the deep linear DMFT (limit {_MEMORY_LIMIT >> 30} GiB); "
                          "use fewer steps, nodes or a smaller input_dim")
     X, y = _data(config, data)
-    sig = _sigmas(config)
+    sig = config.layer_sigmas()
     L = config.depth
     g = PZ.effective_richness(config.scaling, config.width, config.gamma0)
     c = config.eta0 * g

@@ -20,27 +20,12 @@ import xarray as xr
 
 from .. import _core
 from .. import _validate as V
-from ..config import RunConfig
+from ..config import MONTE_CARLO_MAX_DEPTH, RunConfig, check_limit
+from ..data import for_run
 
 __all__ = ["two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width", "extrapolated_outliers", "MAX_DEPTH"]
 
 _ACTIVATIONS = {"linear": 0, "tanh": 1, "relu": 2}
-
-
-def _check_config(config) -> None:
-    if not isinstance(config, RunConfig):
-        raise ValueError(f"config must be a RunConfig; got {type(config).__name__}")
-    if config.depth != 1:
-        raise ValueError("config.depth must be 1: the Monte Carlo DMFT is implemented for two-layer networks "
-                         f"(W0, W1) only; deeper nonlinear networks are not derived here; got {config.depth}")
-    if config.scaling != "mup":
-        raise ValueError("config.scaling must be 'mup': this is the mean-field (muP) limit; the NTK limit is "
-                         f"lazy and SP has no width-independent limit here; got {config.scaling!r}")
-    if config.output_dim != 1:
-        raise ValueError(f"config.output_dim must be 1 for this solver; got {config.output_dim}")
-    if config.batch_size is not None or config.online:
-        raise ValueError("config.batch_size must be None and config.online false: only full-batch GD on fixed "
-                         "samples is implemented in the Monte Carlo DMFT")
 
 
 def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, replicas: int = 4,
@@ -65,15 +50,14 @@ def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 <<
     - ``loss_replicas(replica, step)``: the per-replica curves;
     - attrs ``kind`` = "theory", ``model`` = "two_layer_monte_carlo", ``particles``, ``status``.
     """
-    _check_config(config)
+    check_limit(config, "two_layer_monte_carlo")
     particles = V.integer("particles", particles, 2, 1 << 28)
     if particles % 2:
         raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
     replicas = V.integer("replicas", replicas, 1, 10_000)
     seed = V.integer("seed", seed, 0, 2**63 - 1)
     X, Y = _load_data(config, data)
-    sig = config.sigma
-    s_in, s_out = (sig[0], sig[1]) if isinstance(sig, list) else (sig, sig)
+    s_in, s_out = config.layer_sigmas()
     tracked = config.tracked_steps()
     runs = [
         _core.monte_carlo_two_layer(X, Y, config.gamma0, config.eta0, s_in, s_out,
@@ -87,31 +71,13 @@ def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 <<
 
 # ---- deeper networks -------------------------------------------------------------------
 
-MAX_DEPTH = 8          # hidden layers; the tangent storage grows like (depth - 1) steps^2 samples^2
+MAX_DEPTH = MONTE_CARLO_MAX_DEPTH  # hidden layers; the tangent storage grows like (depth - 1) steps^2 samples^2
 _TANGENT_BYTES_LIMIT = 6 * 2**30
 
 
 def _load_data(config, data):
-    if data is None:
-        try:
-            from ..data import teacher
-        except ImportError:
-            raise ValueError("data must be given as (X, Y): specdyn.data is not available in this build") from None
-        X, Y = teacher(config.samples, config.input_dim, 1, seed=config.data_seed, kind=config.teacher,
-                       noise=config.noise)
-    else:
-        if not isinstance(data, (tuple, list)) or len(data) != 2:
-            raise ValueError("data must be a pair (X, Y)")
-        X = V.finite_array("data X", data[0], ndim=2, dtypes=("float64", "float32"))
-        Y = V.finite_array("data Y", data[1], ndim=(1, 2), dtypes=("float64", "float32"))
-    X = np.ascontiguousarray(X, dtype=np.float64)
-    Y = np.ascontiguousarray(np.asarray(Y, dtype=np.float64).reshape(len(Y), -1))
-    if Y.shape[1] != 1 or Y.shape[0] != X.shape[0]:
-        raise ValueError(f"data Y must have shape (P,) or (P, 1) with P = {X.shape[0]}; got {Y.shape}")
-    # the config's sizes are the network's: data of another shape would train a different one
-    if X.shape != (config.samples, config.input_dim):
-        raise ValueError(f"data X must have shape (samples, input_dim) = ({config.samples}, {config.input_dim}) "
-                         f"from the config; got {X.shape}")
+    """X (P, D) and y (P,) of a one-output run (``data.for_run``)."""
+    X, Y = for_run(config, data)
     return X, Y[:, 0].copy()
 
 
@@ -147,20 +113,7 @@ def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, 
     - ``loss_replicas(replica, step)``; attrs ``kind`` = "theory", ``model`` =
       "deep_monte_carlo", ``depth``, ``particles``, ``response_particles``, ``status``.
     """
-    if not isinstance(config, RunConfig):
-        raise ValueError(f"config must be a RunConfig; got {type(config).__name__}")
-    if not 1 <= config.depth <= MAX_DEPTH:
-        raise ValueError(f"config.depth must be in [1, {MAX_DEPTH}] for the Monte Carlo DMFT; got {config.depth}")
-    if config.scaling != "mup":
-        raise ValueError("config.scaling must be 'mup': this is the mean-field (muP) limit; the NTK limit is "
-                         f"lazy and SP has no width-independent limit here; got {config.scaling!r}")
-    if config.output_dim != 1:
-        raise ValueError(f"config.output_dim must be 1 for this solver; got {config.output_dim}")
-    if config.batch_size is not None:
-        raise ValueError("config.batch_size must be None: only full-batch GD is implemented in the Monte Carlo DMFT")
-    if config.online:
-        raise ValueError("config.online must be false: only GD on fixed samples is implemented in the Monte "
-                         "Carlo DMFT")
+    check_limit(config, "deep_monte_carlo")
     particles = V.integer("particles", particles, 2, 1 << 24)
     if particles % 2:
         raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
@@ -178,8 +131,7 @@ def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, 
         raise ValueError(f"response_particles = {response_particles} needs {need / 2**30:.1f} GiB of tangents at "
                          f"depth {L}, {config.steps} steps, {len(Y)} samples (limit 6 GiB): lower it, or the "
                          "steps or samples")
-    sig = config.sigma
-    sigmas = [float(v) for v in sig] if isinstance(sig, list) else [float(sig)] * (L + 1)
+    sigmas = config.layer_sigmas()
     tracked = config.tracked_steps()
     runs = [
         _core.monte_carlo_deep(X, Y, config.gamma0, config.eta0, sigmas, _ACTIVATIONS[config.activation],

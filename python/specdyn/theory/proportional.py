@@ -15,7 +15,7 @@ import xarray as xr
 
 from .. import _core
 from .. import _validate as V
-from ..config import RunConfig
+from ..config import RunConfig, check_limit
 from ..parameterization import proportional_eta0
 
 __all__ = ["proportional"]
@@ -25,26 +25,12 @@ _DEFAULTS = dict(gamma0=1.0, eta0=0.1, sigma=1.0, steps=100, track_every=1, top_
 
 def _from_config(config: RunConfig, nu) -> dict:
     """Model arguments that a RunConfig describes, or a ValueError saying why it has no limit here."""
-    if not isinstance(config, RunConfig):
-        raise ValueError(f"config must be a RunConfig or None; got {type(config).__name__}")
-    if config.depth != 1:
-        raise ValueError("config.depth must be 1 for the proportional two-layer model (W0, W1); the "
-                         f"proportional limit of deeper networks is not derived; got {config.depth}")
-    if config.activation != "linear":
-        raise ValueError("config.activation must be 'linear': the proportional limit is derived only for "
-                         f"linear networks; got {config.activation!r}")
-    if config.output_dim != 1 or config.teacher != "linear":
-        raise ValueError("config.output_dim must be 1 and config.teacher 'linear' for the proportional model; "
-                         f"got output_dim={config.output_dim}, teacher={config.teacher!r}")
-    if not config.online:
-        raise ValueError("config.online must be true: the proportional limit is population (online) GD; "
-                         "full-batch GD on a fixed sample set is not derived")
+    check_limit(config, "proportional")
     eta0 = proportional_eta0(config.scaling, config.width, config.eta0)
     ratio = config.width / config.input_dim
     if nu is not None and not np.isclose(V.real("nu", nu, 0.0, None, lo_open=True), ratio):
         raise ValueError(f"nu must equal config.width / config.input_dim = {ratio} when a config is given; got {nu}")
-    sigma = config.sigma
-    return dict(nu=ratio, gamma0=config.gamma0, eta0=eta0, sigma=sigma, steps=config.steps,
+    return dict(nu=ratio, gamma0=config.gamma0, eta0=eta0, sigma=config.layer_sigmas(), steps=config.steps,
                 track_every=config.track_every, top_k=config.top_k, noise=config.noise,
                 divergence_bound=config.divergence_bound, config_json=config.to_json(),
                 scaling=config.scaling, width=config.width)
