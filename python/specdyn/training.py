@@ -18,6 +18,7 @@ from . import _core
 from . import _device
 from . import _validate as V
 from . import data as _data
+from . import results
 from .config import MAX_GRAM_ROWS, RunConfig  # noqa: F401  (MAX_GRAM_ROWS: re-exported)
 from .parameterization import scales
 
@@ -490,8 +491,6 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
 
 
 def _to_dataset(cfg: RunConfig, rec: dict, diverged: int, device: str):
-    import xarray as xr
-
     steps = np.asarray(cfg.tracked_steps(), dtype=np.int64)
     layers = cfg.layer_names
     ranks = np.arange(cfg.top_k, dtype=np.int64)
@@ -514,8 +513,5 @@ def _to_dataset(cfg: RunConfig, rec: dict, diverged: int, device: str):
         variables["bulk_counts"] = (("bulk_step", "layer", "bin"), rec["bulk_counts"])
         variables["bulk_edges"] = (("bulk_step", "layer", "bin_edge"), rec["bulk_edges"])
         coords["bulk_step"] = np.asarray(cfg.bulk_steps, dtype=np.int64)
-    attrs = {"config": cfg.to_json(), "status": "diverged" if diverged >= 0 else "ok", "diverged_step": diverged,
-             "kind": "simulation", "scaling": cfg.scaling, "width": cfg.width, "seed": cfg.seed}
-    if device != "cpu":
-        attrs["device"] = device
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
+    attrs = results.run_attrs(cfg, "simulation", diverged, **({"device": device} if device != "cpu" else {}))
+    return results.dataset(variables, coords, attrs)

@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import _core
 from .. import _validate as V
+from .. import results
 from .. import parameterization as PZ
 from ..rmt import bgn_outliers
 from ..config import check_limit
@@ -71,8 +72,6 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
     model="deep_linear", status, diverged_step. Cost O(L T^3 D^3) for level one plus
     O(M T^2 D R) per bulk for the outliers, R <= (T + 1)(D + 1).
     """
-    import xarray as xr
-
     _check_config(config)
     nodes = V.integer("nodes", nodes, 8)
     T, out_steps = _steps(config, steps)
@@ -127,7 +126,7 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
         for arr in (sv, naive, dsv, ol, orr):
             arr[after] = np.nan
     dims3 = ("step", "layer", "rank")
-    ds = xr.Dataset(
+    return results.dataset(
         {
             "loss": ("step", loss),
             "beta_f": (("step", "input"), np.asarray(sol.beta_f)[idx]),
@@ -140,19 +139,10 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
             "feature_kernel_trace": (("step", "hidden"), phi_tr),
             "gradient_kernel": (("step", "hidden"), g_diag),
         },
-        coords={"step": idx, "layer": bulks, "hidden": [f"h{l}" for l in range(1, L + 1)],
-                "rank": np.arange(top_k), "input": np.arange(D)},
-    )
-    ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2"
-    ds["singular_values"].attrs["long_name"] = "outlier singular values of A_l = W_l/sqrt(N) above the bulk edge (NaN: none)"
-    ds["naive_singular_values"].attrs["long_name"] = "BGN outliers of an independent spike with the increment's singular values"
-    ds["delta_singular_values"].attrs["long_name"] = "singular values of A_l(t) - A_l(0)"
-    ds["normalized_sharpness"].attrs["long_name"] = "eta lambda_max(NTK) / P (edge of stability at 2)"
-    ds["feature_kernel_trace"].attrs["long_name"] = "tr Phi^l(t, t) / D, Phi^l = H^l(t)^T H^l(t) / N"
-    ds["gradient_kernel"].attrs["long_name"] = "G^l(t, t) = |g^l(t)|^2 / N"
-    ds.attrs.update({
-        "kind": "theory", "model": "deep_linear", "nodes": nodes, "richness": g, "update_strength": float(c),
-        "config": config.to_json(), "status": "ok" if div < 0 else "diverged", "diverged_step": div,
-        "scaling": config.scaling, "width": config.width, "seed": config.seed, "steps_run": int(T),
-    })
-    return ds
+        {"step": idx, "layer": bulks, "hidden": [f"h{l}" for l in range(1, L + 1)],
+         "rank": np.arange(top_k), "input": np.arange(D)},
+        results.run_attrs(config, "theory", div, model="deep_linear", nodes=nodes, richness=g,
+                          update_strength=float(c), steps_run=int(T)),
+        {"singular_values": "outliers of A_l = W_l/sqrt(N) above the bulk edge (NaN: none)",
+         "delta_singular_values": "singular values of A_l(t) - A_l(0)",
+         "gradient_kernel": "G^l(t, t) = |g^l(t)|^2 / N, equal times"})

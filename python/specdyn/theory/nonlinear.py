@@ -20,6 +20,7 @@ import xarray as xr
 
 from .. import _core
 from .. import _validate as V
+from .. import results
 from ..config import MONTE_CARLO_MAX_DEPTH, RunConfig, check_limit
 from ..data import for_run
 
@@ -163,7 +164,7 @@ def _replica_dataset(runs, tracked, P, kernel_dims, extra_coords, config, seed, 
     _, grad, grad_err = stack("grad")
     _, sharp, sharp_err = stack("sharpness")
     diverged = [int(r["diverged_step"]) for r in runs]
-    return xr.Dataset(
+    return results.dataset(
         {
             "loss": ("step", loss), "loss_stderr": ("step", loss_err),
             "output": (("step", "sample"), out), "output_stderr": (("step", "sample"), out_err),
@@ -172,13 +173,11 @@ def _replica_dataset(runs, tracked, P, kernel_dims, extra_coords, config, seed, 
             "normalized_sharpness": ("step", sharp), "normalized_sharpness_stderr": ("step", sharp_err),
             "loss_replicas": (("replica", "step"), loss_all),
         },
-        coords={"step": idx.astype(np.int64), **extra_coords, "sample": np.arange(P), "sample2": np.arange(P),
-                "replica": np.arange(replicas)},
-        attrs={"kind": "theory", **attrs, "replicas": replicas,
-               "status": "ok" if max(diverged) < 0 else "diverged",
-               "diverged_step": min([d for d in diverged if d >= 0], default=-1),
-               "scaling": "mup", "config": config.to_json(), "seed": seed},
-    )
+        {"step": idx.astype(np.int64), **extra_coords, "sample": np.arange(P), "sample2": np.arange(P),
+         "replica": np.arange(replicas)},
+        {**results.run_attrs(config, "theory", min([d for d in diverged if d >= 0], default=-1)), **attrs,
+         "replicas": replicas, "scaling": "mup", "seed": seed},
+        {"gradient_kernel": "G^l = <g^l_mu g^l_nu>, g^l the backward field at h^l scaled to O(1)"})
 
 
 def extrapolate_width(widths, values, stderr=None) -> dict:
@@ -275,10 +274,10 @@ def extrapolated_outliers(config: RunConfig, data=None, *, widths=(512, 1024, 20
         fit = extrapolate_width(np.asarray(widths, float), means[:, ok], stderr=errs[:, ok])
         lim[ok], lim_err[ok], slope[ok] = fit["limit"], fit["limit_stderr"], fit["slope"]
     dims = ("step", "layer", "rank")
-    return xr.Dataset(
+    return results.dataset(
         {"singular_values": (dims, lim), "singular_values_stderr": (dims, lim_err), "slope": (dims, slope),
          "seed_mean": (("width",) + dims, means), "seed_stderr": (("width",) + dims, errs)},
-        coords={"step": ref.step.values, "layer": ref.layer.values, "rank": ref["rank"].values, "width": widths},
-        attrs={"kind": "extrapolation", "model": "v(N) = v_inf + b / sqrt(N)", "seeds": seeds,
-               "config": config.to_json(), "scaling": "mup"},
-    )
+        {"step": ref.step.values, "layer": ref.layer.values, "rank": ref["rank"].values, "width": widths},
+        {"kind": "extrapolation", "model": "v(N) = v_inf + b / sqrt(N)", "seeds": seeds,
+         "config": config.to_json(), "scaling": "mup"},
+        {"singular_values": "v_inf of the fit v(N) = v_inf + b / sqrt(N) over the seed means"})

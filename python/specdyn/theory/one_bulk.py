@@ -25,6 +25,7 @@ import numpy as np
 from .. import _core
 from .. import _device
 from .. import _validate as V
+from .. import results
 from .. import parameterization as PZ
 from ..config import check_limit
 from ..data import for_run
@@ -164,8 +165,6 @@ def limit_initial(s, input_dim: int, sigma_in: float, sigma_out: float) -> tuple
 
 
 def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, kind_attrs):
-    import xarray as xr
-
     T = sol.steps
     idx = np.asarray(out_steps, dtype=np.int64)
     loss = np.asarray(sol.loss)
@@ -204,7 +203,7 @@ def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, 
     coords = {"step": idx, "layer": [LAYER], "rank": np.arange(top_k), "input": np.arange(config.input_dim),
               "step_b": idx}
     dims3 = ("step", "layer", "rank")
-    ds = xr.Dataset(
+    return results.dataset(
         {
             "loss": ("step", loss[idx]),
             "beta_f": (("step", "input"), beta_f),
@@ -219,24 +218,11 @@ def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, 
             "C_w_two_time": (("step", "step_b"), Cw[np.ix_(idx, idx)]),
             "C_q_two_time": (("step", "step_b"), Cq[np.ix_(idx, idx)]),
         },
-        coords=coords,
-    )
-    ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2"
-    ds["singular_values"].attrs["long_name"] = "outlier singular values of A = W1/sqrt(N) above the bulk edge (NaN: none)"
-    ds["naive_singular_values"].attrs["long_name"] = "BGN outliers of an independent spike with the increment's singular values"
-    ds["delta_singular_values"].attrs["long_name"] = "singular values of A(t) - A(0) = c U V^T"
-    ds["overlap_spike_left"].attrs["long_name"] = "|<left outlier vector, top left singular vector of A(t)-A(0)>|^2"
-    ds["overlap_spike_right"].attrs["long_name"] = "|<right outlier vector, top right singular vector of A(t)-A(0)>|^2"
-    ds["normalized_sharpness"].attrs["long_name"] = "eta lambda_max(NTK) / P (edge of stability at 2)"
-    ds["C_w"].attrs["long_name"] = "|w(t)|^2 / N"
-    ds["C_q"].attrs["long_name"] = "|q(t)|^2 / N, q = W0 r / sqrt(D)"
-    ds.attrs.update({
-        "config": config.to_json(), "status": "ok" if div_step < 0 else "diverged", "diverged_step": div_step,
-        "scaling": config.scaling, "width": config.width, "seed": config.seed, "update_strength": float(c),
-        "bulk_edge": float(edge), "steps_run": int(T),
-    })
-    ds.attrs.update(kind_attrs)
-    return ds
+        coords,
+        results.run_attrs(config, kind_attrs["kind"], div_step, update_strength=float(c), bulk_edge=float(edge),
+                          steps_run=int(T), **{k: v for k, v in kind_attrs.items() if k != "kind"}),
+        {"singular_values": "outliers of A = W1/sqrt(N) above the bulk edge (NaN: none)",
+         "delta_singular_values": "singular values of A(t) - A(0) = c U V^T"})
 
 
 def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None = None, outlier_steps=None,

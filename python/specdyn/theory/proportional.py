@@ -15,6 +15,7 @@ import xarray as xr
 
 from .. import _core
 from .. import _validate as V
+from .. import results
 from ..config import RunConfig, check_limit
 from ..parameterization import proportional_eta0
 
@@ -118,7 +119,7 @@ def proportional(config: RunConfig | None = None, *, nu: float | None = None, ga
     sv[:, 1, 0] = np.sqrt(r["readout_norm2"][idx])
     dsv[:, 1, 0] = np.sqrt(np.maximum(r["readout_delta2"][idx], 0.0))
     diverged = int(r["diverged_step"])
-    ds = xr.Dataset(
+    return results.dataset(
         {
             "loss": ("step", r["loss"][idx]),
             "singular_values": (("step", "layer", "rank"), sv),
@@ -129,8 +130,8 @@ def proportional(config: RunConfig | None = None, *, nu: float | None = None, ga
             "normalized_sharpness": ("step", r["sharpness"]),
             "history_rank": ("step", r["history_rank"].astype(np.int64)),
         },
-        coords={"step": idx.astype(np.int64), "layer": ["W0", "W1"], "rank": np.arange(k)},
-        attrs={
+        {"step": idx.astype(np.int64), "layer": ["W0", "W1"], "rank": np.arange(k)},
+        {
             "kind": "theory",
             "model": "proportional",
             "nu": nu,
@@ -144,11 +145,6 @@ def proportional(config: RunConfig | None = None, *, nu: float | None = None, ga
             "config": args["config_json"],
             "nodes": nodes,
         },
-    )
-    ds["loss"].attrs["long_name"] = "population loss |beta - beta_f|^2 / (2D) + noise^2 / 2"
-    ds["singular_values"].attrs["long_name"] = "outliers of W0/sqrt(D) above the bulk edge; |w|/sqrt(N) for W1"
-    ds["overlap_spike_left"].attrs["long_name"] = ("|<left outlier vector, top left singular vector of "
-                                                   "W0(t)-W0(0)>|^2 (readout side; NaN for W1)")
-    ds["overlap_spike_right"].attrs["long_name"] = ("|<right outlier vector, top right singular vector of "
-                                                    "W0(t)-W0(0)>|^2 (input side; NaN for W1)")
-    return ds
+        {"loss": "population loss |beta - beta_f|^2 / (2D) + noise^2 / 2",
+         "singular_values": "outliers of W0/sqrt(D) above the bulk edge; |w|/sqrt(N) for W1",
+         "overlap_spike_left": "readout side; NaN for W1", "overlap_spike_right": "input side; NaN for W1"})
