@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from . import storage
 from .config import RunConfig

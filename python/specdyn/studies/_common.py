@@ -48,6 +48,21 @@ class Study:
         """Run the study's sweep; ``(dataset, summary)``."""
         raise NotImplementedError
 
+    def sweep_and_analyze(self, grid, base: RunConfig, store, client, workers, progress, analyze_args=(),
+                          before_analyze=None, **attrs):
+        """Sweep ``grid`` over ``base`` into ``store`` (a temporary one when None), recording this study,
+        its base and ``attrs``; then ``before_analyze(path)`` and the analysis. ``(dataset, summary)``."""
+        from ..sweeps import sweep
+
+        with StudyStore(store) as path:
+            summary = sweep(self.run_one, grid, path, client=client, workers=workers, progress=progress,
+                            base=base, study_attrs={"study": self.name, "base": base.to_json(), **attrs})
+            if before_analyze is not None:
+                before_analyze(path)
+            ds, head = self.analyze(path, *analyze_args, groups=summary["groups"])
+        head["sweep"] = sweep_brief(summary)
+        return ds, head
+
     def analyze(self, store, groups=None):
         """``(dataset, summary)`` of a store this study wrote."""
         raise NotImplementedError
@@ -62,6 +77,18 @@ class Study:
 
     def __repr__(self) -> str:
         return f"<study {self.name}>"
+
+
+def table(title: str, left=(), right=()):
+    """A rich Table of a headline: the ``left`` columns (labels), then the ``right``-justified ones (numbers)."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for name in left:
+        t.add_column(name)
+    for name in right:
+        t.add_column(name, justify="right")
+    return t
 
 
 def listed(name: str, values, kind=float) -> list:

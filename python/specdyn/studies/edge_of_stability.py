@@ -8,8 +8,9 @@ import numpy as np
 from .. import parameterization
 from .._format import number
 from ..config import RunConfig
-from ..sweeps import collect, sweep
-from ._common import Study, StudyStore, listed, seed_mean, statuses, summary_base, sweep_brief, sweep_meta
+from ..sweeps import collect
+from ._common import Study, listed, seed_mean, statuses, summary_base, sweep_meta, table
+from .width_consistency import STUDY as WIDTH_CONSISTENCY
 
 
 class EdgeOfStability(Study):
@@ -17,11 +18,11 @@ class EdgeOfStability(Study):
     grid_keys = ("eta0s", "widths", "scalings", "seeds", "catapult_factor")
 
     def default_base(self) -> RunConfig:
-        # tanh: the sharpness of a linear net barely moves; the Hessian (Lanczos on
-        # Hessian-vector products) costs ~5 steps, hence every 2nd step
-        return RunConfig(depth=2, activation="tanh", input_dim=16, output_dim=1, samples=32, sigma=1.0, top_k=4,
-                         data_seed=0, scaling="mup", gamma0=1.0, eta0=1.0, steps=100, track_every=2,
-                         track_hessian=True)
+        # the solvable model's shape with tanh (the sharpness of a linear net barely moves); the Hessian
+        # (Lanczos on Hessian-vector products) costs ~5 steps, hence every 2nd step
+        return WIDTH_CONSISTENCY.default_base().replace(activation="tanh", input_dim=16, samples=32, gamma0=1.0,
+                                                        eta0=1.0, steps=100, track_every=2, track_hessian=True,
+                                                        bulk_steps=[])
 
     def run(self, eta0s=(1.0, 2.0, 4.0, 8.0), widths=(64, 128, 256), scalings=("mup",), seeds=(0,), base=None,
             store=None, client=None, workers=None, progress=True, catapult_factor=2.0):
@@ -32,13 +33,8 @@ class EdgeOfStability(Study):
         base = self.base(base)
         grid = {"scaling": listed("scalings", scalings, str), "width": listed("widths", widths, int),
                 "eta0": listed("eta0s", eta0s, float), "seed": listed("seeds", seeds, int)}
-        with StudyStore(store) as path:
-            summary = sweep(self.run_one, grid, path, client=client, workers=workers, progress=progress,
-                            base=base, study_attrs={"study": self.name, "base": base.to_json(),
-                                                    "catapult_factor": catapult_factor})
-            ds, head = self.analyze(path, catapult_factor, groups=summary["groups"])
-        head["sweep"] = sweep_brief(summary)
-        return ds, head
+        return self.sweep_and_analyze(grid, base, store, client, workers, progress, (catapult_factor,),
+                                      catapult_factor=catapult_factor)
 
     def analyze(self, store, catapult_factor: float | None = None, groups=None):
         """``steady_sharpness(scaling, width, eta0)``: mean of the seed-mean S over the
@@ -100,15 +96,10 @@ class EdgeOfStability(Study):
                                              scaling=str(sc)) for sc in ds.scaling.values]
 
     def headline(self, summary: dict, console) -> None:
-        from rich.table import Table
-
         for sc, per_eta in summary["steady_sharpness"].items():
-            t = Table(title=f"{sc}: steady S (mean over the last quarter) per eta0 and width")
-            t.add_column("eta0", justify="right")
             widths = sorted({w for d in per_eta.values() for w in d})
-            for w in widths:
-                t.add_column(f"N={w}", justify="right")
-            t.add_column("width spread", justify="right")
+            t = table(f"{sc}: steady S (mean over the last quarter) per eta0 and width",
+                      right=["eta0"] + [f"N={w}" for w in widths] + ["width spread"])
             for e, per_w in per_eta.items():
                 t.add_row(number(e), *[number(per_w[w], 3) for w in widths],
                           number(summary["width_spread"][sc][e], 3))

@@ -8,8 +8,8 @@ import numpy as np
 
 from .._format import number
 from ..config import RunConfig
-from ..sweeps import collect, sweep
-from ._common import Study, StudyStore, listed, statuses, summary_base, sweep_brief
+from ..sweeps import collect
+from ._common import Study, listed, statuses, summary_base, table
 
 LR_TRANSFER_ETA0S = tuple(2.0 ** k for k in range(-6, 7))
 
@@ -43,12 +43,7 @@ class LrTransfer(Study):
         base = self.base(base)
         grid = {"scaling": listed("scalings", scalings, str), "width": listed("widths", widths, int),
                 "eta0": listed("eta0s", eta0s, float), "seed": listed("seeds", seeds, int)}
-        with StudyStore(store) as path:
-            summary = sweep(self.run_one, grid, path, client=client, workers=workers, progress=progress,
-                            base=base, study_attrs={"study": self.name, "base": base.to_json()})
-            ds, head = self.analyze(path, groups=summary["groups"])
-        head["sweep"] = sweep_brief(summary)
-        return ds, head
+        return self.sweep_and_analyze(grid, base, store, client, workers, progress)
 
     def analyze(self, store, groups=None):
         """``final_loss(scaling, width, eta0)``: seed-mean loss at the last step (inf if
@@ -73,14 +68,9 @@ class LrTransfer(Study):
         return [plots.loss_vs_eta0(ds, summary, Path(out_dir) / "lr_transfer_loss_vs_eta0.png")]
 
     def headline(self, summary: dict, console) -> None:
-        from rich.table import Table
-
-        t = Table(title="optimal eta0 (argmin of the final loss) per width")
-        t.add_column("scaling")
         widths = sorted({w for d in summary["optimal_eta0"].values() for w in d})
-        for w in widths:
-            t.add_column(f"N={w}", justify="right")
-        t.add_column("drift (log2)", justify="right")
+        t = table("optimal eta0 (argmin of the final loss) per width", ["scaling"],
+                  [f"N={w}" for w in widths] + ["drift (log2)"])
         bounds = summary.get("optimum_bound", {})
         for sc, opt in summary["optimal_eta0"].items():
             cells = [(bounds.get(sc) or {}).get(w) or number(opt.get(w, float("nan"))) for w in widths]

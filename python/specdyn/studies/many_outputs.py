@@ -11,9 +11,8 @@ from .. import _validate as V
 from .. import parameterization
 from .._format import number
 from ..config import RunConfig
-from ..sweeps import collect, sweep
-from ._common import (Study, StudyStore, hidden_layers, listed, seed_mean, statuses, summary_base, sweep_brief,
-                      sweep_meta)
+from ..sweeps import collect
+from ._common import Study, hidden_layers, listed, seed_mean, statuses, summary_base, sweep_meta, table
 
 
 class ManyOutputs(Study):
@@ -75,13 +74,8 @@ class ManyOutputs(Study):
                 points.append({**base.to_dict(), "width": n, "seed": s, "output_dim": max(1, round(kappa * n)),
                                "input_dim": max(1, round(input_ratio * n)),
                                "samples": max(1, round(sample_ratio * n)), "eta0": eta0})
-        with StudyStore(store) as path:
-            summary = sweep(self.run_one, points, path, client=client, workers=workers, progress=progress,
-                            study_attrs={"study": self.name, "base": base.to_json(), "kappa": kappa,
-                                         "outlier_gap": outlier_gap, "proportional_lr": bool(proportional_lr)})
-            ds, head = self.analyze(path, outlier_gap, groups=summary["groups"])
-        head["sweep"] = sweep_brief(summary)
-        return ds, head
+        return self.sweep_and_analyze(points, base, store, client, workers, progress, (outlier_gap,), kappa=kappa,
+                                      outlier_gap=outlier_gap, proportional_lr=bool(proportional_lr))
 
     def analyze(self, store, outlier_gap: float | None = None, groups=None):
         """``edge(N)``: seed-mean top singular value of W1 at the last step (without an
@@ -138,13 +132,8 @@ class ManyOutputs(Study):
         return paths
 
     def headline(self, summary: dict, console) -> None:
-        from rich.table import Table
-
-        t = Table(title=f"many outputs, kappa = {summary.get('kappa')}: top of the bulk of {summary.get('layer')}")
-        t.add_column("N", justify="right")
-        t.add_column("edge at t=0", justify="right")
-        t.add_column("edge after training", justify="right")
-        t.add_column("(s1-s2)/s1", justify="right")
+        t = table(f"many outputs, kappa = {summary.get('kappa')}: top of the bulk of {summary.get('layer')}",
+                  right=["N", "edge at t=0", "edge after training", "(s1-s2)/s1"])
         for w in summary["widths"]:
             t.add_row(str(w), number(summary["initial_edge"][w]), number(summary["edge"][w]),
                       number(summary["relative_gap"][w], 3))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from .._format import number
 from ..config import RunConfig
-from ..sweeps import collect, sweep
-from ._common import Study, StudyStore, fit_power, listed, seed_mean, statuses, summary_base, sweep_brief, sweep_meta
+from ..sweeps import collect
+from ._common import Study, fit_power, listed, seed_mean, statuses, summary_base, sweep_meta, table
 from .limit import THEORY_GROUP, limit_theory, stored_limit, theory_fits, theory_on_steps
 from .width_consistency import STUDY as WIDTH_CONSISTENCY
 
@@ -32,15 +32,13 @@ class NaiveVsTwoLevel(Study):
         if not ok:
             raise ValueError(f"naive_vs_two_level: {why}")
         grid = {"width": listed("widths", widths, int), "seed": listed("seeds", seeds, int)}
-        with StudyStore(store) as path:
-            summary = sweep(self.run_one, grid, path, client=client, workers=workers, progress=progress,
-                            base=base, study_attrs={"study": self.name, "base": base.to_json()})
+
+        def theory(path):
             th, note = limit_theory(base, path)
             if th is None:
                 raise RuntimeError(f"naive_vs_two_level needs the linear DMFT: {note}")
-            ds, head = self.analyze(path, groups=summary["groups"])
-        head["sweep"] = sweep_brief(summary)
-        return ds, head
+
+        return self.sweep_and_analyze(grid, base, store, client, workers, progress, before_analyze=theory)
 
     def analyze(self, store, groups=None):
         """Errors max_t |s_1^sim(t) - s_1^pred(t)| of both predictions per width (a
@@ -84,12 +82,7 @@ class NaiveVsTwoLevel(Study):
         return [plots.outlier_predictions(ds, summary, Path(out_dir) / "naive_vs_two_level.png")]
 
     def headline(self, summary: dict, console) -> None:
-        from rich.table import Table
-
-        t = Table(title="max_t |s1 sim - s1 predicted| of W1")
-        t.add_column("N", justify="right")
-        t.add_column("two-level DMFT", justify="right")
-        t.add_column("naive BBP", justify="right")
+        t = table("max_t |s1 sim - s1 predicted| of W1", right=["N", "two-level DMFT", "naive BBP"])
         for w in summary["widths"]:
             two = (summary["error"].get("two_level") or {}).get(w, float("nan"))
             nai = (summary["error"].get("naive") or {}).get(w, float("nan"))

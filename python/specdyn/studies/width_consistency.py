@@ -6,9 +6,8 @@ from pathlib import Path
 from .. import parameterization
 from .._format import number
 from ..config import RunConfig
-from ..sweeps import collect, sweep
-from ._common import (Study, StudyStore, fit_power, hidden_layers, listed, seed_mean, statuses, summary_base,
-                      sweep_brief)
+from ..sweeps import collect
+from ._common import Study, fit_power, hidden_layers, listed, seed_mean, statuses, summary_base, table
 from .limit import limit_theory, stored_limit, theory_fits, theory_on_steps
 
 
@@ -45,16 +44,9 @@ class WidthConsistency(Study):
             if sc == "ntk" and match > 0:
                 gamma0 = base.gamma0 / parameterization.effective_richness("ntk", match, 1.0)
             points += [{"scaling": sc, "width": n, "seed": s, "gamma0": gamma0} for n in widths for s in seeds]
-        with StudyStore(store) as path:
-            summary = sweep(self.run_one, [{**base.to_dict(), **p} for p in points], path, client=client,
-                            workers=workers, progress=progress,
-                            study_attrs={"study": self.name, "base": base.to_json(), "theory": bool(theory),
-                                         "match_width": match})
-            if theory:
-                limit_theory(base, path)
-            ds, head = self.analyze(path, groups=summary["groups"])
-        head["sweep"] = sweep_brief(summary)
-        return ds, head
+        return self.sweep_and_analyze(points, base, store, client, workers, progress,
+                                      before_analyze=(lambda path: limit_theory(base, path)) if theory else None,
+                                      theory=bool(theory), match_width=match)
 
     def analyze(self, store, groups=None):
         """Collect a width-consistency store; headline from the data.
@@ -129,12 +121,8 @@ class WidthConsistency(Study):
         return paths
 
     def headline(self, summary: dict, console) -> None:
-        from rich.table import Table
-
-        t = Table(title=f"spread of s1(t) of {summary.get('layer')} across widths {summary.get('widths')}")
-        t.add_column("scaling")
-        t.add_column("spread max_t (max-min over N)", justify="right")
-        t.add_column("max_t |s1_N - ref| per N", justify="right")
+        t = table(f"spread of s1(t) of {summary.get('layer')} across widths {summary.get('widths')}", ["scaling"],
+                  ["spread max_t (max-min over N)", "max_t |s1_N - ref| per N"])
         t.add_column("reference")
         t.add_column("decay exponent p (N^-p)", justify="right")
         for sc, spread in summary["spread"].items():

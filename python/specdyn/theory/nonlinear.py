@@ -29,6 +29,15 @@ __all__ = ["two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width", "ex
 _ACTIVATIONS = {"linear": 0, "tanh": 1, "relu": 2}
 
 
+def _check_sampling(config, model: str, particles, most_particles: int, replicas, seed) -> tuple[int, int, int]:
+    """The config covered by ``model`` (else one ValueError), then the validated sampling arguments."""
+    check_limit(config, model)
+    particles = V.integer("particles", particles, 2, most_particles)
+    if particles % 2:
+        raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
+    return particles, V.integer("replicas", replicas, 1, 10_000), V.integer("seed", seed, 0, 2**63 - 1)
+
+
 def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, replicas: int = 4,
                           seed: int = 0) -> xr.Dataset:
     """Loss, kernels and sharpness of the muP limit of a two-layer network, with sampling error.
@@ -51,12 +60,7 @@ def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 <<
     - ``loss_replicas(replica, step)``: the per-replica curves;
     - attrs ``kind`` = "theory", ``model`` = "two_layer_monte_carlo", ``particles``, ``status``.
     """
-    check_limit(config, "two_layer_monte_carlo")
-    particles = V.integer("particles", particles, 2, 1 << 28)
-    if particles % 2:
-        raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
-    replicas = V.integer("replicas", replicas, 1, 10_000)
-    seed = V.integer("seed", seed, 0, 2**63 - 1)
+    particles, replicas, seed = _check_sampling(config, "two_layer_monte_carlo", particles, 1 << 28, replicas, seed)
     X, Y = _load_data(config, data)
     s_in, s_out = config.layer_sigmas()
     tracked = config.tracked_steps()
@@ -114,12 +118,7 @@ def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, 
     - ``loss_replicas(replica, step)``; attrs ``kind`` = "theory", ``model`` =
       "deep_monte_carlo", ``depth``, ``particles``, ``response_particles``, ``status``.
     """
-    check_limit(config, "deep_monte_carlo")
-    particles = V.integer("particles", particles, 2, 1 << 24)
-    if particles % 2:
-        raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
-    replicas = V.integer("replicas", replicas, 1, 10_000)
-    seed = V.integer("seed", seed, 0, 2**63 - 1)
+    particles, replicas, seed = _check_sampling(config, "deep_monte_carlo", particles, 1 << 24, replicas, seed)
     if response_particles is None:
         response_particles = min(particles, 1024)
     response_particles = V.integer("response_particles", response_particles, 2, particles)
