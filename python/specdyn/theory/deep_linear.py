@@ -17,29 +17,20 @@ import numpy as np
 
 from .. import _core
 from .. import _validate as V
+from .. import results
 from .. import parameterization as PZ
 from ..rmt import bgn_outliers
-from .one_bulk import MEMORY_LIMIT, _data, _outlier_steps, _steps, check_linear_config, quarter_circle_nodes
+from ..config import check_limit
+from .one_bulk import MEMORY_LIMIT, _data, _outlier_steps, _steps, quarter_circle_nodes
 
 __all__ = ["deep_linear"]
-
-_COVERS = ("the deep linear theory covers depth >= 2 (W0, depth - 1 square bulks, readout), activation='linear', "
-           "output_dim=1, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or 'ntk' "
-           "(as muP at richness gamma0/sqrt(width)); depth 1 and nonlinear networks: theory.two_layer_monte_carlo")
 
 # level one keeps coefficient rows of length ~2 (T + 1)(D + 1) for (T + 1) D rows per layer
 _MEMORY_LIMIT = MEMORY_LIMIT
 
 
 def _check_config(config) -> None:
-    check_linear_config(config, _COVERS, min_depth=2, max_depth=64)
-
-
-def _sigmas(config) -> list[float]:
-    s = config.sigma
-    if isinstance(s, (list, tuple)):
-        return [float(v) for v in s]
-    return [float(s)] * (config.depth + 1)
+    check_limit(config, "deep_linear")
 
 
 def memory_estimate(depth: int, input_dim: int, steps: int, nodes: int) -> int:
@@ -81,8 +72,6 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
     model="deep_linear", status, diverged_step. Cost O(L T^3 D^3) for level one plus
     O(M T^2 D R) per bulk for the outliers, R <= (T + 1)(D + 1).
     """
-    import xarray as xr
-
     _check_config(config)
     nodes = V.integer("nodes", nodes, 8)
     T, out_steps = _steps(config, steps)
@@ -96,7 +85,7 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
                          f"{need / 2**30:.1f} GiB for the deep linear DMFT (limit {_MEMORY_LIMIT >> 30} GiB); "
                          "use fewer steps, nodes or a smaller input_dim")
     X, y = _data(config, data)
-    sig = _sigmas(config)
+    sig = config.layer_sigmas()
     L = config.depth
     g = PZ.effective_richness(config.scaling, config.width, config.gamma0)
     c = config.eta0 * g
@@ -137,7 +126,7 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
         for arr in (sv, naive, dsv, ol, orr):
             arr[after] = np.nan
     dims3 = ("step", "layer", "rank")
-    ds = xr.Dataset(
+    return results.dataset(
         {
             "loss": ("step", loss),
             "beta_f": (("step", "input"), np.asarray(sol.beta_f)[idx]),
@@ -150,19 +139,10 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
             "feature_kernel_trace": (("step", "hidden"), phi_tr),
             "gradient_kernel": (("step", "hidden"), g_diag),
         },
-        coords={"step": idx, "layer": bulks, "hidden": [f"h{l}" for l in range(1, L + 1)],
-                "rank": np.arange(top_k), "input": np.arange(D)},
-    )
-    ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2"
-    ds["singular_values"].attrs["long_name"] = "outlier singular values of A_l = W_l/sqrt(N) above the bulk edge (NaN: none)"
-    ds["naive_singular_values"].attrs["long_name"] = "BGN outliers of an independent spike with the increment's singular values"
-    ds["delta_singular_values"].attrs["long_name"] = "singular values of A_l(t) - A_l(0)"
-    ds["normalized_sharpness"].attrs["long_name"] = "eta lambda_max(NTK) / P (edge of stability at 2)"
-    ds["feature_kernel_trace"].attrs["long_name"] = "tr Phi^l(t, t) / D, Phi^l = H^l(t)^T H^l(t) / N"
-    ds["gradient_kernel"].attrs["long_name"] = "G^l(t, t) = |g^l(t)|^2 / N"
-    ds.attrs.update({
-        "kind": "theory", "model": "deep_linear", "nodes": nodes, "richness": g, "update_strength": float(c),
-        "config": config.to_json(), "status": "ok" if div < 0 else "diverged", "diverged_step": div,
-        "scaling": config.scaling, "width": config.width, "seed": config.seed, "steps_run": int(T),
-    })
-    return ds
+        {"step": idx, "layer": bulks, "hidden": [f"h{l}" for l in range(1, L + 1)],
+         "rank": np.arange(top_k), "input": np.arange(D)},
+        results.run_attrs(config, "theory", div, model="deep_linear", nodes=nodes, richness=g,
+                          update_strength=float(c), steps_run=int(T)),
+        {"singular_values": "outliers of A_l = W_l/sqrt(N) above the bulk edge (NaN: none)",
+         "delta_singular_values": "singular values of A_l(t) - A_l(0)",
+         "gradient_kernel": "G^l(t, t) = |g^l(t)|^2 / N, equal times"})

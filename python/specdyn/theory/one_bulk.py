@@ -25,14 +25,13 @@ import numpy as np
 from .. import _core
 from .. import _device
 from .. import _validate as V
+from .. import results
 from .. import parameterization as PZ
-from ..config import RunConfig
+from ..config import check_limit
+from ..data import for_run
 from ..rmt import bgn_outliers
 
 LAYER = "W1"
-_COVERS = ("the one-bulk theory covers depth=2 (W0, one square bulk W1, readout W2), activation='linear', "
-           "output_dim=1, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or "
-           "'ntk' (as muP at richness gamma0/sqrt(width)); deeper linear networks: theory.deep_linear")
 
 
 def quarter_circle_nodes(nodes: int, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -51,60 +50,14 @@ def quarter_circle_nodes(nodes: int, sigma: float = 1.0) -> tuple[np.ndarray, np
 
 # ---- inputs ------------------------------------------------------------------------
 
-def check_linear_config(config, covers: str, min_depth: int = 2, max_depth: int = 2) -> None:
-    """One ValueError, saying what the exact linear DMFT covers, unless ``config`` is a linear,
-    one-output, full-batch muP/NTK run of depth in [min_depth, max_depth]."""
-    if not isinstance(config, RunConfig):
-        raise ValueError(f"config must be a specdyn.RunConfig; got {type(config).__name__}")
-    bad = []
-    if not min_depth <= config.depth <= max_depth:
-        bad.append(f"depth={config.depth}")
-    if config.activation != "linear":
-        bad.append(f"activation={config.activation!r}")
-    if config.output_dim != 1:
-        bad.append(f"output_dim={config.output_dim}")
-    if config.scaling not in ("mup", "ntk"):
-        bad.append(f"scaling={config.scaling!r}")
-    if config.batch_size is not None:
-        bad.append(f"batch_size={config.batch_size}")
-    if config.online:
-        bad.append("online=True")
-    if bad:
-        raise ValueError(f"{covers}; got {', '.join(bad)}")
-
-
 def _check_config(config) -> None:
-    check_linear_config(config, _COVERS)
-
-
-def _sigmas(config) -> tuple[float, float, float]:
-    s = config.sigma
-    if isinstance(s, (list, tuple)):
-        return float(s[0]), float(s[1]), float(s[2])
-    return float(s), float(s), float(s)
+    check_limit(config, "one_bulk")
 
 
 def _data(config, data) -> tuple[np.ndarray, np.ndarray]:
-    P, D = config.samples, config.input_dim
-    if data is None:
-        try:
-            from ..data import teacher
-        except ImportError:  # pragma: no cover - until specdyn.data lands
-            raise ValueError("data=None needs specdyn.data.teacher; pass data=(X, y) instead") from None
-        data = teacher(P, D, output_dim=1, seed=config.data_seed, kind=config.teacher, noise=config.noise)
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError("data must be a pair (X, y) with X of shape (samples, input_dim) and y of shape "
-                         f"(samples,) or (samples, 1); samples={P}, input_dim={D}")
-    X = V.finite_array("data X", data[0], ndim=2).astype(np.float64)
-    y = V.finite_array("data y", data[1], ndim=(1, 2)).astype(np.float64)
-    if X.shape != (P, D):
-        raise ValueError(f"data X must have shape (samples, input_dim) = ({P}, {D}); got {X.shape}")
-    if y.ndim == 2 and y.shape[1] != 1:
-        raise ValueError(f"data y must have shape ({P},) or ({P}, 1); got {y.shape}")
-    y = y.reshape(-1)
-    if y.shape[0] != P:
-        raise ValueError(f"data y must have shape ({P},) or ({P}, 1); got {np.shape(data[1])}")
-    return np.ascontiguousarray(X), np.ascontiguousarray(y)
+    """X (P, D) and y (P,) of a one-output run (``data.for_run``)."""
+    X, Y = for_run(config, data)
+    return X, np.ascontiguousarray(Y[:, 0])
 
 
 def _steps(config, steps) -> tuple[int, list[int]]:
@@ -212,8 +165,6 @@ def limit_initial(s, input_dim: int, sigma_in: float, sigma_out: float) -> tuple
 
 
 def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, kind_attrs):
-    import xarray as xr
-
     T = sol.steps
     idx = np.asarray(out_steps, dtype=np.int64)
     loss = np.asarray(sol.loss)
@@ -252,7 +203,7 @@ def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, 
     coords = {"step": idx, "layer": [LAYER], "rank": np.arange(top_k), "input": np.arange(config.input_dim),
               "step_b": idx}
     dims3 = ("step", "layer", "rank")
-    ds = xr.Dataset(
+    return results.dataset(
         {
             "loss": ("step", loss[idx]),
             "beta_f": (("step", "input"), beta_f),
@@ -267,24 +218,11 @@ def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, 
             "C_w_two_time": (("step", "step_b"), Cw[np.ix_(idx, idx)]),
             "C_q_two_time": (("step", "step_b"), Cq[np.ix_(idx, idx)]),
         },
-        coords=coords,
-    )
-    ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2"
-    ds["singular_values"].attrs["long_name"] = "outlier singular values of A = W1/sqrt(N) above the bulk edge (NaN: none)"
-    ds["naive_singular_values"].attrs["long_name"] = "BGN outliers of an independent spike with the increment's singular values"
-    ds["delta_singular_values"].attrs["long_name"] = "singular values of A(t) - A(0) = c U V^T"
-    ds["overlap_spike_left"].attrs["long_name"] = "|<left outlier vector, top left singular vector of A(t)-A(0)>|^2"
-    ds["overlap_spike_right"].attrs["long_name"] = "|<right outlier vector, top right singular vector of A(t)-A(0)>|^2"
-    ds["normalized_sharpness"].attrs["long_name"] = "eta lambda_max(NTK) / P (edge of stability at 2)"
-    ds["C_w"].attrs["long_name"] = "|w(t)|^2 / N"
-    ds["C_q"].attrs["long_name"] = "|q(t)|^2 / N, q = W0 r / sqrt(D)"
-    ds.attrs.update({
-        "config": config.to_json(), "status": "ok" if div_step < 0 else "diverged", "diverged_step": div_step,
-        "scaling": config.scaling, "width": config.width, "seed": config.seed, "update_strength": float(c),
-        "bulk_edge": float(edge), "steps_run": int(T),
-    })
-    ds.attrs.update(kind_attrs)
-    return ds
+        coords,
+        results.run_attrs(config, kind_attrs["kind"], div_step, update_strength=float(c), bulk_edge=float(edge),
+                          steps_run=int(T), **{k: v for k, v in kind_attrs.items() if k != "kind"}),
+        {"singular_values": "outliers of A = W1/sqrt(N) above the bulk edge (NaN: none)",
+         "delta_singular_values": "singular values of A(t) - A(0) = c U V^T"})
 
 
 def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None = None, outlier_steps=None,
@@ -332,7 +270,7 @@ def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None 
     edge_margin = V.real("edge_margin", edge_margin, 0.0)
     history_tol = V.real("history_tol", history_tol, 0.0, 1e-3)
     X, y = _data(config, data)
-    sig_in, sig_bulk, sig_out = _sigmas(config)
+    sig_in, sig_bulk, sig_out = config.layer_sigmas()
     g = PZ.effective_richness(config.scaling, config.width, config.gamma0)
     c = config.eta0 * g
     s, wts = quarter_circle_nodes(nodes, sig_bulk)
@@ -386,5 +324,5 @@ def one_bulk_finite(config, weights, data=None, steps=None, top_k: int | None = 
         sol = solve_modes(s, np.full(N, 1.0 / N), a0, B0, X, y, c, g, config.eta0, T, history_tol,
                           sharpness_steps=out_steps)
     edge = float(s[0]) * (1.0 + 1e-12)
-    return _dataset(config, sol, out_steps, o_steps, top_k, c, edge, _sigmas(config)[1],
+    return _dataset(config, sol, out_steps, o_steps, top_k, c, edge, config.layer_sigma(1),
                     {"kind": "finite_modes", "model": "one_bulk", "nodes": N, "richness": g})

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-from .. import backend, lanczos, rmt, storage
+from .. import backend, lanczos, results, rmt, storage
 from ..parameterization import fan_in_normalizer
 
 NORMALIZE = ("fan_in", "none")
@@ -224,7 +224,8 @@ class SpectralMonitor:
         return g
 
     def _open_store(self, path):
-        return storage.GrowingGroup(path, self._static(), self._growing(), self.attrs)
+        return storage.GrowingGroup(path, self._static(), self._growing(), self.attrs,
+                                    variable_attrs=results.variable_attrs)
 
     # ---- overlaps with the mean input / backward signal (nn.Linear layers) -----------
     def _install_overlap_hooks(self) -> None:
@@ -484,8 +485,6 @@ class SpectralMonitor:
     # ---- results ------------------------------------------------------------------------
     def dataset(self):
         """All observations as an ``xarray.Dataset`` (the variables, dims and attrs of ``specdyn.simulate``)."""
-        import xarray as xr
-
         growing = self._growing()
         variables, coords = {}, {}
         for name, (dims, values) in self._static().items():
@@ -496,7 +495,7 @@ class SpectralMonitor:
             (coords if name == dims[0] else variables)[name] = (dims, data)
         attrs = dict(self.attrs)
         attrs.update(status=self.status, diverged_step=self.diverged_step)
-        return xr.Dataset(variables, coords=coords, attrs=attrs)
+        return results.dataset(variables, coords, attrs)
 
     def __enter__(self):
         return self
