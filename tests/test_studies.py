@@ -188,3 +188,64 @@ def test_analyze_from_store_and_bad_input(tmp_path):
     _, again = studies.analyze(store)
     assert again["optimal_eta0"] == head["optimal_eta0"]
     json.loads(studies.to_json(head))
+
+
+def test_each_study_is_an_object_that_the_cli_and_plots_ask(tmp_path, capsys):
+    import specdyn
+    from specdyn import plots
+    from specdyn.cli import print_headline
+
+    for name, study in studies.STUDIES.items():
+        assert study.name == name and isinstance(study.default_base(), RunConfig)
+        assert studies.default_base(name) == study.default_base()
+        assert study.grid_keys and set(study.grid_keys) <= set(__import__("inspect").signature(study.run).parameters)
+    # the many_outputs defaults live in its own module
+    import importlib
+
+    mo_module = importlib.import_module("specdyn.studies.many_outputs")  # the package attribute is the function
+
+    assert mo_module.STUDY is studies.get("many_outputs")
+    assert studies.many_outputs.__self__ is mo_module.STUDY
+    # a study name is no run function
+    with pytest.raises(ValueError, match="run_fn.*studies.get"):
+        specdyn.sweep("width_consistency", {"widths": [8]}, tmp_path / "s.zarr")
+    # the headline is the study's: an lr_transfer summary printed through the CLI
+    summary = {"study": "lr_transfer", "optimal_eta0": {"mup": {8: 0.5}}, "drift_log2": {"mup": 0.0},
+               "optimum_bound": {"mup": {8: None}}, "drift_note": {"mup": None}}
+    print_headline(summary)
+    assert "optimal eta0" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown study"):
+        print_headline({"study": "nope"})
+    with pytest.deprecated_call():
+        with pytest.raises(ValueError, match="unknown study"):
+            plots.study_figures("nope", None, {}, tmp_path)
+
+
+def test_run_config_answers_sigma_and_which_limit_covers_it():
+    from specdyn.config import check_limit
+
+    cfg = RunConfig(depth=3, sigma=[0.5, 1.5, 2.0, 0.7])
+    assert cfg.layer_sigmas() == [0.5, 1.5, 2.0, 0.7]
+    assert cfg.layer_sigma(2) == 2.0 and cfg.layer_sigma("W3") == 0.7
+    assert RunConfig(depth=2, sigma=1.3).layer_sigmas() == [1.3, 1.3, 1.3]
+    with pytest.raises(ValueError, match="layer"):
+        cfg.layer_sigma("W4")
+    # the coverage of each theory, written out by hand from its model
+    cases = [(dict(depth=2), ["one_bulk", "deep_linear", "deep_monte_carlo"]),
+             (dict(depth=2, scaling="ntk"), ["one_bulk", "deep_linear"]),
+             (dict(depth=5, activation="tanh"), ["deep_monte_carlo"]),
+             (dict(depth=9, activation="tanh"), []),
+             (dict(depth=1), ["two_layer_monte_carlo", "deep_monte_carlo"]),
+             (dict(depth=1, online=True, scaling="ntk"), ["proportional"]),
+             (dict(depth=2, batch_size=4), []),
+             (dict(depth=2, output_dim=2), ["one_bulk", "deep_linear"]),
+             (dict(depth=3, output_dim=4, output_normalization="mean"), ["deep_linear"])]
+    for fields, covering in cases:
+        assert RunConfig(**fields).limits() == covering, fields
+    assert RunConfig(depth=3, activation="tanh").limit_gaps("one_bulk") == ["depth=3", "activation='tanh'"]
+    with pytest.raises(ValueError, match="one-bulk theory covers.*got depth=3"):
+        check_limit(RunConfig(depth=3), "one_bulk")
+    with pytest.raises(ValueError, match="RunConfig"):
+        check_limit({"depth": 2}, "one_bulk")
+    with pytest.raises(ValueError, match="model"):
+        RunConfig().limit_gaps("two_bulk")

@@ -197,7 +197,7 @@ def test_bad_arguments(tmp_path, fake):
     _, fake_run = fake
     with pytest.raises(ValueError, match="workers"):
         specdyn.sweep(fake_run, {"widths": [8]}, tmp_path / "s.zarr", workers=0)
-    with pytest.raises(ValueError, match="study_or_runfn"):
+    with pytest.raises(ValueError, match="run_fn"):
         specdyn.sweep(42, {"widths": [8]}, tmp_path / "s.zarr")
     with pytest.raises(ValueError, match="holds no complete runs"):
         collect(tmp_path / "empty.zarr")

@@ -29,7 +29,7 @@ py::array_t<T> fortran(const std::vector<T>& v, int64_t rows, int64_t cols) {
 
 template <class T>
 py::tuple top_singular(py::array A, int k, double tol, int block, int max_passes, int max_basis, uint64_t seed,
-                       py::object v0, int warm_extra) {
+                       py::object v0, int warm_extra, bool resolvable) {
   if (A.ndim() != 2 || !py::isinstance<py::array_t<T>>(A)) throw py::value_error("A: wrong dtype or ndim");
   const bool row_major = A.flags() & py::array::c_style;
   if (!row_major && !(A.flags() & py::array::f_style)) throw py::value_error("A must be C or Fortran contiguous");
@@ -49,11 +49,17 @@ py::tuple top_singular(py::array A, int k, double tol, int block, int max_passes
     py::gil_scoped_release nogil;
     auto opt = bindings::lanczos_options(tol, block, max_passes, max_basis, seed);
     opt.warm_extra = std::max(warm_extra, 0);
+    opt.resolvable = resolvable;
     t = lanczos::top_singular<T>(pa, n, m, row_major, k, opt, pw, k0);
   }
   py::array_t<double> s(static_cast<py::ssize_t>(t.s.size()), t.s.data());
   py::dict info = bindings::lanczos_info(t.info);
   if (warm_extra > 0) info["warm"] = fortran(t.warm, m, t.warm_cols);  // (internal: benchmarks of warm starts)
+  if (resolvable) {
+    auto& w = t.info.spacing;
+    w.resize(t.s.size(), 0.0);  // (a direct LAPACK solve certifies every value to tol)
+    info["spacing"] = py::array_t<double>(static_cast<py::ssize_t>(w.size()), w.data());
+  }
   return py::make_tuple(s, fortran(t.U, n, k), fortran(t.V, m, k), info);
 }
 
@@ -139,10 +145,10 @@ void bind_lanczos(py::module_& m) {
   m.def("gram_sweep_f32", &gram_sweep<float>, py::arg("A"), py::arg("X"));
   m.def("top_singular_f64", &top_singular<double>, py::arg("A"), py::arg("k"), py::arg("tol"), py::arg("block"),
         py::arg("max_passes"), py::arg("max_basis"), py::arg("seed"), py::arg("v0") = py::none(),
-        py::arg("warm_extra") = 0);
+        py::arg("warm_extra") = 0, py::arg("resolvable") = false);
   m.def("top_singular_f32", &top_singular<float>, py::arg("A"), py::arg("k"), py::arg("tol"), py::arg("block"),
         py::arg("max_passes"), py::arg("max_basis"), py::arg("seed"), py::arg("v0") = py::none(),
-        py::arg("warm_extra") = 0);
+        py::arg("warm_extra") = 0, py::arg("resolvable") = false);
   m.def(
       "top_eigs_dense",
       [](py::array_t<double, py::array::f_style> A, int k, bool both, double tol, int block, int max_passes,

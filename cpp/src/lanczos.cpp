@@ -152,7 +152,7 @@ void orth_block(int64_t d, const double* Q, int nq, double* Y, int b, std::vecto
 
 EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, int cap,
                         int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept,
-                        int extra) {
+                        int extra, const Budget& budget, const AcceptSet& accept_set) {
   const int want = which == Which::Largest ? k : 2 * k;
   if (cap > d || cap < want + 2 * b) throw std::logic_error("block_lanczos: basis capacity out of range");
   // Thick restart keeps the wanted Ritz vectors plus about one block of the
@@ -183,6 +183,8 @@ EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, 
   orth_block(d, nullptr, 0, V.data(), b, C, R, rnd, 0.0);
 
   int a = 0, nv = b;  // columns already multiplied by op; columns in the basis
+  const int cap_max = static_cast<int>(std::min<int64_t>(d, std::max(cap, budget.cap_max)));
+  int since_rr = 0;
   while (true) {
     {
       BlasThreads full(blas_threads);
@@ -205,6 +207,27 @@ EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, 
     a += b;
     nv += b;
     const int na = a;
+    ++since_rr;
+    if (nv + b > cap && cap < cap_max) {
+      // Grow the basis instead of restarting: copy T to the wider layout.
+      const int nc = std::min(cap_max, 2 * cap);
+      std::vector<double> T2(static_cast<size_t>(nc) * nc, 0.0);
+      for (int j = 0; j < cap; ++j)
+        for (int i = 0; i < cap; ++i) T2[at(i, j, nc)] = T[at(i, j, cap)];
+      T.swap(T2);
+      V.resize(static_cast<size_t>(d) * nc);
+      cap = nc;
+      if (which == Which::Largest) keep_top = std::min(k + b, cap - 2 * b);
+    }
+    // Rayleigh-Ritz only when it may stop the solve, a restart needs it, or its
+    // cost is amortized (see Budget::pass_flops).
+    if (budget.pass_flops > 0 && nv + b <= cap && out.passes < max_passes) {
+      const double rr = 10.0 * na * static_cast<double>(na) * na;
+      const int every = std::clamp(static_cast<int>(std::ceil(rr / (0.05 * budget.pass_flops))), 1,
+                                   std::max(1, out.iterations / 10));
+      if (na < want || since_rr < every) continue;
+    }
+    since_rr = 0;
 
     // Rayleigh-Ritz on the projected matrix.
     Tm.resize(static_cast<size_t>(na) * na);
@@ -231,7 +254,15 @@ EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, 
         for (int i = 0; i < k; ++i) sel.push_back(i);
     }
     bool conv = !sel.empty();
-    for (int i : sel) conv = conv && accept(theta[i], res[i], out.norm);
+    out.theta_next = which == Which::Largest && na > k ? theta[na - 1 - k] : std::nan("");
+    if (conv && accept_set && which == Which::Largest && na > k) {
+      std::vector<double> th, rs;
+      for (int i : sel) th.push_back(theta[i]), rs.push_back(res[i]);
+      th.push_back(out.theta_next);
+      conv = accept_set(th, rs, out.norm);
+    } else {
+      for (int i : sel) conv = conv && accept(theta[i], res[i], out.norm);
+    }
     // (The pass cap never stops the solver before the basis holds the wanted count.)
     if (conv || (out.passes >= max_passes && na >= want)) {
       out.converged = conv;

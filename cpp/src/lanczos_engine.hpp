@@ -44,6 +44,39 @@ void orth_block(int64_t d, const double* Q, int nq, double* Y, int b, std::vecto
 
 // accept(theta, residual estimate, norm estimate): is this Ritz pair converged?
 using Accept = std::function<bool(double, double, double)>;
+// The set version (Options::resolvable): the wanted Ritz values, descending,
+// followed by the next one; their residual estimates (wanted only); the norm
+// estimate. Replaces the pairwise test when given.
+using AcceptSet = std::function<bool(const std::vector<double>&, const std::vector<double>&, double)>;
+
+// The tracking certificate on singular values s (descending: the wanted ones, then
+// the next value) with residual bounds r (wanted ones) and norm estimate nrm. A
+// value whose nearest neighbour lies closer than kCluster * nrm is inside a cluster
+// (the edge of a random bulk: finite-N values there are a fraction of a percent of
+// the norm apart and fluctuate by about that much); it is certified once its
+// residual is at most kResolve times that spacing, so that it is told apart from
+// its neighbours. Any other value (an outlier) is certified when r <= t. Both tests
+// only get easier as residuals shrink, so the certificate holds once reached.
+// Fills spacing (wanted values: 0 = certified to t, else the nearest spacing).
+inline bool certify_resolvable(const std::vector<double>& s, const std::vector<double>& r, double t, double nrm,
+                               std::vector<double>& spacing) {
+  constexpr double kCluster = 1e-2, kResolve = 0.1;
+  const size_t k = r.size();
+  spacing.assign(k, 0.0);
+  bool ok = true;
+  for (size_t i = 0; i < k; ++i) {
+    if (r[i] <= t) continue;
+    double g = std::numeric_limits<double>::infinity();
+    if (i > 0) g = s[i - 1] - s[i];
+    if (i + 1 < s.size() && s[i] - s[i + 1] < g) g = s[i] - s[i + 1];  // (NaN next: never smaller)
+    if (g <= kCluster * nrm && r[i] <= kResolve * g) {
+      spacing[i] = g;
+      continue;
+    }
+    ok = false;
+  }
+  return ok;
+}
 
 struct EngineOut {
   std::vector<double> theta;  // wanted Ritz values (Largest: descending; Both: top desc, bottom asc)
@@ -54,6 +87,24 @@ struct EngineOut {
   int64_t passes = 0;
   bool converged = false;
   double norm = 0;            // max |Ritz value| seen
+  double theta_next = 0;      // Largest: the Ritz value below the wanted ones (NaN if none)
+};
+
+// How the basis may grow and how often the projected problem is solved.
+// Both are fixed by the problem's sizes (never by timings), so a solve takes the
+// same steps at any thread count.
+struct Budget {
+  // A full basis first grows (doubling, no restart, nothing lost) up to cap_max
+  // columns; only then thick restarts begin. Clustered wanted values (the edge of
+  // a bulk) need a long Krylov space, and every restart discards part of it.
+  int cap_max = 0;
+  // Flops of one application of the operator to a block (0 = unknown: solve the
+  // projected problem after every step). When known, the Rayleigh-Ritz solve
+  // (about 10 na^3 flops on na basis columns) runs once its cost has been
+  // amortized to 5% of the passes since the last one (and at least every
+  // tenth of the steps so far), so a large basis does not cost more in small
+  // eigenproblems than in passes over the matrix.
+  double pass_flops = 0;
 };
 
 // Block Lanczos with thick restarts and full reorthogonalization on a
@@ -61,7 +112,7 @@ struct EngineOut {
 // want = k (Largest) or 2k (Both).
 EngineOut block_lanczos(const MatMat& op, int64_t d, int k, Which which, int b, int cap,
                         int64_t max_passes, const double* v0, int k0, Random& rnd, const Accept& accept,
-                        int extra = 0);
+                        int extra = 0, const Budget& budget = {}, const AcceptSet& accept_set = {});
 
 // Range safety. A solve works on a power-of-two multiple (scale * A) of its
 // operator whenever the operator's first products leave the range in which

@@ -350,6 +350,18 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
       return res <= std::max(0.5 * t * s1 * s, 100 * eps * nrm);
     };
   };
+  // The tracking certificate (Options::resolvable) on the Gram values theta = s^2,
+  // whose residuals are s times those of the triplets.
+  auto make_accept_set = [&opt, eps](double t) -> detail::AcceptSet {
+    if (!opt.resolvable) return {};
+    return [t, eps](const std::vector<double>& th, const std::vector<double>& rg, double nrm) {
+      const double s1 = std::sqrt(nrm);
+      std::vector<double> sv(th.size()), rv(rg.size()), width;
+      for (size_t i = 0; i < th.size(); ++i) sv[i] = std::sqrt(std::max(th[i], 0.0));
+      for (size_t i = 0; i < rg.size(); ++i) rv[i] = sv[i] > 0 ? rg[i] / sv[i] : rg[i] / s1;
+      return detail::certify_resolvable(sv, rv, std::max(0.5 * t * s1, 100 * eps * s1), s1, width);
+    };
+  };
   detail::Random rnd{opt.seed, 0};
   const size_t rs = static_cast<size_t>(r);
   bool escalated = false;
@@ -360,9 +372,16 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
   bool probe_warm = !warm.empty() && opt.block <= 0 && b > b_cold;
   for (int attempt = 0;; ++attempt) {
     const int64_t left = max_passes - out.info.matrix_passes;
+    // The basis may grow to 256 columns (at most 32 MiB of it) before restarting.
+    detail::Budget budget;
+    budget.cap_max = opt.max_basis > 0 ? cap
+                                       : static_cast<int>(std::min<int64_t>(
+                                             std::max<int64_t>(cap, std::min<int64_t>(256, (int64_t{1} << 22) / c)),
+                                             mn - b));
+    budget.pass_flops = 4.0 * static_cast<double>(r) * static_cast<double>(c) * b;
     auto eo = detail::block_lanczos(op, c, k, Which::Largest, b, cap, probe_warm ? std::min<int64_t>(1, left) : left,
                                     warm.empty() ? nullptr : warm.data(), kw, rnd, make_accept(inner),
-                                    row_major ? std::max(opt.warm_extra, 0) : 0);
+                                    row_major ? std::max(opt.warm_extra, 0) : 0, budget, make_accept_set(inner));
     out.info.iterations += eo.iterations;
     out.info.restarts += eo.restarts;
     out.info.matrix_passes += eo.passes;
@@ -441,6 +460,13 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
       ok = ok && std::isfinite(out.s[j]) && std::isfinite(out.info.residuals[j]);
     }
     out.info.norm_estimate /= scale;
+    if (opt.resolvable) {
+      std::vector<double> sv = out.s;
+      sv.push_back(std::sqrt(std::max(eo.theta_next, 0.0)) / scale);  // (NaN when none: never linked)
+      ok = detail::certify_resolvable(sv, out.info.residuals, tol * out.info.norm_estimate, out.info.norm_estimate,
+                                      out.info.spacing) &&
+           std::all_of(sv.begin(), sv.end() - 1, [](double x) { return std::isfinite(x); });
+    }
     // M = A when row-major (u: left, v: right), M = A^T otherwise (swapped).
     std::vector<double>& Ua = row_major ? U : V;
     std::vector<double>& Va = row_major ? V : U;

@@ -130,7 +130,8 @@ Trainer<T>::Trainer(const TrainSpec& spec, const T* X, const T* Y) : spec_(spec)
   if (spec_.bulk_bins < 1) throw std::invalid_argument("nets: bulk_bins must be >= 1");
   std::sort(spec_.tracked_steps.begin(), spec_.tracked_steps.end());
   std::sort(spec_.bulk_steps.begin(), spec_.bulk_steps.end());
-  if (spec_.svd_tol <= 0) spec_.svd_tol = sizeof(T) == 8 ? 1e-8 : 1e-4;
+  resolvable_ = spec_.svd_tol <= 0;
+  if (resolvable_) spec_.svd_tol = sizeof(T) == 8 ? 1e-8 : 1e-4;
   X_.assign(X, X + spec_.samples * a.input_dim);
   Y_.assign(Y, Y + spec_.samples * a.output_dim);
   W_.resize(nl);
@@ -311,6 +312,7 @@ void Trainer<T>::top_singular(int l, const T* A, bool delta, int64_t ti) {
 #if SPECDYN_NETS_USE_LANCZOS
     lanczos::Options opt;
     opt.tol = spec_.svd_tol;
+    opt.resolvable = resolvable_;
     opt.seed = spec_.seed + 7919u * static_cast<uint64_t>(l) + (delta ? 104729u : 0u);
     auto& warm = delta ? warm_delta_[l] : warm_[l];
     // float64: warm-start from the previous vectors plus Ritz vectors of the k

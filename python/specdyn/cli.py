@@ -14,9 +14,6 @@ and exits with code 2, before any work starts.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +22,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from ._format import number
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="specdyn: spectral dynamics of wide networks (simulate, predict, compare).")
@@ -51,17 +50,6 @@ def _print_sweep(sw: dict) -> None:
         console.print(f"  [red]failed[/] {g}: {msg.splitlines()[0]}")
     for g, why in sw.get("damaged", {}).items():
         console.print(f"  [yellow]damaged, run again[/] {g}: {why}")
-
-
-
-def _fmt(x, digits=4) -> str:
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "nan"
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return f"{x:.{digits}g}"
-    return str(x)
 
 
 # ---------------------------------------------------------------------------------
@@ -113,7 +101,7 @@ def read_sweep_file(path) -> SweepFile:
     for key in run_t:
         if key not in known:
             raise ValueError(f"unknown key 'run.{key}'; allowed keys: {', '.join(sorted(known))}")
-    base = RunConfig.from_dict({**studies.default_base(name).to_dict(), **run_t}, where="run.")
+    base = RunConfig.from_dict({**study.default_base().to_dict(), **run_t}, where="run.")
     for key, val in list(grid.items()) + list(options.items()):
         if key not in study.grid_keys:
             where = "grid" if key in grid else "study"
@@ -153,97 +141,13 @@ def _check_option_types(study, values: dict) -> None:
 # ---------------------------------------------------------------------------------
 # printing
 # ---------------------------------------------------------------------------------
-def _drift_cell(summary: dict, sc: str) -> str:
-    """The drift of the optimal eta0: its value, a bound when an optimum is off the grid, or undefined."""
-    drift = summary["drift_log2"][sc]
-    if math.isfinite(drift):
-        return _fmt(drift, 3)
-    lo, hi = (summary.get("drift_bound") or {}).get(sc, (float("nan"), float("nan")))
-    if math.isfinite(lo) and math.isfinite(hi):
-        return f"{_fmt(lo, 3)} .. {_fmt(hi, 3)}"
-    if math.isfinite(lo):
-        return f">= {_fmt(lo, 3)}"
-    return "undefined"
-
-
 def print_headline(summary: dict, title: str | None = None) -> None:
-    """The headline numbers of a study summary as rich tables."""
-    name = summary.get("study")
-    console.rule(title or f"[bold]{name}")
-    if name == "width_consistency":
-        t = Table(title=f"spread of s1(t) of {summary.get('layer')} across widths {summary.get('widths')}")
-        t.add_column("scaling")
-        t.add_column("spread max_t (max-min over N)", justify="right")
-        t.add_column("max_t |s1_N - ref| per N", justify="right")
-        t.add_column("reference")
-        t.add_column("decay exponent p (N^-p)", justify="right")
-        for sc, spread in summary["spread"].items():
-            dev = ", ".join(f"{w}: {_fmt(v, 3)}" for w, v in summary["deviation"][sc].items())
-            t.add_row(sc, _fmt(spread), dev, summary["reference"][sc], _fmt(summary["decay_exponent"][sc], 3))
-        console.print(t)
-        if "spread_ratio" in summary:
-            overlay = "yes" if summary.get("theory") else f"no: {summary.get('theory_note', 'not stored')}"
-            console.print(f"spread ratio muP / NTK = [bold]{summary['spread_ratio']:.3f}[/]"
-                          f"  (theory overlay: {overlay})")
-    elif name == "lr_transfer":
-        t = Table(title="optimal eta0 (argmin of the final loss) per width")
-        t.add_column("scaling")
-        widths = sorted({w for d in summary["optimal_eta0"].values() for w in d})
-        for w in widths:
-            t.add_column(f"N={w}", justify="right")
-        t.add_column("drift (log2)", justify="right")
-        bounds = summary.get("optimum_bound", {})
-        for sc, opt in summary["optimal_eta0"].items():
-            cells = [(bounds.get(sc) or {}).get(w) or _fmt(opt.get(w, float("nan"))) for w in widths]
-            t.add_row(sc, *cells, _drift_cell(summary, sc))
-        console.print(t)
-        for sc, note in summary.get("drift_note", {}).items():
-            if note:
-                console.print(f"{sc}: {note}", highlight=False)
-    elif name == "edge_of_stability":
-        for sc, per_eta in summary["steady_sharpness"].items():
-            t = Table(title=f"{sc}: steady S (mean over the last quarter) per eta0 and width")
-            t.add_column("eta0", justify="right")
-            widths = sorted({w for d in per_eta.values() for w in d})
-            for w in widths:
-                t.add_column(f"N={w}", justify="right")
-            t.add_column("width spread", justify="right")
-            for e, per_w in per_eta.items():
-                t.add_row(_fmt(e), *[_fmt(per_w[w], 3) for w in widths], _fmt(summary["width_spread"][sc][e], 3))
-            console.print(t)
-            console.print(f"largest stable eta0 ({sc}): [bold]{_fmt(summary['largest_stable_eta0'][sc])}[/]")
-        console.print(f"catapults (loss > {summary['catapult_factor']:g} x running min, then recovers): "
-                      f"{len(summary['catapults'])}")
-    elif name == "many_outputs":
-        t = Table(title=f"many outputs, kappa = {summary.get('kappa')}: top of the bulk of {summary.get('layer')}")
-        t.add_column("N", justify="right")
-        t.add_column("edge at t=0", justify="right")
-        t.add_column("edge after training", justify="right")
-        t.add_column("(s1-s2)/s1", justify="right")
-        for w in summary["widths"]:
-            t.add_row(str(w), _fmt(summary["initial_edge"][w]), _fmt(summary["edge"][w]),
-                      _fmt(summary["relative_gap"][w], 3))
-        console.print(t)
-        fit = summary["edge_fit"]
-        console.print(f"isolated outlier: [bold]{summary['isolated_outlier']}[/]; edge(N) = {_fmt(fit['edge_inf'])} "
-                      f"+ {_fmt(fit['amplitude'], 3)} N^-{_fmt(fit['rate'], 3)}"
-                      f"{'' if fit['rate_fitted'] else ' (rate fixed)'}")
-        if fit.get("rate_fit_failure"):
-            console.print(f"[yellow]{fit['rate_fit_failure']}[/]")
-        two = summary.get("edge_fit_two_thirds")
-        if two:
-            console.print(f"at rate 2/3: edge(N) = {_fmt(two['edge_inf'])} + {_fmt(two['amplitude'], 3)} N^-2/3")
-    elif name == "naive_vs_two_level":
-        t = Table(title="max_t |s1 sim - s1 predicted| of W1")
-        t.add_column("N", justify="right")
-        t.add_column("two-level DMFT", justify="right")
-        t.add_column("naive BBP", justify="right")
-        for w in summary["widths"]:
-            two = (summary["error"].get("two_level") or {}).get(w, float("nan"))
-            nai = (summary["error"].get("naive") or {}).get(w, float("nan"))
-            t.add_row(str(w), _fmt(two, 3), _fmt(nai, 3))
-        console.print(t)
-        console.print(f"steps where an outlier is missed: {summary['missed']}")
+    """The headline numbers of a study summary (printed by its study object), then its run counts."""
+    from . import studies
+
+    study = studies.get(summary.get("study"))
+    console.rule(title or f"[bold]{study.name}")
+    study.headline(summary, console)
     sw = summary.get("sweep")
     if sw:
         _print_sweep(sw)
@@ -291,7 +195,7 @@ def demo(out: Path = typer.Option(Path("specdyn_demo"), "--out", "-o", help="out
         import shutil
 
         shutil.rmtree(store)
-    base = studies.default_base("width_consistency").replace(steps=steps, bulk_steps=[steps],
+    base = studies.get("width_consistency").default_base().replace(steps=steps, bulk_steps=[steps],
                                                               track_every=max(1, steps // 20))
     console.print(f"[bold]specdyn demo[/]: width consistency of the hidden-layer outlier, muP vs NTK, "
                   f"widths {ws}, {seeds} seed(s), {steps} steps -> {out}/")
@@ -377,9 +281,12 @@ def theory(config: Path = typer.Argument(..., help="TOML file with a [run] table
 
     t0 = time.perf_counter()
     try:
-        if cfg.activation == "linear" and cfg.depth >= 2:
-            ds = th.one_bulk(cfg) if cfg.depth == 2 else th.deep_linear(cfg)
-        else:
+        limits = cfg.limits()
+        if "one_bulk" in limits:
+            ds = th.one_bulk(cfg)
+        elif "deep_linear" in limits:
+            ds = th.deep_linear(cfg)
+        else:  # raises, naming what the Monte Carlo DMFT covers, when it does not cover cfg either
             ds = th.deep_monte_carlo(cfg, particles=particles, replicas=replicas)
     except ValueError as exc:
         _fail(f"no limit for this config: {exc}")
@@ -389,9 +296,9 @@ def theory(config: Path = typer.Argument(..., help="TOML file with a [run] table
     if "singular_values" in ds:
         _print_run(ds, time.perf_counter() - t0)
     else:
-        console.print(f"{ds.attrs['model']}: loss {_fmt(float(ds.loss.values[0]))} -> {_fmt(float(ds.loss.values[-1]))} "
-                      f"(+- {_fmt(float(ds.loss_stderr.values[-1]), 2)}), S -> "
-                      f"{_fmt(float(ds.normalized_sharpness.values[-1]))}; {time.perf_counter() - t0:.1f} s")
+        console.print(f"{ds.attrs['model']}: loss {number(float(ds.loss.values[0]))} -> {number(float(ds.loss.values[-1]))} "
+                      f"(+- {number(float(ds.loss_stderr.values[-1]), 2)}), S -> "
+                      f"{number(float(ds.normalized_sharpness.values[-1]))}; {time.perf_counter() - t0:.1f} s")
     figure = plots.run_overview(ds, Path(store).with_suffix(".png"))
     console.print(f"stored in {store}; figure {figure}")
 
@@ -404,15 +311,15 @@ def _print_run(ds, wall: float) -> None:
     t.add_column("quantity")
     t.add_column("step 0", justify="right")
     t.add_column(f"step {int(ds.step.values[-1])}", justify="right")
-    t.add_row("loss", _fmt(float(ds.loss.values[0])), _fmt(float(ds.loss.values[-1])))
+    t.add_row("loss", number(float(ds.loss.values[0])), number(float(ds.loss.values[-1])))
     if "normalized_sharpness" in ds:
-        t.add_row("normalized sharpness S", _fmt(float(ds.normalized_sharpness.values[0])),
-                  _fmt(float(ds.normalized_sharpness.values[-1])))
+        t.add_row("normalized sharpness S", number(float(ds.normalized_sharpness.values[0])),
+                  number(float(ds.normalized_sharpness.values[-1])))
     for layer in ds.layer.values:
         sv = ds.singular_values.sel(layer=layer)
         a, b = sv.values[0], sv.values[-1]
-        t.add_row(f"top singular values {layer}", " ".join(_fmt(float(x), 3) for x in a[np.isfinite(a)]),
-                  " ".join(_fmt(float(x), 3) for x in b[np.isfinite(b)]))
+        t.add_row(f"top singular values {layer}", " ".join(number(float(x), 3) for x in a[np.isfinite(a)]),
+                  " ".join(number(float(x), 3) for x in b[np.isfinite(b)]))
     console.print(t)
     console.print(f"wall time {wall:.1f} s")
 
@@ -520,7 +427,7 @@ def compare(store: Path = typer.Argument(..., help="a study store holding muP ru
         s = cmp.attrs["summary"]
 
         def gap(v):
-            return _fmt(s[v]["max_abs_gap"], 3) if v in s else "-"
+            return number(s[v]["max_abs_gap"], 3) if v in s else "-"
 
         miss = s.get("singular_values", {})
         t.add_row(g.removeprefix("runs/") or str(store), gap("loss"), gap("singular_values"),

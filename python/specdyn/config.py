@@ -22,6 +22,40 @@ ACTIVATIONS = ("linear", "tanh", "relu")
 TEACHERS = ("linear", "tanh")
 MAX_SIZE = 2**31 - 1  # width, input_dim, output_dim, samples
 DATA = ("teacher", "digits")  # the Gaussian teacher, or a named data set of specdyn.data
+MAX_DEPTH = 64
+MONTE_CARLO_MAX_DEPTH = 8  # hidden layers of the Monte Carlo DMFT (its tangents grow like depth steps^2 P^2)
+
+# The infinite-width limits of specdyn.theory, each with the runs it covers: {field: allowed values}.
+# RunConfig.limit_gaps / limits / check_limit read this table; the theories and the studies ask those.
+_FULL_BATCH = {"batch_size": (None,), "online": (False,)}
+LIMIT_RULES = {
+    "one_bulk": {"depth": (2,), "activation": ("linear",), "scaling": ("mup", "ntk"), **_FULL_BATCH},
+    "deep_linear": {"depth": range(2, MAX_DEPTH + 1), "activation": ("linear",), "scaling": ("mup", "ntk"),
+                    **_FULL_BATCH},
+    "proportional": {"depth": (1,), "activation": ("linear",), "output_dim": (1,), "teacher": ("linear",),
+                     "online": (True,)},
+    "two_layer_monte_carlo": {"depth": (1,), "scaling": ("mup",), "output_dim": (1,), **_FULL_BATCH},
+    "deep_monte_carlo": {"depth": range(1, MONTE_CARLO_MAX_DEPTH + 1), "scaling": ("mup",), "output_dim": (1,),
+                         **_FULL_BATCH},
+}
+LIMIT_COVERS = {
+    "one_bulk": "the one-bulk theory covers depth=2 (W0, one square bulk W1, readout W2), activation='linear', "
+                "any output_dim, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or "
+                "'ntk' (as muP at richness gamma0/sqrt(width)); deeper linear networks: theory.deep_linear",
+    "deep_linear": "the deep linear theory covers depth >= 2 (W0, depth - 1 square bulks, readout), "
+                   "activation='linear', any output_dim, full-batch GD (batch_size=None, online=False) on fixed "
+                   "data, scaling 'mup' or 'ntk' (as muP at richness gamma0/sqrt(width)); depth 1 and nonlinear "
+                   "networks: theory.two_layer_monte_carlo",
+    "proportional": "the proportional limit covers depth=1 (W0, W1), activation='linear', output_dim=1, "
+                    "teacher='linear' and online=True (population GD; full-batch GD on a fixed sample set and "
+                    "deeper or nonlinear networks are not derived)",
+    "two_layer_monte_carlo": "the two-layer Monte Carlo DMFT covers depth=1 (W0, W1), scaling 'mup' (the "
+                             "mean-field limit; the NTK limit is lazy and SP has no width-independent limit "
+                             "here), output_dim=1, full-batch GD (batch_size=None, online=False) on fixed samples",
+    "deep_monte_carlo": f"the Monte Carlo DMFT covers depth in [1, {MONTE_CARLO_MAX_DEPTH}], scaling 'mup' (the "
+                        "mean-field limit; the NTK limit is lazy and SP has no width-independent limit here), "
+                        "output_dim=1, full-batch GD (batch_size=None, online=False) on fixed samples",
+}
 
 
 @dataclass
@@ -107,7 +141,7 @@ class RunConfig:
     def _check_fields(self) -> None:
         # sizes are C++ ints; what fits in memory is checked by simulate (see training.check_memory)
         self.width = V.integer("width", self.width, 1, MAX_SIZE)
-        self.depth = V.integer("depth", self.depth, 1, 64)
+        self.depth = V.integer("depth", self.depth, 1, MAX_DEPTH)
         self.input_dim = V.integer("input_dim", self.input_dim, 1, MAX_SIZE)
         self.output_dim = V.integer("output_dim", self.output_dim, 1, MAX_SIZE)
         self.samples = V.integer("samples", self.samples, 1, MAX_SIZE)
@@ -188,6 +222,31 @@ class RunConfig:
         """Names of the weight matrices, W0 .. WL."""
         return [f"W{l}" for l in range(self.depth + 1)]
 
+    def layer_sigmas(self) -> list[float]:
+        """The initial weight scale sigma of every matrix W0..WL (one ``sigma`` stands for all)."""
+        if isinstance(self.sigma, list):
+            return [float(s) for s in self.sigma]
+        return [float(self.sigma)] * (self.depth + 1)
+
+    def layer_sigma(self, layer) -> float:
+        """sigma of one weight matrix, by index ``l`` or name ``"Wl"``."""
+        l = int(str(layer)[1:]) if isinstance(layer, str) and str(layer).startswith("W") else layer
+        sigmas = self.layer_sigmas()
+        if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < len(sigmas):
+            raise ValueError(f"layer must be an index in [0, {self.depth}] or a name W0..W{self.depth}; "
+                             f"got {layer!r}")
+        return sigmas[l]
+
+    def limit_gaps(self, model: str) -> list[str]:
+        """The fields of this run outside what the limit ``model`` covers (``"depth=3"``, ...); [] when covered."""
+        V.choice("model", model, tuple(LIMIT_RULES))
+        return [f"{key}={getattr(self, key)!r}" for key, allowed in LIMIT_RULES[model].items()
+                if getattr(self, key) not in allowed]
+
+    def limits(self) -> list[str]:
+        """The infinite-width limits of ``specdyn.theory`` that cover this run (in the order of LIMIT_RULES)."""
+        return [m for m in LIMIT_RULES if not self.limit_gaps(m)]
+
     def tracked_steps(self) -> list[int]:
         """Steps at which spectra and the loss are recorded (0 and the last always)."""
         if isinstance(self.track_every, list):
@@ -236,6 +295,16 @@ class RunConfig:
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(RunConfig))
 _OMITTED_AT_DEFAULT = {"output_normalization": "sum"}
+
+
+def check_limit(config, model: str) -> None:
+    """One ValueError, saying what the limit ``model`` covers and which fields are outside it,
+    unless ``config`` is a RunConfig that ``model`` covers (the check of every theory)."""
+    if not isinstance(config, RunConfig):
+        raise ValueError(f"config must be a specdyn.RunConfig; got {type(config).__name__}")
+    gaps = config.limit_gaps(model)
+    if gaps:
+        raise ValueError(f"{LIMIT_COVERS[model]}; got {', '.join(gaps)}")
 
 
 def _boolean(name: str, value) -> None:

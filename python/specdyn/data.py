@@ -136,6 +136,19 @@ def check_named_sizes(name: str, samples: int, input_dim: int, output_dim: int) 
         raise ValueError(f"samples must be in [1, {most}] when data = {name!r} (its training split); got {samples}")
 
 
+def for_run(config, data=None) -> tuple[np.ndarray, np.ndarray]:
+    """The training arrays ``(X (P, D), Y (P, C))`` of a run (float64, C-contiguous): ``data`` checked
+    against the config's sizes (:func:`check_data`), or, when None, the named data set of
+    ``config.data`` (:func:`named`) or the teacher of ``config.data_seed`` (:func:`teacher`).
+    The one loader of the simulation and of every theory."""
+    if data is not None:
+        return check_data(data, config.samples, config.input_dim, config.output_dim)
+    if config.data != "teacher":
+        return named(config.data, config.samples, config.input_dim, config.output_dim, seed=config.data_seed)
+    return teacher(config.samples, config.input_dim, config.output_dim, config.data_seed, config.teacher,
+                   config.noise)
+
+
 def named(name: str, samples: int, input_dim: int, output_dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Training arrays ``(X, Y)`` of a named data set for a run of the given sizes.
 

@@ -183,7 +183,7 @@ def _krylov_options(tol, block, max_passes, max_basis, seed) -> tuple:
 
 def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = None, *,
                  max_passes: int | None = None, max_basis: int | None = None, seed: int = 0,
-                 check_finite: bool = True, device: str | None = None):
+                 check_finite: bool = True, device: str | None = None, certify: str = "all"):
     """The k largest singular triplets of a dense matrix.
 
     Parameters
@@ -208,6 +208,15 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         first. A given ``block`` disables these adaptations.
     max_passes, max_basis, seed : advanced controls (pass cap, Krylov basis
         columns before a thick restart, random start stream).
+    certify : "all" or "resolvable"
+        "all": every returned triplet is certified to ``tol``. "resolvable" (the
+        tracking certificate, for training loops): a value inside a cluster (its
+        nearest neighbour closer than 1% of ``||A||``, as at the edge of a random
+        bulk, whose finite-N values fluctuate far more than ``tol``) is certified
+        once its residual, a distance within which a true singular value lies, is
+        at most a tenth of that spacing; every other value (an outlier) to ``tol``.
+        ``info["spacing"]`` gives, per value, 0 (certified to ``tol``) or the
+        spacing it was resolved against. CPU only.
     device : None, "cpu" or "cuda"
         None: a device array (``__cuda_array_interface__``, e.g. CuPy) runs
         on the GPU in place, anything else on the CPU. "cuda": a NumPy A is
@@ -231,7 +240,11 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         result also emits :class:`ConvergenceWarning`. On the GPU, s, U and V
         are NumPy arrays too.
     """
+    if certify not in ("all", "resolvable"):
+        raise ValueError(f"certify must be 'all' or 'resolvable', got {certify!r}")
     if _on_gpu("A", A, _device(device)):
+        if certify != "all":
+            raise ValueError("certify='resolvable' runs on the CPU only (device='cpu' or a NumPy array)")
         return _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_finite)
     A = _matrix("A", A, check_finite)
     n, m = A.shape
@@ -239,7 +252,7 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
     tol, block, max_passes, max_basis, seed = _krylov_options(tol, block, max_passes, max_basis, seed)
     v0 = _warm("v0", v0, m, A.dtype)
     fn = _core.top_singular_f64 if A.dtype == np.float64 else _core.top_singular_f32
-    s, U, V, info = fn(A, k, tol, block, max_passes, max_basis, seed, v0)
+    s, U, V, info = fn(A, k, tol, block, max_passes, max_basis, seed, v0, resolvable=certify == "resolvable")
     _warn("top_singular", info)
     return s, U, V, info
 

@@ -2,12 +2,12 @@
 
 Each function takes the ``(dataset, summary)`` of a study (or one run) and a
 path, writes one PNG and returns its path. Axes carry units; legends label
-widths; theory curves are dashed. :func:`study_figures` draws all the figures
-of a study.
+widths; theory curves are dashed. The figures of a study are drawn by its
+study object (``specdyn.studies.get(name).figures``).
 """
 from __future__ import annotations
 
-import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,15 +91,11 @@ def singular_value_trajectories(ds, summary, path, layer=None, ranks=(0,)):
 
 
 def _sigma(ds, layer) -> float:
-    import json
+    """sigma of ``layer`` in the config the runs carry (1 without one)."""
+    from .config import RunConfig
 
     cfg = ds.attrs.get("config")
-    if cfg:
-        sigma = json.loads(cfg).get("sigma", 1.0)
-        if isinstance(sigma, list):
-            return float(sigma[int(str(layer)[1:])])
-        return float(sigma)
-    return 1.0
+    return RunConfig.from_json(cfg).layer_sigma(layer) if cfg else 1.0
 
 
 # ---------------------------------------------------------------------------------
@@ -336,46 +332,15 @@ def run_overview(run, path):
 # all figures of a study
 # ---------------------------------------------------------------------------------
 def study_figures(name: str, ds, summary, out_dir) -> list[str]:
-    """Write the figures of study ``name`` into ``out_dir``; returns their paths."""
-    out = Path(out_dir)
-    os.makedirs(out, exist_ok=True)
-    paths = []
-    if name == "width_consistency":
-        paths.append(singular_value_trajectories(ds, summary, out / "width_consistency_s1.png"))
-        run = _largest_run_with_bulk(ds, "mup")
-        if run is not None:
-            predicted = None
-            if "theory_singular_values" in ds:
-                t = int(run.bulk_step.values[-1])
-                if t in ds.step.values:
-                    predicted = ds.theory_singular_values.sel(step=t).values
-            layer = summary.get("layer", "W1")
-            paths.append(spectrum_histogram(
-                run, out / "width_consistency_spectrum.png", layer=layer, predicted=predicted,
-                sigma=_sigma(ds, layer),
-                title=f"spectrum of {layer}, muP, N = {int(run.width)}, step {int(run.bulk_step.values[-1])}"))
-    elif name == "lr_transfer":
-        paths.append(loss_vs_eta0(ds, summary, out / "lr_transfer_loss_vs_eta0.png"))
-    elif name == "edge_of_stability":
-        for sc in ds.scaling.values:
-            paths.append(sharpness_trajectories(ds, summary, out / f"edge_of_stability_{sc}.png", scaling=str(sc)))
-    elif name == "many_outputs":
-        paths.append(bulk_edge_vs_width(ds, summary, out / "many_outputs_edge_vs_N.png"))
-        run = _largest_run_with_bulk(ds, None)
-        if run is not None:
-            layer = summary.get("layer", "W1")
-            paths.append(spectrum_histogram(
-                run, out / "many_outputs_spectrum.png", layer=layer, sigma=_sigma(ds, layer),
-                title=f"spectrum of {layer}, N = {int(run.width)}, C = {summary.get('kappa')} N, "
-                      f"step {int(run.bulk_step.values[-1])}"))
-    elif name == "naive_vs_two_level":
-        paths.append(outlier_predictions(ds, summary, out / "naive_vs_two_level.png"))
-    else:
-        raise ValueError(f"no figures for study {name!r}")
-    return paths
+    """Deprecated: ``specdyn.studies.get(name).figures(ds, summary, out_dir)``."""
+    from . import studies  # the one import back into studies, for this deprecated name only
+
+    warnings.warn("plots.study_figures is deprecated; use specdyn.studies.get(name).figures", DeprecationWarning,
+                  stacklevel=2)
+    return studies.get(name).figures(ds, summary, out_dir)
 
 
-def _largest_run_with_bulk(ds, scaling):
+def largest_run_with_bulk(ds, scaling):
     """One run (largest width, first seed) as a plain run dataset, if it has a bulk histogram."""
     if "bulk_counts" not in ds:
         return None

@@ -447,11 +447,14 @@ class GrowingGroup:
     A reader (:func:`load`, :func:`verify`) keeps the rows those counts cover,
     so a process killed mid-flush leaves the store as it was after the
     previous flush, and a changed row is reported as damage.
+    ``variable_attrs``: name -> the attributes of that variable (for example
+    ``specdyn.results.variable_attrs``), written once with it.
     """
 
     _ROWS_CHUNK = 64  # observations per chunk along the growing dimension
 
-    def __init__(self, store, static: dict, growing: dict, attrs: dict, group: str | None = None):
+    def __init__(self, store, static: dict, growing: dict, attrs: dict, group: str | None = None,
+                 variable_attrs=None):
         import zarr
 
         self.group_name = _check_group(group)
@@ -461,6 +464,7 @@ class GrowingGroup:
         check_save_target(root, self.group_name)
         d, tmp = _new_temporary(root, self.group_name)
         codecs = _chunk_codecs()
+        var_attrs = variable_attrs or (lambda name: {})  # name -> the variable's attributes (long_name, units)
         self._manifest, self._hashes, self._axis = {}, {}, {}
         try:
             node = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -468,17 +472,18 @@ class GrowingGroup:
                 values = np.asarray(values)
                 if values.dtype.kind == "U":
                     arr = node.create_array(name, shape=values.shape, dtype=str, dimension_names=list(dims),
-                                            attributes={_DTYPE_ATTR: values.dtype.str}, **codecs)
+                                            attributes={**var_attrs(name), _DTYPE_ATTR: values.dtype.str}, **codecs)
                     arr[...] = values.astype(object)
                 else:
-                    arr = node.create_array(name, shape=values.shape, dtype=values.dtype,
+                    arr = node.create_array(name, shape=values.shape, dtype=values.dtype, attributes=var_attrs(name),
                                             dimension_names=list(dims), fill_value=_fill(values.dtype), **codecs)
                     arr[...] = values
                 self._manifest[name] = {"chunks": _chunk_files(tmp / name), "sha256": _content_hash(arr[...])}
             for name, (dims, trailing, dtype) in growing.items():
                 dtype = np.dtype(dtype)
                 node.create_array(name, shape=(0, *trailing), chunks=(self._ROWS_CHUNK, *trailing), dtype=dtype,
-                                  dimension_names=list(dims), fill_value=_fill(dtype), **codecs)
+                                  dimension_names=list(dims), fill_value=_fill(dtype), attributes=var_attrs(name),
+                                  **codecs)
                 self._hashes[name] = _rows_hash_start(dtype, trailing)
                 self._axis[name] = dims[0]
                 self._manifest[name] = {"rows": 0, "sha256": self._hashes[name].hexdigest()}

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from . import storage
 from .config import RunConfig
@@ -110,19 +110,15 @@ def run_group(config: RunConfig) -> str:
 # ---------------------------------------------------------------------------------
 # run functions
 # ---------------------------------------------------------------------------------
-def resolve_run_function(study_or_runfn) -> tuple[Callable, str]:
-    """(run function config -> Dataset, study name) from a study name, object or callable."""
-    if isinstance(study_or_runfn, str):
-        from . import studies
-
-        study = studies.get(study_or_runfn)
-        return study.run_one, study.name
-    if hasattr(study_or_runfn, "run_one"):
-        return study_or_runfn.run_one, getattr(study_or_runfn, "name", "custom")
-    if callable(study_or_runfn):
-        return study_or_runfn, getattr(study_or_runfn, "__name__", "custom")
-    raise ValueError(f"study_or_runfn must be a study name, a study or a function config -> Dataset; "
-                     f"got {type(study_or_runfn).__name__}")
+def _check_run_function(run_fn) -> Callable:
+    if isinstance(run_fn, str):
+        raise ValueError(f"run_fn must be a function config -> xarray.Dataset; got the string {run_fn!r}: run a "
+                         f"study with specdyn.studies.{run_fn}(...), or pass its run function "
+                         f"specdyn.studies.get({run_fn!r}).run_one")
+    if not callable(run_fn):
+        raise ValueError(f"run_fn must be a function config -> xarray.Dataset (e.g. specdyn.simulate); "
+                         f"got {type(run_fn).__name__}")
+    return run_fn
 
 
 def _finish(ds, config: RunConfig):
@@ -285,15 +281,14 @@ def _progress_bar(progress, total: int, done: int):
 # ---------------------------------------------------------------------------------
 # the sweep
 # ---------------------------------------------------------------------------------
-def sweep(study_or_runfn, grid, store, client=None, workers: int | None = None,
+def sweep(run_fn, grid, store, client=None, workers: int | None = None,
           progress=True, base=None, study_attrs: dict | None = None) -> dict:
     """Run every point of ``grid`` and store each run in its own Zarr group.
 
     Parameters
     ----------
-    study_or_runfn : a study name (``"width_consistency"``, ...), a study
-        object with ``run_one``, or any function ``RunConfig -> xarray.Dataset``
-        (e.g. ``specdyn.simulate``). With Dask processes it must be picklable.
+    run_fn : a function ``RunConfig -> xarray.Dataset`` (e.g. ``specdyn.simulate``,
+        or a study's ``run_one``). With Dask processes it must be picklable.
     grid : ``{field: [values]}`` over RunConfig fields (product, on top of
         ``base``) or an iterable of RunConfigs; see :func:`expand_grid`.
     store : path of the Zarr store (a directory); runs land in ``runs/<name>``.
@@ -314,7 +309,8 @@ def sweep(study_or_runfn, grid, store, client=None, workers: int | None = None,
     before any work.
     """
     t0 = time.perf_counter()
-    run_fn, study_name = resolve_run_function(study_or_runfn)
+    run_fn = _check_run_function(run_fn)
+    study_name = getattr(run_fn, "__name__", "custom")
     configs = expand_grid(grid, base)
     groups = [run_group(c) for c in configs]
     unique = dict(zip(groups, configs))  # a grid with repeated points runs them once

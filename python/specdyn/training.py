@@ -18,6 +18,7 @@ from . import _core
 from . import _device
 from . import _validate as V
 from . import data as _data
+from . import results
 from .config import MAX_GRAM_ROWS, RunConfig  # noqa: F401  (MAX_GRAM_ROWS: re-exported)
 from .parameterization import output_normalizer, scales
 
@@ -76,12 +77,7 @@ def build_trainer(cfg: RunConfig, data=None, **flags):
     """
     check_memory(cfg)
     sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
-    if data is None and cfg.data != "teacher":
-        X, Y = _data.named(cfg.data, cfg.samples, cfg.input_dim, cfg.output_dim, seed=cfg.data_seed)
-    elif data is None:
-        X, Y = _data.teacher(cfg.samples, cfg.input_dim, cfg.output_dim, cfg.data_seed, cfg.teacher, cfg.noise)
-    else:
-        X, Y = _data.check_data(data, cfg.samples, cfg.input_dim, cfg.output_dim)
+    X, Y = _data.for_run(cfg, data)
     spec = _core.TrainSpec()
     spec.arch = dict(input_dim=cfg.input_dim, width=cfg.width, output_dim=cfg.output_dim, depth=cfg.depth,
                      activation=cfg.activation, multipliers=sc.multipliers)
@@ -439,8 +435,11 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     "diverged", ``diverged_step``; later values are NaN.
     In online mode the loss is measured on the P samples of the evaluation set.
     Spectra of layers whose smaller side is >= 32 come from warm-started
-    Lanczos with residual tolerance ``config.svd_tol`` (relative to ||A||);
-    smaller layers from LAPACK.
+    Lanczos with residual tolerance ``config.svd_tol`` (relative to ||A||) for
+    every value; smaller layers from LAPACK. With ``svd_tol`` None (the default)
+    the tolerance is 1e-8 (float32: 1e-4) under the tracking certificate of
+    :func:`specdyn.top_singular` (``certify="resolvable"``): clustered bulk-edge
+    values are resolved to a tenth of their spacing, outliers meet the tolerance.
     """
     cfg = _as_config(config)
     device = _device.check(device)
@@ -497,8 +496,6 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
 
 
 def _to_dataset(cfg: RunConfig, rec: dict, diverged: int, device: str):
-    import xarray as xr
-
     steps = np.asarray(cfg.tracked_steps(), dtype=np.int64)
     layers = cfg.layer_names
     ranks = np.arange(cfg.top_k, dtype=np.int64)
@@ -521,8 +518,5 @@ def _to_dataset(cfg: RunConfig, rec: dict, diverged: int, device: str):
         variables["bulk_counts"] = (("bulk_step", "layer", "bin"), rec["bulk_counts"])
         variables["bulk_edges"] = (("bulk_step", "layer", "bin_edge"), rec["bulk_edges"])
         coords["bulk_step"] = np.asarray(cfg.bulk_steps, dtype=np.int64)
-    attrs = {"config": cfg.to_json(), "status": "diverged" if diverged >= 0 else "ok", "diverged_step": diverged,
-             "kind": "simulation", "scaling": cfg.scaling, "width": cfg.width, "seed": cfg.seed}
-    if device != "cpu":
-        attrs["device"] = device
-    return xr.Dataset(variables, coords=coords, attrs=attrs)
+    attrs = results.run_attrs(cfg, "simulation", diverged, **({"device": device} if device != "cpu" else {}))
+    return results.dataset(variables, coords, attrs)

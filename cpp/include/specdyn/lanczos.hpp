@@ -36,6 +36,14 @@ struct Options {
   int max_passes = 0;   // cap on passes over the matrix (A and A^T products); 0 = automatic
   int max_basis = 0;    // cap on Krylov basis columns before a restart; 0 = automatic
   uint64_t seed = 0;    // random start (counter-based stream rng::kProbes)
+  // top_singular: the tracking certificate. Values separated from their neighbours
+  // by more than a few residuals are certified to tol as usual; a value inside a
+  // cluster (the edge of a random bulk, where a finite matrix's values fluctuate far
+  // more than tol) is certified to the cluster's resolution: its residual bound, a
+  // distance within which a true singular value lies, is at most a tenth of the
+  // spacing to its nearest neighbour (a cluster: neighbours closer than 1% of ||A||).
+  // Info::spacing says which values were certified which way.
+  bool resolvable = false;
   int warm_extra = 0;   // top_singular, row-major A: also return this many (unconverged) Ritz
                         // vectors of the next values in Triplets::warm, to warm-start the solve
                         // of a nearby matrix (clustered top values rotate within a wider space)
@@ -50,6 +58,9 @@ struct Info {
   double norm_estimate = 0;    // ||A|| (or max |eigenvalue|) estimate the tolerance is relative to
   double tol_used = 0;         // the tolerance applied (float32 matrices floor it, see top_singular)
   int block = 0;               // block size used
+  // Options::resolvable: per returned value, 0 when certified to tol, else the distance
+  // to its nearest neighbouring value (its residual is at most a tenth of it).
+  std::vector<double> spacing;
   bool dense = false;          // true when the problem was small enough for a direct LAPACK solve
 };
 

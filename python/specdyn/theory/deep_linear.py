@@ -18,29 +18,20 @@ import numpy as np
 
 from .. import _core
 from .. import _validate as V
+from .. import results
 from .. import parameterization as PZ
 from ..rmt import bgn_outliers
-from .one_bulk import MEMORY_LIMIT, _data, _outlier_steps, _steps, check_linear_config, quarter_circle_nodes
+from ..config import check_limit
+from .one_bulk import MEMORY_LIMIT, _data, _outlier_steps, _steps, quarter_circle_nodes
 
 __all__ = ["deep_linear"]
-
-_COVERS = ("the deep linear theory covers depth >= 2 (W0, depth - 1 square bulks, readout), activation='linear', "
-           "any output_dim, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or 'ntk' "
-           "(as muP at richness gamma0/sqrt(width)); depth 1 and nonlinear networks: theory.two_layer_monte_carlo")
 
 # level one keeps coefficient rows of length ~2 (T + 1)(D + 1) for (T + 1) D rows per layer
 _MEMORY_LIMIT = MEMORY_LIMIT
 
 
 def _check_config(config) -> None:
-    check_linear_config(config, _COVERS, min_depth=2, max_depth=64, outputs=True)
-
-
-def _sigmas(config) -> list[float]:
-    s = config.sigma
-    if isinstance(s, (list, tuple)):
-        return [float(v) for v in s]
-    return [float(s)] * (config.depth + 1)
+    check_limit(config, "deep_linear")
 
 
 def memory_estimate(depth: int, input_dim: int, steps: int, nodes: int, outputs: int = 1) -> int:
@@ -81,13 +72,11 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
     normalized_sharpness(step),
     singular_values(step, layer, rank) (NaN: no outlier), naive_singular_values,
     delta_singular_values, overlap_spike_left/right, feature_kernel_trace(step, hidden)
-    = tr Phi^l(t, t) / D, gradient_kernel(step, hidden) = tr G^l(t, t) / C, bulk_edge(layer);
+    = tr Phi^l(t, t) / D, gradient_kernel(step, hidden) = tr G^l(t, t) / C, bulk_edge_law(layer);
     attrs kind="theory",
     model="deep_linear", status, diverged_step. Cost O(L T^3 (D + C)^3) for level one plus
     O(M T^2 C (D + C) R) per bulk for the outliers, R <= (T + 1)(D + C).
     """
-    import xarray as xr
-
     _check_config(config)
     nodes = V.integer("nodes", nodes, 8)
     T, out_steps = _steps(config, steps)
@@ -101,7 +90,7 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
                          f"{need / 2**30:.1f} GiB for the deep linear DMFT (limit {_MEMORY_LIMIT >> 30} GiB); "
                          "use fewer steps, nodes or a smaller input_dim")
     X, y = _data(config, data)
-    sig = _sigmas(config)
+    sig = config.layer_sigmas()
     L = config.depth
     g = PZ.effective_richness(config.scaling, config.width, config.gamma0)
     c = config.eta0 * g
@@ -149,12 +138,20 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
     coords = {"step": idx, "layer": bulks, "hidden": [f"h{l}" for l in range(1, L + 1)],
               "rank": np.arange(top_k), "input": np.arange(D)}
     beta_dims = ("step", "input")
-    # ---- C outputs: beta_f gains an output dimension
+    extra = {}
+    descriptions = {"singular_values": "outliers of A_l = W_l/sqrt(N) above the bulk edge (NaN: none)",
+                    "delta_singular_values": "singular values of A_l(t) - A_l(0)",
+                    "gradient_kernel": "G^l(t, t) = |g^l(t)|^2 / N, equal times"}
+    # ---- added for C outputs and the bulk edge: beta_f gains an output dimension, G^l(t, t) is
+    # the mean over the outputs' backward signals; the edge of each bulk's initial law
+    extra["bulk_edge_law"] = ("layer", [2.0 * sig[l] for l in range(1, L)])
     if C > 1:
-        beta_dims = ("step", "input", "output")
-        coords["output"] = np.arange(C)
+        beta_dims = ("step", "input", "output_unit")
+        coords["output_unit"] = np.arange(C)
+        descriptions.update({"loss": "(1 / 2PK) sum over samples and outputs of (f - y)^2, K = 1 (sum) or C (mean)",
+                             "gradient_kernel": "tr G^l(t, t) / C, G^l_ab = g^l_a . g^l_b / N (a, b outputs)"})
     # ----
-    ds = xr.Dataset(
+    return results.dataset(
         {
             "loss": ("step", loss),
             "beta_f": (beta_dims, np.asarray(sol.beta_f)[idx]),
@@ -166,23 +163,9 @@ def deep_linear(config, data=None, nodes: int = 128, steps=None, top_k: int | No
             "overlap_spike_right": (dims3, orr),
             "feature_kernel_trace": (("step", "hidden"), phi_tr),
             "gradient_kernel": (("step", "hidden"), g_diag),
+            **extra,
         },
-        coords=coords,
-    )
-    # ---- the limit bulk edge of each hidden matrix (the quarter circle's, outliers lie above it)
-    ds["bulk_edge"] = ("layer", [2.0 * sig[l] * (1.0 + edge_margin) for l in range(1, L)])
-    ds["bulk_edge"].attrs["long_name"] = "edge of the limit bulk of A_l, 2 sigma_l (1 + edge_margin)"
-    # ----
-    ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2, divided by C under output_normalization 'mean'"
-    ds["singular_values"].attrs["long_name"] = "outlier singular values of A_l = W_l/sqrt(N) above the bulk edge (NaN: none)"
-    ds["naive_singular_values"].attrs["long_name"] = "BGN outliers of an independent spike with the increment's singular values"
-    ds["delta_singular_values"].attrs["long_name"] = "singular values of A_l(t) - A_l(0)"
-    ds["normalized_sharpness"].attrs["long_name"] = "eta lambda_max(NTK) / P (edge of stability at 2)"
-    ds["feature_kernel_trace"].attrs["long_name"] = "tr Phi^l(t, t) / D, Phi^l = H^l(t)^T H^l(t) / N"
-    ds["gradient_kernel"].attrs["long_name"] = "G^l(t, t) = |g^l(t)|^2 / N (mean over the outputs' signals)"
-    ds.attrs.update({
-        "kind": "theory", "model": "deep_linear", "nodes": nodes, "richness": g, "update_strength": float(c / K),
-        "config": config.to_json(), "status": "ok" if div < 0 else "diverged", "diverged_step": div,
-        "scaling": config.scaling, "width": config.width, "seed": config.seed, "steps_run": int(T),
-    })
-    return ds
+        coords,
+        results.run_attrs(config, "theory", div, model="deep_linear", nodes=nodes, richness=g,
+                          update_strength=float(c / K), steps_run=int(T)),
+        descriptions)

@@ -20,27 +20,22 @@ import xarray as xr
 
 from .. import _core
 from .. import _validate as V
-from ..config import RunConfig
+from .. import results
+from ..config import MONTE_CARLO_MAX_DEPTH, RunConfig, check_limit
+from ..data import for_run
 
 __all__ = ["two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width", "extrapolated_outliers", "MAX_DEPTH"]
 
 _ACTIVATIONS = {"linear": 0, "tanh": 1, "relu": 2}
 
 
-def _check_config(config) -> None:
-    if not isinstance(config, RunConfig):
-        raise ValueError(f"config must be a RunConfig; got {type(config).__name__}")
-    if config.depth != 1:
-        raise ValueError("config.depth must be 1: the Monte Carlo DMFT is implemented for two-layer networks "
-                         f"(W0, W1) only; deeper nonlinear networks are not derived here; got {config.depth}")
-    if config.scaling != "mup":
-        raise ValueError("config.scaling must be 'mup': this is the mean-field (muP) limit; the NTK limit is "
-                         f"lazy and SP has no width-independent limit here; got {config.scaling!r}")
-    if config.output_dim != 1:
-        raise ValueError(f"config.output_dim must be 1 for this solver; got {config.output_dim}")
-    if config.batch_size is not None or config.online:
-        raise ValueError("config.batch_size must be None and config.online false: only full-batch GD on fixed "
-                         "samples is implemented in the Monte Carlo DMFT")
+def _check_sampling(config, model: str, particles, most_particles: int, replicas, seed) -> tuple[int, int, int]:
+    """The config covered by ``model`` (else one ValueError), then the validated sampling arguments."""
+    check_limit(config, model)
+    particles = V.integer("particles", particles, 2, most_particles)
+    if particles % 2:
+        raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
+    return particles, V.integer("replicas", replicas, 1, 10_000), V.integer("seed", seed, 0, 2**63 - 1)
 
 
 def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, replicas: int = 4,
@@ -65,15 +60,9 @@ def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 <<
     - ``loss_replicas(replica, step)``: the per-replica curves;
     - attrs ``kind`` = "theory", ``model`` = "two_layer_monte_carlo", ``particles``, ``status``.
     """
-    _check_config(config)
-    particles = V.integer("particles", particles, 2, 1 << 28)
-    if particles % 2:
-        raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
-    replicas = V.integer("replicas", replicas, 1, 10_000)
-    seed = V.integer("seed", seed, 0, 2**63 - 1)
+    particles, replicas, seed = _check_sampling(config, "two_layer_monte_carlo", particles, 1 << 28, replicas, seed)
     X, Y = _load_data(config, data)
-    sig = config.sigma
-    s_in, s_out = (sig[0], sig[1]) if isinstance(sig, list) else (sig, sig)
+    s_in, s_out = config.layer_sigmas()
     tracked = config.tracked_steps()
     runs = [
         _core.monte_carlo_two_layer(X, Y, config.gamma0, config.eta0, s_in, s_out,
@@ -87,31 +76,13 @@ def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 <<
 
 # ---- deeper networks -------------------------------------------------------------------
 
-MAX_DEPTH = 8          # hidden layers; the tangent storage grows like (depth - 1) steps^2 samples^2
+MAX_DEPTH = MONTE_CARLO_MAX_DEPTH  # hidden layers; the tangent storage grows like (depth - 1) steps^2 samples^2
 _TANGENT_BYTES_LIMIT = 6 * 2**30
 
 
 def _load_data(config, data):
-    if data is None:
-        try:
-            from ..data import teacher
-        except ImportError:
-            raise ValueError("data must be given as (X, Y): specdyn.data is not available in this build") from None
-        X, Y = teacher(config.samples, config.input_dim, 1, seed=config.data_seed, kind=config.teacher,
-                       noise=config.noise)
-    else:
-        if not isinstance(data, (tuple, list)) or len(data) != 2:
-            raise ValueError("data must be a pair (X, Y)")
-        X = V.finite_array("data X", data[0], ndim=2, dtypes=("float64", "float32"))
-        Y = V.finite_array("data Y", data[1], ndim=(1, 2), dtypes=("float64", "float32"))
-    X = np.ascontiguousarray(X, dtype=np.float64)
-    Y = np.ascontiguousarray(np.asarray(Y, dtype=np.float64).reshape(len(Y), -1))
-    if Y.shape[1] != 1 or Y.shape[0] != X.shape[0]:
-        raise ValueError(f"data Y must have shape (P,) or (P, 1) with P = {X.shape[0]}; got {Y.shape}")
-    # the config's sizes are the network's: data of another shape would train a different one
-    if X.shape != (config.samples, config.input_dim):
-        raise ValueError(f"data X must have shape (samples, input_dim) = ({config.samples}, {config.input_dim}) "
-                         f"from the config; got {X.shape}")
+    """X (P, D) and y (P,) of a one-output run (``data.for_run``)."""
+    X, Y = for_run(config, data)
     return X, Y[:, 0].copy()
 
 
@@ -147,25 +118,7 @@ def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, 
     - ``loss_replicas(replica, step)``; attrs ``kind`` = "theory", ``model`` =
       "deep_monte_carlo", ``depth``, ``particles``, ``response_particles``, ``status``.
     """
-    if not isinstance(config, RunConfig):
-        raise ValueError(f"config must be a RunConfig; got {type(config).__name__}")
-    if not 1 <= config.depth <= MAX_DEPTH:
-        raise ValueError(f"config.depth must be in [1, {MAX_DEPTH}] for the Monte Carlo DMFT; got {config.depth}")
-    if config.scaling != "mup":
-        raise ValueError("config.scaling must be 'mup': this is the mean-field (muP) limit; the NTK limit is "
-                         f"lazy and SP has no width-independent limit here; got {config.scaling!r}")
-    if config.output_dim != 1:
-        raise ValueError(f"config.output_dim must be 1 for this solver; got {config.output_dim}")
-    if config.batch_size is not None:
-        raise ValueError("config.batch_size must be None: only full-batch GD is implemented in the Monte Carlo DMFT")
-    if config.online:
-        raise ValueError("config.online must be false: only GD on fixed samples is implemented in the Monte "
-                         "Carlo DMFT")
-    particles = V.integer("particles", particles, 2, 1 << 24)
-    if particles % 2:
-        raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
-    replicas = V.integer("replicas", replicas, 1, 10_000)
-    seed = V.integer("seed", seed, 0, 2**63 - 1)
+    particles, replicas, seed = _check_sampling(config, "deep_monte_carlo", particles, 1 << 24, replicas, seed)
     if response_particles is None:
         response_particles = min(particles, 1024)
     response_particles = V.integer("response_particles", response_particles, 2, particles)
@@ -178,8 +131,7 @@ def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, 
         raise ValueError(f"response_particles = {response_particles} needs {need / 2**30:.1f} GiB of tangents at "
                          f"depth {L}, {config.steps} steps, {len(Y)} samples (limit 6 GiB): lower it, or the "
                          "steps or samples")
-    sig = config.sigma
-    sigmas = [float(v) for v in sig] if isinstance(sig, list) else [float(sig)] * (L + 1)
+    sigmas = config.layer_sigmas()
     tracked = config.tracked_steps()
     runs = [
         _core.monte_carlo_deep(X, Y, config.gamma0, config.eta0, sigmas, _ACTIVATIONS[config.activation],
@@ -211,7 +163,7 @@ def _replica_dataset(runs, tracked, P, kernel_dims, extra_coords, config, seed, 
     _, grad, grad_err = stack("grad")
     _, sharp, sharp_err = stack("sharpness")
     diverged = [int(r["diverged_step"]) for r in runs]
-    return xr.Dataset(
+    return results.dataset(
         {
             "loss": ("step", loss), "loss_stderr": ("step", loss_err),
             "output": (("step", "sample"), out), "output_stderr": (("step", "sample"), out_err),
@@ -220,13 +172,11 @@ def _replica_dataset(runs, tracked, P, kernel_dims, extra_coords, config, seed, 
             "normalized_sharpness": ("step", sharp), "normalized_sharpness_stderr": ("step", sharp_err),
             "loss_replicas": (("replica", "step"), loss_all),
         },
-        coords={"step": idx.astype(np.int64), **extra_coords, "sample": np.arange(P), "sample2": np.arange(P),
-                "replica": np.arange(replicas)},
-        attrs={"kind": "theory", **attrs, "replicas": replicas,
-               "status": "ok" if max(diverged) < 0 else "diverged",
-               "diverged_step": min([d for d in diverged if d >= 0], default=-1),
-               "scaling": "mup", "config": config.to_json(), "seed": seed},
-    )
+        {"step": idx.astype(np.int64), **extra_coords, "sample": np.arange(P), "sample2": np.arange(P),
+         "replica": np.arange(replicas)},
+        {**results.run_attrs(config, "theory", min([d for d in diverged if d >= 0], default=-1)), **attrs,
+         "replicas": replicas, "scaling": "mup", "seed": seed},
+        {"gradient_kernel": "G^l = <g^l_mu g^l_nu>, g^l the backward field at h^l scaled to O(1)"})
 
 
 def extrapolate_width(widths, values, stderr=None) -> dict:
@@ -323,10 +273,10 @@ def extrapolated_outliers(config: RunConfig, data=None, *, widths=(512, 1024, 20
         fit = extrapolate_width(np.asarray(widths, float), means[:, ok], stderr=errs[:, ok])
         lim[ok], lim_err[ok], slope[ok] = fit["limit"], fit["limit_stderr"], fit["slope"]
     dims = ("step", "layer", "rank")
-    return xr.Dataset(
+    return results.dataset(
         {"singular_values": (dims, lim), "singular_values_stderr": (dims, lim_err), "slope": (dims, slope),
          "seed_mean": (("width",) + dims, means), "seed_stderr": (("width",) + dims, errs)},
-        coords={"step": ref.step.values, "layer": ref.layer.values, "rank": ref["rank"].values, "width": widths},
-        attrs={"kind": "extrapolation", "model": "v(N) = v_inf + b / sqrt(N)", "seeds": seeds,
-               "config": config.to_json(), "scaling": "mup"},
-    )
+        {"step": ref.step.values, "layer": ref.layer.values, "rank": ref["rank"].values, "width": widths},
+        {"kind": "extrapolation", "model": "v(N) = v_inf + b / sqrt(N)", "seeds": seeds,
+         "config": config.to_json(), "scaling": "mup"},
+        {"singular_values": "v_inf of the fit v(N) = v_inf + b / sqrt(N) over the seed means"})

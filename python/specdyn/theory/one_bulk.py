@@ -26,14 +26,13 @@ import numpy as np
 from .. import _core
 from .. import _device
 from .. import _validate as V
+from .. import results
 from .. import parameterization as PZ
-from ..config import RunConfig
+from ..config import check_limit
+from ..data import for_run
 from ..rmt import bgn_outliers
 
 LAYER = "W1"
-_COVERS = ("the one-bulk theory covers depth=2 (W0, one square bulk W1, readout W2), activation='linear', "
-           "any output_dim, full-batch GD (batch_size=None, online=False) on fixed data, scaling 'mup' or "
-           "'ntk' (as muP at richness gamma0/sqrt(width)); deeper linear networks: theory.deep_linear")
 
 
 def quarter_circle_nodes(nodes: int, sigma: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -52,67 +51,14 @@ def quarter_circle_nodes(nodes: int, sigma: float = 1.0) -> tuple[np.ndarray, np
 
 # ---- inputs ------------------------------------------------------------------------
 
-def check_linear_config(config, covers: str, min_depth: int = 2, max_depth: int = 2, outputs: bool = False) -> None:
-    """One ValueError, saying what the exact linear DMFT covers, unless ``config`` is a linear,
-    full-batch muP/NTK run of depth in [min_depth, max_depth] with one output (any
-    number when ``outputs``)."""
-    if not isinstance(config, RunConfig):
-        raise ValueError(f"config must be a specdyn.RunConfig; got {type(config).__name__}")
-    bad = []
-    if not min_depth <= config.depth <= max_depth:
-        bad.append(f"depth={config.depth}")
-    if config.activation != "linear":
-        bad.append(f"activation={config.activation!r}")
-    if config.output_dim != 1 and not outputs:
-        bad.append(f"output_dim={config.output_dim}")
-    if config.scaling not in ("mup", "ntk"):
-        bad.append(f"scaling={config.scaling!r}")
-    if config.batch_size is not None:
-        bad.append(f"batch_size={config.batch_size}")
-    if config.online:
-        bad.append("online=True")
-    if bad:
-        raise ValueError(f"{covers}; got {', '.join(bad)}")
-
-
 def _check_config(config) -> None:
-    check_linear_config(config, _COVERS, outputs=True)
-
-
-def _sigmas(config) -> tuple[float, float, float]:
-    s = config.sigma
-    if isinstance(s, (list, tuple)):
-        return float(s[0]), float(s[1]), float(s[2])
-    return float(s), float(s), float(s)
+    check_limit(config, "one_bulk")
 
 
 def _data(config, data) -> tuple[np.ndarray, np.ndarray]:
-    """X (P, D) and the targets: y (P,) for output_dim 1, Y (P, C) otherwise."""
-    P, D, C = config.samples, config.input_dim, config.output_dim
-    if data is None:
-        try:
-            from ..data import teacher
-        except ImportError:  # pragma: no cover - until specdyn.data lands
-            raise ValueError("data=None needs specdyn.data.teacher; pass data=(X, y) instead") from None
-        data = teacher(P, D, output_dim=C, seed=config.data_seed, kind=config.teacher, noise=config.noise)
-    shapes = f"({P},) or ({P}, 1)" if C == 1 else f"({P}, {C})"
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise ValueError("data must be a pair (X, y) with X of shape (samples, input_dim) and y of shape "
-                         f"{shapes}; samples={P}, input_dim={D}, output_dim={C}")
-    X = V.finite_array("data X", data[0], ndim=2).astype(np.float64)
-    y = V.finite_array("data y", data[1], ndim=(1, 2)).astype(np.float64)
-    if X.shape != (P, D):
-        raise ValueError(f"data X must have shape (samples, input_dim) = ({P}, {D}); got {X.shape}")
-    if C > 1:
-        if y.shape != (P, C):
-            raise ValueError(f"data y must have shape (samples, output_dim) = ({P}, {C}); got {y.shape}")
-        return np.ascontiguousarray(X), np.ascontiguousarray(y)
-    if y.ndim == 2 and y.shape[1] != 1:
-        raise ValueError(f"data y must have shape ({P},) or ({P}, 1); got {y.shape}")
-    y = y.reshape(-1)
-    if y.shape[0] != P:
-        raise ValueError(f"data y must have shape ({P},) or ({P}, 1); got {np.shape(data[1])}")
-    return np.ascontiguousarray(X), np.ascontiguousarray(y)
+    """X (P, D) and the targets (``data.for_run``): y (P,) for one output, Y (P, C) for C > 1."""
+    X, Y = for_run(config, data)
+    return X, np.ascontiguousarray(Y[:, 0] if config.output_dim == 1 else Y)
 
 
 def _steps(config, steps) -> tuple[int, list[int]]:
@@ -269,8 +215,6 @@ def solve_modes_outputs(s, weights, a0, B0, X, Y, c, richness, eta0, steps, outp
 
 
 def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, kind_attrs):
-    import xarray as xr
-
     T = sol.steps
     idx = np.asarray(out_steps, dtype=np.int64)
     loss = np.asarray(sol.loss)
@@ -313,13 +257,18 @@ def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, 
     coords = {"step": idx, "layer": [LAYER], "rank": np.arange(top_k), "input": np.arange(config.input_dim),
               "step_b": idx}
     beta_dims = ("step", "input")
-    # ---- C outputs: beta_f gains an output dimension
+    descriptions = {"singular_values": "outliers of A = W1/sqrt(N) above the bulk edge (NaN: none)",
+                    "delta_singular_values": "singular values of A(t) - A(0) = c U V^T"}
+    # ---- C outputs: beta_f gains an output dimension; C_w, C_q are means over the outputs
     if isinstance(sol, _OutputsSolution):
-        beta_dims = ("step", "input", "output")
-        coords["output"] = np.arange(sol.outputs)
+        beta_dims = ("step", "input", "output_unit")
+        coords["output_unit"] = np.arange(sol.outputs)
+        descriptions.update({"loss": "(1 / 2PK) sum over samples and outputs of (f - y)^2, K = 1 (sum) or C (mean)",
+                             "C_w": "mean over the C readout rows w_a of |w_a(t)|^2 / N",
+                             "C_q": "mean over the C outputs of |q_a(t)|^2 / N"})
     # ----
     dims3 = ("step", "layer", "rank")
-    ds = xr.Dataset(
+    return results.dataset(
         {
             "loss": ("step", loss[idx]),
             "beta_f": (beta_dims, beta_f),
@@ -334,24 +283,10 @@ def _dataset(config, sol, out_steps, outlier_steps, top_k, c, edge, sigma_bulk, 
             "C_w_two_time": (("step", "step_b"), Cw[np.ix_(idx, idx)]),
             "C_q_two_time": (("step", "step_b"), Cq[np.ix_(idx, idx)]),
         },
-        coords=coords,
-    )
-    ds["loss"].attrs["long_name"] = "training loss (1/2P) sum (f - y)^2, divided by C under output_normalization 'mean'"
-    ds["singular_values"].attrs["long_name"] = "outlier singular values of A = W1/sqrt(N) above the bulk edge (NaN: none)"
-    ds["naive_singular_values"].attrs["long_name"] = "BGN outliers of an independent spike with the increment's singular values"
-    ds["delta_singular_values"].attrs["long_name"] = "singular values of A(t) - A(0) = c U V^T"
-    ds["overlap_spike_left"].attrs["long_name"] = "|<left outlier vector, top left singular vector of A(t)-A(0)>|^2"
-    ds["overlap_spike_right"].attrs["long_name"] = "|<right outlier vector, top right singular vector of A(t)-A(0)>|^2"
-    ds["normalized_sharpness"].attrs["long_name"] = "eta lambda_max(NTK) / P (edge of stability at 2)"
-    ds["C_w"].attrs["long_name"] = "|w(t)|^2 / N (mean over the outputs' readout rows)"
-    ds["C_q"].attrs["long_name"] = "|q(t)|^2 / N, q = W0 r / sqrt(D) (mean over outputs)"
-    ds.attrs.update({
-        "config": config.to_json(), "status": "ok" if div_step < 0 else "diverged", "diverged_step": div_step,
-        "scaling": config.scaling, "width": config.width, "seed": config.seed, "update_strength": float(c),
-        "bulk_edge": float(edge), "steps_run": int(T),
-    })
-    ds.attrs.update(kind_attrs)
-    return ds
+        coords,
+        results.run_attrs(config, kind_attrs["kind"], div_step, update_strength=float(c), bulk_edge=float(edge),
+                          steps_run=int(T), **{k: v for k, v in kind_attrs.items() if k != "kind"}),
+        descriptions)
 
 
 def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None = None, outlier_steps=None,
@@ -360,11 +295,12 @@ def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None 
 
     Parameters
     ----------
-    config : RunConfig with depth=2, activation="linear", output_dim=1, batch_size=None,
-        scaling "mup" (the muP limit, richness gamma0) or "ntk" (the same recursion at the
-        effective richness gamma0 / sqrt(width) of ``parameterization.effective_richness``).
-        sigma may be one float or [sigma_W0, sigma_bulk, sigma_readout].
-    data : (X (P, D), y (P,) or (P, 1)) with P = config.samples, D = config.input_dim;
+    config : RunConfig with depth=2, activation="linear", any output_dim C (either
+        output_normalization), batch_size=None, scaling "mup" (the muP limit, richness
+        gamma0) or "ntk" (the same recursion at the effective richness gamma0 / sqrt(width)
+        of ``parameterization.effective_richness``). sigma may be one float or
+        [sigma_W0, sigma_bulk, sigma_readout].
+    data : (X (P, D), y (P,) or (P, C)) with P = config.samples, D = config.input_dim;
         None draws the teacher of ``specdyn.data.teacher`` from config.data_seed.
     nodes : quadrature nodes M >= 8 over the quarter circle.
     steps : None (config.steps, output at config.tracked_steps()), an int T (every step
@@ -382,11 +318,13 @@ def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None 
     Returns
     -------
     xarray.Dataset with coords step, layer=["W1"], rank, input (and step_b for the
-    two-time order parameters) and variables loss(step), beta_f(step, input),
+    two-time order parameters; output_unit for C > 1) and variables loss(step),
+    beta_f(step, input) (beta_f(step, input, output_unit) for C > 1),
     normalized_sharpness(step), singular_values(step, layer, rank) (NaN: no outlier),
     naive_singular_values, delta_singular_values, overlap_spike_left/right,
-    C_w(step), C_q(step), C_w_two_time / C_q_two_time(step, step_b); attrs kind="theory".
-    Cost O(T^2 M D) at worst, O(T M D (r + D)) with a history of numerical rank r.
+    C_w(step), C_q(step), C_w_two_time / C_q_two_time(step, step_b) (means over the
+    outputs); attrs kind="theory", bulk_edge. Cost O(T^2 M D) at worst, O(T M D (r + D))
+    with a history of numerical rank r; for C > 1, O(T^2 C^2 M (C + D)) with full histories.
     """
     _check_config(config)
     device = _device.check(device)
@@ -399,7 +337,7 @@ def one_bulk(config, data=None, nodes: int = 128, steps=None, top_k: int | None 
     edge_margin = V.real("edge_margin", edge_margin, 0.0)
     history_tol = V.real("history_tol", history_tol, 0.0, 1e-3)
     X, y = _data(config, data)
-    sig_in, sig_bulk, sig_out = _sigmas(config)
+    sig_in, sig_bulk, sig_out = config.layer_sigmas()
     g = PZ.effective_richness(config.scaling, config.width, config.gamma0)
     c = config.eta0 * g
     s, wts = quarter_circle_nodes(nodes, sig_bulk)
@@ -470,9 +408,9 @@ def one_bulk_finite(config, weights, data=None, steps=None, top_k: int | None = 
             sol = _OutputsSolution(solve_modes_outputs(s, np.full(N, 1.0 / N), (U.T @ w.T)[:, :, None], B0, X, y,
                                                        c, g, config.eta0, T, K, history_tol,
                                                        sharpness_steps=out_steps))
-        return _dataset(config, sol, out_steps, o_steps, top_k, c / K, edge, _sigmas(config)[1], attrs)
+        return _dataset(config, sol, out_steps, o_steps, top_k, c / K, edge, config.layer_sigma(1), attrs)
     a0 = (U.T @ w)[:, None]
     with np.errstate(all="ignore"):
         sol = solve_modes(s, np.full(N, 1.0 / N), a0, B0, X, y, c, g, config.eta0, T, history_tol,
                           sharpness_steps=out_steps)
-    return _dataset(config, sol, out_steps, o_steps, top_k, c, edge, _sigmas(config)[1], attrs)
+    return _dataset(config, sol, out_steps, o_steps, top_k, c, edge, config.layer_sigma(1), attrs)

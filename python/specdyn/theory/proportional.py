@@ -15,7 +15,8 @@ import xarray as xr
 
 from .. import _core
 from .. import _validate as V
-from ..config import RunConfig
+from .. import results
+from ..config import RunConfig, check_limit
 from ..parameterization import proportional_eta0
 
 __all__ = ["proportional"]
@@ -25,26 +26,12 @@ _DEFAULTS = dict(gamma0=1.0, eta0=0.1, sigma=1.0, steps=100, track_every=1, top_
 
 def _from_config(config: RunConfig, nu) -> dict:
     """Model arguments that a RunConfig describes, or a ValueError saying why it has no limit here."""
-    if not isinstance(config, RunConfig):
-        raise ValueError(f"config must be a RunConfig or None; got {type(config).__name__}")
-    if config.depth != 1:
-        raise ValueError("config.depth must be 1 for the proportional two-layer model (W0, W1); the "
-                         f"proportional limit of deeper networks is not derived; got {config.depth}")
-    if config.activation != "linear":
-        raise ValueError("config.activation must be 'linear': the proportional limit is derived only for "
-                         f"linear networks; got {config.activation!r}")
-    if config.output_dim != 1 or config.teacher != "linear":
-        raise ValueError("config.output_dim must be 1 and config.teacher 'linear' for the proportional model; "
-                         f"got output_dim={config.output_dim}, teacher={config.teacher!r}")
-    if not config.online:
-        raise ValueError("config.online must be true: the proportional limit is population (online) GD; "
-                         "full-batch GD on a fixed sample set is not derived")
+    check_limit(config, "proportional")
     eta0 = proportional_eta0(config.scaling, config.width, config.eta0)
     ratio = config.width / config.input_dim
     if nu is not None and not np.isclose(V.real("nu", nu, 0.0, None, lo_open=True), ratio):
         raise ValueError(f"nu must equal config.width / config.input_dim = {ratio} when a config is given; got {nu}")
-    sigma = config.sigma
-    return dict(nu=ratio, gamma0=config.gamma0, eta0=eta0, sigma=sigma, steps=config.steps,
+    return dict(nu=ratio, gamma0=config.gamma0, eta0=eta0, sigma=config.layer_sigmas(), steps=config.steps,
                 track_every=config.track_every, top_k=config.top_k, noise=config.noise,
                 divergence_bound=config.divergence_bound, config_json=config.to_json(),
                 scaling=config.scaling, width=config.width)
@@ -132,7 +119,7 @@ def proportional(config: RunConfig | None = None, *, nu: float | None = None, ga
     sv[:, 1, 0] = np.sqrt(r["readout_norm2"][idx])
     dsv[:, 1, 0] = np.sqrt(np.maximum(r["readout_delta2"][idx], 0.0))
     diverged = int(r["diverged_step"])
-    ds = xr.Dataset(
+    return results.dataset(
         {
             "loss": ("step", r["loss"][idx]),
             "singular_values": (("step", "layer", "rank"), sv),
@@ -143,8 +130,8 @@ def proportional(config: RunConfig | None = None, *, nu: float | None = None, ga
             "normalized_sharpness": ("step", r["sharpness"]),
             "history_rank": ("step", r["history_rank"].astype(np.int64)),
         },
-        coords={"step": idx.astype(np.int64), "layer": ["W0", "W1"], "rank": np.arange(k)},
-        attrs={
+        {"step": idx.astype(np.int64), "layer": ["W0", "W1"], "rank": np.arange(k)},
+        {
             "kind": "theory",
             "model": "proportional",
             "nu": nu,
@@ -158,11 +145,6 @@ def proportional(config: RunConfig | None = None, *, nu: float | None = None, ga
             "config": args["config_json"],
             "nodes": nodes,
         },
-    )
-    ds["loss"].attrs["long_name"] = "population loss |beta - beta_f|^2 / (2D) + noise^2 / 2"
-    ds["singular_values"].attrs["long_name"] = "outliers of W0/sqrt(D) above the bulk edge; |w|/sqrt(N) for W1"
-    ds["overlap_spike_left"].attrs["long_name"] = ("|<left outlier vector, top left singular vector of "
-                                                   "W0(t)-W0(0)>|^2 (readout side; NaN for W1)")
-    ds["overlap_spike_right"].attrs["long_name"] = ("|<right outlier vector, top right singular vector of "
-                                                    "W0(t)-W0(0)>|^2 (input side; NaN for W1)")
-    return ds
+        {"loss": "population loss |beta - beta_f|^2 / (2D) + noise^2 / 2",
+         "singular_values": "outliers of W0/sqrt(D) above the bulk edge; |w|/sqrt(N) for W1",
+         "overlap_spike_left": "readout side; NaN for W1", "overlap_spike_right": "input side; NaN for W1"})
