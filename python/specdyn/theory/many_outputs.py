@@ -1,0 +1,349 @@
+"""The proportional many-output limit of the two-layer linear model (docs/theory.md,
+"Many outputs: the proportional limit").
+
+C = kappa N outputs, D = alpha_D N inputs, population loss, the teacher-driven
+(frozen-error) regime gamma0 -> infinity at fixed rate c = eta0 gamma0. There the
+first layer is A(t) = A(0) p_t(R) + B(0)^T T u_t(R) with R = T^T T, so A(t) A(t)^T
+is a Gaussian matrix times a deterministic population matrix: its spectrum solves
+one scalar self-consistent resolvent equation per point (generalized
+Marchenko-Pastur), with the population law the image of the teacher's spectrum.
+
+``many_outputs_density`` solves it (NumPy, vectorized over the grid),
+``many_outputs_crossover`` finds the kappa at which the teacher-driven island of
+singular values merges into the bulk, and ``many_outputs_simulation`` is the
+finite-N population GD of the same network in plain NumPy (full matrices, any
+gamma0), the reference the limit is checked against.
+"""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .. import _validate as V
+from .. import rmt
+
+
+def _common(kappa, alpha_d, rate, steps, sigma, sigma_readout, teacher_scale):
+    return dict(kappa=V.real("kappa", kappa, 0.0, None, lo_open=True),
+                alpha_d=V.real("alpha_d", alpha_d, 0.0, None, lo_open=True),
+                rate=V.real("rate", rate, 0.0),
+                steps=V.integer("steps", steps, 0, 10_000),
+                sigma=V.real("sigma", sigma, 0.0, None, lo_open=True),
+                sigma_readout=V.real("sigma_readout", sigma_readout, 0.0),
+                teacher_scale=V.real("teacher_scale", teacher_scale, 0.0))
+
+
+def _tracked(steps: int, track_every) -> np.ndarray:
+    if isinstance(track_every, (list, tuple, np.ndarray)):
+        return np.array(sorted({V.integer("track_every[]", s, 0, steps) for s in track_every} | {steps}), dtype=np.int64)
+    every = V.integer("track_every", track_every, 1, max(steps, 1))
+    return np.array(sorted(set(range(0, steps + 1, every)) | {steps}), dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------
+# the mode recursion on the teacher's spectrum
+# ---------------------------------------------------------------------------------
+def teacher_nodes(kappa: float, alpha_d: float, teacher_scale: float = 1.0, nodes: int = 200):
+    """Quadrature of the law of the D eigenvalues r of R = T^T T (T = teacher_scale G / sqrt(D),
+    G a C x D standard Gaussian, C / D = kappa / alpha_d): (r, weight), the atom at r = 0
+    (weight 1 - C/D when C < D) first. The nonzero part is Marchenko-Pastur with ratio C/D,
+    taken with a Gauss-Chebyshev (second kind) rule in the variable of its support."""
+    ratio = kappa / alpha_d
+    lo, hi = rmt.marchenko_pastur_edges(ratio, teacher_scale) if teacher_scale > 0 else (0.0, 0.0)
+    k = np.arange(1, nodes + 1)
+    theta = k * np.pi / (nodes + 1)
+    r = 0.5 * (lo + hi) + 0.5 * (hi - lo) * np.cos(theta)
+    # density sqrt((hi - r)(r - lo)) / r and dr = half-width sin(theta) dtheta: weight ~ sin^2(theta) / r
+    w = np.sin(theta) ** 2 / np.maximum(r, 1e-300)
+    w *= min(ratio, 1.0) / w.sum()
+    if ratio < 1.0:
+        r, w = np.concatenate([[0.0], r]), np.concatenate([[1.0 - ratio], w])
+    return r, w
+
+
+def mode_recursion(r, rate: float, alpha_d: float, steps: int):
+    """p_t(r), u_t(r) for t = 0..steps: A(t) = A(0) p_t(R) + B(0)^T T u_t(R) (frozen error e = -T).
+
+    p_{t+1} = p_t + (c / alpha_D) r q_t,   q_{t+1} = q_t + c p_t      (A(0) -> B^T T -> T A^T loop)
+    u_{t+1} = u_t + (c / alpha_D) v_t,     v_{t+1} = v_t + c r u_t    (B(0) -> A -> B loop)
+    with p_0 = v_0 = 1, q_0 = u_0 = 0. Returns two arrays (steps + 1, len(r))."""
+    r = np.asarray(r, float)
+    p, q, u, v = np.ones_like(r), np.zeros_like(r), np.zeros_like(r), np.ones_like(r)
+    ps, us = [p], [u]
+    for _ in range(steps):
+        p, q, u, v = p + rate / alpha_d * r * q, q + rate * p, u + rate / alpha_d * v, v + rate * r * u
+        ps.append(p)
+        us.append(u)
+    return np.array(ps), np.array(us)
+
+
+def population_law(p, u, r, alpha_d: float, sigma: float, sigma_readout: float):
+    """The values g of the population law of A(t) A(t)^T = Z diag(g) Z^T / D (Z iid N(0,1), N x D):
+    g(r) = sigma^2 p(r)^2 + alpha_D sigma_readout^2 r u(r)^2 (one per node; weights = the nodes')."""
+    return sigma**2 * p**2 + alpha_d * sigma_readout**2 * r * u**2
+
+
+# ---------------------------------------------------------------------------------
+# generalized Marchenko-Pastur: m(z) = 1 / (-z + E_g[g / (1 + g m / alpha_D)])
+# ---------------------------------------------------------------------------------
+def _stieltjes(lam, g, w, alpha_d: float, eps_final: float = 1e-9, continuation: int = 48):
+    """m(lambda + i0) = (1/N) tr (A A^T - z)^{-1} for real lambda, by Newton on
+    F(m) = 1/m + z - E[g / (1 + g m / alpha_D)] along z = lambda + i eps, eps from the
+    spectrum's scale down to eps_final times it (the root with Im m > 0 followed continuously)."""
+    scale = max(float(np.max(g)) * (1 + 1 / alpha_d), 1e-300)
+    lam = np.asarray(lam, float)
+    gg, ww = g[None, :], w[None, :]
+
+    def F(m, z):
+        den = 1.0 + gg * m[:, None] / alpha_d
+        return (1.0 / m + z - (ww * gg / den).sum(1),
+                -1.0 / m**2 + (ww * gg**2 / alpha_d / den**2).sum(1))
+
+    z = lam + 1j * scale
+    m = -1.0 / z
+    for _ in range(30):  # at Im z ~ the scale the fixed-point map contracts
+        m = 1.0 / (-z + (ww * gg / (1.0 + gg * m[:, None] / alpha_d)).sum(1))
+    for eps in scale * np.geomspace(1.0, eps_final, continuation):
+        z = lam + 1j * eps
+        for _ in range(6):
+            f, df = F(m, z)
+            step = f / df
+            new = m - step
+            # stay on the branch Im m > 0: halve a step that crosses the real axis
+            for _ in range(30):
+                bad = new.imag < 0
+                if not bad.any():
+                    break
+                step = np.where(bad, step / 2, step)
+                new = m - step
+            m = new
+    return m
+
+
+def _edge(g, w, alpha_d: float) -> float:
+    """Top edge of the spectrum of A A^T: z(m*) with z'(m*) = 0 on (-alpha_D / g_max, 0), where
+    z(m) = -1/m + E[g / (1 + g m / alpha_D)] (z' increases there, so one root; bisection)."""
+    gmax = float(g.max())
+    zp = lambda m: 1.0 / m**2 - np.sum(w * g**2 / alpha_d / (1.0 + g * m / alpha_d) ** 2)
+    lo, hi = -alpha_d / gmax * (1 - 1e-15), -alpha_d / gmax * 1e-9
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if zp(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+    m = 0.5 * (lo + hi)
+    return float(-1.0 / m + np.sum(w * g / (1.0 + g * m / alpha_d)))
+
+
+def _island_gap(g, w, alpha_d: float, g_bulk: float):
+    """The gap (lambda_lo, lambda_hi) between the bulk of the atom g_bulk (the directions the
+    teacher does not touch) and the teacher-driven island (the nodes with g > g_bulk), or None.
+    Outside the support z'(m) > 0 (Silverstein-Choi); the gap is the z-image of the m-interval
+    between the island's lowest pole -alpha_D / g_1 and the atom's pole -alpha_D / g_bulk where
+    z' > 0."""
+    island = g > g_bulk * (1 + 1e-12)
+    if not island.any():
+        return None
+    g1 = float(g[island].min())
+    lo_m, hi_m = -alpha_d / g1, -alpha_d / g_bulk
+    ms = np.linspace(lo_m, hi_m, 4002)[1:-1]
+    den = 1.0 + g[None, :] * ms[:, None] / alpha_d
+    zp = 1.0 / ms**2 - (w * g**2 / alpha_d / den**2).sum(1)
+    pos = np.flatnonzero(zp > 0)
+    if pos.size == 0:
+        return None
+    z = -1.0 / ms + (w * g / den).sum(1)
+    # z is monotone where z' > 0: the gap runs between z at the ends of that m-interval
+    return tuple(sorted((float(z[pos[0]]), float(z[pos[-1]]))))
+
+
+def many_outputs_density(kappa: float, alpha_d: float = 1.0, rate: float = 0.1, steps: int = 10, *,
+                         sigma: float = 1.0, sigma_readout: float = 1.0, teacher_scale: float = 1.0,
+                         track_every=1, grid: int = 400, s_max: float | None = None, nodes: int = 200) -> xr.Dataset:
+    """Limit density of the singular values of the first layer A(t) = W0(t) / sqrt(D) of the
+    two-layer linear network f(x) = W1 W0 x / (gamma0 sqrt(N D)) with C = kappa N outputs and
+    D = alpha_D N inputs, trained by GD on the population loss (summed over outputs) at the
+    proportional rate (raw rate eta0 gamma0^2 N, docs/theory.md), in the limit N -> infinity,
+    then gamma0 -> infinity at fixed ``rate`` c = eta0 gamma0 (the error stays the teacher's).
+
+    ``sigma``: init std of W0, ``sigma_readout``: of W1 (0 is the zero-initialized readout),
+    ``teacher_scale``: tau in y = tau G x / sqrt(D), G a C x D standard Gaussian. ``grid``
+    points on [0, s_max] (default 1.1 times the largest edge), ``nodes`` of the teacher law.
+
+    Returns an ``xarray.Dataset`` with coords ``step``, ``s`` and
+
+    - ``density(step, s)``: density of the min(N, D) nonzero singular values of A(t);
+    - ``bulk_edge(step)``: top edge of its support;
+    - ``gap_lower(step)``, ``gap_upper(step)``: the gap between the untouched bulk and the
+      teacher-driven island (NaN when they touch), ``isolated(step)``: whether there is one;
+    - ``second_moment(step)``: (1/N) tr A A^T = E[g] in closed form (a check of the density).
+    """
+    a = _common(kappa, alpha_d, rate, steps, sigma, sigma_readout, teacher_scale)
+    grid = V.integer("grid", grid, 8, 1_000_000)
+    nodes = V.integer("nodes", nodes, 8, 100_000)
+    if s_max is not None:
+        s_max = V.real("s_max", s_max, 0.0, None, lo_open=True)
+    tracked = _tracked(a["steps"], track_every)
+    r, w = teacher_nodes(a["kappa"], a["alpha_d"], a["teacher_scale"], nodes)
+    p, u = mode_recursion(r, a["rate"], a["alpha_d"], a["steps"])
+    laws = [population_law(p[t], u[t], r, a["alpha_d"], a["sigma"], a["sigma_readout"]) for t in tracked]
+    if not all(np.all(np.isfinite(g)) for g in laws):
+        raise ValueError(f"rate = {a['rate']:g} over steps = {a['steps']} overflows float64 (the teacher modes grow "
+                         "like (1 + rate / sqrt(alpha_d))^steps); lower rate or steps")
+    edges = np.array([_edge(g, w, a["alpha_d"]) for g in laws])
+    top = float(np.sqrt(edges.max())) * 1.1 if s_max is None else s_max
+    s = np.linspace(0.0, top, grid)
+    nonzero = min(1.0, a["alpha_d"])  # share of nonzero eigenvalues of A A^T among its N
+    dens = np.empty((len(tracked), grid))
+    gap_lo, gap_hi = np.full(len(tracked), np.nan), np.full(len(tracked), np.nan)
+    g_bulk = a["sigma"] ** 2  # p(0) = 1, u(0)-term vanishes at r = 0
+    for i, g in enumerate(laws):
+        m = _stieltjes(s**2, g, w, a["alpha_d"])
+        dens[i] = 2 * s * np.maximum(m.imag, 0.0) / np.pi / nonzero
+        gap = _island_gap(g, w, a["alpha_d"], g_bulk)
+        if gap is not None:
+            gap_lo[i], gap_hi[i] = np.sqrt(max(gap[0], 0.0)), np.sqrt(gap[1])
+    ds = xr.Dataset(
+        {
+            "density": (("step", "s"), dens),
+            "bulk_edge": ("step", np.sqrt(edges)),
+            "gap_lower": ("step", gap_lo),
+            "gap_upper": ("step", gap_hi),
+            "isolated": ("step", np.isfinite(gap_lo)),
+            "second_moment": ("step", np.array([np.sum(w * g) for g in laws])),
+        },
+        coords={"step": tracked, "s": s},
+        attrs={"kind": "theory", "model": "many_outputs", "limit": "N -> inf, then gamma0 -> inf at fixed rate",
+               **{k: (float(v) if k != "steps" else int(v)) for k, v in a.items()}, "nodes": nodes},
+    )
+    ds["s"].attrs.update(long_name="singular value of W0 / sqrt(D)", units="1")
+    ds["density"].attrs.update(long_name="density of the nonzero singular values of W0(t) / sqrt(D)", units="1 / s")
+    ds["bulk_edge"].attrs.update(long_name="top edge of the singular-value support", units="1")
+    ds["gap_lower"].attrs.update(long_name="top of the untouched bulk (NaN: no gap)", units="1")
+    ds["gap_upper"].attrs.update(long_name="bottom of the teacher-driven island (NaN: no gap)", units="1")
+    ds["isolated"].attrs.update(long_name="teacher-driven island separated from the bulk")
+    ds["second_moment"].attrs.update(long_name="(1/N) tr A A^T", units="1")
+    return ds
+
+
+def many_outputs_crossover(alpha_d: float = 1.0, rate: float = 0.1, steps: int = 10, *, sigma: float = 1.0,
+                           sigma_readout: float = 1.0, teacher_scale: float = 1.0, nodes: int = 400,
+                           kappa_max: float = 64.0, tol: float = 1e-4) -> float:
+    """The kappa = C / N above which the teacher-driven singular values of A(steps) no longer
+    stand apart from the bulk (the island merges): bisection on ``isolated``. NaN when they are
+    not separated even as kappa -> 0 (the teacher spike is below the BBP threshold)."""
+    a = _common(1.0, alpha_d, rate, steps, sigma, sigma_readout, teacher_scale)
+    kappa_max = V.real("kappa_max", kappa_max, 0.0, None, lo_open=True)
+    tol = V.real("tol", tol, 0.0, None, lo_open=True)
+
+    def isolated(kappa):
+        r, w = teacher_nodes(kappa, a["alpha_d"], a["teacher_scale"], nodes)
+        p, u = mode_recursion(r, a["rate"], a["alpha_d"], a["steps"])
+        g = population_law(p[-1], u[-1], r, a["alpha_d"], a["sigma"], a["sigma_readout"])
+        return _island_gap(g, w, a["alpha_d"], a["sigma"] ** 2) is not None
+
+    lo = tol
+    if not isolated(lo):
+        return float("nan")
+    hi = kappa_max
+    if isolated(hi):
+        return float("inf")
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if isolated(mid) else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+# ---------------------------------------------------------------------------------
+# the finite-N reference: population GD on the full matrices
+# ---------------------------------------------------------------------------------
+def many_outputs_simulation(width: int, kappa: float, alpha_d: float = 1.0, rate: float = 0.1, steps: int = 10, *,
+                            gamma0: float = np.inf, sigma: float = 1.0, sigma_readout: float = 1.0,
+                            teacher_scale: float = 1.0, seed: int = 0, track_every=1, outputs: int | None = None,
+                            teacher_term: bool = True) -> xr.Dataset:
+    """Population GD of f(x) = W1 W0 x / (gamma0 sqrt(N D)) in normalized coordinates
+    A = W0 / sqrt(D), B = W1 / sqrt(N), error E = B A / gamma0 - T (E = -T when gamma0 is inf):
+
+        A <- A - (c / alpha_D) B^T E,    B <- B - c E A^T,    c = ``rate``.
+
+    ``outputs`` overrides C = round(kappa N) (C fixed, for the finite-C side of the crossover);
+    ``teacher_term=False`` drops T from E (for the mutation checks). Returns ``singular_values``
+    (step, index) of A(t), all min(N, D), descending."""
+    a = _common(kappa, alpha_d, rate, steps, sigma, sigma_readout, teacher_scale)
+    n = V.integer("width", width, 2, 1 << 15)
+    if not (isinstance(gamma0, (int, float)) and gamma0 > 0):
+        raise ValueError(f"gamma0 must be a real number in (0, inf]; got {gamma0!r}")
+    d = max(1, round(a["alpha_d"] * n))
+    c_out = max(1, round(a["kappa"] * n)) if outputs is None else V.integer("outputs", outputs, 1, 1 << 16)
+    tracked = _tracked(a["steps"], track_every)
+    rng = np.random.default_rng(V.integer("seed", seed, 0))
+    A = a["sigma"] * rng.standard_normal((n, d)) / np.sqrt(d)
+    B = a["sigma_readout"] * rng.standard_normal((c_out, n)) / np.sqrt(n)
+    T = a["teacher_scale"] * rng.standard_normal((c_out, d)) / np.sqrt(d) if teacher_term else np.zeros((c_out, d))
+    c, alpha = a["rate"], d / n
+    out = []
+    for t in range(a["steps"] + 1):
+        if t in tracked:
+            out.append(np.linalg.svd(A, compute_uv=False))
+        if t == a["steps"]:
+            break
+        E = -T if np.isinf(gamma0) else B @ A / gamma0 - T
+        A, B = A - (c / alpha) * (B.T @ E), B - c * (E @ A.T)
+    ds = xr.Dataset({"singular_values": (("step", "index"), np.array(out))},
+                    coords={"step": tracked},
+                    attrs={"kind": "simulation", "model": "many_outputs", "width": n, "input_dim": d,
+                           "output_dim": c_out, "seed": int(seed), "gamma0": float(gamma0), **a})
+    ds["singular_values"].attrs.update(long_name="singular values of W0(t) / sqrt(D), descending", units="1")
+    return ds
+
+
+def many_outputs_gap_scan(kappas, widths=(256, 512), seeds=(0, 1), alpha_d: float = 1.0, rate: float = 0.15,
+                          steps: int = 10, *, sigma: float = 1.0, sigma_readout: float = 1.0,
+                          teacher_scale: float = 1.0, neighbours: int = 5, resolved_ratio: float = 3.0) -> xr.Dataset:
+    """How the C teacher-driven singular values of A(steps) merge into the bulk as C = kappa N grows:
+    simulation (``many_outputs_simulation``) beside the limit (``many_outputs_density``).
+
+    Per (kappa, width, seed): ``gap`` = s_C - s_{C+1} (the C-th and (C+1)-th singular values, the
+    split a separated island of C values makes), ``spacing`` = the mean of the ``neighbours``
+    spacings on each side of it, ``resolved`` = gap > ``resolved_ratio`` x spacing. Per kappa:
+    ``theory_gap`` = gap_upper - gap_lower of the limit (0 when merged). attrs ``kappa_theory``
+    (``many_outputs_crossover``) and, per width, ``kappa_simulation_<N>``: the first kappa of the
+    grid at which a majority of seeds is not resolved."""
+    kappas = np.array(sorted({V.real("kappas[]", k, 0.0, None, lo_open=True) for k in np.atleast_1d(kappas)}))
+    widths = [V.integer("widths[]", n, 8) for n in np.atleast_1d(widths)]
+    seeds = [V.integer("seeds[]", s, 0) for s in np.atleast_1d(seeds)]
+    neighbours = V.integer("neighbours", neighbours, 1, 1000)
+    resolved_ratio = V.real("resolved_ratio", resolved_ratio, 0.0, None, lo_open=True)
+    kw = dict(alpha_d=alpha_d, rate=rate, steps=steps, sigma=sigma, sigma_readout=sigma_readout,
+              teacher_scale=teacher_scale)
+    gap = np.full((len(kappas), len(widths), len(seeds)), np.nan)
+    spacing = np.full_like(gap, np.nan)
+    for i, kappa in enumerate(kappas):
+        for j, n in enumerate(widths):
+            for k, seed in enumerate(seeds):
+                sim = many_outputs_simulation(n, kappa, seed=seed, track_every=[steps], **kw)
+                sv, c = sim.singular_values.values[-1], sim.attrs["output_dim"]
+                if c + neighbours >= sv.size or c - 1 - neighbours < 0:
+                    continue  # no room for the neighbouring spacings: left NaN
+                d = -np.diff(sv)  # d[i] = s_{i+1} - s_{i+2} (1-based ranks)
+                gap[i, j, k] = d[c - 1]
+                spacing[i, j, k] = np.mean(np.concatenate([d[c - 1 - neighbours:c - 1], d[c:c + neighbours]]))
+    theory = np.array([float((lambda ds: np.nan_to_num(ds.gap_upper - ds.gap_lower).item())(
+        many_outputs_density(kappa, track_every=[steps], grid=8, **kw).isel(step=-1))) for kappa in kappas])
+    resolved = gap > resolved_ratio * spacing
+    ds = xr.Dataset({"gap": (("kappa", "width", "seed"), gap), "spacing": (("kappa", "width", "seed"), spacing),
+                     "resolved": (("kappa", "width", "seed"), resolved), "theory_gap": ("kappa", theory)},
+                    coords={"kappa": kappas, "width": widths, "seed": seeds},
+                    attrs={"kind": "comparison", "model": "many_outputs", "resolved_ratio": resolved_ratio,
+                           "neighbours": neighbours, "kappa_theory": many_outputs_crossover(**kw), **kw})
+    for j, n in enumerate(widths):
+        assessed = np.isfinite(gap[:, j, :])  # C too close to 1 or min(N, D) leaves no neighbours
+        share = np.where(assessed.any(1), (resolved[:, j, :] & assessed).sum(1) / np.maximum(assessed.sum(1), 1), 1.0)
+        unresolved = np.flatnonzero(share <= 0.5)
+        ds.attrs[f"kappa_simulation_{n}"] = float(kappas[unresolved[0]]) if unresolved.size else float("nan")
+    ds["gap"].attrs.update(long_name="s_C - s_(C+1) of W0(t) / sqrt(D) (simulation)", units="1")
+    ds["spacing"].attrs.update(long_name="mean neighbouring spacing around s_C (simulation)", units="1")
+    ds["resolved"].attrs.update(long_name="gap > resolved_ratio x spacing")
+    ds["theory_gap"].attrs.update(long_name="gap between bulk and teacher-driven island in the limit", units="1")
+    return ds
