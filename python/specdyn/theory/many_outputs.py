@@ -117,7 +117,7 @@ def _stieltjes(lam, g, w, alpha_d: float, eps_final: float = 1e-9, continuation:
                 step = np.where(bad, step / 2, step)
                 new = m - step
             m = new
-    return m
+    return m, z
 
 
 def _edge(g, w, alpha_d: float) -> float:
@@ -186,8 +186,9 @@ def many_outputs_density(kappa: float, alpha_d: float = 1.0, rate: float = 0.1, 
         s_max = V.real("s_max", s_max, 0.0, None, lo_open=True)
     tracked = _tracked(a["steps"], track_every)
     r, w = teacher_nodes(a["kappa"], a["alpha_d"], a["teacher_scale"], nodes)
-    p, u = mode_recursion(r, a["rate"], a["alpha_d"], a["steps"])
-    laws = [population_law(p[t], u[t], r, a["alpha_d"], a["sigma"], a["sigma_readout"]) for t in tracked]
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported just below
+        p, u = mode_recursion(r, a["rate"], a["alpha_d"], a["steps"])
+        laws = [population_law(p[t], u[t], r, a["alpha_d"], a["sigma"], a["sigma_readout"]) for t in tracked]
     if not all(np.all(np.isfinite(g)) for g in laws):
         raise ValueError(f"rate = {a['rate']:g} over steps = {a['steps']} overflows float64 (the teacher modes grow "
                          "like (1 + rate / sqrt(alpha_d))^steps); lower rate or steps")
@@ -199,7 +200,9 @@ def many_outputs_density(kappa: float, alpha_d: float = 1.0, rate: float = 0.1, 
     gap_lo, gap_hi = np.full(len(tracked), np.nan), np.full(len(tracked), np.nan)
     g_bulk = a["sigma"] ** 2  # p(0) = 1, u(0)-term vanishes at r = 0
     for i, g in enumerate(laws):
-        m = _stieltjes(s**2, g, w, a["alpha_d"])
+        m, z = _stieltjes(s**2, g, w, a["alpha_d"])
+        if a["alpha_d"] < 1:  # N > D: remove the atom (1 - D/N) at 0, whose Lorentzian at finite eps leaks
+            m = m + (1 - a["alpha_d"]) / z
         dens[i] = 2 * s * np.maximum(m.imag, 0.0) / np.pi / nonzero
         gap = _island_gap(g, w, a["alpha_d"], g_bulk)
         if gap is not None:
