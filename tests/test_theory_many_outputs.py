@@ -15,8 +15,8 @@ def _moments(ds, alpha_d):
     """(1/N) tr A A^T and (1/N) tr (A A^T)^2 from the density (normalized over min(N, D) values)."""
     s = ds.s.values
     share = min(1.0, alpha_d)
-    return (share * np.trapezoid(s**2 * ds.density.values, s, axis=-1),
-            share * np.trapezoid(s**4 * ds.density.values, s, axis=-1))
+    return (share * np.trapezoid(s**2 * ds.singular_value_density.values, s, axis=-1),
+            share * np.trapezoid(s**4 * ds.singular_value_density.values, s, axis=-1))
 
 
 @pytest.mark.parametrize("alpha_d", [0.5, 1.0, 2.0])
@@ -25,9 +25,9 @@ def test_initial_density_is_marchenko_pastur(alpha_d):
     s = ds.s.values
     # A(0) is N x D with entries N(0, sigma^2 / D): squared singular values MP with ratio N / D
     expect = 2 * s * rmt.marchenko_pastur_density(s**2, 1 / alpha_d, 1.3)
-    assert np.trapezoid(abs(ds.density.isel(step=0).values - expect), s) < 1e-6
+    assert np.trapezoid(abs(ds.singular_value_density.isel(step=0).values - expect), s) < 1e-6
     assert ds.bulk_edge.isel(step=0) == pytest.approx(rmt.singular_value_edge(1 / alpha_d, 1.3), rel=1e-9)
-    assert not bool(ds.isolated.isel(step=0))
+    assert not bool(ds.island_isolated.isel(step=0))
 
 
 @settings(max_examples=4, deadline=None)
@@ -46,14 +46,14 @@ def test_step_one_moments_closed_form(kappa, alpha_d, rate, sigma_readout, tau):
     m1, m2 = _moments(ds.isel(step=-1), alpha_d)
     assert m1 == pytest.approx(eg, rel=3e-3)
     assert m2 == pytest.approx(eg2 / alpha_d + eg**2, rel=3e-3)
-    assert float(ds.second_moment.isel(step=-1)) == pytest.approx(eg, rel=1e-3)
+    assert float(ds.mean_squared_singular_value.isel(step=-1)) == pytest.approx(eg, rel=1e-3)
 
 
 def test_moments_along_training_match_the_density():
     ds = mo.many_outputs_density(0.5, track_every=5, grid=1500, **SETTING)
     m1, _ = _moments(ds, 1.0)
-    np.testing.assert_allclose(m1, ds.second_moment.values, rtol=3e-3)
-    mass = np.trapezoid(ds.density.values, ds.s.values, axis=-1)
+    np.testing.assert_allclose(m1, ds.mean_squared_singular_value.values, rtol=3e-3)
+    mass = np.trapezoid(ds.singular_value_density.values, ds.s.values, axis=-1)
     np.testing.assert_allclose(mass, 1.0, atol=1e-2)
 
 
@@ -61,7 +61,7 @@ def test_moments_along_training_match_the_density():
 # against the finite-N population GD
 # ---------------------------------------------------------------------------------
 def _bin_masses(ds, bins):
-    s, rho = ds.s.values, ds.density.values
+    s, rho = ds.s.values, ds.singular_value_density.values
     cdf = np.concatenate([[0.0], np.cumsum(0.5 * (rho[1:] + rho[:-1]) * np.diff(s))])
     return np.diff(np.interp(bins, s, cdf))
 
@@ -118,12 +118,12 @@ def test_island_resolved_below_and_merged_above_the_crossover():
     kappa_star = mo.many_outputs_crossover(**SETTING)
     assert 0.1 < kappa_star < 0.25  # the default setting puts it well inside the scanned range
     scan = mo.many_outputs_gap_scan([0.06, 0.3], widths=[512], seeds=[0, 1, 2], **SETTING)
-    assert bool(scan.resolved.sel(kappa=0.06).all()), scan.gap.values
-    assert scan.resolved.sel(kappa=0.3).mean() < 0.5, scan.gap.values
-    assert float(scan.theory_gap.sel(kappa=0.06)) > 0.1 and float(scan.theory_gap.sel(kappa=0.3)) == 0.0
+    assert bool(scan.island_resolved.sel(kappa=0.06).all()), scan.island_gap.values
+    assert scan.island_resolved.sel(kappa=0.3).mean() < 0.5, scan.island_gap.values
+    assert float(scan.island_gap_theory.sel(kappa=0.06)) > 0.1 and float(scan.island_gap_theory.sel(kappa=0.3)) == 0.0
     # the predicted gap against the simulated s_C - s_(C+1) at kappa = 0.06 (C = 31)
-    sim_gap = scan.gap.sel(kappa=0.06).values.ravel()
-    assert abs(sim_gap.mean() - float(scan.theory_gap.sel(kappa=0.06))) < 4 * sim_gap.std(ddof=1) + 0.05
+    sim_gap = scan.island_gap.sel(kappa=0.06).values.ravel()
+    assert abs(sim_gap.mean() - float(scan.island_gap_theory.sel(kappa=0.06))) < 4 * sim_gap.std(ddof=1) + 0.05
 
 
 @pytest.mark.parametrize("bad, field", [(dict(kappa=0.0), "kappa"), (dict(alpha_d=-1.0), "alpha_d"),

@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from .. import _validate as V
-from .. import rmt
+from .. import results, rmt
 
 
 def _common(kappa, alpha_d, rate, steps, sigma, sigma_readout, teacher_scale):
@@ -173,11 +173,12 @@ def many_outputs_density(kappa: float, alpha_d: float = 1.0, rate: float = 0.1, 
 
     Returns an ``xarray.Dataset`` with coords ``step``, ``s`` and
 
-    - ``density(step, s)``: density of the min(N, D) nonzero singular values of A(t);
+    - ``singular_value_density(step, s)``: density of the min(N, D) nonzero singular values of A(t);
     - ``bulk_edge(step)``: top edge of its support;
-    - ``gap_lower(step)``, ``gap_upper(step)``: the gap between the untouched bulk and the
-      teacher-driven island (NaN when they touch), ``isolated(step)``: whether there is one;
-    - ``second_moment(step)``: (1/N) tr A A^T = E[g] in closed form (a check of the density).
+    - ``island_gap_lower(step)``, ``island_gap_upper(step)``: the gap between the untouched bulk and
+      the teacher-driven island (NaN when they touch), ``island_isolated(step)``: whether there is one;
+    - ``mean_squared_singular_value(step)``: (1/N) tr A A^T = E[g] in closed form (a check of the
+      density).
     """
     a = _common(kappa, alpha_d, rate, steps, sigma, sigma_readout, teacher_scale)
     grid = V.integer("grid", grid, 8, 1_000_000)
@@ -207,34 +208,27 @@ def many_outputs_density(kappa: float, alpha_d: float = 1.0, rate: float = 0.1, 
         gap = _island_gap(g, w, a["alpha_d"], g_bulk)
         if gap is not None:
             gap_lo[i], gap_hi[i] = np.sqrt(max(gap[0], 0.0)), np.sqrt(gap[1])
-    ds = xr.Dataset(
+    return results.dataset(
         {
-            "density": (("step", "s"), dens),
+            "singular_value_density": (("step", "s"), dens),
             "bulk_edge": ("step", np.sqrt(edges)),
-            "gap_lower": ("step", gap_lo),
-            "gap_upper": ("step", gap_hi),
-            "isolated": ("step", np.isfinite(gap_lo)),
-            "second_moment": ("step", np.array([np.sum(w * g) for g in laws])),
+            "island_gap_lower": ("step", gap_lo),
+            "island_gap_upper": ("step", gap_hi),
+            "island_isolated": ("step", np.isfinite(gap_lo)),
+            "mean_squared_singular_value": ("step", np.array([np.sum(w * g) for g in laws])),
         },
-        coords={"step": tracked, "s": s},
-        attrs={"kind": "theory", "model": "many_outputs", "limit": "N -> inf, then gamma0 -> inf at fixed rate",
-               **{k: (float(v) if k != "steps" else int(v)) for k, v in a.items()}, "nodes": nodes},
-    )
-    ds["s"].attrs.update(long_name="singular value of W0 / sqrt(D)", units="1")
-    ds["density"].attrs.update(long_name="density of the nonzero singular values of W0(t) / sqrt(D)", units="1 / s")
-    ds["bulk_edge"].attrs.update(long_name="top edge of the singular-value support", units="1")
-    ds["gap_lower"].attrs.update(long_name="top of the untouched bulk (NaN: no gap)", units="1")
-    ds["gap_upper"].attrs.update(long_name="bottom of the teacher-driven island (NaN: no gap)", units="1")
-    ds["isolated"].attrs.update(long_name="teacher-driven island separated from the bulk")
-    ds["second_moment"].attrs.update(long_name="(1/N) tr A A^T", units="1")
-    return ds
+        {"step": tracked, "s": s},
+        {"kind": "theory", "model": "many_outputs", "limit": "N -> inf, then gamma0 -> inf at fixed rate",
+         **{k: (float(v) if k != "steps" else int(v)) for k, v in a.items()}, "nodes": nodes},
+        {"singular_value_density": "of W0(t) / sqrt(D), over its min(N, D) nonzero singular values",
+         "mean_squared_singular_value": "E[g] over the population law: a closed-form check of the density"})
 
 
 def many_outputs_crossover(alpha_d: float = 1.0, rate: float = 0.1, steps: int = 10, *, sigma: float = 1.0,
                            sigma_readout: float = 1.0, teacher_scale: float = 1.0, nodes: int = 400,
                            kappa_max: float = 64.0, tol: float = 1e-4) -> float:
     """The kappa = C / N above which the teacher-driven singular values of A(steps) no longer
-    stand apart from the bulk (the island merges): bisection on ``isolated``. NaN when they are
+    stand apart from the bulk (the island merges): bisection on ``island_isolated``. NaN when they are
     not separated even as kappa -> 0 (the teacher spike is below the BBP threshold)."""
     a = _common(1.0, alpha_d, rate, steps, sigma, sigma_readout, teacher_scale)
     kappa_max = V.real("kappa_max", kappa_max, 0.0, None, lo_open=True)
@@ -293,12 +287,10 @@ def many_outputs_simulation(width: int, kappa: float, alpha_d: float = 1.0, rate
             break
         E = -T if np.isinf(gamma0) else B @ A / gamma0 - T
         A, B = A - (c / alpha) * (B.T @ E), B - c * (E @ A.T)
-    ds = xr.Dataset({"singular_values": (("step", "index"), np.array(out))},
-                    coords={"step": tracked},
-                    attrs={"kind": "simulation", "model": "many_outputs", "width": n, "input_dim": d,
-                           "output_dim": c_out, "seed": int(seed), "gamma0": float(gamma0), **a})
-    ds["singular_values"].attrs.update(long_name="singular values of W0(t) / sqrt(D), descending", units="1")
-    return ds
+    return results.dataset({"singular_values": (("step", "index"), np.array(out))}, {"step": tracked},
+                           {"kind": "simulation", "model": "many_outputs", "width": n, "input_dim": d,
+                            "output_dim": c_out, "seed": int(seed), "gamma0": float(gamma0), **a},
+                           {"singular_values": "all min(N, D) singular values of W0(t) / sqrt(D), descending"})
 
 
 def many_outputs_gap_scan(kappas, widths=(256, 512), seeds=(0, 1), alpha_d: float = 1.0, rate: float = 0.15,
@@ -307,10 +299,10 @@ def many_outputs_gap_scan(kappas, widths=(256, 512), seeds=(0, 1), alpha_d: floa
     """How the C teacher-driven singular values of A(steps) merge into the bulk as C = kappa N grows:
     simulation (``many_outputs_simulation``) beside the limit (``many_outputs_density``).
 
-    Per (kappa, width, seed): ``gap`` = s_C - s_{C+1} (the C-th and (C+1)-th singular values, the
-    split a separated island of C values makes), ``spacing`` = the mean of the ``neighbours``
-    spacings on each side of it, ``resolved`` = gap > ``resolved_ratio`` x spacing. Per kappa:
-    ``theory_gap`` = gap_upper - gap_lower of the limit (0 when merged). attrs ``kappa_theory``
+    Per (kappa, width, seed): ``island_gap`` = s_C - s_{C+1} (the C-th and (C+1)-th singular values, the
+    split a separated island of C values makes), ``island_spacing`` = the mean of the ``neighbours``
+    spacings on each side of it, ``island_resolved`` = gap > ``resolved_ratio`` x spacing. Per
+    kappa: ``island_gap_theory`` = the width of the gap of the limit (0 when merged). attrs ``kappa_theory``
     (``many_outputs_crossover``) and, per width, ``kappa_simulation_<N>``: the first kappa of the
     grid at which a majority of seeds is not resolved."""
     kappas = np.array(sorted({V.real("kappas[]", k, 0.0, None, lo_open=True) for k in np.atleast_1d(kappas)}))
@@ -332,21 +324,22 @@ def many_outputs_gap_scan(kappas, widths=(256, 512), seeds=(0, 1), alpha_d: floa
                 d = -np.diff(sv)  # d[i] = s_{i+1} - s_{i+2} (1-based ranks)
                 gap[i, j, k] = d[c - 1]
                 spacing[i, j, k] = np.mean(np.concatenate([d[c - 1 - neighbours:c - 1], d[c:c + neighbours]]))
-    theory = np.array([float((lambda ds: np.nan_to_num(ds.gap_upper - ds.gap_lower).item())(
-        many_outputs_density(kappa, track_every=[steps], grid=8, **kw).isel(step=-1))) for kappa in kappas])
+    theory = []
+    for kappa in kappas:
+        limit = many_outputs_density(kappa, track_every=[steps], grid=8, **kw).isel(step=-1)
+        theory.append(float(np.nan_to_num(limit.island_gap_upper - limit.island_gap_lower)))
+    theory = np.array(theory)
     resolved = gap > resolved_ratio * spacing
-    ds = xr.Dataset({"gap": (("kappa", "width", "seed"), gap), "spacing": (("kappa", "width", "seed"), spacing),
-                     "resolved": (("kappa", "width", "seed"), resolved), "theory_gap": ("kappa", theory)},
-                    coords={"kappa": kappas, "width": widths, "seed": seeds},
-                    attrs={"kind": "comparison", "model": "many_outputs", "resolved_ratio": resolved_ratio,
-                           "neighbours": neighbours, "kappa_theory": many_outputs_crossover(**kw), **kw})
+    ds = results.dataset({"island_gap": (("kappa", "width", "seed"), gap),
+                          "island_spacing": (("kappa", "width", "seed"), spacing),
+                          "island_resolved": (("kappa", "width", "seed"), resolved),
+                          "island_gap_theory": ("kappa", theory)},
+                         {"kappa": kappas, "width": widths, "seed": seeds},
+                         {"kind": "comparison", "model": "many_outputs", "resolved_ratio": resolved_ratio,
+                          "neighbours": neighbours, "kappa_theory": many_outputs_crossover(**kw), **kw})
     for j, n in enumerate(widths):
         assessed = np.isfinite(gap[:, j, :])  # C too close to 1 or min(N, D) leaves no neighbours
         share = np.where(assessed.any(1), (resolved[:, j, :] & assessed).sum(1) / np.maximum(assessed.sum(1), 1), 1.0)
         unresolved = np.flatnonzero(share <= 0.5)
         ds.attrs[f"kappa_simulation_{n}"] = float(kappas[unresolved[0]]) if unresolved.size else float("nan")
-    ds["gap"].attrs.update(long_name="s_C - s_(C+1) of W0(t) / sqrt(D) (simulation)", units="1")
-    ds["spacing"].attrs.update(long_name="mean neighbouring spacing around s_C (simulation)", units="1")
-    ds["resolved"].attrs.update(long_name="gap > resolved_ratio x spacing")
-    ds["theory_gap"].attrs.update(long_name="gap between bulk and teacher-driven island in the limit", units="1")
     return ds
