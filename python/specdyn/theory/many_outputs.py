@@ -86,26 +86,26 @@ def population_law(p, u, r, alpha_d: float, sigma: float, sigma_readout: float):
 # ---------------------------------------------------------------------------------
 # generalized Marchenko-Pastur: m(z) = 1 / (-z + E_g[g / (1 + g m / alpha_D)])
 # ---------------------------------------------------------------------------------
-def _stieltjes(lam, g, w, alpha_d: float, eps_final: float = 1e-9, continuation: int = 48):
+def _stieltjes(lam, g, w, alpha_d: float, eps_final: float = 1e-9, continuation: int = 32, newton: int = 4):
     """m(lambda + i0) = (1/N) tr (A A^T - z)^{-1} for real lambda, by Newton on
     F(m) = 1/m + z - E[g / (1 + g m / alpha_D)] along z = lambda + i eps, eps from the
     spectrum's scale down to eps_final times it (the root with Im m > 0 followed continuously)."""
     scale = max(float(np.max(g)) * (1 + 1 / alpha_d), 1e-300)
     lam = np.asarray(lam, float)
-    gg, ww = g[None, :], w[None, :]
+    wg, wg2 = w * g, w * g**2 / alpha_d
+    ga = g[None, :] / alpha_d
 
     def F(m, z):
-        den = 1.0 + gg * m[:, None] / alpha_d
-        return (1.0 / m + z - (ww * gg / den).sum(1),
-                -1.0 / m**2 + (ww * gg**2 / alpha_d / den**2).sum(1))
+        inv = 1.0 / (1.0 + ga * m[:, None])
+        return 1.0 / m + z - inv @ wg, -1.0 / m**2 + (inv * inv) @ wg2
 
     z = lam + 1j * scale
     m = -1.0 / z
     for _ in range(30):  # at Im z ~ the scale the fixed-point map contracts
-        m = 1.0 / (-z + (ww * gg / (1.0 + gg * m[:, None] / alpha_d)).sum(1))
+        m = 1.0 / (-z + (1.0 / (1.0 + ga * m[:, None])) @ wg)
     for eps in scale * np.geomspace(1.0, eps_final, continuation):
         z = lam + 1j * eps
-        for _ in range(6):
+        for _ in range(newton):
             f, df = F(m, z)
             step = f / df
             new = m - step
