@@ -163,3 +163,64 @@ def test_crossover_simulation_matches_theory():
     print({k: v for k, v in scan.attrs.items() if k.startswith("kappa_")})
     for n in (512, 1024):
         assert abs(scan.attrs[f"kappa_simulation_{n}"] - scan.attrs["kappa_theory"]) <= 0.04, scan.attrs
+
+
+# ---------------------------------------------------------------------------------
+# isotropic teacher, zero readout: the exact limit at finite gamma0
+# ---------------------------------------------------------------------------------
+ISO = dict(alpha_d=0.5, rate=0.15, steps=10)
+
+
+def test_isotropic_initial_density_is_marchenko_pastur():
+    th = mo.many_outputs_isotropic_density(1.0, gamma0=4.0, track_every=[0], sigma=0.8, **ISO)
+    s = th.s.values
+    expect = 2 * s * rmt.marchenko_pastur_density(s**2, 2.0, 0.8)
+    assert np.trapezoid(abs(th.singular_value_density.isel(step=0).values - expect), s) < 2e-3
+    assert th.bulk_edge.isel(step=0) == pytest.approx(rmt.singular_value_edge(2.0, 0.8), rel=1e-6)
+    # loss per output at t = 0: the teacher alone, tau^2 (D / C) / 2
+    assert th.loss.isel(step=0) == pytest.approx(0.5 * 0.5, rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def iso_sims():
+    return [mo.many_outputs_simulation(512, 1.0, gamma0=4.0, sigma_readout=0.0, teacher="orthogonal", seed=k,
+                                       track_every=[5, 10], **ISO) for k in range(4)]
+
+
+@pytest.mark.parametrize("gamma0, accepted", [(4.0, True), (np.inf, False), (2.0, False)])
+def test_isotropic_density_matches_simulation_at_gamma0_4(iso_sims, gamma0, accepted):
+    """The limit at the simulated gamma0 = 4 sits among the seeds; the limit without the output
+    feedback (gamma0 = inf) or with a wrong gamma0 is rejected by the same seed-spread test."""
+    th = mo.many_outputs_isotropic_density(1.0, gamma0=gamma0, track_every=[5, 10], s_max=10.0, grid=1500, **ISO)
+    for step in (5, 10):
+        bins = np.linspace(0, 1.02 * max(x.singular_values.sel(step=step).values[0] for x in iso_sims), 31)
+        to_theory, pairs = _l1_against_seeds(th, iso_sims, step, bins)
+        if accepted:
+            assert to_theory.mean() < pairs.mean(), (step, to_theory, pairs)
+            loss = np.array([float(x.loss.sel(step=step)) for x in iso_sims])
+            assert abs(loss.mean() - float(th.loss.sel(step=step))) < 4 * loss.std(ddof=1) + 2e-3, loss
+        else:
+            assert to_theory.min() > 1.5 * pairs.max(), (step, to_theory, pairs)
+
+
+def test_isotropic_needs_as_many_outputs_as_inputs():
+    with pytest.raises(ValueError, match="kappa"):
+        mo.many_outputs_isotropic_density(0.25, alpha_d=0.5)
+
+
+@pytest.mark.slow
+def test_isotropic_l1_shrinks_with_width():
+    th = mo.many_outputs_isotropic_density(1.0, gamma0=4.0, track_every=[10], s_max=10.0, grid=4000, **ISO)
+    bins = np.linspace(0, 1.02 * float(th.bulk_edge.sel(step=10)), 41)
+    p = _bin_masses(th.sel(step=10), bins)
+    l1 = {}
+    for n in (256, 512, 1024, 2048):
+        sv = np.concatenate([mo.many_outputs_simulation(n, 1.0, gamma0=4.0, sigma_readout=0.0, teacher="orthogonal",
+                                                        seed=k, track_every=[10], **ISO)
+                             .singular_values.sel(step=10).values for k in range(2)])
+        h = np.histogram(sv, bins)[0]
+        l1[n] = abs(p - h / h.sum()).sum()
+    print("isotropic L1 by width:", l1)
+    values = [l1[n] for n in sorted(l1)]
+    assert all(b < a for a, b in zip(values, values[1:])), l1
+    assert values[-1] < 0.5 * values[0], l1

@@ -19,10 +19,11 @@ Configurations outside these models raise a ValueError saying what is covered.
 from .deep_linear import deep_linear
 from .nonlinear import deep_monte_carlo, extrapolate_width, extrapolated_outliers, two_layer_monte_carlo
 from .many_outputs import (many_outputs_crossover, many_outputs_density, many_outputs_gap_scan,
-                           many_outputs_simulation)
+                           many_outputs_isotropic_density, many_outputs_simulation)
 from .one_bulk import one_bulk, one_bulk_finite, quarter_circle_nodes
 from .proportional import proportional
 
 __all__ = ["one_bulk", "deep_linear", "one_bulk_finite", "quarter_circle_nodes", "proportional",
            "two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width", "extrapolated_outliers",
-           "many_outputs_density", "many_outputs_crossover", "many_outputs_gap_scan", "many_outputs_simulation"]
+           "many_outputs_density", "many_outputs_crossover", "many_outputs_gap_scan", "many_outputs_simulation",
+           "many_outputs_isotropic_density"]

@@ -8,6 +8,9 @@ is a Gaussian matrix times a deterministic population matrix: its spectrum solve
 one scalar self-consistent resolvent equation per point (generalized
 Marchenko-Pastur), with the population law the image of the teacher's spectrum.
 
+``many_outputs_isotropic_density`` is the exact limit at finite gamma0 for an isotropic
+teacher (T^T T = tau^2 I, C >= D) and a zero-initialized readout, where A(t) = A(0) a_t(S).
+
 ``many_outputs_density`` solves it (NumPy, vectorized over the grid),
 ``many_outputs_crossover`` finds the kappa at which the teacher-driven island of
 singular values merges into the bulk, and ``many_outputs_simulation`` is the
@@ -258,15 +261,17 @@ def many_outputs_crossover(alpha_d: float = 1.0, rate: float = 0.1, steps: int =
 def many_outputs_simulation(width: int, kappa: float, alpha_d: float = 1.0, rate: float = 0.1, steps: int = 10, *,
                             gamma0: float = np.inf, sigma: float = 1.0, sigma_readout: float = 1.0,
                             teacher_scale: float = 1.0, seed: int = 0, track_every=1, outputs: int | None = None,
-                            teacher_term: bool = True) -> xr.Dataset:
+                            teacher_term: bool = True, teacher: str = "gaussian") -> xr.Dataset:
     """Population GD of f(x) = W1 W0 x / (gamma0 sqrt(N D)) in normalized coordinates
     A = W0 / sqrt(D), B = W1 / sqrt(N), error E = B A / gamma0 - T (E = -T when gamma0 is inf):
 
         A <- A - (c / alpha_D) B^T E,    B <- B - c E A^T,    c = ``rate``.
 
+    ``teacher``: "gaussian" (T = tau G / sqrt(D)) or "orthogonal" (T = tau Q with Q^T Q = I_D, C >= D:
+    the isotropic teacher of ``many_outputs_isotropic_density``).
     ``outputs`` overrides C = round(kappa N) (C fixed, for the finite-C side of the crossover);
     ``teacher_term=False`` drops T from E (for the mutation checks). Returns ``singular_values``
-    (step, index) of A(t), all min(N, D), descending."""
+    (step, index) of A(t), all min(N, D), descending, and the population ``loss`` per output."""
     a = _common(kappa, alpha_d, rate, steps, sigma, sigma_readout, teacher_scale)
     n = V.integer("width", width, 2, 1 << 15)
     if not (isinstance(gamma0, (int, float)) and gamma0 > 0):
@@ -277,20 +282,30 @@ def many_outputs_simulation(width: int, kappa: float, alpha_d: float = 1.0, rate
     rng = np.random.default_rng(V.integer("seed", seed, 0))
     A = a["sigma"] * rng.standard_normal((n, d)) / np.sqrt(d)
     B = a["sigma_readout"] * rng.standard_normal((c_out, n)) / np.sqrt(n)
-    T = a["teacher_scale"] * rng.standard_normal((c_out, d)) / np.sqrt(d) if teacher_term else np.zeros((c_out, d))
+    V.choice("teacher", teacher, ("gaussian", "orthogonal"))
+    if teacher == "orthogonal" and c_out < d:
+        raise ValueError(f"teacher 'orthogonal' needs output_dim >= input_dim (kappa >= alpha_d); got C = {c_out}, "
+                         f"D = {d}")
+    G = rng.standard_normal((c_out, d))
+    T = a["teacher_scale"] * (G / np.sqrt(d) if teacher == "gaussian" else np.linalg.qr(G)[0])
+    if not teacher_term:
+        T = np.zeros_like(T)
     c, alpha = a["rate"], d / n
-    out = []
+    out, loss = [], []
     for t in range(a["steps"] + 1):
+        E = -T if np.isinf(gamma0) else B @ A / gamma0 - T
         if t in tracked:
             out.append(np.linalg.svd(A, compute_uv=False))
+            loss.append(0.5 * np.sum(E**2) / c_out)
         if t == a["steps"]:
             break
-        E = -T if np.isinf(gamma0) else B @ A / gamma0 - T
         A, B = A - (c / alpha) * (B.T @ E), B - c * (E @ A.T)
-    return results.dataset({"singular_values": (("step", "index"), np.array(out))}, {"step": tracked},
+    return results.dataset({"singular_values": (("step", "index"), np.array(out)), "loss": ("step", np.array(loss))},
+                           {"step": tracked},
                            {"kind": "simulation", "model": "many_outputs", "width": n, "input_dim": d,
                             "output_dim": c_out, "seed": int(seed), "gamma0": float(gamma0), **a},
-                           {"singular_values": "all min(N, D) singular values of W0(t) / sqrt(D), descending"})
+                           {"singular_values": "all min(N, D) singular values of W0(t) / sqrt(D), descending",
+                            "loss": "population loss per output, ||B A / gamma0 - T||_F^2 / (2 C)"})
 
 
 def many_outputs_gap_scan(kappas, widths=(256, 512), seeds=(0, 1), alpha_d: float = 1.0, rate: float = 0.15,
@@ -343,3 +358,89 @@ def many_outputs_gap_scan(kappas, widths=(256, 512), seeds=(0, 1), alpha_d: floa
         unresolved = np.flatnonzero(share <= 0.5)
         ds.attrs[f"kappa_simulation_{n}"] = float(kappas[unresolved[0]]) if unresolved.size else float("nan")
     return ds
+
+
+# ---------------------------------------------------------------------------------
+# the isotropic teacher (R = tau^2 I, C >= D) with a zero-initialized readout: every gamma0
+# ---------------------------------------------------------------------------------
+def isotropic_recursion(x, rate: float, alpha_d: float, gamma0: float, teacher_scale: float, steps: int):
+    """a_t(x), e_t(x) for t = 0..steps: A(t) = A(0) a_t(S), E(t) = T e_t(S), S = A(0)^T A(0).
+
+    e_t = b_t x a_t / gamma0 - 1,  a_{t+1} = a_t - (c / alpha_D) tau^2 b_t e_t,  b_{t+1} = b_t - c e_t a_t,
+    a_0 = 1, b_0 = 0 (B(t) = T b_t(S) A(0)^T). Returns two arrays (steps + 1, len(x))."""
+    x = np.asarray(x, float)
+    a, b = np.ones_like(x), np.zeros_like(x)
+    As, Es = [], []
+    for _ in range(steps + 1):
+        e = b * x * a / gamma0 - 1.0
+        As.append(a)
+        Es.append(e)
+        a, b = a - rate / alpha_d * teacher_scale**2 * b * e, b - rate * e * a
+    return np.array(As), np.array(Es)
+
+
+def many_outputs_isotropic_density(kappa: float, alpha_d: float = 0.5, rate: float = 0.15, gamma0: float = 4.0,
+                                   steps: int = 10, *, sigma: float = 1.0, teacher_scale: float = 1.0,
+                                   track_every=1, grid: int = 400, s_max: float | None = None,
+                                   cells: int = 20_000) -> xr.Dataset:
+    """The same limit at finite ``gamma0`` for the isotropic teacher T = tau Q (Q^T Q = I_D, which
+    needs C >= D: kappa >= alpha_d) and a zero-initialized readout: the singular values of A(t) are
+    s = sqrt(x) |a_t(x)| for x the eigenvalues of A(0)^T A(0) (Marchenko-Pastur), a push-forward.
+
+    Returns ``singular_value_density(step, s)`` (the mass of each grid cell of width ds around s,
+    over ds), ``bulk_edge(step)``, ``loss(step)`` (the population loss per output,
+    tau^2 (D / C) E_x[e_t(x)^2] / 2) and ``mean_squared_singular_value(step)``."""
+    a = _common(kappa, alpha_d, rate, steps, sigma, 0.0, teacher_scale)
+    if not (isinstance(gamma0, (int, float)) and not isinstance(gamma0, bool) and gamma0 > 0):
+        raise ValueError(f"gamma0 must be a real number in (0, inf]; got {gamma0!r}")
+    if a["kappa"] < a["alpha_d"]:
+        raise ValueError(f"kappa must be >= alpha_d = {a['alpha_d']:g} for the isotropic teacher (C >= D); "
+                         f"got {a['kappa']:g}")
+    grid = V.integer("grid", grid, 8, 1_000_000)
+    cells = V.integer("cells", cells, 100, 10_000_000)
+    if s_max is not None:
+        s_max = V.real("s_max", s_max, 0.0, None, lo_open=True)
+    tracked = _tracked(a["steps"], track_every)
+    ratio = 1.0 / a["alpha_d"]  # A(0) is N x D: squared singular values MP with ratio N / D
+    lo, hi = rmt.marchenko_pastur_edges(ratio, a["sigma"])
+    # cells of equal width in theta, x = center - half cos(theta): fine at both square-root edges
+    th = np.linspace(0.0, np.pi, cells + 1)
+    xe = 0.5 * (lo + hi) - 0.5 * (hi - lo) * np.cos(th)
+    xm = 0.5 * (xe[1:] + xe[:-1])
+    mass = np.diff(np.concatenate([[0.0], np.cumsum(
+        rmt.marchenko_pastur_density(xm, ratio, a["sigma"]) * np.diff(xe))]))
+    mass /= mass.sum()
+    with np.errstate(over="ignore", invalid="ignore"):
+        amp, err = isotropic_recursion(xe, a["rate"], a["alpha_d"], float(gamma0), a["teacher_scale"], a["steps"])
+        amp_m, err_m = isotropic_recursion(xm, a["rate"], a["alpha_d"], float(gamma0), a["teacher_scale"], a["steps"])
+    if not (np.all(np.isfinite(amp[tracked])) and np.all(np.isfinite(err_m))):
+        raise ValueError(f"rate = {a['rate']:g}, gamma0 = {gamma0:g} over steps = {a['steps']} diverge (float64 "
+                         "overflow); lower rate or steps")
+    sv = np.sqrt(xe)[None, :] * np.abs(amp[tracked])  # singular value at each cell edge
+    edges = sv.max(1)
+    top = 1.1 * float(edges.max()) if s_max is None else s_max
+    s = np.linspace(0.0, top, grid)
+    ds_ = s[1] - s[0]
+    bounds = np.concatenate([[s[0] - ds_ / 2], 0.5 * (s[1:] + s[:-1]), [s[-1] + ds_ / 2]])
+    dens = np.empty((len(tracked), grid))
+    for i in range(len(tracked)):
+        # each x-cell spreads its mass uniformly over the s-interval its ends map to
+        y0, y1 = np.minimum(sv[i, :-1], sv[i, 1:]), np.maximum(sv[i, :-1], sv[i, 1:])
+        width = np.maximum(y1 - y0, 1e-300)
+        below = np.clip((bounds[:, None] - y0[None, :]) / width[None, :], 0.0, 1.0)
+        cdf = below @ mass
+        dens[i] = np.diff(cdf) / ds_
+    # E over the D eigenvalues of S: the nonzero ones (share min(1, N/D)) and zeros (e = -1)
+    share = min(1.0, ratio)
+    msq = err_m[tracked] ** 2 @ mass * share + (1 - share)
+    loss = 0.5 * a["teacher_scale"] ** 2 * (a["alpha_d"] / a["kappa"]) * msq
+    mean_sq = (xm[None, :] * amp_m[tracked] ** 2) @ mass * min(1.0, a["alpha_d"])
+    return results.dataset(
+        {"singular_value_density": (("step", "s"), dens), "bulk_edge": ("step", edges), "loss": ("step", loss),
+         "mean_squared_singular_value": ("step", mean_sq)},
+        {"step": tracked, "s": s},
+        {"kind": "theory", "model": "many_outputs_isotropic", "gamma0": float(gamma0),
+         **{k: (float(v) if k != "steps" else int(v)) for k, v in a.items() if k != "sigma_readout"},
+         "cells": cells},
+        {"singular_value_density": "of W0(t) / sqrt(D), over its min(N, D) nonzero singular values",
+         "loss": "population loss per output, tau^2 (D / C) E[e_t(x)^2] / 2"})
