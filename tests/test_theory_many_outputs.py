@@ -139,18 +139,29 @@ def test_bad_input_names_the_field(bad, field):
 # ---------------------------------------------------------------------------------
 # slow: the distance to the limit shrinks with N
 # ---------------------------------------------------------------------------------
+_MODELS = {  # the limit at step 10 and the population GD it describes, at width n and seed k
+    "teacher_driven": (lambda: mo.many_outputs_density(0.5, track_every=[10], grid=4000, s_max=10.0, **SETTING),
+                       lambda n, k: mo.many_outputs_simulation(n, 0.5, seed=k, track_every=[10], **SETTING)),
+    "isotropic": (lambda: mo.many_outputs_isotropic_density(1.0, gamma0=4.0, track_every=[10], s_max=10.0, grid=4000,
+                                                            **ISO),
+                  lambda n, k: mo.many_outputs_simulation(n, 1.0, gamma0=4.0, sigma_readout=0.0, teacher="orthogonal",
+                                                          seed=k, track_every=[10], **ISO)),
+}
+
+
 @pytest.mark.slow
-def test_l1_shrinks_with_width():
-    theory = mo.many_outputs_density(0.5, track_every=[10], grid=4000, s_max=10.0, **SETTING)
+@pytest.mark.parametrize("model", sorted(_MODELS))
+def test_l1_shrinks_with_width(model):
+    limit, simulate = _MODELS[model]
+    theory = limit()
     bins = np.linspace(0, 1.02 * float(theory.bulk_edge.sel(step=10)), 41)
     p = _bin_masses(theory.sel(step=10), bins)
     l1 = {}
     for n in (256, 512, 1024, 2048):
-        sv = np.concatenate([mo.many_outputs_simulation(n, 0.5, seed=k, track_every=[10], **SETTING)
-                             .singular_values.sel(step=10).values for k in range(2)])
+        sv = np.concatenate([simulate(n, k).singular_values.sel(step=10).values for k in range(2)])
         h = np.histogram(sv, bins)[0]
         l1[n] = abs(p - h / h.sum()).sum()
-    print("L1 by width:", l1)
+    print(model, "L1 by width:", l1)
     values = [l1[n] for n in sorted(l1)]
     assert all(b < a for a, b in zip(values, values[1:])), l1
     assert values[-1] < 0.5 * values[0], l1
@@ -207,20 +218,3 @@ def test_isotropic_needs_as_many_outputs_as_inputs():
     with pytest.raises(ValueError, match="kappa"):
         mo.many_outputs_isotropic_density(0.25, alpha_d=0.5)
 
-
-@pytest.mark.slow
-def test_isotropic_l1_shrinks_with_width():
-    th = mo.many_outputs_isotropic_density(1.0, gamma0=4.0, track_every=[10], s_max=10.0, grid=4000, **ISO)
-    bins = np.linspace(0, 1.02 * float(th.bulk_edge.sel(step=10)), 41)
-    p = _bin_masses(th.sel(step=10), bins)
-    l1 = {}
-    for n in (256, 512, 1024, 2048):
-        sv = np.concatenate([mo.many_outputs_simulation(n, 1.0, gamma0=4.0, sigma_readout=0.0, teacher="orthogonal",
-                                                        seed=k, track_every=[10], **ISO)
-                             .singular_values.sel(step=10).values for k in range(2)])
-        h = np.histogram(sv, bins)[0]
-        l1[n] = abs(p - h / h.sum()).sum()
-    print("isotropic L1 by width:", l1)
-    values = [l1[n] for n in sorted(l1)]
-    assert all(b < a for a, b in zip(values, values[1:])), l1
-    assert values[-1] < 0.5 * values[0], l1
