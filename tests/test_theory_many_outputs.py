@@ -218,3 +218,11 @@ def test_isotropic_needs_as_many_outputs_as_inputs():
     with pytest.raises(ValueError, match="kappa"):
         mo.many_outputs_isotropic_density(0.25, alpha_d=0.5)
 
+
+
+@pytest.mark.parametrize("gamma0", [0.0, -1.0, float("nan"), True])
+def test_gamma0_must_be_positive(gamma0):
+    with pytest.raises(ValueError, match="gamma0"):
+        mo.many_outputs_isotropic_density(1.0, gamma0=gamma0)
+    with pytest.raises(ValueError, match="gamma0"):
+        mo.many_outputs_simulation(16, 1.0, gamma0=gamma0)

@@ -8,14 +8,14 @@ is a Gaussian matrix times a deterministic population matrix: its spectrum solve
 one scalar self-consistent resolvent equation per point (generalized
 Marchenko-Pastur), with the population law the image of the teacher's spectrum.
 
-``many_outputs_isotropic_density`` is the exact limit at finite gamma0 for an isotropic
-teacher (T^T T = tau^2 I, C >= D) and a zero-initialized readout, where A(t) = A(0) a_t(S).
-
 ``many_outputs_density`` solves it (NumPy, vectorized over the grid),
 ``many_outputs_crossover`` finds the kappa at which the teacher-driven island of
 singular values merges into the bulk, and ``many_outputs_simulation`` is the
 finite-N population GD of the same network in plain NumPy (full matrices, any
 gamma0), the reference the limit is checked against.
+
+``many_outputs_isotropic_density`` is the exact limit at finite gamma0 for an isotropic
+teacher (T^T T = tau^2 I, C >= D) and a zero-initialized readout, where A(t) = A(0) a_t(S).
 """
 from __future__ import annotations
 
@@ -34,6 +34,12 @@ def _common(kappa, alpha_d, rate, steps, sigma, sigma_readout, teacher_scale):
                 sigma=V.real("sigma", sigma, 0.0, None, lo_open=True),
                 sigma_readout=V.real("sigma_readout", sigma_readout, 0.0),
                 teacher_scale=V.real("teacher_scale", teacher_scale, 0.0))
+
+
+def _gamma0(gamma0) -> float:
+    if isinstance(gamma0, bool) or not isinstance(gamma0, (int, float)) or not gamma0 > 0:
+        raise ValueError(f"gamma0 must be a real number in (0, inf]; got {gamma0!r}")
+    return float(gamma0)
 
 
 def _tracked(steps: int, track_every) -> np.ndarray:
@@ -274,8 +280,7 @@ def many_outputs_simulation(width: int, kappa: float, alpha_d: float = 1.0, rate
     (step, index) of A(t), all min(N, D), descending, and the population ``loss`` per output."""
     a = _common(kappa, alpha_d, rate, steps, sigma, sigma_readout, teacher_scale)
     n = V.integer("width", width, 2, 1 << 15)
-    if not (isinstance(gamma0, (int, float)) and gamma0 > 0):
-        raise ValueError(f"gamma0 must be a real number in (0, inf]; got {gamma0!r}")
+    gamma0 = _gamma0(gamma0)
     d = max(1, round(a["alpha_d"] * n))
     c_out = max(1, round(a["kappa"] * n)) if outputs is None else V.integer("outputs", outputs, 1, 1 << 16)
     tracked = _tracked(a["steps"], track_every)
@@ -391,8 +396,7 @@ def many_outputs_isotropic_density(kappa: float, alpha_d: float = 0.5, rate: flo
     over ds), ``bulk_edge(step)``, ``loss(step)`` (the population loss per output,
     tau^2 (D / C) E_x[e_t(x)^2] / 2) and ``mean_squared_singular_value(step)``."""
     a = _common(kappa, alpha_d, rate, steps, sigma, 0.0, teacher_scale)
-    if not (isinstance(gamma0, (int, float)) and not isinstance(gamma0, bool) and gamma0 > 0):
-        raise ValueError(f"gamma0 must be a real number in (0, inf]; got {gamma0!r}")
+    gamma0 = _gamma0(gamma0)
     if a["kappa"] < a["alpha_d"]:
         raise ValueError(f"kappa must be >= alpha_d = {a['alpha_d']:g} for the isotropic teacher (C >= D); "
                          f"got {a['kappa']:g}")
