@@ -70,6 +70,20 @@ gradient_kernel                :: gradient kernel G^l = <g^l g^l> of the O(1) ba
 slope                          :: b of the fit v(N) = v_inf + b / sqrt(N) :: {normalized} x sqrt(neurons)
 seed_mean                      :: seed mean of s_k at each width :: {normalized}
 seed_stderr                    :: standard error of the seed mean of s_k :: {normalized}
+seed                           :: random seed of a simulation :: -
+s                              :: singular value s of the normalized matrix :: {normalized}
+index                          :: position in the descending list of all singular values :: -
+kappa                          :: outputs per width, C / N :: dimensionless
+singular_value_density         :: density of the nonzero singular values of the normalized matrix :: per unit of s
+bulk_edge                      :: top edge of the support of the singular values :: {normalized}
+island_gap_lower               :: top of the bulk below the teacher-driven island (NaN: no gap) :: {normalized}
+island_gap_upper               :: bottom of the teacher-driven island (NaN: no gap) :: {normalized}
+island_isolated                :: whether the teacher-driven island is separated from the bulk :: true/false
+mean_squared_singular_value    :: (1/N) tr A A^T of the normalized matrix A :: squared {normalized}
+island_gap                     :: gap s_C - s_(C+1) between C driven singular values and the rest :: {normalized}
+island_spacing                 :: mean neighbouring spacing around s_C :: {normalized}
+island_resolved                :: whether island_gap exceeds a multiple of island_spacing :: true/false
+island_gap_theory              :: width of the gap between bulk and island in the limit (0: merged) :: {normalized}
 """
 VARIABLES = {name: (long_name, "" if units == "-" else units.format(normalized=_NORMALIZED, loss=_LOSS))
              for name, long_name, units in (tuple(part.strip() for part in line.split(" :: "))

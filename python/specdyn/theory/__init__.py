@@ -12,12 +12,18 @@ muP limit of a nonlinear two-layer network by Monte Carlo over single sites,
 ``deep_monte_carlo`` the same for 1..8 hidden layers (with response functions),
 and ``extrapolate_width`` fits finite-width measurements to N -> infinity
 (``extrapolated_outliers`` runs the simulations and fits every outlier).
+``many_outputs_density(...)`` is the C = kappa N, D ~ N limit of the two-layer linear
+model in its teacher-driven regime (bulk density of W0 along training).
 Configurations outside these models raise a ValueError saying what is covered.
 """
 from .deep_linear import deep_linear
 from .nonlinear import deep_monte_carlo, extrapolate_width, extrapolated_outliers, two_layer_monte_carlo
+from .many_outputs import (many_outputs_crossover, many_outputs_density, many_outputs_gap_scan,
+                           many_outputs_isotropic_density, many_outputs_simulation)
 from .one_bulk import one_bulk, one_bulk_finite, quarter_circle_nodes
 from .proportional import proportional
 
 __all__ = ["one_bulk", "deep_linear", "one_bulk_finite", "quarter_circle_nodes", "proportional",
-           "two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width", "extrapolated_outliers"]
+           "two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width", "extrapolated_outliers",
+           "many_outputs_density", "many_outputs_crossover", "many_outputs_gap_scan", "many_outputs_simulation",
+           "many_outputs_isotropic_density"]
