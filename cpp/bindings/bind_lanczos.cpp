@@ -12,7 +12,6 @@
 #include "specdyn/blas.hpp"
 #include "lanczos_info.hpp"
 #include "specdyn/lanczos.hpp"
-#include "../src/lanczos_engine.hpp"
 
 namespace py = pybind11;
 using namespace specdyn;
@@ -111,7 +110,7 @@ py::tuple slq_gram(py::array A, int probes, int degree, uint64_t seed) {
   lanczos::Quadrature q;
   {
     py::gil_scoped_release nogil;
-    lanczos::detail::BlasThreads one(1);
+    blas::ThreadScope one(1);
     auto op = lanczos::gram_operator<T>(static_cast<const T*>(A.data()), n, m, row_major);
     q = lanczos::slq(op, lanczos::gram_dim(n, m), probes, degree, seed);
   }
@@ -128,7 +127,7 @@ py::array_t<T> gram_sweep(py::array_t<T, py::array::c_style> A, py::array_t<T, p
   py::array_t<T, py::array::f_style> Z({c, b});
   {
     py::gil_scoped_release nogil;
-    lanczos::detail::BlasThreads one(1);
+    blas::ThreadScope one(1);
     lanczos::gram_sweep<T>(A.data(), r, c, c, X.data(), static_cast<int>(b), nullptr, Z.mutable_data());
   }
   return Z;
