@@ -1,5 +1,4 @@
-// Conversions shared by the CPU and device Lanczos bindings: the solver options
-// from the Python arguments and the info dict of a result.
+// The info dict of a Krylov result, shared by the CPU and device bindings.
 #pragma once
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -9,16 +8,6 @@
 #include "specdyn/lanczos.hpp"
 
 namespace specdyn::bindings {
-
-inline lanczos::Options lanczos_options(double tol, int block, int max_passes, int max_basis, uint64_t seed) {
-  lanczos::Options o;
-  o.tol = tol;
-  o.block = block;
-  o.max_passes = max_passes;
-  o.max_basis = max_basis;
-  o.seed = seed;
-  return o;
-}
 
 // The words of lanczos::Status in the info dict (beside the "converged" flag).
 inline const char* status_name(lanczos::Status s) {

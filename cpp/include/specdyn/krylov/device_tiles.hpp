@@ -1,4 +1,4 @@
-// The per-thread arithmetic of the device matrix kernels, shared with a host
+// The per-thread arithmetic of the device matrix kernels (cuda/lanczos.cu), shared with a host
 // emulation of the same kernels (compiled by the host compiler, tested on the
 // CPU): whatever index arithmetic the kernels do, the host mirror does through
 // the very same functions, so edge handling (ragged rows and columns, unused
