@@ -394,12 +394,13 @@ def test_warm_extra_block_continues_a_nearby_solve():
 
     rng = np.random.default_rng(11)
     A = rng.standard_normal((300, 200)) / np.sqrt(200)
-    s, U, V, info = _core.top_singular_f64(A, 4, _core.KrylovOptions(tol=1e-10, seed=1, warm_extra=4), None)
+    opt = specdyn.lanczos._krylov_options(tol=1e-10, seed=1, warm_extra=4)
+    s, U, V, info = _core.top_singular_f64(A, 4, opt, None)
     W = info["warm"]
     assert W.shape == (200, 8)
     np.testing.assert_allclose(W[:, :4], V)
     np.testing.assert_allclose(W.T @ W, np.eye(8), atol=1e-8)
     B = A + 1e-3 * rng.standard_normal(A.shape) / np.sqrt(200)
-    s2, _, _, info2 = _core.top_singular_f64(B, 4, _core.KrylovOptions(tol=1e-10, seed=1, warm_extra=4), W)
+    s2, _, _, info2 = _core.top_singular_f64(B, 4, opt, W)
     np.testing.assert_allclose(s2, np.linalg.svd(B, compute_uv=False)[:4], rtol=1e-9)
     assert info2["converged"] and info2["warm"].shape[1] == 8

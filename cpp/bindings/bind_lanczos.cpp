@@ -131,18 +131,7 @@ py::array_t<T> gram_sweep(py::array_t<T, py::array::c_style> A, py::array_t<T, p
 void bind_lanczos(py::module_& m) {
   // The solver parameters cross into C++ as this one object (filled in python/specdyn/lanczos.py).
   py::class_<lanczos::Options>(m, "KrylovOptions", "Parameters of the Krylov solvers (specdyn::lanczos::Options)")
-      .def(py::init([](double tol, int block, int max_passes, int max_basis, uint64_t seed, int warm_extra) {
-             lanczos::Options o;
-             o.tol = tol;
-             o.block = block;
-             o.max_passes = max_passes;
-             o.max_basis = max_basis;
-             o.seed = seed;
-             o.warm_extra = warm_extra;
-             return o;
-           }),
-           py::kw_only(), py::arg("tol") = 1e-10, py::arg("block") = 0, py::arg("max_passes") = 0,
-           py::arg("max_basis") = 0, py::arg("seed") = 0, py::arg("warm_extra") = 0)
+      .def(py::init<>())
       .def_readwrite("tol", &lanczos::Options::tol)
       .def_readwrite("block", &lanczos::Options::block)
       .def_readwrite("max_passes", &lanczos::Options::max_passes)

@@ -175,14 +175,19 @@ def _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_f
     return s, U, V, info
 
 
-def _krylov_options(tol, block, max_passes, max_basis, seed):
+def _krylov_options(tol=1e-10, block=None, max_passes=None, max_basis=None, seed=0, warm_extra=0):
     """Validated solver options shared by top_singular and top_eigs (None: automatic), as the one
     parameter object of the C++ solvers (``_core.KrylovOptions``, lanczos::Options)."""
-    return _core.KrylovOptions(tol=v.real("tol", tol, 0.0, 1.0, lo_open=True, hi_open=True),
-                               block=_opt_int("block", block, 1, 256),
-                               max_passes=_opt_int("max_passes", max_passes, 1, 10**7),
-                               max_basis=_opt_int("max_basis", max_basis, 2, 10**6),
-                               seed=v.integer("seed", seed, 0, 2**64 - 1))
+    fields = dict(tol=v.real("tol", tol, 0.0, 1.0, lo_open=True, hi_open=True),
+                  block=_opt_int("block", block, 1, 256),
+                  max_passes=_opt_int("max_passes", max_passes, 1, 10**7),
+                  max_basis=_opt_int("max_basis", max_basis, 2, 10**6),
+                  seed=v.integer("seed", seed, 0, 2**64 - 1),
+                  warm_extra=v.integer("warm_extra", warm_extra, 0, 256))
+    opt = _core.KrylovOptions()
+    for name, value in fields.items():
+        setattr(opt, name, value)
+    return opt
 
 
 def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = None, *,
