@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import specdyn
 from specdyn import _device, backend, rmt
+from specdyn.lanczos import _krylov_options
 
 HAVE_GPU = specdyn.gpu_available()
 requires_gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="no usable CUDA device")]
@@ -41,7 +42,7 @@ def _layout(A):
 
 
 def emu_top_singular(A, k, tol=1e-10, block=0, v0=None, multiprocessors=4):
-    return EMU.top_singular(A, *_layout(A), k, specdyn.lanczos._krylov_options(tol=tol, block=block or None), v0,
+    return EMU.top_singular(A, *_layout(A), k, _krylov_options(tol=tol, block=block or None), v0,
                             multiprocessors)
 
 
@@ -313,7 +314,7 @@ def test_emulated_device_top_eigs_both_ends_match_numpy(n, both, k):
     lam = np.concatenate([[9.0, 7.0, 6.0], np.linspace(-1, 1, n - 6), [-5.0, -6.5, -8.0]])
     S = (Q * lam) @ Q.T
     S = (S + S.T) / 2
-    vals, vecs, info = EMU.top_eigs(S, True, n, k, both, specdyn.lanczos._krylov_options(tol=1e-10))
+    vals, vecs, info = EMU.top_eigs(S, True, n, k, both, _krylov_options(tol=1e-10))
     exact = np.linalg.eigvalsh(S)
     want = np.concatenate([exact[::-1][:k], exact[:k]]) if both else exact[::-1][:k]
     np.testing.assert_allclose(vals, want, atol=1e-9 * 9)
@@ -324,7 +325,7 @@ def test_emulated_device_top_eigs_both_ends_match_numpy(n, both, k):
 def test_emulated_device_warm_extra_block():
     # The wider warm block (V, then Ritz vectors of the next values) on the device path too.
     A, s_true = _spiked(260, 180, [9.0, 7.0, 5.0, 4.0], seed=3)
-    s, U, V, info = EMU.top_singular(A, *_layout(A), 3, specdyn.lanczos._krylov_options(warm_extra=3), None)
+    s, U, V, info = EMU.top_singular(A, *_layout(A), 3, _krylov_options(warm_extra=3), None)
     W = info["warm"]
     assert W.shape == (180, 6)
     np.testing.assert_allclose(W[:, :3], V)
@@ -341,6 +342,10 @@ def test_public_device_host_emulation_runs_the_device_path():
     np.testing.assert_allclose(d_emu, specdyn.spectral_density(A, grid, probes=4, degree=20)[0], atol=1e-9)
     with pytest.raises(ValueError, match="device"):
         specdyn.top_singular(A, 3, device="gpu")
+    S = A.T @ A - 30.0 * np.eye(170)
+    vals, _, info_e = specdyn.top_eigs(S, k=2, which="both", device="host-emulation")
+    assert info_e["device"] == "host-emulation"
+    np.testing.assert_allclose(vals, specdyn.top_eigs(S, k=2, which="both")[0], rtol=1e-9, atol=1e-9)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import specdyn
-from specdyn.lanczos import ConvergenceWarning
+from specdyn.lanczos import ConvergenceWarning, _krylov_options
 
 KINDS = ("separated", "clustered", "repeated", "rank_deficient")
 
@@ -394,7 +394,7 @@ def test_warm_extra_block_continues_a_nearby_solve():
 
     rng = np.random.default_rng(11)
     A = rng.standard_normal((300, 200)) / np.sqrt(200)
-    opt = specdyn.lanczos._krylov_options(tol=1e-10, seed=1, warm_extra=4)
+    opt = _krylov_options(tol=1e-10, seed=1, warm_extra=4)
     s, U, V, info = _core.top_singular_f64(A, 4, opt, None)
     W = info["warm"]
     assert W.shape == (200, 8)

@@ -290,7 +290,7 @@ def _callable(op, n: int):
 
 def top_eigs(op, n: int | None = None, k: int = 1, which: str = "largest", tol: float = 1e-10, v0=None,
              block: int | None = None, *, max_passes: int | None = None, max_basis: int | None = None,
-             seed: int = 0):
+             seed: int = 0, device: str | None = None):
     """Extreme eigenpairs of a symmetric operator.
 
     Parameters
@@ -305,6 +305,9 @@ def top_eigs(op, n: int | None = None, k: int = 1, which: str = "largest", tol: 
     tol : float in (0, 1); residuals ``||op x - lam x|| <= tol * max|lam|``,
         computed explicitly at the end.
     v0 : ndarray (n,) or (n, k0), optional warm start.
+    device : None, "cpu", "cuda" or "host-emulation", as in :func:`top_singular`
+        (a matrix op only; on the device path the matrix must be symmetric to
+        max |A - A^T| <= 1e-6 max |A|).
 
     Returns
     -------
@@ -314,6 +317,12 @@ def top_eigs(op, n: int | None = None, k: int = 1, which: str = "largest", tol: 
     info : dict as in :func:`top_singular`.
     """
     which = v.choice("which", which, ("largest", "both"))
+    device = _device(device)
+    if not callable(op) and _on_gpu("op", op, device):
+        return _top_eigs_gpu(op, n, k, which, tol, v0, block, max_passes, max_basis, seed, device)
+    if callable(op) and device in ("cuda", "host-emulation"):
+        raise ValueError(f"device={device!r} needs a matrix op; a callable operator runs on the CPU "
+                         f"(device=None or 'cpu')")
     if isinstance(op, np.ndarray) or (not callable(op) and hasattr(op, "__array__")):
         A = _symmetric("op", op)
         if n is not None and v.integer("n", n, 1) != A.shape[0]:
@@ -334,6 +343,30 @@ def top_eigs(op, n: int | None = None, k: int = 1, which: str = "largest", tol: 
         vals, vecs, info = _core.top_eigs_dense(A, k, both, opt, v0)
     else:
         vals, vecs, info = _core.top_eigs_op(_callable(op, n), n, k, both, opt, v0)
+    _warn("top_eigs", info)
+    return vals, vecs, info
+
+
+def _top_eigs_gpu(op, n, k, which, tol, v0, block, max_passes, max_basis, seed, device):
+    src = _DeviceInput("op", op, True)
+    rows, cols = src.shape
+    if rows != cols:
+        raise ValueError(f"op must be square (a symmetric operator), got shape {(rows, cols)}")
+    if n is not None and v.integer("n", n, 1) != rows:
+        raise ValueError(f"n must equal the size of op ({rows}), got {n}")
+    k = v.integer("k", k, 1, rows if which == "largest" else rows // 2)
+    opt = _krylov_options(tol, block, max_passes, max_basis, seed)
+    v0 = _warm("v0", _host_vector_block("v0", v0), rows, np.float64)
+    mod = _device_words.krylov_module(device or "cuda", "top_eigs")
+    try:
+        ptr, _, _, _, ld, single = src.open(mod)
+        scale = mod.abs_max_device(ptr, rows, cols, True, ld, single)
+        if rows > 1 and mod.asymmetry_device(ptr, rows, ld, single) > 1e-6 * max(scale, np.finfo(np.float64).tiny):
+            raise ValueError("op must be symmetric (max |A - A^T| <= 1e-6 max |A|)")
+        # (a symmetric matrix reads the same in either order: the row-major view of its storage)
+        vals, vecs, info = mod.top_eigs_device(ptr, rows, ld, single, k, which == "both", opt, v0)
+    finally:
+        src.close()
     _warn("top_eigs", info)
     return vals, vecs, info
 
