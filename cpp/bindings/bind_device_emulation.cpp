@@ -69,8 +69,16 @@ auto on_emulated_device(const py::array& A, bool row_major, int64_t ld, int mult
 void bind_device_emulation(py::module_& m) {
   auto sub = m.def_submodule("device_emulation",
                              "The device algorithms (CUDA module) run launch for launch on the host, for tests");
-  bind_device::bind(sub, nets::make_emulated_trainer,
-                    [](const dmft::ModeProblem& pb) { return dmft::solve_direct_host(pb); });
+  bind_device::bind(
+      sub, nets::make_emulated_trainer, [](const dmft::ModeProblem& pb) { return dmft::solve_direct_host(pb); },
+      [](const void* W, int64_t n, int64_t m, bool single, int k, const lanczos::Options& opt, const py::object& v0) {
+        return bindings::dispatch(single, [&](auto zero) {
+          using T = decltype(zero);
+          krylov::HostKernels<T> kern;
+          return bindings::device_top_singular(kern, static_cast<const T*>(W), bindings::matrix_view(n, m, true, m),
+                                               k, opt, v0, "host-emulation");
+        });
+      });
   sub.def("gemm", &gemm<double>, py::arg("transA"), py::arg("transB"), py::arg("m"), py::arg("n"), py::arg("k"),
           py::arg("alpha"), py::arg("A"), py::arg("lda"), py::arg("B"), py::arg("ldb"), py::arg("beta"), py::arg("C"),
           py::arg("ldc"), "The device GEMM's tiling on the host (flat column-major arrays); returns the new C");

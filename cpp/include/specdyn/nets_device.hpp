@@ -58,6 +58,9 @@ class DeviceTrainer {
   virtual std::vector<double> losses() = 0;  // losses of steps 0..step() (NaN where not computed)
   virtual std::vector<double> frobenius_norms() = 0;  // |W^l|_F, raw (not normalized)
   virtual void copy_weights(int l, void* host) = 0;   // row-major (fan_out, fan_in), in the trainer's dtype
+  // W^l in the trainer's memory (device memory on a GPU), row-major (fan_out, fan_in): the
+  // device Krylov solvers read it in place.
+  virtual const void* weights_data(int l) const = 0;
   virtual const DeviceTrainSpec& spec() const = 0;
   virtual int status() const = 0;  // launcher error code (0: none)
 };
@@ -218,6 +221,10 @@ class DeviceTrainerImpl final : public DeviceTrainer {
     return out;
   }
 
+  const void* weights_data(int l) const override {
+    if (l < 0 || l >= s_.layers()) throw std::out_of_range("weights_data: layer out of range");
+    return W_[l];
+  }
   void copy_weights(int l, void* host) override {
     if (l < 0 || l >= s_.layers()) throw std::out_of_range("copy_weights: layer out of range");
     ex_.to_host(static_cast<T*>(host), W_[l], s_.size(l));

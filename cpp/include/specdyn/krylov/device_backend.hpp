@@ -122,6 +122,7 @@ class DeviceBackend {
     k_.release(zt_);
     k_.release(part_);
     k_.release(cdev_);
+    k_.release(work_);
   }
 
   K& kernels() { return k_; }
@@ -222,6 +223,16 @@ class DeviceBackend {
     k_.to_device(cdev_, packed.data(), sizeof(double) * packed.size());
     k_.combine(d_, nq, b, alpha, Q, d_, cdev_, nq, beta, W, d_);
   }
+  // Scratch vectors in K memory (n doubles, reused between calls).
+  double* work(size_t n) {
+    if (n > work_size_) {
+      k_.release(work_);
+      work_ = nullptr;
+      work_ = static_cast<double*>(k_.alloc(sizeof(double) * n));
+      work_size_ = n;
+    }
+    return work_;
+  }
   void scale(double* w, double s) { k_.scale(d_, s, w); }
   void normalized(double* x, const double* y, double nrm) {
     copy(x, y, static_cast<size_t>(d_));
@@ -266,6 +277,8 @@ class DeviceBackend {
   T *xt_ = nullptr, *yt_ = nullptr, *zt_ = nullptr, *part_ = nullptr;
   double* cdev_ = nullptr;
   size_t cdev_size_ = 0;
+  double* work_ = nullptr;
+  size_t work_size_ = 0;
 };
 
 }  // namespace specdyn::krylov

@@ -27,8 +27,9 @@
 //   void random(double* p, size_t n, uint64_t seed, uint64_t offset);
 //                                        Gaussians of stream rng::kProbes from offset
 //   static constexpr bool kFewSyncs;     each reduction is a round trip (a device):
-//                                        orthonormalize blocks by CholQR2, measure
-//                                        a block by its Gram matrix
+//                                        orthonormalize blocks by CholQR2 (scratch
+//                                        from double* work(size_t n)), measure a
+//                                        block by its Gram matrix
 //   static constexpr bool kParallelProbes;   SLQ probes may run in OpenMP threads
 //
 // Gram backends (top_singular) add: n(), m() (A is n x m), other() (the side
@@ -171,15 +172,15 @@ bool cholqr2(B& ops, double* Y, int b, std::vector<double>& R, double scale) {
     if (blas::gesdd(b, b, Rc.data(), b, sv.data(), P.data(), b, WT.data(), b) != 0) return false;
     if (!(sv[b - 1] > 1e-5 * sv[0]) || !(sv[b - 1] > 1e-12 * scale)) return false;
   }
-  auto W = ops.block(static_cast<size_t>(d) * b);
+  double* W = ops.work(static_cast<size_t>(d) * b);  // (reused scratch: an allocation is a device call)
   for (int round = 0; round < 2; ++round) {
     if (round == 1) {
       ops.tn(Y, b, Y, b, G.data());
       if (!cholesky_upper(b, G, R2)) throw std::runtime_error("cholqr2: second round lost definiteness");
     }
     const std::vector<double> Ri = upper_inverse(b, round == 0 ? R1 : R2);
-    ops.nn(Y, b, Ri.data(), b, b, 1.0, 0.0, W.data());
-    ops.copy(Y, W.data(), static_cast<size_t>(d) * b);
+    ops.nn(Y, b, Ri.data(), b, b, 1.0, 0.0, W);
+    ops.copy(Y, W, static_cast<size_t>(d) * b);
   }
   R.assign(static_cast<size_t>(b) * b, 0.0);
   for (int j = 0; j < b; ++j)
