@@ -17,6 +17,7 @@
 #include "mode_problem.hpp"
 #include "specdyn/dmft_direct.hpp"
 #include "specdyn/lanczos.hpp"
+#include "specdyn/nets.hpp"
 #include "specdyn/nets_device.hpp"
 
 namespace specdyn::bind_device {
@@ -44,15 +45,7 @@ inline nets::DeviceTrainSpec spec_from(const py::dict& d) {
   s.output_dim = d["output_dim"].cast<int64_t>();
   s.samples = d["samples"].cast<int64_t>();
   s.depth = d["depth"].cast<int>();
-  const auto act = d["activation"].cast<std::string>();
-  if (act == "linear")
-    s.activation = 0;
-  else if (act == "tanh")
-    s.activation = 1;
-  else if (act == "relu")
-    s.activation = 2;
-  else
-    throw std::invalid_argument("activation must be one of 'linear', 'tanh', 'relu'; got '" + act + "'");
+  s.activation = nets::parse_activation(d["activation"].cast<std::string>());
   s.multipliers = d["multipliers"].cast<std::vector<double>>();
   s.init_stds = d["init_stds"].cast<std::vector<double>>();
   s.learning_rate = d["learning_rate"].cast<double>();
