@@ -481,13 +481,17 @@ inline Plan plan_eigs(int64_t n, int k, Which which, const Options& opt, const d
 //    (loss of orthogonality): rerun from the certified vectors, tighter, at
 //    most three times.
 // The problem P supplies:
-//   run(b, cap) -> passes-left-aware Lanczos run followed by its certificate;
-//     returns true when certified (and keeps its own answer);
-//   clusters() -> the largest group of equal values in the answer;
-//   can_widen(b, cap): whether a block b fits (else widen_dense() finishes);
-//   rewarm(b): start the next run from the current vectors (kw <= b);
+//   run(int& b, int& cap): a Lanczos run within the pass budget, then its
+//     certificate; true when certified (the answer stays in P; a run may
+//     change b and cap, as top_singular's warm probe narrows its block);
+//   clusters(): the largest group of equal values in the answer;
+//   can_escalate(), set_block(b), fits(b, cap): whether a wider block is worth
+//     trying, recording it, and whether it fits (else widen_dense() finishes);
+//   rewarm(b): start the next run from the current vectors (at most b of them);
 //   tighten(attempt): the stricter Lanczos acceptance of the next run;
 //   passes_left(): whether the pass budget allows another run.
+// widen_block / widen_cap: the escalated block and basis capacity. (A place to
+// add another re-solve rule, e.g. for clustered spectra, is this loop.)
 template <class P>
 void certify_loop(P& pb, int b, int cap, bool may_escalate, const std::function<int(int)>& widen_block,
                   const std::function<int(int, int)>& widen_cap) {
