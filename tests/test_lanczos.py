@@ -154,7 +154,11 @@ def test_non_convergence_is_reported():
     A = rng.standard_normal((500, 500))  # no gap at the top edge: slow
     with pytest.warns(ConvergenceWarning):
         s, U, V, info = specdyn.top_singular(A, 10, max_passes=3)
-    assert not info["converged"]
+    assert not info["converged"] and info["status"] == "not_converged"
+    with pytest.warns(ConvergenceWarning):
+        info_e = specdyn.top_eigs(A + A.T, k=3, which="both", max_passes=2)[2]
+    assert info_e["status"] == "not_converged"
+    assert specdyn.top_singular(A, 2)[3]["status"] == "converged"
 
 
 def test_pass_cap_below_the_basis_size_still_returns_k():
