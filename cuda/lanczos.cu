@@ -1,7 +1,7 @@
 // Device kernels of the Krylov solvers: the two matrix products of the Gram
 // operator (M X and M^T Y, each one streaming read of M) and the small
 // tall-skinny products on the Krylov basis. The per-thread arithmetic of the
-// matrix kernels lives in lanczos_tiles.hpp, shared with a host emulation that
+// matrix kernels lives in specdyn/krylov/device_tiles.hpp, shared with a host emulation that
 // the CPU tests run. Every reduction has a fixed shape (warp butterflies,
 // fixed slabs added in order): the same inputs give the same bits run to run.
 #include <cuda_runtime.h>
@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "lanczos_tiles.hpp"
+#include "specdyn/krylov/device_tiles.hpp"
 #include "specdyn_cuda.hpp"
 
 namespace {

@@ -1,5 +1,5 @@
-// The device kernels of lanczos.cu behind the interface the driver
-// (lanczos_driver.hpp) expects; CUDA errors become std::runtime_error.
+// The device kernels of lanczos.cu behind the kernel-set interface of the
+// device backend (specdyn/krylov/device_backend.hpp); CUDA errors become std::runtime_error.
 // Host code only (no CUDA types): compiled into the _cuda bindings.
 #pragma once
 #include <cstddef>

@@ -35,6 +35,13 @@ class Checked final : public nets::DeviceTrainer {
     t_->copy_weights(l, host);
     check();
   }
+  // (Synchronized first: the Krylov kernels that read W^l in place run on the legacy default stream.)
+  const void* weights_data(int l) const override {
+    const int e = synchronize();
+    if (e) throw std::runtime_error(std::string("CUDA error in the device trainer: ") + error_string(e));
+    check();
+    return t_->weights_data(l);
+  }
   const nets::DeviceTrainSpec& spec() const override { return t_->spec(); }
   int status() const override { return t_->status(); }
 

@@ -16,7 +16,7 @@ int normal_fill_to_host(double* host, unsigned long long n, unsigned long long s
 
 // ---------------------------------------------------------------------------
 // Device Krylov solvers (cuda/lanczos.cu, cuda/lanczos_rng.cu): the building
-// blocks the host-side driver (cuda/lanczos_driver.hpp) calls. All pointers
+// blocks the device backend (specdyn/krylov/device_backend.hpp) calls. All pointers
 // are device pointers unless named host; every function returns a cudaError_t
 // code (0 = success). M is a row-major r x c view with leading dimension ld;
 // blocks of vectors are column-major. Kernels run on the legacy default stream.

@@ -4,9 +4,9 @@ Three groups:
 * dispatch and validation (always run): the device= argument, parsing of
   ``__cuda_array_interface__`` on a fake device array, the error when a GPU is
   asked for and none is usable -- all before any device call;
-* the host mirror (runs wherever the CUDA module is built, no GPU needed): the
-  device solvers' driver on a host emulation of their kernels, against NumPy
-  and the CPU solvers;
+* the host emulation (runs everywhere, in _core: no CUDA compiler or GPU
+  needed): the device backend of the Krylov engine on a host emulation of its
+  kernels, against NumPy and the CPU solvers;
 * device checks (marked ``gpu``, skipped without a usable device).
 """
 import importlib
@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import specdyn
-from specdyn import backend, rmt
+from specdyn import _device, backend, rmt
+from specdyn.lanczos import _krylov_options
 
 HAVE_GPU = specdyn.gpu_available()
 requires_gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="no usable CUDA device")]
@@ -31,7 +32,26 @@ def _cuda_ext():
 
 
 CUDA_EXT = _cuda_ext()
-requires_ext = pytest.mark.skipif(CUDA_EXT is None, reason="the CUDA module is not built")
+EMU = specdyn._core.device_emulation
+
+
+def _layout(A):
+    """(row_major, ld) of a host matrix, parsed as the device path parses a device array."""
+    dm = backend.device_matrix("A", HostDeviceArray(A))
+    return dm.row_major, dm.ld
+
+
+def emu_top_singular(A, k, tol=1e-10, block=0, v0=None, multiprocessors=4):
+    return EMU.top_singular(A, *_layout(A), k, _krylov_options(tol=tol, block=block or None), v0,
+                            multiprocessors)
+
+
+def emu_slq(A, probes, degree, seed, symmetric, multiprocessors=4):
+    return EMU.slq(A, *_layout(A), probes, degree, seed, symmetric, multiprocessors)
+
+
+def emu_products(A, X, slabs):
+    return EMU.products(A, *_layout(A), X, slabs)
 
 
 def gpu(fn):
@@ -173,7 +193,6 @@ def _subspace_gap(X, Y):
     return np.linalg.norm(qy - qx @ (qx.T @ qy), 2)
 
 
-@requires_ext
 @settings(max_examples=40, deadline=None)
 @given(r=st.integers(1, 90), c=st.integers(1, 90), nb=st.integers(1, 16), slabs=st.integers(1, 9),
        pad=st.integers(0, 3), single=st.booleans())
@@ -184,7 +203,7 @@ def test_mirror_kernels_equal_numpy_products(r, c, nb, slabs, pad, single):
     rng = np.random.default_rng(r * 1000 + c)
     A = rng.standard_normal((r, c + pad)).astype(dt)[:, :c]
     X = rng.standard_normal((c, nb)).astype(dt)
-    Y, Z = CUDA_EXT.mirror_products(A, X, slabs)
+    Y, Z = emu_products(A, X, slabs)
     Yr = A.astype(np.float64) @ X.astype(np.float64)
     Zr = A.T.astype(np.float64) @ Y.astype(np.float64)
     tol = 1e-5 if single else 1e-12
@@ -192,14 +211,13 @@ def test_mirror_kernels_equal_numpy_products(r, c, nb, slabs, pad, single):
     np.testing.assert_allclose(Z, Zr, rtol=tol, atol=tol * np.abs(Zr).max() * 4 + tol)
 
 
-@requires_ext
 @pytest.mark.parametrize("n, m, order, k", [(260, 180, "C", 4), (180, 260, "C", 1), (260, 180, "F", 6),
                                             (180, 260, "F", 3), (150, 150, "C", 10)])
 def test_mirror_top_singular_matches_numpy_svd(n, m, order, k):
     A, s_true = _spiked(n, m, [12.0, 9.0, 7.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5], seed=n + m)
     A = np.asarray(A, order=order)
-    s, U, V, info = CUDA_EXT.mirror_top_singular(A, k, 1e-10, 0, 0, 0, 0, None)
-    assert info["converged"] and not info["dense"] and info["device"] == "host-mirror"
+    s, U, V, info = emu_top_singular(A, k, 1e-10, 0, None)
+    assert info["converged"] and not info["dense"] and info["device"] == "host-emulation"
     np.testing.assert_allclose(s, s_true[:k], rtol=1e-10)
     assert np.all(info["residuals"] <= 1e-10 * s_true[0])
     np.testing.assert_allclose(A @ V, U * s, atol=1e-9 * s_true[0])
@@ -211,77 +229,71 @@ def test_mirror_top_singular_matches_numpy_svd(n, m, order, k):
     np.testing.assert_allclose(s, s_cpu, rtol=1e-12)
 
 
-@requires_ext
 def test_mirror_top_singular_float32_padded_rows():
     A, s_true = _spiked(230, 170, [10.0, 6.0, 4.0], seed=7, dtype=np.float32)
     wide = np.zeros((230, 177), np.float32)
     wide[:, :170] = A
     view = wide[:, :170]  # row stride 177: read in place
-    s, U, V, info = CUDA_EXT.mirror_top_singular(view, 3, 1e-4, 0, 0, 0, 0, None)
+    s, U, V, info = emu_top_singular(view, 3, 1e-4, 0, None)
     assert info["converged"] and U.dtype == np.float32
     np.testing.assert_allclose(s, s_true[:3], rtol=1e-4)
 
 
-@requires_ext
 def test_mirror_warm_start_and_repeated_values():
     A, s_true = _spiked(240, 200, [6.0, 5.0, 5.0, 5.0, 3.0], seed=11)
-    s, U, V, info = CUDA_EXT.mirror_top_singular(A, 4, 1e-10, 0, 0, 0, 0, None)
+    s, U, V, info = emu_top_singular(A, 4, 1e-10, 0, None)
     np.testing.assert_allclose(s, s_true[:4], rtol=1e-10)
     # Warm start from the previous right vectors on a slightly moved matrix.
     B = A + 1e-4 * np.outer(U[:, 0], V[:, 1])
     sb = np.linalg.svd(B, compute_uv=False)[:4]
-    s2, _, _, info2 = CUDA_EXT.mirror_top_singular(B, 4, 1e-10, 0, 0, 0, 0, V)
+    s2, _, _, info2 = emu_top_singular(B, 4, 1e-10, 0, V)
     assert info2["converged"]
     np.testing.assert_allclose(s2, sb, rtol=1e-10)
     # Warm start with the basis on the left side (wide matrix): v0 goes through A first.
     C = np.ascontiguousarray(B.T)
-    s3, _, _, info3 = CUDA_EXT.mirror_top_singular(C, 4, 1e-10, 0, 0, 0, 0, U)
+    s3, _, _, info3 = emu_top_singular(C, 4, 1e-10, 0, U)
     assert info3["converged"]
     np.testing.assert_allclose(s3, sb, rtol=1e-10)
 
 
-@requires_ext
 @pytest.mark.parametrize("block", [1, 3, 16])
 def test_mirror_given_block_sizes(block):
     # block 1 runs the column-wise orthogonalization, wider blocks mostly CholQR2.
     A, s_true = _spiked(220, 190, [7.0, 6.0, 4.0, 3.0, 2.5], seed=block)
-    s, U, V, info = CUDA_EXT.mirror_top_singular(A, 5, 1e-10, block, 0, 0, 0, None)
+    s, U, V, info = emu_top_singular(A, 5, 1e-10, block, None)
     assert info["converged"] and info["block"] == block
     np.testing.assert_allclose(s, s_true[:5], rtol=1e-10)
     np.testing.assert_allclose(A @ V, U * s, atol=1e-9 * s_true[0])
 
 
-@requires_ext
 def test_mirror_small_matrices_are_solved_densely():
     A = rmt.gaussian(20, 30, seed=5)
-    s, U, V, info = CUDA_EXT.mirror_top_singular(A, 3, 1e-10, 0, 0, 0, 0, None)
+    s, U, V, info = emu_top_singular(A, 3, 1e-10, 0, None)
     assert info["dense"]
     np.testing.assert_allclose(s, np.linalg.svd(A, compute_uv=False)[:3], rtol=1e-12)
 
 
-@requires_ext
 @pytest.mark.parametrize("n, m", [(300, 120), (120, 300)])
 def test_mirror_slq_equals_cpu_slq(n, m):
     # Same probes (stream kProbes of the seed) and the same recurrence as the CPU solver.
     from specdyn import _core
 
     A = rmt.gaussian(n, m, seed=2) / np.sqrt(max(n, m))
-    nodes, weights = CUDA_EXT.mirror_slq(A, 5, 24, 9, False)
+    nodes, weights = emu_slq(A, 5, 24, 9, False)
     nodes_cpu, weights_cpu = _core.slq_gram_f64(A, 5, 24, 9)
     np.testing.assert_allclose(nodes, nodes_cpu, atol=1e-10)
     np.testing.assert_allclose(weights, weights_cpu, atol=1e-10)
     S = A.T @ A if m <= n else A @ A.T
-    nodes_s, weights_s = CUDA_EXT.mirror_slq(S, 5, 24, 9, True)
+    nodes_s, weights_s = emu_slq(S, 5, 24, 9, True)
     nodes_sc, weights_sc = _core.slq_dense(np.asfortranarray(S), 5, 24, 9)
     np.testing.assert_allclose(nodes_s, nodes_sc, atol=1e-10)
     np.testing.assert_allclose(weights_s, weights_sc, atol=1e-10)
 
 
-@requires_ext
 def test_mirror_slq_slab_counts_follow_the_device_size():
-    assert CUDA_EXT.mty_slabs(32768, 32768, 132) == 9
-    assert CUDA_EXT.mty_slabs(100, 100, 132) == 3   # capped at r / 32
-    assert CUDA_EXT.mty_slabs(10, 10**6, 132) == 1
+    assert EMU.mty_slabs(32768, 32768, 132) == 9
+    assert EMU.mty_slabs(100, 100, 132) == 3   # capped at r / 32
+    assert EMU.mty_slabs(10, 10**6, 132) == 1
 
 
 class HostDeviceArray:
@@ -294,70 +306,61 @@ class HostDeviceArray:
                                              strides=ai["strides"], version=3)
 
 
-class MirrorModule:
-    """Stands in for the device entry points of specdyn._cuda, running the host mirror on 'device
-    pointers' that are addresses of registered NumPy arrays: the whole Python GPU path without a GPU."""
+@pytest.mark.parametrize("n, both, k", [(150, False, 3), (150, True, 2), (40, True, 3)])
+def test_emulated_device_top_eigs_both_ends_match_numpy(n, both, k):
+    # The device backend gets the engine's both-ends eigenvalues (n = 40: the dense plan on a host copy).
+    rng = np.random.default_rng(n + k)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = np.concatenate([[9.0, 7.0, 6.0], np.linspace(-1, 1, n - 6), [-5.0, -6.5, -8.0]])
+    S = (Q * lam) @ Q.T
+    S = (S + S.T) / 2
+    vals, vecs, info = EMU.top_eigs(S, True, n, k, both, _krylov_options(tol=1e-10))
+    exact = np.linalg.eigvalsh(S)
+    want = np.concatenate([exact[::-1][:k], exact[:k]]) if both else exact[::-1][:k]
+    np.testing.assert_allclose(vals, want, atol=1e-9 * 9)
+    np.testing.assert_allclose(S @ vecs, vecs * vals, atol=1e-8 * 9)
+    assert info["status"] == "converged" and info["dense"] == (n == 40)
 
-    def __init__(self):
-        self.arrays = {}
-        self.calls = []
 
-    def register(self, a):
-        self.arrays[a.__array_interface__["data"][0]] = a
-        return a
+def test_emulated_device_warm_extra_block():
+    # The wider warm block (V, then Ritz vectors of the next values) on the device path too.
+    A, s_true = _spiked(260, 180, [9.0, 7.0, 5.0, 4.0], seed=3)
+    s, U, V, info = EMU.top_singular(A, *_layout(A), 3, _krylov_options(warm_extra=3), None)
+    W = info["warm"]
+    assert W.shape == (180, 6)
+    np.testing.assert_allclose(W[:, :3], V)
+    np.testing.assert_allclose(W.T @ W, np.eye(6), atol=1e-8)
 
-    def _view(self, ptr, n, m, row_major, ld, single):
-        base = self.arrays[ptr]
-        e = 4 if single else 8
-        assert base.dtype.itemsize == e
-        strides = (ld * e, e) if row_major else (e, ld * e)
-        return np.lib.stride_tricks.as_strided(base, shape=(n, m), strides=strides, writeable=False)
 
-    def top_singular_device(self, ptr, n, m, row_major, ld, single, k, tol, block, max_passes, max_basis, seed, v0):
-        self.calls.append("top_singular")
-        return CUDA_EXT.mirror_top_singular(self._view(ptr, n, m, row_major, ld, single), k, tol, block,
-                                            max_passes, max_basis, seed, v0)
-
-    def slq_device(self, ptr, n, m, row_major, ld, single, probes, degree, seed, symmetric):
-        self.calls.append("slq")
-        return CUDA_EXT.mirror_slq(self._view(ptr, n, m, row_major, ld, single), probes, degree, seed, symmetric)
-
-    def abs_max_device(self, *args):
-        return float(np.max(np.abs(self._view(*args))))
-
-    def asymmetry_device(self, ptr, n, ld, single):
-        A = self._view(ptr, n, n, True, ld, single)
-        return float(np.max(np.abs(A - A.T)))
-
-    def copy_to_host(self, *args):
-        return self._view(*args).copy(order="K")
-
-    def DeviceCopy(self, A):
-        mod = self
-
-        class Copy:
-            def __init__(self):
-                self.a = mod.register(A.copy(order="K"))
-                self.ptr = self.a.__array_interface__["data"][0]
-                self.n, self.m = A.shape
-                self.row_major = bool(self.a.flags.c_contiguous)
-                self.ld = self.m if self.row_major else self.n
-                self.single = A.dtype == np.float32
-
-            def close(self):
-                mod.arrays.pop(self.ptr, None)
-
-        return Copy()
+def test_public_device_host_emulation_runs_the_device_path():
+    A, s_true = _spiked(230, 170, [8.0, 6.0, 5.0], seed=9)
+    s, U, V, info = specdyn.top_singular(A, 3, device="host-emulation")
+    assert info["device"] == "host-emulation" and info["status"] == "converged"
+    np.testing.assert_allclose(s, np.linalg.svd(A, compute_uv=False)[:3], rtol=1e-10)
+    grid = np.linspace(0.0, 80.0, 12)
+    d_emu = specdyn.spectral_density(A, grid, probes=4, degree=20, device="host-emulation")[0]
+    np.testing.assert_allclose(d_emu, specdyn.spectral_density(A, grid, probes=4, degree=20)[0], atol=1e-9)
+    with pytest.raises(ValueError, match="device"):
+        specdyn.top_singular(A, 3, device="gpu")
+    S = A.T @ A - 30.0 * np.eye(170)
+    vals, _, info_e = specdyn.top_eigs(S, k=2, which="both", device="host-emulation")
+    assert info_e["device"] == "host-emulation"
+    np.testing.assert_allclose(vals, specdyn.top_eigs(S, k=2, which="both")[0], rtol=1e-9, atol=1e-9)
 
 
 @pytest.fixture
 def mirror_gpu(monkeypatch):
-    mod = MirrorModule()
+    mod = _device.EmulatedKrylov()
+    calls = []
+    for name in ("top_singular_device", "slq_device"):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, _name=name: calls.append(_name[:-7]) or _real(*a))
+    mod.calls = calls
+    mod.arrays = mod._arrays
     monkeypatch.setattr(backend, "require_gpu", lambda what: mod)
     return mod
 
 
-@requires_ext
 @pytest.mark.parametrize("layout", ["C", "F", "padded"])
 def test_python_gpu_path_on_the_mirror(mirror_gpu, layout):
     A, s_true = _spiked(210, 160, [9.0, 7.0, 5.0], seed=1)
@@ -376,7 +379,6 @@ def test_python_gpu_path_on_the_mirror(mirror_gpu, layout):
     np.testing.assert_allclose(s2, s_true[:3], rtol=1e-10)
 
 
-@requires_ext
 def test_python_gpu_path_copies_numpy_input_and_checks_finite(mirror_gpu):
     A, s_true = _spiked(200, 150, [9.0, 7.0], seed=2)
     s = specdyn.top_singular(A, 2, device="cuda")[0]
@@ -388,7 +390,6 @@ def test_python_gpu_path_copies_numpy_input_and_checks_finite(mirror_gpu):
         specdyn.top_singular(HostDeviceArray(mirror_gpu.register(bad)), 2)
 
 
-@requires_ext
 def test_python_gpu_spectral_density_on_the_mirror(mirror_gpu):
     A = rmt.gaussian(300, 150, seed=4) / np.sqrt(300)
     grid = np.linspace(0.0, 3.0, 16)
@@ -445,7 +446,7 @@ def test_device_kernels_equal_numpy_products(r, c, nb, slabs, single):
     A = rng.standard_normal((r, c)).astype(dt)
     X = rng.standard_normal((c, nb)).astype(dt)
     Y, Z = backend.cuda_module().products_device(A, X, slabs)
-    Ym, Zm = CUDA_EXT.mirror_products(A, X, slabs)
+    Ym, Zm = emu_products(A, X, slabs)
     tol = 1e-5 if single else 1e-12
     Yr = A.astype(np.float64) @ X.astype(np.float64)
     np.testing.assert_allclose(Y, Yr, rtol=tol, atol=tol * np.sqrt(c) * 4)
@@ -467,7 +468,7 @@ def test_device_top_singular_matches_numpy_and_cpu(n, m, order, k):
     assert _subspace_gap(V, V_cpu) < 1e-8 and _subspace_gap(U, U_cpu) < 1e-8
     np.testing.assert_allclose(A @ V, U * s, atol=1e-9 * s_true[0])
     # The device run and its host mirror are the same algorithm.
-    s_mirror = CUDA_EXT.mirror_top_singular(A, k, 1e-10, 0, 0, 0, 0, None)[0]
+    s_mirror = emu_top_singular(A, k, 1e-10, 0, None)[0]
     np.testing.assert_allclose(s, s_mirror, rtol=1e-11)
 
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import specdyn
-from specdyn.lanczos import ConvergenceWarning
+from specdyn.lanczos import ConvergenceWarning, _krylov_options
 
 KINDS = ("separated", "clustered", "repeated", "rank_deficient")
 
@@ -154,7 +154,11 @@ def test_non_convergence_is_reported():
     A = rng.standard_normal((500, 500))  # no gap at the top edge: slow
     with pytest.warns(ConvergenceWarning):
         s, U, V, info = specdyn.top_singular(A, 10, max_passes=3)
-    assert not info["converged"]
+    assert not info["converged"] and info["status"] == "not_converged"
+    with pytest.warns(ConvergenceWarning):
+        info_e = specdyn.top_eigs(A + A.T, k=3, which="both", max_passes=2)[2]
+    assert info_e["status"] == "not_converged"
+    assert specdyn.top_singular(A, 2)[3]["status"] == "converged"
 
 
 def test_pass_cap_below_the_basis_size_still_returns_k():
@@ -394,12 +398,13 @@ def test_warm_extra_block_continues_a_nearby_solve():
 
     rng = np.random.default_rng(11)
     A = rng.standard_normal((300, 200)) / np.sqrt(200)
-    s, U, V, info = _core.top_singular_f64(A, 4, 1e-10, 0, 0, 0, 1, None, 4)
+    opt = _krylov_options(tol=1e-10, seed=1, warm_extra=4)
+    s, U, V, info = _core.top_singular_f64(A, 4, opt, None)
     W = info["warm"]
     assert W.shape == (200, 8)
     np.testing.assert_allclose(W[:, :4], V)
     np.testing.assert_allclose(W.T @ W, np.eye(8), atol=1e-8)
     B = A + 1e-3 * rng.standard_normal(A.shape) / np.sqrt(200)
-    s2, _, _, info2 = _core.top_singular_f64(B, 4, 1e-10, 0, 0, 0, 1, W, 4)
+    s2, _, _, info2 = _core.top_singular_f64(B, 4, opt, W)
     np.testing.assert_allclose(s2, np.linalg.svd(B, compute_uv=False)[:4], rtol=1e-9)
     assert info2["converged"] and info2["warm"].shape[1] == 8

@@ -1,5 +1,7 @@
 // _core.device_emulation: the device algorithms run by the host launcher
-// (gpu::HostExec), launch for launch, so that CPU tests check the device code;
+// (gpu::HostExec), launch for launch, and the device Krylov solvers on the
+// host emulation of their kernels (krylov::HostKernels), so that CPU tests
+// check the device code;
 // and _core.dmft_solution_from_histories, the bridge from a direct run's
 // histories (host or device) to the outlier solver.
 #include <pybind11/numpy.h>
@@ -9,6 +11,8 @@
 #include <memory>
 
 #include "device_bindings.hpp"
+#include "krylov_bindings.hpp"
+#include "specdyn/krylov/host_kernels.hpp"
 #include "specdyn/dmft_direct.hpp"
 #include "specdyn/gpu_exec.hpp"
 #include "specdyn/nets_device.hpp"
@@ -44,19 +48,84 @@ py::array_t<T> gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, 
   return out;
 }
 
+// Runs f(kernels, pointer, view) on a NumPy matrix read in place with the
+// layout parsed in Python (backend.matrix_layout), as the device would read it.
+template <class F>
+auto on_emulated_device(const py::array& A, bool row_major, int64_t ld, int multiprocessors, F&& f) {
+  const bool single = py::isinstance<py::array_t<float>>(A);
+  if (A.ndim() != 2 || (!single && !py::isinstance<py::array_t<double>>(A)))
+    throw py::value_error("A must be a 2-d float32 or float64 array");
+  const auto v = bindings::matrix_view(A.shape(0), A.shape(1), row_major, ld);
+  return bindings::dispatch(single, [&](auto zero) {
+    using T = decltype(zero);
+    krylov::HostKernels<T> kern;
+    kern.sm = multiprocessors;
+    return f(kern, static_cast<const T*>(A.data()), v);
+  });
+}
+
 }  // namespace
 
 void bind_device_emulation(py::module_& m) {
   auto sub = m.def_submodule("device_emulation",
                              "The device algorithms (CUDA module) run launch for launch on the host, for tests");
-  bind_device::bind(sub, nets::make_emulated_trainer,
-                    [](const dmft::ModeProblem& pb) { return dmft::solve_direct_host(pb); });
+  bind_device::bind(
+      sub, nets::make_emulated_trainer, [](const dmft::ModeProblem& pb) { return dmft::solve_direct_host(pb); },
+      [](const void* W, int64_t n, int64_t m, bool single, int k, const lanczos::Options& opt, const py::object& v0) {
+        return bindings::dispatch(single, [&](auto zero) {
+          using T = decltype(zero);
+          krylov::HostKernels<T> kern;
+          return bindings::device_top_singular(kern, static_cast<const T*>(W), bindings::matrix_view(n, m, true, m),
+                                               k, opt, v0, "host-emulation");
+        });
+      });
   sub.def("gemm", &gemm<double>, py::arg("transA"), py::arg("transB"), py::arg("m"), py::arg("n"), py::arg("k"),
           py::arg("alpha"), py::arg("A"), py::arg("lda"), py::arg("B"), py::arg("ldb"), py::arg("beta"), py::arg("C"),
           py::arg("ldc"), "The device GEMM's tiling on the host (flat column-major arrays); returns the new C");
   sub.def("gemm", &gemm<float>, py::arg("transA"), py::arg("transB"), py::arg("m"), py::arg("n"), py::arg("k"),
           py::arg("alpha"), py::arg("A"), py::arg("lda"), py::arg("B"), py::arg("ldb"), py::arg("beta"), py::arg("C"),
           py::arg("ldc"));
+
+  // The device Krylov solvers on the host emulation of their kernels. A, row_major, ld: a
+  // NumPy matrix and its layout (backend.matrix_layout); multiprocessors sets the M^T Y slabs.
+  sub.def(
+      "top_singular",
+      [](py::array A, bool row_major, int64_t ld, int k, const lanczos::Options& opt, py::object v0, int sm) {
+        return on_emulated_device(A, row_major, ld, sm, [&](auto& kern, auto* M, const krylov::MatrixView& v) {
+          return bindings::device_top_singular(kern, M, v, k, opt, v0, "host-emulation");
+        });
+      },
+      py::arg("A"), py::arg("row_major"), py::arg("ld"), py::arg("k"), py::arg("opt"), py::arg("v0") = py::none(),
+      py::arg("multiprocessors") = 4);
+  sub.def(
+      "top_eigs",
+      [](py::array A, bool row_major, int64_t ld, int k, bool both, const lanczos::Options& opt, py::object v0,
+         int sm) {
+        return on_emulated_device(A, row_major, ld, sm, [&](auto& kern, auto* M, const krylov::MatrixView& v) {
+          return bindings::device_top_eigs(kern, M, v, k, both, opt, v0, "host-emulation");
+        });
+      },
+      py::arg("A"), py::arg("row_major"), py::arg("ld"), py::arg("k"), py::arg("both"), py::arg("opt"),
+      py::arg("v0") = py::none(), py::arg("multiprocessors") = 4);
+  sub.def(
+      "slq",
+      [](py::array A, bool row_major, int64_t ld, int probes, int degree, uint64_t seed, bool symmetric, int sm) {
+        return on_emulated_device(A, row_major, ld, sm, [&](auto& kern, auto* M, const krylov::MatrixView& v) {
+          return bindings::device_slq(kern, M, v, probes, degree, seed, symmetric);
+        });
+      },
+      py::arg("A"), py::arg("row_major"), py::arg("ld"), py::arg("probes"), py::arg("degree"), py::arg("seed"),
+      py::arg("symmetric"), py::arg("multiprocessors") = 4);
+  sub.def(
+      "products",
+      [](py::array A, bool row_major, int64_t ld, py::array X, int64_t slabs) {
+        return on_emulated_device(A, row_major, ld, 4, [&](auto& kern, auto* M, const krylov::MatrixView& v) {
+          return bindings::device_products(kern, M, v, X, slabs);
+        });
+      },
+      py::arg("A"), py::arg("row_major"), py::arg("ld"), py::arg("X"), py::arg("slabs"),
+      "(Y, Z) = (M X, M^T Y) by the emulated device kernels, M the row-major view of A");
+  sub.def("mty_slabs", &cuda::tiles::mty_slabs, py::arg("r"), py::arg("c"), py::arg("multiprocessors"));
 
   m.def(
       "dmft_solution_from_histories",

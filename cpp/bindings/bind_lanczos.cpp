@@ -12,7 +12,6 @@
 #include "specdyn/blas.hpp"
 #include "lanczos_info.hpp"
 #include "specdyn/lanczos.hpp"
-#include "../src/lanczos_engine.hpp"
 
 namespace py = pybind11;
 using namespace specdyn;
@@ -28,8 +27,7 @@ py::array_t<T> fortran(const std::vector<T>& v, int64_t rows, int64_t cols) {
 }
 
 template <class T>
-py::tuple top_singular(py::array A, int k, double tol, int block, int max_passes, int max_basis, uint64_t seed,
-                       py::object v0, int warm_extra, bool resolvable) {
+py::tuple top_singular(py::array A, int k, const lanczos::Options& opt, py::object v0) {
   if (A.ndim() != 2 || !py::isinstance<py::array_t<T>>(A)) throw py::value_error("A: wrong dtype or ndim");
   const bool row_major = A.flags() & py::array::c_style;
   if (!row_major && !(A.flags() & py::array::f_style)) throw py::value_error("A must be C or Fortran contiguous");
@@ -47,18 +45,15 @@ py::tuple top_singular(py::array A, int k, double tol, int block, int max_passes
   lanczos::Triplets<T> t;
   {
     py::gil_scoped_release nogil;
-    auto opt = bindings::lanczos_options(tol, block, max_passes, max_basis, seed);
-    opt.warm_extra = std::max(warm_extra, 0);
-    opt.resolvable = resolvable;
     t = lanczos::top_singular<T>(pa, n, m, row_major, k, opt, pw, k0);
   }
   py::array_t<double> s(static_cast<py::ssize_t>(t.s.size()), t.s.data());
   py::dict info = bindings::lanczos_info(t.info);
-  if (warm_extra > 0) info["warm"] = fortran(t.warm, m, t.warm_cols);  // (internal: benchmarks of warm starts)
-  if (resolvable) {
-    auto& w = t.info.spacing;
-    w.resize(t.s.size(), 0.0);  // (a direct LAPACK solve certifies every value to tol)
-    info["spacing"] = py::array_t<double>(static_cast<py::ssize_t>(w.size()), w.data());
+  if (opt.warm_extra > 0) info["warm"] = fortran(t.warm, m, t.warm_cols);  // (internal: benchmarks of warm starts)
+  if (opt.resolvable) {
+    auto& sp = t.info.spacing;
+    sp.resize(t.s.size(), 0.0);  // (a direct LAPACK solve certifies every value to tol)
+    info["spacing"] = py::array_t<double>(static_cast<py::ssize_t>(sp.size()), sp.data());
   }
   return py::make_tuple(s, fortran(t.U, n, k), fortran(t.V, m, k), info);
 }
@@ -84,8 +79,7 @@ py::tuple eigs_result(const lanczos::Eigs& e, int64_t n) {
                         bindings::lanczos_info(e.info));
 }
 
-py::tuple top_eigs_impl(const MatMat& op, int64_t n, int k, bool both, double tol, int block, int max_passes,
-                        int max_basis, uint64_t seed, py::object v0) {
+py::tuple top_eigs_impl(const MatMat& op, int64_t n, int k, bool both, const lanczos::Options& opt, py::object v0) {
   py::array_t<double, py::array::f_style | py::array::forcecast> w;
   const double* pw = nullptr;
   int k0 = 0;
@@ -98,8 +92,7 @@ py::tuple top_eigs_impl(const MatMat& op, int64_t n, int k, bool both, double to
   lanczos::Eigs e;
   {
     py::gil_scoped_release nogil;
-    e = lanczos::top_eigs(op, n, k, both ? lanczos::Which::Both : lanczos::Which::Largest,
-                          bindings::lanczos_options(tol, block, max_passes, max_basis, seed), pw, k0);
+    e = lanczos::top_eigs(op, n, k, both ? lanczos::Which::Both : lanczos::Which::Largest, opt, pw, k0);
   }
   return eigs_result(e, n);
 }
@@ -117,7 +110,7 @@ py::tuple slq_gram(py::array A, int probes, int degree, uint64_t seed) {
   lanczos::Quadrature q;
   {
     py::gil_scoped_release nogil;
-    lanczos::detail::BlasThreads one(1);
+    blas::ThreadScope one(1);
     auto op = lanczos::gram_operator<T>(static_cast<const T*>(A.data()), n, m, row_major);
     q = lanczos::slq(op, lanczos::gram_dim(n, m), probes, degree, seed);
   }
@@ -134,39 +127,42 @@ py::array_t<T> gram_sweep(py::array_t<T, py::array::c_style> A, py::array_t<T, p
   py::array_t<T, py::array::f_style> Z({c, b});
   {
     py::gil_scoped_release nogil;
-    lanczos::detail::BlasThreads one(1);
+    blas::ThreadScope one(1);
     lanczos::gram_sweep<T>(A.data(), r, c, c, X.data(), static_cast<int>(b), nullptr, Z.mutable_data());
   }
   return Z;
 }
 
 void bind_lanczos(py::module_& m) {
+  // The solver parameters cross into C++ as this one object (filled in python/specdyn/lanczos.py).
+  py::class_<lanczos::Options>(m, "KrylovOptions", "Parameters of the Krylov solvers (specdyn::lanczos::Options)")
+      .def(py::init<>())
+      .def_readwrite("tol", &lanczos::Options::tol)
+      .def_readwrite("block", &lanczos::Options::block)
+      .def_readwrite("max_passes", &lanczos::Options::max_passes)
+      .def_readwrite("max_basis", &lanczos::Options::max_basis)
+      .def_readwrite("seed", &lanczos::Options::seed)
+      .def_readwrite("warm_extra", &lanczos::Options::warm_extra)
+      .def_readwrite("resolvable", &lanczos::Options::resolvable);
   m.def("gram_sweep_f64", &gram_sweep<double>, py::arg("A"), py::arg("X"));
   m.def("gram_sweep_f32", &gram_sweep<float>, py::arg("A"), py::arg("X"));
-  m.def("top_singular_f64", &top_singular<double>, py::arg("A"), py::arg("k"), py::arg("tol"), py::arg("block"),
-        py::arg("max_passes"), py::arg("max_basis"), py::arg("seed"), py::arg("v0") = py::none(),
-        py::arg("warm_extra") = 0, py::arg("resolvable") = false);
-  m.def("top_singular_f32", &top_singular<float>, py::arg("A"), py::arg("k"), py::arg("tol"), py::arg("block"),
-        py::arg("max_passes"), py::arg("max_basis"), py::arg("seed"), py::arg("v0") = py::none(),
-        py::arg("warm_extra") = 0, py::arg("resolvable") = false);
+  m.def("top_singular_f64", &top_singular<double>, py::arg("A"), py::arg("k"), py::arg("opt"),
+        py::arg("v0") = py::none());
+  m.def("top_singular_f32", &top_singular<float>, py::arg("A"), py::arg("k"), py::arg("opt"),
+        py::arg("v0") = py::none());
   m.def(
       "top_eigs_dense",
-      [](py::array_t<double, py::array::f_style> A, int k, bool both, double tol, int block, int max_passes,
-         int max_basis, uint64_t seed, py::object v0) {
+      [](py::array_t<double, py::array::f_style> A, int k, bool both, const lanczos::Options& opt, py::object v0) {
         if (A.ndim() != 2 || A.shape(0) != A.shape(1)) throw py::value_error("A must be square");
-        return top_eigs_impl(lanczos::dense_operator(A.data(), A.shape(0)), A.shape(0), k, both, tol, block, max_passes, max_basis,
-                             seed, v0);
+        return top_eigs_impl(lanczos::dense_operator(A.data(), A.shape(0)), A.shape(0), k, both, opt, v0);
       },
-      py::arg("A"), py::arg("k"), py::arg("both"), py::arg("tol"), py::arg("block"), py::arg("max_passes"),
-      py::arg("max_basis"), py::arg("seed"), py::arg("v0") = py::none());
+      py::arg("A"), py::arg("k"), py::arg("both"), py::arg("opt"), py::arg("v0") = py::none());
   m.def(
       "top_eigs_op",
-      [](py::function f, int64_t n, int k, bool both, double tol, int block, int max_passes, int max_basis,
-         uint64_t seed, py::object v0) {
-        return top_eigs_impl(wrap_callable(f, n), n, k, both, tol, block, max_passes, max_basis, seed, v0);
+      [](py::function f, int64_t n, int k, bool both, const lanczos::Options& opt, py::object v0) {
+        return top_eigs_impl(wrap_callable(f, n), n, k, both, opt, v0);
       },
-      py::arg("op"), py::arg("n"), py::arg("k"), py::arg("both"), py::arg("tol"), py::arg("block"),
-      py::arg("max_passes"), py::arg("max_basis"), py::arg("seed"), py::arg("v0") = py::none());
+      py::arg("op"), py::arg("n"), py::arg("k"), py::arg("both"), py::arg("opt"), py::arg("v0") = py::none());
   m.def("slq_gram_f64", &slq_gram<double>, py::arg("A"), py::arg("probes"), py::arg("degree"), py::arg("seed"));
   m.def("slq_gram_f32", &slq_gram<float>, py::arg("A"), py::arg("probes"), py::arg("degree"), py::arg("seed"));
   m.def(

@@ -16,6 +16,8 @@
 
 #include "mode_problem.hpp"
 #include "specdyn/dmft_direct.hpp"
+#include "specdyn/lanczos.hpp"
+#include "specdyn/nets.hpp"
 #include "specdyn/nets_device.hpp"
 
 namespace specdyn::bind_device {
@@ -25,6 +27,10 @@ namespace py = pybind11;
 using MakeTrainer = std::function<std::unique_ptr<nets::DeviceTrainer>(const nets::DeviceTrainSpec&, const void*,
                                                                        const void*, bool)>;
 using SolveDirect = std::function<dmft::DirectSolution(const dmft::ModeProblem&)>;
+// The device Krylov top_singular on a row-major n x m matrix in the trainer's memory
+// (s, U, V, info), run by the module's kernel set (CUDA kernels or their host emulation).
+using TopSingular = std::function<py::tuple(const void* W, int64_t n, int64_t m, bool single, int k,
+                                            const lanczos::Options& opt, const py::object& v0)>;
 
 inline py::array_t<double> vec(const std::vector<double>& v, std::vector<py::ssize_t> shape) {
   py::array_t<double> a(shape);
@@ -39,15 +45,7 @@ inline nets::DeviceTrainSpec spec_from(const py::dict& d) {
   s.output_dim = d["output_dim"].cast<int64_t>();
   s.samples = d["samples"].cast<int64_t>();
   s.depth = d["depth"].cast<int>();
-  const auto act = d["activation"].cast<std::string>();
-  if (act == "linear")
-    s.activation = 0;
-  else if (act == "tanh")
-    s.activation = 1;
-  else if (act == "relu")
-    s.activation = 2;
-  else
-    throw std::invalid_argument("activation must be one of 'linear', 'tanh', 'relu'; got '" + act + "'");
+  s.activation = nets::parse_activation(d["activation"].cast<std::string>());
   s.multipliers = d["multipliers"].cast<std::vector<double>>();
   s.init_stds = d["init_stds"].cast<std::vector<double>>();
   s.learning_rate = d["learning_rate"].cast<double>();
@@ -62,7 +60,7 @@ inline nets::DeviceTrainSpec spec_from(const py::dict& d) {
 template <class T>
 using carr = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
-inline void bind(py::module_& m, MakeTrainer make, SolveDirect solve) {
+inline void bind(py::module_& m, MakeTrainer make, SolveDirect solve, TopSingular top) {
   using nets::DeviceTrainer;
   py::class_<DeviceTrainer>(m, "DeviceTrainer", py::module_local(),
                             "Full-batch GD of an MLP in device memory (nets_device.hpp)")
@@ -109,7 +107,16 @@ inline void bind(py::module_& m, MakeTrainer make, SolveDirect solve) {
             t.copy_weights(l, a.mutable_data());
             return a;
           },
-          py::arg("layer"), py::arg("single"), "Host copy of W^l, (fan_out, fan_in), float32 if single");
+          py::arg("layer"), py::arg("single"), "Host copy of W^l, (fan_out, fan_in), float32 if single")
+      .def(
+          "top_singular",
+          [top](DeviceTrainer& t, int l, bool single, int k, const lanczos::Options& opt, py::object v0) {
+            const auto& s = t.spec();
+            if (l < 0 || l >= s.layers()) throw py::index_error("layer out of range");
+            return top(t.weights_data(l), s.fan_out(l), s.fan_in(l), single, k, opt, v0);
+          },
+          py::arg("layer"), py::arg("single"), py::arg("k"), py::arg("opt"), py::arg("v0") = py::none(),
+          "Top-k singular triplets of W^l by the device Krylov solver on the trainer's weights, in place");
 
   m.def(
       "device_trainer",

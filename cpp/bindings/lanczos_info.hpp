@@ -1,5 +1,4 @@
-// Conversions shared by the CPU and device Lanczos bindings: the solver options
-// from the Python arguments and the info dict of a result.
+// The info dict of a Krylov result, shared by the CPU and device bindings.
 #pragma once
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -10,14 +9,13 @@
 
 namespace specdyn::bindings {
 
-inline lanczos::Options lanczos_options(double tol, int block, int max_passes, int max_basis, uint64_t seed) {
-  lanczos::Options o;
-  o.tol = tol;
-  o.block = block;
-  o.max_passes = max_passes;
-  o.max_basis = max_basis;
-  o.seed = seed;
-  return o;
+// The words of lanczos::Status in the info dict (beside the "converged" flag).
+inline const char* status_name(lanczos::Status s) {
+  switch (s) {
+    case lanczos::Status::converged: return "converged";
+    case lanczos::Status::not_converged: return "not_converged";
+    default: return "numerical_issue";
+  }
 }
 
 inline pybind11::dict lanczos_info(const lanczos::Info& i) {
@@ -26,6 +24,7 @@ inline pybind11::dict lanczos_info(const lanczos::Info& i) {
   d["restarts"] = i.restarts;
   d["matrix_passes"] = i.matrix_passes;
   d["converged"] = i.converged;
+  d["status"] = status_name(i.status);
   d["residuals"] = pybind11::array_t<double>(static_cast<pybind11::ssize_t>(i.residuals.size()), i.residuals.data());
   d["norm_estimate"] = i.norm_estimate;
   d["tol"] = i.tol_used;

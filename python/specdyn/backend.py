@@ -38,8 +38,7 @@ def cuda_module():
 
 
 def cuda_extension():
-    """Return ``specdyn._cuda`` whether or not a device is usable (its host
-    mirror of the device solvers runs without one); RuntimeError if not built."""
+    """Return ``specdyn._cuda`` whether or not a device is usable; RuntimeError if not built."""
     try:
         return importlib.import_module("specdyn._cuda")
     except ImportError as exc:

@@ -44,6 +44,7 @@ import warnings
 import numpy as np
 
 from . import _core
+from . import _device as _device_words
 from . import _validate as v
 from . import backend
 
@@ -91,17 +92,19 @@ def _warn(what: str, info: dict) -> None:
 
 
 def _device(device) -> str | None:
-    return v.choice("device", device, (None, "cpu", "cuda"))
+    return None if device is None else _device_words.check(device)
 
 
 def _on_gpu(name: str, A, device: str | None) -> bool:
-    """Where a call runs: True for a device array (unless device='cpu', an error) or device='cuda'."""
+    """Where a call runs: True for a device array (unless device='cpu', an error), device='cuda' or
+    device='host-emulation' (the device path on the host emulation of its kernels)."""
     if backend.is_device_array(A):
-        if device == "cpu":
-            raise ValueError(f"{name} is a CUDA device array (it has __cuda_array_interface__) but device='cpu'; "
-                             f"copy it to the host first (e.g. {name}.get() for CuPy) or use device=None / 'cuda'")
+        if device in ("cpu", "host-emulation"):
+            raise ValueError(f"{name} is a CUDA device array (it has __cuda_array_interface__) but "
+                             f"device={device!r}; copy it to the host first (e.g. {name}.get() for CuPy) or use "
+                             f"device=None / 'cuda'")
         return True
-    return device == "cuda"
+    return device in ("cuda", "host-emulation")
 
 
 def _host_vector_block(name: str, v0):
@@ -156,29 +159,37 @@ class _DeviceInput:
             self.copy = None
 
 
-def _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_finite):
+def _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_finite, device):
     src = _DeviceInput("A", A, check_finite)
     n, m = src.shape
     k = v.integer("k", k, 1, min(n, m))
-    tol, block, max_passes, max_basis, seed = _krylov_options(tol, block, max_passes, max_basis, seed)
+    opt = _krylov_options(tol, block, max_passes, max_basis, seed)
     v0 = _warm("v0", _host_vector_block("v0", v0), m, np.float64)
-    mod = backend.require_gpu("top_singular")
+    mod = _device_words.krylov_module(device or "cuda", "top_singular")
     try:
         args = src.open(mod)
-        s, U, V, info = mod.top_singular_device(*args, k, tol, block, max_passes, max_basis, seed, v0)
+        s, U, V, info = mod.top_singular_device(*args, k, opt, v0)
     finally:
         src.close()
     _warn("top_singular", info)
     return s, U, V, info
 
 
-def _krylov_options(tol, block, max_passes, max_basis, seed) -> tuple:
-    """Validated solver options shared by top_singular and top_eigs (None: automatic)."""
-    return (v.real("tol", tol, 0.0, 1.0, lo_open=True, hi_open=True),
-            _opt_int("block", block, 1, 256),
-            _opt_int("max_passes", max_passes, 1, 10**7),
-            _opt_int("max_basis", max_basis, 2, 10**6),
-            v.integer("seed", seed, 0, 2**64 - 1))
+def _krylov_options(tol=1e-10, block=None, max_passes=None, max_basis=None, seed=0, warm_extra=0,
+                    resolvable=False):
+    """Validated solver options shared by top_singular and top_eigs (None: automatic), as the one
+    parameter object of the C++ solvers (``_core.KrylovOptions``, lanczos::Options)."""
+    fields = dict(tol=v.real("tol", tol, 0.0, 1.0, lo_open=True, hi_open=True),
+                  block=_opt_int("block", block, 1, 256),
+                  max_passes=_opt_int("max_passes", max_passes, 1, 10**7),
+                  max_basis=_opt_int("max_basis", max_basis, 2, 10**6),
+                  seed=v.integer("seed", seed, 0, 2**64 - 1),
+                  warm_extra=v.integer("warm_extra", warm_extra, 0, 256),
+                  resolvable=bool(resolvable))
+    opt = _core.KrylovOptions()
+    for name, value in fields.items():
+        setattr(opt, name, value)
+    return opt
 
 
 def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = None, *,
@@ -217,11 +228,12 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         at most a tenth of that spacing; every other value (an outlier) to ``tol``.
         ``info["spacing"]`` gives, per value, 0 (certified to ``tol``) or the
         spacing it was resolved against. CPU only.
-    device : None, "cpu" or "cuda"
+    device : None, "cpu", "cuda" or "host-emulation"
         None: a device array (``__cuda_array_interface__``, e.g. CuPy) runs
         on the GPU in place, anything else on the CPU. "cuda": a NumPy A is
-        copied to the device for the call. "cpu" with a device array is a
-        ValueError. On the GPU the default block is k + 2 within [4, 16]
+        copied to the device for the call. "host-emulation": the device
+        solver on the host emulation of its kernels (no GPU needed; slow, for
+        tests). "cpu" with a device array is a ValueError. On the GPU the default block is k + 2 within [4, 16]
         (a pass costs about the same for any block up to 16 vectors), and
         ``check_finite`` costs one extra read of A.
 
@@ -234,25 +246,28 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         ``iterations`` (block steps), ``restarts``, ``matrix_passes`` (reads of
         A), ``residuals`` (k,), ``converged``, ``norm_estimate``, ``tol``,
         ``block``, ``dense`` (True when solved directly by LAPACK because the
-        matrix is small); on the GPU also ``device`` ("cuda") and
+        matrix is small), ``status`` ("converged", "not_converged" or
+        "numerical_issue": a NaN or infinity in the answer); on the device
+        path also ``device`` ("cuda" or "host-emulation") and
         ``host_syncs`` (device-to-host copies during the solve, about 6 per
         block step plus the certificate). A non-converged
         result also emits :class:`ConvergenceWarning`. On the GPU, s, U and V
         are NumPy arrays too.
     """
+    device = _device(device)
     if certify not in ("all", "resolvable"):
         raise ValueError(f"certify must be 'all' or 'resolvable', got {certify!r}")
-    if _on_gpu("A", A, _device(device)):
-        if certify != "all":
-            raise ValueError("certify='resolvable' runs on the CPU only (device='cpu' or a NumPy array)")
-        return _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_finite)
+    if certify != "all" and (device not in (None, "cpu") or hasattr(A, "__cuda_array_interface__")):
+        raise ValueError("certify='resolvable' runs on the CPU only (device='cpu' or a NumPy array)")
+    if _on_gpu("A", A, device):
+        return _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_finite, device)
     A = _matrix("A", A, check_finite)
     n, m = A.shape
     k = v.integer("k", k, 1, min(n, m))
-    tol, block, max_passes, max_basis, seed = _krylov_options(tol, block, max_passes, max_basis, seed)
+    opt = _krylov_options(tol, block, max_passes, max_basis, seed, resolvable=certify == "resolvable")
     v0 = _warm("v0", v0, m, A.dtype)
     fn = _core.top_singular_f64 if A.dtype == np.float64 else _core.top_singular_f32
-    s, U, V, info = fn(A, k, tol, block, max_passes, max_basis, seed, v0, resolvable=certify == "resolvable")
+    s, U, V, info = fn(A, k, opt, v0)
     _warn("top_singular", info)
     return s, U, V, info
 
@@ -290,7 +305,7 @@ def _callable(op, n: int):
 
 def top_eigs(op, n: int | None = None, k: int = 1, which: str = "largest", tol: float = 1e-10, v0=None,
              block: int | None = None, *, max_passes: int | None = None, max_basis: int | None = None,
-             seed: int = 0):
+             seed: int = 0, device: str | None = None):
     """Extreme eigenpairs of a symmetric operator.
 
     Parameters
@@ -305,6 +320,9 @@ def top_eigs(op, n: int | None = None, k: int = 1, which: str = "largest", tol: 
     tol : float in (0, 1); residuals ``||op x - lam x|| <= tol * max|lam|``,
         computed explicitly at the end.
     v0 : ndarray (n,) or (n, k0), optional warm start.
+    device : None, "cpu", "cuda" or "host-emulation", as in :func:`top_singular`
+        (a matrix op only; on the device path the matrix must be symmetric to
+        max |A - A^T| <= 1e-6 max |A|).
 
     Returns
     -------
@@ -314,6 +332,12 @@ def top_eigs(op, n: int | None = None, k: int = 1, which: str = "largest", tol: 
     info : dict as in :func:`top_singular`.
     """
     which = v.choice("which", which, ("largest", "both"))
+    device = _device(device)
+    if not callable(op) and _on_gpu("op", op, device):
+        return _top_eigs_gpu(op, n, k, which, tol, v0, block, max_passes, max_basis, seed, device)
+    if callable(op) and device in ("cuda", "host-emulation"):
+        raise ValueError(f"device={device!r} needs a matrix op; a callable operator runs on the CPU "
+                         f"(device=None or 'cpu')")
     if isinstance(op, np.ndarray) or (not callable(op) and hasattr(op, "__array__")):
         A = _symmetric("op", op)
         if n is not None and v.integer("n", n, 1) != A.shape[0]:
@@ -327,14 +351,37 @@ def top_eigs(op, n: int | None = None, k: int = 1, which: str = "largest", tol: 
     else:
         raise ValueError(f"op must be a symmetric 2-d array or a callable, got {type(op).__name__}")
     k = v.integer("k", k, 1, n if which == "largest" else n // 2)
-    tol, block, max_passes, max_basis, seed = _krylov_options(tol, block, max_passes, max_basis, seed)
+    opt = _krylov_options(tol, block, max_passes, max_basis, seed)
     v0 = _warm("v0", v0, n, np.float64)
     both = which == "both"
     if A is not None:
-        vals, vecs, info = _core.top_eigs_dense(A, k, both, tol, block, max_passes, max_basis, seed, v0)
+        vals, vecs, info = _core.top_eigs_dense(A, k, both, opt, v0)
     else:
-        vals, vecs, info = _core.top_eigs_op(_callable(op, n), n, k, both, tol, block, max_passes, max_basis,
-                                             seed, v0)
+        vals, vecs, info = _core.top_eigs_op(_callable(op, n), n, k, both, opt, v0)
+    _warn("top_eigs", info)
+    return vals, vecs, info
+
+
+def _top_eigs_gpu(op, n, k, which, tol, v0, block, max_passes, max_basis, seed, device):
+    src = _DeviceInput("op", op, True)
+    rows, cols = src.shape
+    if rows != cols:
+        raise ValueError(f"op must be square (a symmetric operator), got shape {(rows, cols)}")
+    if n is not None and v.integer("n", n, 1) != rows:
+        raise ValueError(f"n must equal the size of op ({rows}), got {n}")
+    k = v.integer("k", k, 1, rows if which == "largest" else rows // 2)
+    opt = _krylov_options(tol, block, max_passes, max_basis, seed)
+    v0 = _warm("v0", _host_vector_block("v0", v0), rows, np.float64)
+    mod = _device_words.krylov_module(device or "cuda", "top_eigs")
+    try:
+        ptr, _, _, _, ld, single = src.open(mod)
+        scale = mod.abs_max_device(ptr, rows, cols, True, ld, single)
+        if rows > 1 and mod.asymmetry_device(ptr, rows, ld, single) > 1e-6 * max(scale, np.finfo(np.float64).tiny):
+            raise ValueError("op must be symmetric (max |A - A^T| <= 1e-6 max |A|)")
+        # (a symmetric matrix reads the same in either order: the row-major view of its storage)
+        vals, vecs, info = mod.top_eigs_device(ptr, rows, ld, single, k, which == "both", opt, v0)
+    finally:
+        src.close()
     _warn("top_eigs", info)
     return vals, vecs, info
 
@@ -383,7 +430,7 @@ def spectral_density(A, grid, method: str = "slq", probes: int = 16, degree: int
     probes, degree : SLQ random probe vectors and Lanczos steps per probe
     seed : SLQ probe stream
     n : operator dimension, required for a callable
-    device : None, "cpu" or "cuda", as in :func:`top_singular`. On the GPU the
+    device : None, "cpu", "cuda" or "host-emulation", as in :func:`top_singular`. On the GPU the
         SLQ recurrences run on the device (same probes as on the CPU for a
         seed); method="exact" copies the matrix to the host. A callable runs on
         the CPU only.
@@ -410,11 +457,12 @@ def spectral_density(A, grid, method: str = "slq", probes: int = 16, degree: int
     lower = None  # known lower bound of the spectrum
     device = _device(device)
     if not callable(A) and _on_gpu("A", A, device):
-        nodes, weights, lower, vals = _slq_gpu(A, method, spectrum, probes, degree, seed)
+        nodes, weights, lower, vals = _slq_gpu(A, method, spectrum, probes, degree, seed, device)
         if vals is not None:
             return np.histogram(vals, bins=grid)[0] / (vals.size * widths), np.zeros(widths.size)
-    elif callable(A) and device == "cuda":
-        raise ValueError("device='cuda' needs an array A; a callable operator runs on the CPU (device=None or 'cpu')")
+    elif callable(A) and device in ("cuda", "host-emulation"):
+        raise ValueError(f"device={device!r} needs an array A; a callable operator runs on the CPU "
+                         f"(device=None or 'cpu')")
     elif callable(A) and not isinstance(A, np.ndarray):
         if spectrum == "squared_singular_values":
             raise ValueError("spectrum='squared_singular_values' needs an array A, not a callable")
@@ -458,13 +506,13 @@ def _density_from_quadrature(nodes, weights, grid, widths, lower):
     return density, error
 
 
-def _slq_gpu(A, method, spectrum, probes, degree, seed):
+def _slq_gpu(A, method, spectrum, probes, degree, seed, device):
     """SLQ on the device: (nodes, weights, lower, None), or (None, None, None, exact values) for method='exact'."""
     src = _DeviceInput("A", A, True)
     n, m = src.shape
     if spectrum == "eigenvalues" and n != m:
         raise ValueError(f"A must be square (a symmetric operator), got shape {(n, m)}")
-    mod = backend.require_gpu("spectral_density")
+    mod = _device_words.krylov_module(device or "cuda", "spectral_density")
     try:
         args = src.open(mod)
         ptr, _, _, _, ld, single = args

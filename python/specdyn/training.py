@@ -339,10 +339,11 @@ def _simulate_device(cfg: RunConfig, data, module, cb):
     loss of every step in device memory, draws W(0) from the CPU engine's streams and
     checks divergence on the device's losses. At each tracked (or bulk) step t the
     device reports the loss and the weight norms, and the weights W(t) are copied to
-    the host into a CPU Trainer (same spec, same W(0)), which makes the step-t
-    measurements exactly as a CPU run does: spectra by the CPU Lanczos (warm-started
-    from the previous tracked step), NTK sharpness, Hessian, overlaps, beta_f, bulk
-    histograms. (The device Lanczos is not wired in yet.) Returns (record, diverged_step).
+    the host into a CPU Trainer (same spec, same W(0)), which makes the other step-t
+    measurements exactly as a CPU run does: NTK sharpness, Hessian, overlaps, beta_f,
+    delta spectra, bulk histograms. The spectra of W(t) (``singular_values``) are the
+    device Krylov solver's, on the device weights in place, warm-started from the
+    previous tracked step. Returns (record, diverged_step).
     """
     tracker, (X, Y) = build_trainer(cfg, data)
     sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
@@ -360,6 +361,8 @@ def _simulate_device(cfg: RunConfig, data, module, cb):
     nl = cfg.depth + 1
     loss_dev = np.full(len(tracked), np.nan)
     wnorm_dev = np.full((len(tracked), nl), np.nan)
+    spectra = np.full((len(tracked), nl, cfg.top_k), np.nan)
+    warm = [None] * nl
     for t in sorted(set(tracked) | set(cfg.bulk_steps)):
         dev.run(t)
         if dev.diverged_step >= 0:
@@ -371,6 +374,7 @@ def _simulate_device(cfg: RunConfig, data, module, cb):
         if ti is not None:
             loss_dev[ti] = loss
             wnorm_dev[ti] = normalizers * dev.frobenius_norms()
+            _device_spectra(dev, cfg, single, normalizers, spectra[ti], warm)
         state = tracker.get_state()
         state.update(weights=[dev.weights(l, single) for l in range(nl)], step=t, finished=False,
                      diverged_step=-1)
@@ -380,6 +384,7 @@ def _simulate_device(cfg: RunConfig, data, module, cb):
             cb(t, loss)
     diverged = int(dev.diverged_step)
     rec = tracker.record()
+    rec["singular_values"] = spectra
     if diverged >= 0:
         ti = index.get(diverged)
         if ti is not None:
@@ -391,6 +396,23 @@ def _simulate_device(cfg: RunConfig, data, module, cb):
     rec["loss"] = loss_dev
     rec["weight_norm"] = wnorm_dev
     return rec, diverged
+
+
+def _device_spectra(dev, cfg: RunConfig, single: bool, normalizers, out, warm) -> None:
+    """out[l, :k] = the normalized top singular values of W^l by the device Krylov solver on the
+    trainer's weights (warm[l]: the warm block of the previous tracked step, updated)."""
+    from .lanczos import _krylov_options
+
+    tol = cfg.svd_tol if cfg.svd_tol is not None else (1e-4 if single else 1e-8)
+    sizes = [cfg.input_dim] + [cfg.width] * cfg.depth + [cfg.output_dim]
+    for layer in range(len(out)):
+        k = min(cfg.top_k, sizes[layer], sizes[layer + 1])
+        # the same engine as the CPU trainer's, with the same certificate (tracking by default)
+        opt = _krylov_options(tol=tol, seed=cfg.seed + layer, warm_extra=0 if single else k,
+                              resolvable=cfg.svd_tol is None)
+        s, _, V, info = dev.top_singular(layer, single, k, opt, warm[layer])
+        out[layer, :k] = normalizers[layer] * s
+        warm[layer] = info.get("warm", V)
 
 
 def simulate(config, data=None, progress: bool | Callable[[int, int, float], None] | None = None,
@@ -412,8 +434,9 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     device : "cpu" (default, the C++ engine), "cuda" (full-batch GD on the GPU: forward,
         backward, update, loss and divergence checks in device memory, W(0) drawn on the
         device from the CPU's Philox streams, so the same seed gives the same initial
-        weights bit for bit; the tracked measurements other than loss and weight norms
-        are made on the host from copies of the weights, by the CPU engine) or
+        weights bit for bit; the spectra of W(t) by the device Krylov solver on the device
+        weights; the other tracked measurements besides loss and weight norms are made on
+        the host from copies of the weights, by the CPU engine) or
         "host-emulation" (the device algorithm run on the host, for tests). "cuda" needs
         batch_size=None, online=False and no checkpoint; without a usable GPU it raises
         RuntimeError saying why.

@@ -59,6 +59,26 @@ int get_num_threads();
 void set_num_threads(int n);
 const char* config();
 
+// Sets the OpenBLAS thread count for a scope and restores it on exit (also when
+// an exception leaves the scope). Solvers that run their own OpenMP sweeps hold
+// OpenBLAS at one thread: its workers spin after each call, and on few cores
+// they would steal the cores of the next OpenMP region.
+class ThreadScope {
+ public:
+  explicit ThreadScope(int n) : saved_(get_num_threads()) {
+    if (saved_ != n) set_num_threads(n);
+  }
+  ~ThreadScope() {
+    if (get_num_threads() != saved_) set_num_threads(saved_);
+  }
+  ThreadScope(const ThreadScope&) = delete;
+  ThreadScope& operator=(const ThreadScope&) = delete;
+  int saved() const { return saved_; }  // the count the scope found (and restores)
+
+ private:
+  int saved_;
+};
+
 // LAPACK (column-major, double only unless noted; small problems inside the
 // solvers run in double whatever the matrix dtype).
 // Symmetric eigen-decomposition: A (n x n) overwritten by eigenvectors, w ascending.

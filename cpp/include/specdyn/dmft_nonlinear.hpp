@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "specdyn/activation.hpp"
+
 namespace specdyn::dmft {
 
-enum class Activation { Linear = 0, Tanh = 1, Relu = 2 };
+using Activation = specdyn::Activation;
 
 struct MonteCarloParams {
   double gamma0 = 1.0;     // muP richness; f = <w phi(h)> / gamma0

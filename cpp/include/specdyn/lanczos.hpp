@@ -3,9 +3,10 @@
 //  * block Lanczos for the extreme eigenpairs of a symmetric operator (matvecs),
 //  * stochastic Lanczos quadrature (SLQ) for spectral densities.
 //
-// All three share one thick-restart block Lanczos engine with full (CGS2)
-// reorthogonalization; the Krylov basis and the small projected problems are
-// kept in double whatever the matrix dtype.
+// All three run the one thick-restart block Lanczos engine with full (CGS2)
+// reorthogonalization (specdyn/krylov/engine.hpp), here on the CPU backend;
+// the Krylov basis and the small projected problems are kept in double
+// whatever the matrix dtype.
 //
 // Singular triplets: the Krylov space of Golub-Kahan-Lanczos with start block
 // V1 is K(A^T A, V1), so the solver runs block Lanczos on the Gram operator
@@ -49,11 +50,16 @@ struct Options {
                         // of a nearby matrix (clustered top values rotate within a wider space)
 };
 
+// How a solve ended: certified; not certified within the pass budget; or a
+// NaN or infinity in the answer (never certified).
+enum class Status { converged, not_converged, numerical_issue };
+
 struct Info {
   int iterations = 0;          // block steps
   int restarts = 0;
   int64_t matrix_passes = 0;   // reads of the whole matrix (a fused A^T(A X) sweep counts once)
-  bool converged = false;
+  bool converged = false;      // status == Status::converged
+  Status status = Status::not_converged;
   std::vector<double> residuals;  // final residual norm of each returned triplet / eigenpair
   double norm_estimate = 0;    // ||A|| (or max |eigenvalue|) estimate the tolerance is relative to
   double tol_used = 0;         // the tolerance applied (float32 matrices floor it, see top_singular)

@@ -19,9 +19,11 @@
 #include <string>
 #include <vector>
 
+#include "specdyn/activation.hpp"
+
 namespace specdyn::nets {
 
-enum class Activation { Linear, Tanh, Relu };
+using Activation = specdyn::Activation;
 Activation parse_activation(const std::string& name);
 
 struct Arch {

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "specdyn/activation.hpp"
 #include "specdyn/gpu_exec.hpp"
 #include "specdyn/rng.hpp"
 
@@ -23,7 +24,7 @@ namespace specdyn::nets {
 struct DeviceTrainSpec {
   int64_t input_dim = 1, width = 1, output_dim = 1, samples = 1;
   int depth = 1;
-  int activation = 0;               // 0 linear, 1 tanh, 2 relu
+  Activation activation = Activation::Linear;
   std::vector<double> multipliers;  // m_0 .. m_L
   std::vector<double> init_stds;    // raw std of each W^l
   double learning_rate = 0;
@@ -40,7 +41,6 @@ struct DeviceTrainSpec {
       throw std::invalid_argument("device trainer: dimensions, depth and samples must be >= 1");
     if (static_cast<int>(multipliers.size()) != layers() || static_cast<int>(init_stds.size()) != layers())
       throw std::invalid_argument("device trainer: need one multiplier and one init std per weight matrix");
-    if (activation < 0 || activation > 2) throw std::invalid_argument("device trainer: activation must be 0, 1 or 2");
     if (!(output_normalizer >= 1.0 && std::isfinite(output_normalizer)))
       throw std::invalid_argument("device trainer: output_normalizer must be finite and >= 1");
   }
@@ -61,6 +61,9 @@ class DeviceTrainer {
   virtual std::vector<double> losses() = 0;  // losses of steps 0..step() (NaN where not computed)
   virtual std::vector<double> frobenius_norms() = 0;  // |W^l|_F, raw (not normalized)
   virtual void copy_weights(int l, void* host) = 0;   // row-major (fan_out, fan_in), in the trainer's dtype
+  // W^l in the trainer's memory (device memory on a GPU), row-major (fan_out, fan_in): the
+  // device Krylov solvers read it in place.
+  virtual const void* weights_data(int l) const = 0;
   virtual const DeviceTrainSpec& spec() const = 0;
   virtual int status() const = 0;  // launcher error code (0: none)
 };
@@ -71,12 +74,12 @@ namespace device {
 template <class T>
 struct Activate {
   T* z;
-  int act;
+  Activation act;
   SPECDYN_GPU_HD void operator()(int64_t i) const {
     const T v = z[i];
-    if (act == 1)
+    if (act == Activation::Tanh)
       z[i] = static_cast<T>(tanh(static_cast<double>(v)));
-    else if (act == 2)
+    else if (act == Activation::Relu)
       z[i] = v < T(0) ? T(0) : v;  // NaN is kept: divergence stays visible
   }
 };
@@ -86,11 +89,11 @@ template <class T>
 struct TimesDerivative {
   T* b;
   const T* h;
-  int act;
+  Activation act;
   SPECDYN_GPU_HD void operator()(int64_t i) const {
-    if (act == 1)
+    if (act == Activation::Tanh)
       b[i] *= T(1) - h[i] * h[i];
-    else if (act == 2)
+    else if (act == Activation::Relu)
       b[i] = h[i] > T(0) ? b[i] : T(0);
   }
 };
@@ -221,6 +224,10 @@ class DeviceTrainerImpl final : public DeviceTrainer {
     return out;
   }
 
+  const void* weights_data(int l) const override {
+    if (l < 0 || l >= s_.layers()) throw std::out_of_range("weights_data: layer out of range");
+    return W_[l];
+  }
   void copy_weights(int l, void* host) override {
     if (l < 0 || l >= s_.layers()) throw std::out_of_range("copy_weights: layer out of range");
     ex_.to_host(static_cast<T*>(host), W_[l], s_.size(l));
@@ -252,7 +259,7 @@ class DeviceTrainerImpl final : public DeviceTrainer {
       const int64_t fi = s_.fan_in(l), fo = s_.fan_out(l);
       T* out = l == s_.depth ? F_ : H_[l + 1];
       gemm(true, false, fo, n, fi, static_cast<T>(s_.multipliers[l]), W_[l], fi, input(l), fi, T(0), out, fo);
-      if (l < s_.depth && s_.activation != 0) ex_.for_each(fo * n, device::Activate<T>{out, s_.activation});
+      if (l < s_.depth && s_.activation != Activation::Linear) ex_.for_each(fo * n, device::Activate<T>{out, s_.activation});
     }
   }
 
@@ -276,7 +283,7 @@ class DeviceTrainerImpl final : public DeviceTrainer {
       if (l > 0) gemm(false, false, fi, n, fo, m, W_[l], fi, cur, fo, T(0), next, fi);
       gemm(false, true, fi, fo, n, static_cast<T>(-s_.learning_rate) * m, input(l), fi, cur, fo, T(1), W_[l], fi);
       if (l > 0) {
-        if (s_.activation != 0) ex_.for_each(fi * n, device::TimesDerivative<T>{next, H_[l], s_.activation});
+        if (s_.activation != Activation::Linear) ex_.for_each(fi * n, device::TimesDerivative<T>{next, H_[l], s_.activation});
         cur = next;
         which ^= 1;
       }

@@ -1,6 +1,6 @@
-// The per-thread arithmetic of the device matrix kernels, shared with a host
+// The per-thread arithmetic of the device matrix kernels (cuda/lanczos.cu), shared with a host
 // emulation of the same kernels (compiled by the host compiler, tested on the
-// CPU): whatever index arithmetic the kernels do, the host mirror does through
+// CPU): whatever index arithmetic the kernels do, the host emulation does through
 // the very same functions, so edge handling (ragged rows and columns, unused
 // block columns) is exercised without a GPU.
 //

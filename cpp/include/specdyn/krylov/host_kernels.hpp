@@ -1,7 +1,8 @@
-// Host emulation of the device kernels of lanczos.cu, with the same interface
-// as DeviceKernels (lanczos_device.hpp): the driver runs on it unchanged, so the
-// CPU tests cover the driver and, through lanczos_tiles.hpp, the kernels' own
-// per-thread index arithmetic. "Device memory" is host memory here.
+// Host emulation of the device Krylov kernels (cuda/lanczos.cu), with the same
+// interface as cuda::DeviceKernels (cuda/lanczos_device.hpp): the device
+// backend (device_backend.hpp) runs on it unchanged inside _core, so every CPU
+// test run covers the device logic and, through device_tiles.hpp, the kernels'
+// own per-thread index arithmetic. "Device memory" is host memory here.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -9,10 +10,12 @@
 #include <cstring>
 #include <new>
 
-#include "lanczos_tiles.hpp"
+#include "specdyn/krylov/device_tiles.hpp"
 #include "specdyn/rng.hpp"
 
-namespace specdyn::cuda {
+namespace specdyn::krylov {
+
+namespace tiles = cuda::tiles;
 
 template <class T>
 struct HostKernels {
@@ -82,4 +85,4 @@ struct HostKernels {
   }
 };
 
-}  // namespace specdyn::cuda
+}  // namespace specdyn::krylov

@@ -1,0 +1,23 @@
+// Internal: the vectorized kernel of one panel of the CPU fused Gram sweep
+// (lanczos_kernels.cpp), used by gram_sweep (lanczos_svd.cpp). Not part of the API.
+#pragma once
+#include <cstdint>
+
+namespace specdyn::lanczos::detail {
+
+// y (rows x b, row-major) = M_p X and Z += M_p^T y. AVX-512 or AVX2/FMA for
+// b <= 8; returns false (doing nothing) otherwise.
+bool fused_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
+                     double* Z);
+// The float version (AVX2/FMA, b <= 4).
+bool fused_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y, float* Z);
+inline bool fused_panel(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
+                        double* Z) {
+  return fused_panel_f64(M, ld, rows, c, X, b, y, Z);
+}
+inline bool fused_panel(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y,
+                        float* Z) {
+  return fused_panel_f32(M, ld, rows, c, X, b, y, Z);
+}
+
+}  // namespace specdyn::lanczos::detail
