@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "python" / "specdyn"
+import specdyn
+
+# the package under test: the installed one in CI, python/specdyn with the in-tree build
+PACKAGE = Path(specdyn.__file__).resolve().parent
 # the one import back into specdyn.studies: the deprecated plots.study_figures, inside that function only
 DEPRECATED_EDGES = {("specdyn.plots", "specdyn.studies")}
 
