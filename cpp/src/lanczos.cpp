@@ -20,8 +20,10 @@ using blas::Op;
 
 // Long reductions over the basis dimension d run on fixed row chunks whose
 // partial sums are added in chunk order: the same bits at any thread count.
-// Rows per chunk:
-constexpr int64_t kRowChunk = 4096;
+// Chunks are handed out dynamically (a thread that shares its core with another
+// process takes fewer of them; the sums do not depend on who took which), so
+// they are small enough for two threads to share a 2048-long basis. Rows per chunk:
+constexpr int64_t kRowChunk = 1024;
 static inline int64_t row_chunks(int64_t d) { return (d + kRowChunk - 1) / kRowChunk; }
 // Parallel only when there is enough work to pay for an OpenMP region.
 static inline bool parallel_rows(int64_t d, int64_t width) {
@@ -37,7 +39,7 @@ void gemm_tn(int64_t d, int nq, int b, const double* Q, const double* W, double*
     return;
   }
   std::vector<double> part(sz * nc);
-#pragma omp parallel for schedule(static) if (parallel_rows(d, int64_t(nq) * b))
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_rows(d, int64_t(nq) * b))
   for (int64_t ch = 0; ch < nc; ++ch) {
     const int64_t i0 = ch * kRowChunk, rows = std::min(kRowChunk, d - i0);
     blas::gemm(Op::T, Op::N, nq, b, static_cast<int>(rows), 1.0, Q + i0, static_cast<int>(d), W + i0,
@@ -53,7 +55,7 @@ void gemm_tn(int64_t d, int nq, int b, const double* Q, const double* W, double*
 void gemm_nn(int64_t d, int nq, int b, double alpha, const double* Q, const double* C, int ldc, double beta,
              double* W) {
   const int64_t nc = row_chunks(d);
-#pragma omp parallel for schedule(static) if (parallel_rows(d, int64_t(nq) * b))
+#pragma omp parallel for schedule(dynamic, 1) if (parallel_rows(d, int64_t(nq) * b))
   for (int64_t ch = 0; ch < nc; ++ch) {
     const int64_t i0 = ch * kRowChunk, rows = std::min(kRowChunk, d - i0);
     blas::gemm(Op::N, Op::N, static_cast<int>(rows), b, nq, alpha, Q + i0, static_cast<int>(d), C, ldc, beta, W + i0,
