@@ -118,3 +118,23 @@ def test_training_keeps_an_explicit_tolerance_for_every_value(svd_tol, rtol):
     ref = np.linalg.svd(sc.layers[1].normalizer * history[0][1], compute_uv=False)[:4]
     got = ds.singular_values.sel(layer=cfg.layer_names[1]).values[0, :4]
     np.testing.assert_allclose(got, ref, rtol=rtol)
+
+
+_THREADS = r"""
+import sys, numpy as np, specdyn
+rng = np.random.default_rng(4)
+out = {}
+# a bulk that must grow its basis (2500 x 2500: basis products split over several row chunks),
+# under both certificates
+A = rng.standard_normal((2500, 2500)) / 50.0
+for cert in ("all", "resolvable"):
+    s, U, V, info = specdyn.top_singular(A, 6, tol=1e-10, certify=cert)
+    out[cert + "_s"], out[cert + "_V"], out[cert + "_r"] = s, V, info["residuals"]
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_growing_basis_and_tracking_give_the_same_bits_at_1_and_2_threads(tmp_path):
+    from test_lanczos import assert_same_bits_at_1_and_2_threads
+
+    assert_same_bits_at_1_and_2_threads(_THREADS, tmp_path)
