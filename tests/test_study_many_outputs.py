@@ -151,3 +151,31 @@ def test_a_failing_theory_is_reported_not_replaced(tmp_path, monkeypatch, capsys
     studies.get("many_outputs").headline(head, console)
     text = console.export_text()
     assert "theory failed at C = 2" in text and "theory failed at C = 3" in text
+
+
+def test_the_limit_crossover_is_refined_to_single_outputs(tmp_path, monkeypatch):
+    # a stand-in limit with outliers exactly for C <= 19: the grid brackets the crossover by (16, 24],
+    # the refinement solves C = 17..23 and finds 20
+    import xarray as xr
+
+    import specdyn.theory as theory
+
+    solved = []
+
+    def planted(config, nodes=None, steps=None):
+        solved.append(config.output_dim)
+        v = np.full(config.top_k, np.nan)
+        if config.output_dim <= 19:
+            v[0] = 2.5
+        return xr.Dataset({"singular_values": (("step", "layer", "rank"), v[None, None, :])},
+                          coords={"step": steps, "layer": ["W1"], "rank": np.arange(config.top_k)},
+                          attrs={"status": "ok", "diverged_step": -1})
+
+    monkeypatch.setattr(theory, "one_bulk", planted)
+    store = str(tmp_path / "r.zarr")
+    mo._store_theory(store, _tiny_base(), [1, 8, 16, 24, 32], nodes=8)
+    assert sorted(solved) == [1, 8, 16, 17, 18, 19, 20, 21, 22, 23, 24, 32]
+    th = mo._load_theory(store)
+    counts = [float(np.isfinite(th["values"][c]).any()) for c in sorted(th["values"])]
+    x = mo.crossover(sorted(th["values"]), counts, 32)
+    assert x["outputs"] == 20 and x["last_resolved"] == 19 and x["ratio"] == pytest.approx(20 / 32)

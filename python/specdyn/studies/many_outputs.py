@@ -169,7 +169,8 @@ class ManyOutputs(Study):
           ``theory_top_distance`` (0 when the limit has no outlier);
         * ``crossover``: per width, the first C with no resolvable outlier in a majority of seeds
           (simulation) and in the limit (theory at that N's threshold, and as N -> infinity), as C
-          and C / P; ``theory_failures``: the C whose limit failed, with the error (reported, never
+          and C / P; ``crossover_limit``: the limit's crossover with C refined to single outputs
+          between the grid points that bracket it; ``theory_failures``: the C whose limit failed, with the error (reported, never
           replaced by a value).
         """
         meta = sweep_meta(store)
@@ -220,6 +221,11 @@ class ManyOutputs(Study):
                         "theory_limit": _theory_crossover(th_cs, [th_limit[(w, c)] for c in th_cs], cs,
                                                           cfg.samples)}
         head["crossover"] = cross
+        solved = sorted(theory["values"])
+        # over every C the limit was solved at (the grid, refined to single outputs around its crossover)
+        head["crossover_limit"] = _theory_crossover(
+            solved, [float(np.isfinite(theory["values"][c]).any()) for c in solved],
+            [c for (_, c) in count] or solved, cfg.samples)
         for name, values in (("outlier_count", count), ("top_distance", dist), ("theory_outlier_count", th_count),
                              ("theory_top_distance", th_dist)):
             arr = np.full((len(widths), ds.output_dim.size), np.nan)
@@ -259,6 +265,8 @@ class ManyOutputs(Study):
         for w, x in summary["crossover"].items():
             c.add_row(str(w), *(_crossover_text(x[k]) for k in ("simulation", "theory", "theory_limit")))
         console.print(c)
+        console.print(f"finite-C limit, refined to single C: {_crossover_text(summary['crossover_limit'])} "
+                      f"(last outlier at C = {summary['crossover_limit']['last_resolved']:g})")
         for oc, msg in summary["theory_failures"].items():
             console.print(f"[red]theory failed at C = {oc}: {msg}[/]")
 
@@ -463,9 +471,11 @@ def _last_step_runs(store, groups=None):
 
 
 def _store_theory(store, base: RunConfig, outputs, nodes: int) -> None:
-    """The finite-C limit (``theory.one_bulk``) at the last step for each C of ``outputs``: its outliers of
-    W1 (NaN: none) into the store's group ``THEORY_GROUP``, and the C whose limit failed with the error
-    (a failed or diverged limit is recorded, never replaced by 'no outlier')."""
+    """The finite-C limit (``theory.one_bulk``) at the last step for each C of ``outputs``, then for every
+    integer C between the last grid C where the limit has an outlier and the next grid C where it has
+    none (the crossover of the limit to one output): its outliers of W1 (NaN: none) into the store's
+    group ``THEORY_GROUP``, and the C whose limit failed with the error (a failed or diverged limit is
+    recorded, never replaced by 'no outlier')."""
     import json
 
     import xarray as xr
@@ -473,23 +483,34 @@ def _store_theory(store, base: RunConfig, outputs, nodes: int) -> None:
     from .. import storage
     from ..theory import one_bulk
 
-    k = min(max(outputs, default=1) + 3, 20)
-    values = np.full((len(outputs), k), np.nan)
-    failures = {}
-    for i, c in enumerate(outputs):
+    solved, failures = {}, {}
+
+    def solve(c):
         config = base.replace(output_dim=c, top_k=min(c + 3, 20))
         try:
             th = one_bulk(config, nodes=nodes, steps=[base.steps])
         except (ValueError, RuntimeError, MemoryError) as exc:  # recorded and shown; no value stands in
             failures[int(c)] = f"{type(exc).__name__}: {exc}"
-            continue
+            return
         if th.attrs["status"] != "ok":
             failures[int(c)] = f"the limit diverged at step {th.attrs['diverged_step']}"
-            continue
-        v = th.singular_values.sel(layer=LAYER).isel(step=-1).values
-        values[i, : v.size] = v
+            return
+        solved[int(c)] = th.singular_values.sel(layer=LAYER).isel(step=-1).values
+
+    for c in outputs:
+        solve(c)
+    crossing = crossover(sorted(solved), [float(np.isfinite(solved[c]).any()) for c in sorted(solved)], 1)
+    if np.isfinite(crossing["outputs"]) and np.isfinite(crossing["last_resolved"]):
+        for c in range(int(crossing["last_resolved"]) + 1, int(crossing["outputs"])):
+            solve(c)
+    cs = sorted(set(solved) | set(failures))
+    k = min(max(cs, default=1) + 3, 20)
+    values = np.full((len(cs), k), np.nan)
+    for i, c in enumerate(cs):
+        if c in solved:
+            values[i, : solved[c].size] = solved[c]
     ds = xr.Dataset({"singular_values": (("output_dim", "rank"), values)},
-                    coords={"output_dim": np.asarray(outputs, dtype=np.int64), "rank": np.arange(k)},
+                    coords={"output_dim": np.asarray(cs, dtype=np.int64), "rank": np.arange(k)},
                     attrs={"failures": json.dumps(failures), "nodes": int(nodes)})
     storage.save(ds, store, THEORY_GROUP)
 
