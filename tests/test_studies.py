@@ -122,11 +122,13 @@ def test_edge_of_stability(tmp_path):
     assert studies.get("edge_of_stability").figures(ds, head, tmp_path)
 
 
-def test_many_outputs(tmp_path):
+def test_many_outputs_ntk_setting(tmp_path):
+    # the earlier proportional NTK study, kept as setting "ntk" (its own base)
     store = tmp_path / "mo.zarr"
-    base = studies.default_base("many_outputs").replace(steps=10, track_every=5, bulk_steps=[0, 10], top_k=2)
-    ds, head = studies.many_outputs(kappa=0.5, widths=(16, 24, 32), seeds=(0,), base=base, store=store, client="serial",
-                                    progress=False)
+    base = studies.get("many_outputs").base_for("ntk", None).replace(steps=10, track_every=5, bulk_steps=[0, 10],
+                                                                       top_k=2)
+    ds, head = studies.many_outputs(setting="ntk", kappa=0.5, widths=(16, 24, 32), seeds=(0,), base=base, store=store,
+                                    client="serial", progress=False)
     runs = stored_runs(store)
     assert {(c.width, c.output_dim, c.input_dim, c.samples) for c, _ in runs} == {
         (16, 8, 16, 16), (24, 12, 24, 24), (32, 16, 32, 32)}
@@ -155,8 +157,9 @@ def test_many_outputs(tmp_path):
     assert head["isolated_outlier"] == any(g > head["outlier_gap"] for g in head["relative_gap"].values())
     assert head["edge_difference"] == {24: pytest.approx(abs(y[1] - y[0])), 32: pytest.approx(abs(y[2] - y[1]))}
     assert len(studies.get("many_outputs").figures(ds, head, tmp_path)) == 2
+    assert studies.analyze(store)[1]["edge"] == head["edge"]  # a stored ntk study is analyzed as one
     with pytest.raises(ValueError, match="proportional_lr"):
-        studies.many_outputs(widths=(16,), base=base.replace(scaling="mup"), store=tmp_path / "m.zarr",
+        studies.many_outputs(setting="ntk", widths=(16,), base=base.replace(scaling="mup"), store=tmp_path / "m.zarr",
                              client="serial", progress=False)
 
 
@@ -178,7 +181,7 @@ def test_analyze_from_store_and_bad_input(tmp_path):
     with pytest.raises(ValueError, match="unknown study"):
         studies.get("nope")
     with pytest.raises(ValueError, match="kappa"):
-        studies.many_outputs(kappa=-1, store=tmp_path / "x.zarr", client="serial", progress=False)
+        studies.many_outputs(setting="ntk", kappa=-1, store=tmp_path / "x.zarr", client="serial", progress=False)
     with pytest.raises(ValueError, match="naive_vs_two_level"):
         studies.naive_vs_two_level(base={"activation": "tanh"}, store=tmp_path / "y.zarr", client="serial", progress=False)
     store = tmp_path / "lr.zarr"

@@ -356,3 +356,72 @@ def largest_run_with_bulk(ds, scaling):
     if not np.isfinite(run.bulk_counts.values).any():
         return None
     return run
+
+
+# ---------------------------------------------------------------------------------
+# many outputs under muP: outliers, top distance, bulk density against C
+# ---------------------------------------------------------------------------------
+def many_outputs_panels(ds, summary, path):
+    """Three panels against C / P, one colour per width: (a) the seed-mean number of resolvable
+    outliers of W1 at the last step (simulation, markers; finite-C limit at that width's threshold,
+    lines, only for the C it covers); (b) (s_1 - edge) / edge (simulation) with the limit's value and
+    each width's threshold r N^(-2/3) (dotted); (c) the histogram of all singular values at the last
+    step of the largest width, smallest and largest C, with the quarter circle (the limit bulk at
+    every C of this setting)."""
+    from . import rmt
+
+    plt = _plt()
+    widths = summary["widths"]
+    colors = _width_colors(widths)
+    P = summary["samples"]
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.3))
+    for w in widths:
+        cs = sorted(cc for (ww, cc) in summary["outlier_count"] if ww == w)
+        x = np.array(cs, float) / P
+        a.plot(x, [summary["outlier_count"][(w, cc)] for cc in cs], "o", color=colors[w], label=f"simulation N = {w}")
+        b.plot(x, [summary["top_distance"][(w, cc)] for cc in cs], "o", color=colors[w], label=f"simulation N = {w}")
+        tc = [cc for cc in cs if (w, cc) in summary["theory_outlier_count"]]
+        if tc:
+            a.plot(np.array(tc, float) / P, [summary["theory_outlier_count"][(w, cc)] for cc in tc], "-",
+                   color=colors[w], label=f"finite-C limit, resolvable at N = {w}")
+        b.axhline(summary["resolve_factor"] * w ** (-2 / 3), color=colors[w], ls=":", lw=1.2,
+                  label=f"threshold r N^-2/3, N = {w}")
+    tc = sorted({cc for (_, cc) in summary["theory_top_distance"]})
+    if tc:
+        w0 = widths[0]
+        b.plot(np.array(tc, float) / P, [summary["theory_top_distance"][(w0, cc)] for cc in tc], "k-",
+               label="finite-C limit (one_bulk, exact as N -> inf)")
+    for ax, ylabel in ((a, "resolvable outliers of W1 (seed mean)"), (b, "(s_1 - edge) / edge at the last step")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("C / P (outputs over samples)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    a.set_title("(a) isolated outliers")
+    b.set_title("(b) top value above the bulk edge")
+    wmax = max(widths)
+    sigma = summary["bulk_edge"] / 2
+    shown = [cc for cc in ds.output_dim.values if (wmax, int(cc)) in summary["outlier_count"]]
+    for i, cc in enumerate((shown[0], shown[-1]) if len(shown) > 1 else shown[:1]):
+        run = ds.sel(width=wmax, output_dim=cc).isel(seed=0)
+        counts = run.bulk_counts.values
+        edges = run.bulk_edges.values
+        ok = np.isfinite(counts)
+        counts, edges = counts[ok], edges[: ok.sum() + 1]
+        dens = counts / max(counts.sum(), 1.0) / np.diff(edges)
+        c.stairs(dens, edges, color=f"C{i}", lw=1.5, label=f"simulation N = {wmax}, C = {int(cc)}")
+        top = run.singular_values.values
+        top = top[np.isfinite(top)]
+        c.plot(top, np.full(top.size, -0.02 - 0.03 * i), "|", color=f"C{i}", ms=10, clip_on=False)
+    s = np.linspace(0, summary["bulk_edge"] * 1.4, 400)
+    c.plot(s, rmt.quarter_circle_density(s, sigma), "k--", lw=1.2, label="quarter circle (limit bulk, every C)")
+    c.axvline(summary["bulk_edge"], color="0.5", lw=0.8)
+    c.set_xlabel("singular value of W1 / sqrt(N) (ticks: top values)")
+    c.set_ylabel("density at the last step")
+    c.set_title("(c) bulk at the last step")
+    c.legend(fontsize=7)
+    c.grid(alpha=0.3)
+    fig.suptitle(f"many outputs under {summary['scaling']}, loss {summary['output_normalization']} over outputs, "
+                 f"D = {summary['input_dim']}, P = {P}; resolvable: s > edge (1 + {summary['resolve_factor']:g} N^-2/3)",
+                 fontsize=10)
+    return _save(fig, path)

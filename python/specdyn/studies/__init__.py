@@ -12,7 +12,7 @@ study                  headline
 width_consistency      spread of s_1(t) across widths per scaling, its decay in N
 lr_transfer            optimal eta0 per width and its drift in log2 units
 edge_of_stability      steady normalized sharpness S, width spread, catapults
-many_outputs           no isolated outlier; top bulk edge vs N, fitted rate
+many_outputs           resolvable outliers of W1 vs C (muP), theory beside; crossover C/P
 naive_vs_two_level     outliers of the two-level theory and of naive BBP vs sim
 =====================  ========================================================
 
