@@ -70,21 +70,8 @@ double frobenius(const T* A, int64_t n) {
 }
 
 // Small LAPACK problems run much faster on one BLAS thread (no wake-ups per
-// inner BLAS call, which dominate under load); restores the count after.
-class SerialBlasIf {
- public:
-  explicit SerialBlasIf(bool serial) : saved_(serial ? blas::get_num_threads() : 0) {
-    if (saved_ > 1) blas::set_num_threads(1);
-  }
-  ~SerialBlasIf() {
-    if (saved_ > 1) blas::set_num_threads(saved_);
-  }
-  SerialBlasIf(const SerialBlasIf&) = delete;
-  SerialBlasIf& operator=(const SerialBlasIf&) = delete;
-
- private:
-  int saved_;
-};
+// inner BLAS call, which dominate under load): the count a blas::ThreadScope holds.
+int serial_if(bool small) { return small ? 1 : blas::get_num_threads(); }
 constexpr int64_t kSerialLapack = 256 * 256;
 constexpr int64_t kSerialWork = int64_t(1) << 22;  // multiply-adds of the largest layer product
 
@@ -196,7 +183,7 @@ int64_t Trainer<T>::run(int64_t until, const std::function<void(int64_t, double)
   const Arch& a = spec_.arch;
   int64_t work = 0;
   for (int l = 0; l < a.layers(); ++l) work = std::max(work, a.size(l) * std::max(spec_.batch, spec_.samples));
-  SerialBlasIf serial(work < kSerialWork);
+  blas::ThreadScope serial(serial_if(work < kSerialWork));
   using clock = std::chrono::steady_clock;
   auto last = clock::now();
   while (!finished_ && diverged_ < 0 && (step_ < until || (step_ == spec_.steps && until == spec_.steps))) {
@@ -299,7 +286,7 @@ void Trainer<T>::top_singular(int l, const T* A, bool delta, int64_t ti) {
     // left vectors are V' and its right vectors U'.
     std::vector<double> At(A, A + fo * fi), Up(static_cast<size_t>(fi * mn)), VTp(static_cast<size_t>(mn * fo));
     s.resize(mn);
-    SerialBlasIf serial(fo * fi <= kSerialLapack);
+    blas::ThreadScope serial(serial_if(fo * fi <= kSerialLapack));
     const int info = blas::gesdd(static_cast<int>(fi), static_cast<int>(fo), At.data(), static_cast<int>(fi), s.data(),
                                  Up.data(), static_cast<int>(fi), VTp.data(), static_cast<int>(mn));
     if (info != 0) std::fill(s.begin(), s.end(), kNaN);
@@ -442,7 +429,7 @@ double Trainer<T>::ntk_top(const Pass<T>& ev) {
   }
 #endif
   std::vector<double> w(static_cast<size_t>(m));
-  SerialBlasIf serial(m * m <= kSerialLapack);
+  blas::ThreadScope serial(serial_if(m * m <= kSerialLapack));
   const int info = blas::syevd(static_cast<int>(m), K.data(), static_cast<int>(m), w.data());
   return info == 0 ? w.back() : kNaN;
 }
@@ -494,7 +481,7 @@ void Trainer<T>::bulk(int64_t bi_) {
   for (int l = 0; l < nl; ++l) {
     const int64_t fi = a.fan_in(l), fo = a.fan_out(l);
     std::vector<double> At(W_[l].begin(), W_[l].end());
-    SerialBlasIf serial(fi * fo <= kSerialLapack);
+    blas::ThreadScope serial(serial_if(fi * fo <= kSerialLapack));
     auto s = singular_values_only(static_cast<int>(fi), static_cast<int>(fo), At.data());
     for (auto& v : s) v *= spec_.normalizers[l];
     const double hi = s.empty() || !(s[0] > 0) ? 1.0 : s[0] * (1 + 1e-9);
