@@ -28,7 +28,7 @@ Arch arch_of(const std::vector<Arr<T>>& W, const std::vector<double>& mult, cons
   a.input_dim = W[0].shape(1);
   a.width = W[0].shape(0);
   a.output_dim = W.back().shape(0);
-  a.activation = nets::parse_activation(act);
+  a.activation = parse_activation(act);
   a.multipliers = mult;
   a.check();
   for (int l = 0; l <= a.depth; ++l)
@@ -289,7 +289,7 @@ void bind_nets(py::module_& m) {
             s.arch.width = d["width"].cast<int64_t>();
             s.arch.output_dim = d["output_dim"].cast<int64_t>();
             s.arch.depth = d["depth"].cast<int>();
-            s.arch.activation = nets::parse_activation(d["activation"].cast<std::string>());
+            s.arch.activation = parse_activation(d["activation"].cast<std::string>());
             s.arch.multipliers = d["multipliers"].cast<std::vector<double>>();
             s.arch.check();
           })

@@ -45,7 +45,7 @@ inline nets::DeviceTrainSpec spec_from(const py::dict& d) {
   s.output_dim = d["output_dim"].cast<int64_t>();
   s.samples = d["samples"].cast<int64_t>();
   s.depth = d["depth"].cast<int>();
-  s.activation = nets::parse_activation(d["activation"].cast<std::string>());
+  s.activation = parse_activation(d["activation"].cast<std::string>());
   s.multipliers = d["multipliers"].cast<std::vector<double>>();
   s.init_stds = d["init_stds"].cast<std::vector<double>>();
   s.learning_rate = d["learning_rate"].cast<double>();

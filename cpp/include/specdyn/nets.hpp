@@ -24,7 +24,6 @@
 namespace specdyn::nets {
 
 using Activation = specdyn::Activation;
-Activation parse_activation(const std::string& name);
 
 struct Arch {
   int64_t input_dim = 1, width = 1, output_dim = 1;
