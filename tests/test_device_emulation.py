@@ -287,3 +287,55 @@ def test_emulated_device_run_takes_no_host_step(monkeypatch):
     assert built == [] and not any(name == "weights" for name, _ in calls)
     monkeypatch.setattr(training, "build_trainer", real_build)
     _assert_same_run(specdyn.simulate(cfg), b, cfg.dtype)
+
+
+def test_squared_overlaps_match_numpy(rng):
+    V, _ = np.linalg.qr(rng.standard_normal((30, 4)))
+    d = rng.standard_normal(30)
+    np.testing.assert_allclose(_core.squared_overlaps(V, d), (d @ V) ** 2 / (d @ d), rtol=1e-13)
+    assert np.all(np.isnan(_core.squared_overlaps(V, np.zeros(30))))  # no direction: undefined
+
+
+def test_signal_means_match_numpy_and_need_an_evaluated_step():
+    from specdyn.parameterization import scales
+    from specdyn.training import build_trainer
+
+    cfg = specdyn.RunConfig(width=24, depth=2, input_dim=5, samples=9, activation="tanh", eta0=0.3)
+    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
+    _, (X, Y) = build_trainer(cfg)
+    spec = dict(input_dim=5, width=24, output_dim=1, samples=9, depth=2, activation="tanh",
+                multipliers=sc.multipliers, init_stds=sc.init_stds, learning_rate=sc.learning_rate, seed=0,
+                divergence_bound=1e8)
+    dev = emu.device_trainer(spec, X, Y)
+    dev.run(3)
+    with pytest.raises(RuntimeError, match="call evaluate"):
+        dev.signal_means()
+    dev.evaluate()
+    inputs, backward = dev.signal_means()
+    # NumPy forward and backward at the trainer's weights: inputs x, tanh(h^l); signals dL/dh^{l+1} * P
+    W = [dev.weights(l, False) for l in range(3)]
+    m = sc.multipliers
+    H = [X]
+    for l in range(2):
+        H.append(np.tanh(m[l] * H[-1] @ W[l].T))
+    E = (m[2] * H[2] @ W[2].T - Y) / len(X)
+    signals = [E]
+    for l in (2, 1):
+        signals.insert(0, (m[l] * signals[0] @ W[l]) * (1 - H[l] ** 2))
+    for l in range(3):
+        np.testing.assert_allclose(inputs[l], H[l].mean(0), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(backward[l], signals[l].mean(0), rtol=1e-12, atol=1e-15)
+
+
+def test_measure_refuses_bad_weights_and_unmeasured_steps():
+    from specdyn.training import build_trainer
+
+    cfg = specdyn.RunConfig(width=16, depth=2, input_dim=5, samples=8, steps=4, track_every=2)
+    tr, _ = build_trainer(cfg)
+    W = tr.get_state()["weights"]
+    with pytest.raises(ValueError, match=r"weights\[1\] must have shape \(16, 16\)"):
+        tr.measure(0, [W[0], W[1][:, :3], W[2]])
+    with pytest.raises(ValueError, match="step 1 is neither tracked nor a bulk step"):
+        tr.measure(1, W)
+    tr.measure(2, W)
+    assert tr.step == 0 and np.isfinite(tr.record()["normalized_sharpness"][1])
