@@ -169,16 +169,11 @@ def _assert_same_run(a, b, dtype):
 
 
 def test_emulated_device_initial_weights_equal_the_cpu_streams_bit_for_bit():
-    from specdyn.parameterization import scales
-    from specdyn.training import build_trainer
+    from specdyn.training import build_trainer, device_spec
 
     cfg = specdyn.RunConfig(width=33, depth=3, input_dim=7, output_dim=2, samples=5, seed=11, sigma=[1.0, 0.7, 1.3, 0.9])
-    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
     tr, (X, Y) = build_trainer(cfg)
-    spec = dict(input_dim=7, width=33, output_dim=2, samples=5, depth=3, activation="linear",
-                multipliers=sc.multipliers, init_stds=sc.init_stds, learning_rate=sc.learning_rate, seed=11,
-                divergence_bound=1e8)
-    dev = emu.device_trainer(spec, X, Y)
+    dev = emu.device_trainer(device_spec(cfg), X, Y)
     for layer, w in enumerate(tr.get_state()["weights"]):
         np.testing.assert_array_equal(dev.weights(layer, False), w)
 
@@ -297,16 +292,13 @@ def test_squared_overlaps_match_numpy(rng):
 
 
 def test_signal_means_match_numpy_and_need_an_evaluated_step():
+    from specdyn.data import for_run
     from specdyn.parameterization import scales
-    from specdyn.training import build_trainer
+    from specdyn.training import device_spec
 
     cfg = specdyn.RunConfig(width=24, depth=2, input_dim=5, samples=9, activation="tanh", eta0=0.3)
-    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
-    _, (X, Y) = build_trainer(cfg)
-    spec = dict(input_dim=5, width=24, output_dim=1, samples=9, depth=2, activation="tanh",
-                multipliers=sc.multipliers, init_stds=sc.init_stds, learning_rate=sc.learning_rate, seed=0,
-                divergence_bound=1e8)
-    dev = emu.device_trainer(spec, X, Y)
+    X, Y = for_run(cfg, None)
+    dev = emu.device_trainer(device_spec(cfg), X, Y)
     dev.run(3)
     with pytest.raises(RuntimeError, match="call evaluate"):
         dev.signal_means()
@@ -314,7 +306,8 @@ def test_signal_means_match_numpy_and_need_an_evaluated_step():
     inputs, backward = dev.signal_means()
     # NumPy forward and backward at the trainer's weights: inputs x, tanh(h^l); signals dL/dh^{l+1} * P
     W = [dev.weights(l, False) for l in range(3)]
-    m = sc.multipliers
+    m = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0,
+               cfg.sigma).multipliers
     H = [X]
     for l in range(2):
         H.append(np.tanh(m[l] * H[-1] @ W[l].T))

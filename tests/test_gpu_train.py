@@ -56,18 +56,13 @@ def test_device_training_nonlinear_and_float32(case):
 
 
 def test_device_initial_weights_equal_the_cpu_streams_bit_for_bit():
-    from specdyn.parameterization import scales
-    from specdyn.training import build_trainer
+    from specdyn.training import build_trainer, device_spec
 
     for dtype in ("float64", "float32"):
         cfg = specdyn.RunConfig(width=257, depth=2, input_dim=7, samples=5, seed=5, dtype=dtype)
-        sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
         tr, (X, Y) = build_trainer(cfg)
-        spec = dict(input_dim=7, width=257, output_dim=1, samples=5, depth=2, activation="linear",
-                    multipliers=sc.multipliers, init_stds=sc.init_stds, learning_rate=sc.learning_rate, seed=5,
-                    divergence_bound=1e8)
         dt = np.dtype(dtype)
-        dev = _cuda().device_trainer(spec, X.astype(dt), Y.astype(dt))
+        dev = _cuda().device_trainer(device_spec(cfg), X.astype(dt), Y.astype(dt))
         for layer, w in enumerate(tr.get_state()["weights"]):
             np.testing.assert_array_equal(dev.weights(layer, dt == np.float32), w)
 
@@ -82,15 +77,12 @@ def test_device_divergence_stops_at_the_cpu_step():
 
 def test_device_trainer_equals_its_host_twin():
     from specdyn import _core
-    from specdyn.parameterization import scales
-    from specdyn.training import build_trainer
+    from specdyn.data import for_run
+    from specdyn.training import device_spec
 
     cfg = specdyn.RunConfig(width=150, depth=3, input_dim=9, samples=40, activation="tanh", eta0=0.4)
-    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
-    _, (X, Y) = build_trainer(cfg)
-    spec = dict(input_dim=9, width=150, output_dim=1, samples=40, depth=3, activation="tanh",
-                multipliers=sc.multipliers, init_stds=sc.init_stds, learning_rate=sc.learning_rate, seed=0,
-                divergence_bound=1e8)
+    X, Y = for_run(cfg, None)
+    spec = device_spec(cfg)
     dev = _cuda().device_trainer(spec, X, Y)
     host = _core.device_emulation.device_trainer(spec, X, Y)
     for t in (dev, host):

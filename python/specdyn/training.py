@@ -332,6 +332,16 @@ def _check_device(cfg: RunConfig, device: str, resume: bool, checkpoint) -> None
         raise ValueError(f"device={device!r} does not checkpoint: checkpoint must be None and resume false")
 
 
+def device_spec(cfg: RunConfig) -> dict:
+    """The device trainer's spec of a config (``module.device_trainer(spec, X, Y)``; internal)."""
+    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
+    return dict(input_dim=cfg.input_dim, width=cfg.width, output_dim=cfg.output_dim, samples=cfg.samples,
+                depth=cfg.depth, activation=cfg.activation, multipliers=list(sc.multipliers),
+                init_stds=list(sc.init_stds), learning_rate=float(sc.learning_rate), seed=cfg.seed,
+                output_normalizer=output_normalizer(cfg.output_normalization, cfg.output_dim),
+                divergence_bound=float(cfg.divergence_bound))
+
+
 def _simulate_device(cfg: RunConfig, data, module, cb):
     """Full-batch GD on the device, measured where the weights are.
 
@@ -350,12 +360,8 @@ def _simulate_device(cfg: RunConfig, data, module, cb):
     sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
     dt = np.dtype(cfg.dtype)
     single = dt == np.float32
-    spec = dict(input_dim=cfg.input_dim, width=cfg.width, output_dim=cfg.output_dim, samples=cfg.samples,
-                depth=cfg.depth, activation=cfg.activation, multipliers=list(sc.multipliers),
-                init_stds=list(sc.init_stds), learning_rate=float(sc.learning_rate), seed=cfg.seed,
-                output_normalizer=output_normalizer(cfg.output_normalization, cfg.output_dim),
-                divergence_bound=float(cfg.divergence_bound))
-    dev = module.device_trainer(spec, np.ascontiguousarray(X, dtype=dt), np.ascontiguousarray(Y, dtype=dt))
+    dev = module.device_trainer(device_spec(cfg), np.ascontiguousarray(X, dtype=dt),
+                                np.ascontiguousarray(Y, dtype=dt))
     tracked = cfg.tracked_steps()
     index = {t: i for i, t in enumerate(tracked)}
     bulk = set(cfg.bulk_steps)
