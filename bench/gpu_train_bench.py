@@ -47,16 +47,13 @@ def parse():
 
 
 def device_step_ms(cuda, cfg, steps: int) -> float:
-    from specdyn.parameterization import scales
+    from specdyn.training import device_spec
 
-    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
     rng = np.random.default_rng(0)
     dt = np.dtype(cfg.dtype)
     X = rng.standard_normal((cfg.samples, cfg.input_dim)).astype(dt)
     Y = rng.standard_normal((cfg.samples, cfg.output_dim)).astype(dt)
-    spec = dict(input_dim=cfg.input_dim, width=cfg.width, output_dim=cfg.output_dim, samples=cfg.samples,
-                depth=cfg.depth, activation=cfg.activation, multipliers=list(sc.multipliers),
-                init_stds=list(sc.init_stds), learning_rate=float(sc.learning_rate), seed=0, divergence_bound=1e30)
+    spec = dict(device_spec(cfg), seed=0, divergence_bound=1e30)
     dev = cuda.device_trainer(spec, X, Y)
     dev.run(2)  # warm-up (kernel loading)
     t = time.perf_counter()

@@ -225,15 +225,17 @@ int mty_launch(const T* M, int64_t ld, int64_t r, int64_t c, const T* Y, int64_t
   return last_error();
 }
 
-template <class T>
-int abs_max_launch(const T* M, int64_t ld, int64_t r, int64_t c, double* host_result) {
+// A max over the device by one kernel: launch(out) runs it into a zeroed 64-bit slot,
+// read back as the double whose bits it holds.
+template <class Launch>
+int bits_max_launch(Launch&& launch, double* host_result) {
   unsigned long long* dev = nullptr;
   int err = static_cast<int>(cudaMalloc(&dev, sizeof(unsigned long long)));
   if (err) return err;
   unsigned long long bits = 0;
   err = static_cast<int>(cudaMemset(dev, 0, sizeof(bits)));
   if (!err) {
-    abs_max_kernel<T><<<grid_for(r * c, 256), 256>>>(M, ld, r, c, dev);
+    launch(dev);
     err = last_error();
   }
   if (!err) err = static_cast<int>(cudaMemcpy(&bits, dev, sizeof(bits), cudaMemcpyDeviceToHost));
@@ -246,22 +248,17 @@ int abs_max_launch(const T* M, int64_t ld, int64_t r, int64_t c, double* host_re
 }
 
 template <class T>
+int abs_max_launch(const T* M, int64_t ld, int64_t r, int64_t c, double* host_result) {
+  return bits_max_launch(
+      [&](unsigned long long* out) { abs_max_kernel<T><<<grid_for(r * c, 256), 256>>>(M, ld, r, c, out); },
+      host_result);
+}
+
+template <class T>
 int asymmetry_launch(const T* M, int64_t ld, int64_t n, double* host_result) {
-  unsigned long long* dev = nullptr;
-  int err = static_cast<int>(cudaMalloc(&dev, sizeof(unsigned long long)));
-  if (err) return err;
-  unsigned long long bits = 0;
-  err = static_cast<int>(cudaMemset(dev, 0, sizeof(bits)));
-  if (!err) {
-    asymmetry_kernel<T><<<grid_for(n * n, 256), 256>>>(M, ld, n, dev);
-    err = last_error();
-  }
-  if (!err) err = static_cast<int>(cudaMemcpy(&bits, dev, sizeof(bits), cudaMemcpyDeviceToHost));
-  cudaFree(dev);
-  double v;
-  memcpy(&v, &bits, sizeof(v));
-  *host_result = v;
-  return err;
+  return bits_max_launch(
+      [&](unsigned long long* out) { asymmetry_kernel<T><<<grid_for(n * n, 256), 256>>>(M, ld, n, out); },
+      host_result);
 }
 
 }  // namespace

@@ -37,15 +37,27 @@ class Checked final : public nets::DeviceTrainer {
   }
   // (Synchronized first: the Krylov kernels that read W^l in place run on the legacy default stream.)
   const void* weights_data(int l) const override {
-    const int e = synchronize();
-    if (e) throw std::runtime_error(std::string("CUDA error in the device trainer: ") + error_string(e));
-    check();
+    synchronized();
     return t_->weights_data(l);
+  }
+  const void* delta_data(int l) override {
+    const void* d = t_->delta_data(l);
+    synchronized();
+    return d;
+  }
+  void signal_means(std::vector<std::vector<double>>& inputs, std::vector<std::vector<double>>& backward) override {
+    t_->signal_means(inputs, backward);
+    check();
   }
   const nets::DeviceTrainSpec& spec() const override { return t_->spec(); }
   int status() const override { return t_->status(); }
 
  private:
+  void synchronized() const {
+    const int e = synchronize();
+    if (e) throw std::runtime_error(std::string("CUDA error in the device trainer: ") + error_string(e));
+    check();
+  }
   void check() const {
     const int e = t_->status();
     if (e) throw std::runtime_error(std::string("CUDA error in the device trainer: ") + error_string(e));

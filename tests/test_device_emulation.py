@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 import specdyn
 from specdyn import _core
 
+from device_runs import assert_same_run
+
 emu = _core.device_emulation
 one_bulk_mod = importlib.import_module("specdyn.theory.one_bulk")
 
@@ -155,25 +157,23 @@ def test_emulated_device_training_matches_the_cpu_engine(case):
     a = specdyn.simulate(cfg)
     b = specdyn.simulate(cfg, device="host-emulation")
     assert b.attrs["status"] == "ok" and b.attrs["device"] == "host-emulation"
-    tol = 1e-6 if cfg.dtype == "float32" else 1e-11
-    assert set(a.data_vars) == set(b.data_vars)
-    for name in a.data_vars:
-        x, y = a[name].values, b[name].values
-        np.testing.assert_array_equal(np.isnan(x), np.isnan(y), err_msg=name)
-        np.testing.assert_allclose(y[np.isfinite(y)], x[np.isfinite(x)], rtol=tol, atol=tol, err_msg=name)
+    _assert_same_run(a, b, cfg.dtype)
+
+
+def _assert_same_run(a, b, dtype):
+    # the CPU's and the emulated device's solvers agree on the overlaps to ~1e-11 (float64) and ~1e-6 (float32)
+    if dtype == "float32":
+        assert_same_run(a, b, 1e-6, 1e-4)
+    else:
+        assert_same_run(a, b, 1e-11, 1e-9)
 
 
 def test_emulated_device_initial_weights_equal_the_cpu_streams_bit_for_bit():
-    from specdyn.parameterization import scales
-    from specdyn.training import build_trainer
+    from specdyn.training import build_trainer, device_spec
 
     cfg = specdyn.RunConfig(width=33, depth=3, input_dim=7, output_dim=2, samples=5, seed=11, sigma=[1.0, 0.7, 1.3, 0.9])
-    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
     tr, (X, Y) = build_trainer(cfg)
-    spec = dict(input_dim=7, width=33, output_dim=2, samples=5, depth=3, activation="linear",
-                multipliers=sc.multipliers, init_stds=sc.init_stds, learning_rate=sc.learning_rate, seed=11,
-                divergence_bound=1e8)
-    dev = emu.device_trainer(spec, X, Y)
+    dev = emu.device_trainer(device_spec(cfg), X, Y)
     for layer, w in enumerate(tr.get_state()["weights"]):
         np.testing.assert_array_equal(dev.weights(layer, False), w)
 
@@ -187,9 +187,8 @@ def test_emulated_device_divergence_stops_at_the_cpu_step():
     np.testing.assert_allclose(b.loss.values, a.loss.values, rtol=1e-12)
 
 
-def test_emulated_device_spectra_come_from_the_device_krylov_solver(monkeypatch):
-    # Wide enough for the Krylov plan (not the dense fallback): the spectra of W(t) are the device
-    # solver's on the trainer's weights, equal to the CPU run's to the solver tolerance.
+def _count_device_calls(monkeypatch):
+    """Route device="host-emulation" through a trainer that logs its calls ((name, args) pairs)."""
     from specdyn import _device
 
     calls = []
@@ -198,21 +197,138 @@ def test_emulated_device_spectra_come_from_the_device_krylov_solver(monkeypatch)
         def __init__(self, tr):
             self._tr = tr
 
-        def top_singular(self, *a):
-            calls.append(a[0])
-            return self._tr.top_singular(*a)
-
         def __getattr__(self, name):
-            return getattr(self._tr, name)
+            attr = getattr(self._tr, name)
+            if not callable(attr):
+                return attr
+
+            def logged(*a):
+                calls.append((name, a))
+                return attr(*a)
+
+            return logged
 
     class Module:
         def device_trainer(self, *a):
             return Counting(emu.device_trainer(*a))
 
     monkeypatch.setattr(_device, "module", lambda device, what: Module())
+    return calls
+
+
+def test_emulated_device_spectra_come_from_the_device_krylov_solver(monkeypatch):
+    # Wide enough for the Krylov plan (not the dense fallback): the spectra of W(t) are the device
+    # solver's on the trainer's weights, equal to the CPU run's to the solver tolerance.
+    calls = _count_device_calls(monkeypatch)
     cfg = specdyn.RunConfig(width=96, depth=2, input_dim=5, samples=12, steps=10, track_every=5, eta0=0.5,
                             activation="tanh", top_k=3, svd_tol=1e-10)
     a = specdyn.simulate(cfg)
     b = specdyn.simulate(cfg, device="host-emulation")
-    assert calls.count(1) == len(cfg.tracked_steps())   # the hidden layer, once per tracked step
+    solves = [args for name, args in calls if name == "top_singular" and args[0] == 1]
+    # the hidden layer, once per tracked step, and its delta once per tracked step after step 0
+    assert sum(not args[-1] for args in solves) == len(cfg.tracked_steps())
+    assert sum(args[-1] for args in solves) == len(cfg.tracked_steps()) - 1
     np.testing.assert_allclose(b.singular_values.values, a.singular_values.values, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(b.delta_singular_values.values, a.delta_singular_values.values, rtol=1e-8,
+                               atol=1e-10)
+
+
+def test_emulated_device_run_takes_no_host_step(monkeypatch):
+    """No CPU step is run and discarded: the host Trainer only measures (NTK sharpness, bulk
+    histograms) at the steps that need them, and without such quantities it is not built and
+    no weights are copied off the device."""
+    from specdyn import training
+
+    built = []
+    real_build = training.build_trainer
+
+    class Measuring:
+        def __init__(self, tr):
+            self.tr, self.measured = tr, []
+
+        def run(self, *a):
+            raise AssertionError("the host trainer ran a training step in a device run")
+
+        def measure(self, step, weights):
+            self.measured.append(step)
+            return self.tr.measure(step, weights)
+
+        def record(self):
+            return self.tr.record()
+
+    def build(cfg, data=None, **flags):
+        tr, xy = real_build(cfg, data, **flags)
+        built.append(Measuring(tr))
+        return built[-1], xy
+
+    monkeypatch.setattr(training, "build_trainer", build)
+    calls = _count_device_calls(monkeypatch)
+    cfg = specdyn.RunConfig(width=40, depth=2, input_dim=5, samples=12, steps=12, track_every=4, eta0=0.5,
+                            activation="tanh", bulk_steps=[6], svd_tol=1e-12)
+    b = specdyn.simulate(cfg, device="host-emulation")
+    assert len(built) == 1 and built[0].measured == [0, 4, 6, 8, 12]
+    assert built[0].tr.step == 0  # measured only, never advanced
+    copies = [args[0] for name, args in calls if name == "weights"]
+    assert len(copies) == 5 * (cfg.depth + 1)  # W(t) copied at those five steps only
+    monkeypatch.setattr(training, "build_trainer", real_build)
+    _assert_same_run(specdyn.simulate(cfg), b, cfg.dtype)
+
+    # nothing the device cannot measure: no host trainer, no weight copies
+    built.clear()
+    calls.clear()
+    monkeypatch.setattr(training, "build_trainer", build)
+    cfg = cfg.replace(track_sharpness=False, bulk_steps=[])
+    b = specdyn.simulate(cfg, device="host-emulation")
+    assert built == [] and not any(name == "weights" for name, _ in calls)
+    monkeypatch.setattr(training, "build_trainer", real_build)
+    _assert_same_run(specdyn.simulate(cfg), b, cfg.dtype)
+
+
+def test_squared_overlaps_match_numpy(rng):
+    V, _ = np.linalg.qr(rng.standard_normal((30, 4)))
+    d = rng.standard_normal(30)
+    np.testing.assert_allclose(_core.squared_overlaps(V, d), (d @ V) ** 2 / (d @ d), rtol=1e-13)
+    assert np.all(np.isnan(_core.squared_overlaps(V, np.zeros(30))))  # no direction: undefined
+
+
+def test_signal_means_match_numpy_and_need_an_evaluated_step():
+    from specdyn.data import for_run
+    from specdyn.parameterization import scales
+    from specdyn.training import device_spec
+
+    cfg = specdyn.RunConfig(width=24, depth=2, input_dim=5, samples=9, activation="tanh", eta0=0.3)
+    X, Y = for_run(cfg, None)
+    dev = emu.device_trainer(device_spec(cfg), X, Y)
+    dev.run(3)
+    with pytest.raises(RuntimeError, match="call evaluate"):
+        dev.signal_means()
+    dev.evaluate()
+    inputs, backward = dev.signal_means()
+    # NumPy forward and backward at the trainer's weights: inputs x, tanh(h^l); signals dL/dh^{l+1} * P
+    W = [dev.weights(l, False) for l in range(3)]
+    m = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0,
+               cfg.sigma).multipliers
+    H = [X]
+    for l in range(2):
+        H.append(np.tanh(m[l] * H[-1] @ W[l].T))
+    E = (m[2] * H[2] @ W[2].T - Y) / len(X)
+    signals = [E]
+    for l in (2, 1):
+        signals.insert(0, (m[l] * signals[0] @ W[l]) * (1 - H[l] ** 2))
+    for l in range(3):
+        np.testing.assert_allclose(inputs[l], H[l].mean(0), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(backward[l], signals[l].mean(0), rtol=1e-12, atol=1e-15)
+
+
+def test_measure_refuses_bad_weights_and_unmeasured_steps():
+    from specdyn.training import build_trainer
+
+    cfg = specdyn.RunConfig(width=16, depth=2, input_dim=5, samples=8, steps=4, track_every=2)
+    tr, _ = build_trainer(cfg)
+    W = tr.get_state()["weights"]
+    with pytest.raises(ValueError, match=r"weights\[1\] must have shape \(16, 16\)"):
+        tr.measure(0, [W[0], W[1][:, :3], W[2]])
+    with pytest.raises(ValueError, match="step 1 is neither tracked nor a bulk step"):
+        tr.measure(1, W)
+    tr.measure(2, W)
+    assert tr.step == 0 and np.isfinite(tr.record()["normalized_sharpness"][1])

@@ -63,6 +63,48 @@ def test_initial_kernels_relu_closed_form():
     assert float(ds.loss[0]) == pytest.approx(Y @ Y / (2 * P), rel=1e-12)
 
 
+def test_initial_kernels_linear_closed_form():
+    # the name reaches the C++ solver as a name: "linear" gives phi(h) = h, G = sigma_out^2
+    X, Y = _data(5)
+    s_in, s_out = 0.9, 1.2
+    ds = two_layer_monte_carlo(_config(activation="linear", sigma=[s_in, s_out], steps=0, track_every=1), (X, Y),
+                               particles=1 << 13, replicas=16)
+    for name, exact in (("feature_kernel", s_in**2 * X @ X.T / D), ("gradient_kernel", np.full((P, P), s_out**2))):
+        est = ds[name].isel(step=0).values
+        err = ds[name + "_stderr"].isel(step=0).values
+        assert np.all(np.abs(est - exact) < 5 * err + 1e-12), name
+
+
+def test_every_native_entry_parses_the_activation_name_once():
+    """One parser: the names RunConfig allows are the ones the C++ knows, and a bad name is the
+    same ValueError (naming the field and the allowed values) from every entry, before any work."""
+    from specdyn import _core
+    from specdyn.config import ACTIVATIONS
+
+    X, Y = _data()
+    W = [np.ones((4, D)), np.ones((1, 4))]
+    spec = dict(input_dim=D, width=4, output_dim=1, samples=P, depth=1, multipliers=[1.0, 1.0],
+                init_stds=[1.0, 1.0], learning_rate=0.1, seed=0, divergence_bound=1e8)
+    entries = {
+        "nets_forward": lambda act: _core.nets_forward(W, [1.0, 1.0], act, X),
+        "device_trainer": lambda act: _core.device_emulation.device_trainer(dict(spec, activation=act), X,
+                                                                            Y[:, None]),
+        "monte_carlo_two_layer": lambda act: _core.monte_carlo_two_layer(X, Y, 1.0, 0.1, 1.0, 1.0, act, 0, 2, 0,
+                                                                         0, [0], 1e8),
+        "monte_carlo_deep": lambda act: _core.monte_carlo_deep(X, Y, 1.0, 0.1, [1.0, 1.0], act, 0, 2, 2, 0, 0,
+                                                               [0], 1e8),
+    }
+    allowed = ", ".join(f"'{a}'" for a in ACTIVATIONS)
+    for name, call in entries.items():
+        for act in ACTIVATIONS:
+            call(act)
+        with pytest.raises(ValueError, match=f"^activation must be one of {allowed}; got 'sigmoid'$"):
+            call("sigmoid")
+        if name != "device_trainer":  # (its activation is a dict entry)
+            with pytest.raises(TypeError):  # no integer codes
+                call(1)
+
+
 def test_initial_kernels_tanh_quadrature():
     X, Y = _data(3)
     ds = two_layer_monte_carlo(_config(steps=0, track_every=1), (X, Y), particles=1 << 13, replicas=16)

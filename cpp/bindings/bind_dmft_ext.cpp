@@ -68,7 +68,7 @@ void bind_dmft_ext(py::module_& m) {
       "monte_carlo_two_layer",
       [](py::array_t<double, py::array::c_style | py::array::forcecast> X,
          py::array_t<double, py::array::c_style | py::array::forcecast> Y, double gamma0, double eta0,
-         double sigma_in, double sigma_out, int activation, int steps, int particles, uint64_t seed,
+         double sigma_in, double sigma_out, const std::string& activation, int steps, int particles, uint64_t seed,
          uint64_t replica, std::vector<int> tracked, double divergence_bound) {
         if (X.ndim() != 2 || Y.ndim() != 1 || Y.shape(0) != X.shape(0))
           throw std::invalid_argument("X must be (P, D) and Y (P,)");
@@ -78,7 +78,7 @@ void bind_dmft_ext(py::module_& m) {
         p.eta0 = eta0;
         p.sigma_in = sigma_in;
         p.sigma_out = sigma_out;
-        p.activation = static_cast<dmft::Activation>(activation);
+        p.activation = parse_activation(activation);
         p.steps = steps;
         p.particles = particles;
         p.seed = seed;
@@ -110,7 +110,7 @@ void bind_dmft_ext(py::module_& m) {
       "monte_carlo_deep",
       [](py::array_t<double, py::array::c_style | py::array::forcecast> X,
          py::array_t<double, py::array::c_style | py::array::forcecast> Y, double gamma0, double eta0,
-         std::vector<double> sigma, int activation, int steps, int particles, int response_particles,
+         std::vector<double> sigma, const std::string& activation, int steps, int particles, int response_particles,
          uint64_t seed, uint64_t replica, std::vector<int> tracked, double divergence_bound) {
         if (X.ndim() != 2 || Y.ndim() != 1 || Y.shape(0) != X.shape(0))
           throw std::invalid_argument("X must be (P, D) and Y (P,)");
@@ -120,7 +120,7 @@ void bind_dmft_ext(py::module_& m) {
         p.eta0 = eta0;
         p.depth = static_cast<int>(sigma.size()) - 1;
         p.sigma = std::move(sigma);
-        p.activation = static_cast<dmft::Activation>(activation);
+        p.activation = parse_activation(activation);
         p.steps = steps;
         p.particles = particles;
         p.response_particles = response_particles;

@@ -28,7 +28,7 @@ Arch arch_of(const std::vector<Arr<T>>& W, const std::vector<double>& mult, cons
   a.input_dim = W[0].shape(1);
   a.width = W[0].shape(0);
   a.output_dim = W.back().shape(0);
-  a.activation = nets::parse_activation(act);
+  a.activation = parse_activation(act);
   a.multipliers = mult;
   a.check();
   for (int l = 0; l <= a.depth; ++l)
@@ -174,6 +174,23 @@ void bind_trainer(py::module_& m, const char* name) {
             return t.run(until, cb, interval);
           },
           py::arg("until"), py::arg("progress") = py::none(), py::arg("interval") = 0.5)
+      .def(
+          "measure",
+          [](Tr& t, int64_t step, const std::vector<Arr<T>>& W) {
+            const auto& a = t.spec().arch;
+            if (static_cast<int>(W.size()) != a.layers())
+              throw std::invalid_argument("weights: need one matrix per layer (" + std::to_string(a.layers()) + ")");
+            for (int l = 0; l < a.layers(); ++l)
+              if (W[l].ndim() != 2 || W[l].shape(0) != a.fan_out(l) || W[l].shape(1) != a.fan_in(l))
+                throw std::invalid_argument("weights[" + std::to_string(l) + "] must have shape (" +
+                                            std::to_string(a.fan_out(l)) + ", " + std::to_string(a.fan_in(l)) + ")");
+            for (int l = 0; l < a.layers(); ++l) t.weights(l).assign(W[l].data(), W[l].data() + W[l].size());
+            py::gil_scoped_release nogil;
+            t.measure(step);
+          },
+          py::arg("step"), py::arg("weights"),
+          "At the given weights, the step's measurements a device cannot make (NTK sharpness, Hessian, beta_f, "
+          "bulk histograms) into the record; takes no step")
       .def_property_readonly("step", &Tr::step)
       .def_property_readonly("finished", &Tr::finished)
       .def_property_readonly("diverged_step", &Tr::diverged_step)
@@ -289,7 +306,7 @@ void bind_nets(py::module_& m) {
             s.arch.width = d["width"].cast<int64_t>();
             s.arch.output_dim = d["output_dim"].cast<int64_t>();
             s.arch.depth = d["depth"].cast<int>();
-            s.arch.activation = nets::parse_activation(d["activation"].cast<std::string>());
+            s.arch.activation = parse_activation(d["activation"].cast<std::string>());
             s.arch.multipliers = d["multipliers"].cast<std::vector<double>>();
             s.arch.check();
           })
@@ -318,6 +335,22 @@ void bind_nets(py::module_& m) {
       .def_readwrite("bulk_bins", &nets::TrainSpec::bulk_bins)
       .def_readwrite("divergence_bound", &nets::TrainSpec::divergence_bound)
       .def_readwrite("svd_tol", &nets::TrainSpec::svd_tol);
+
+  m.def(
+      "squared_overlaps",
+      [](py::array_t<double, py::array::f_style | py::array::forcecast> V,
+         py::array_t<double, py::array::c_style | py::array::forcecast> d) {
+        if (V.ndim() != 2 || d.ndim() != 1 || d.shape(0) != V.shape(0))
+          throw std::invalid_argument("V must be (dim, k) and d (dim,)");
+        py::array_t<double> out(V.shape(1));
+        {
+          py::gil_scoped_release nogil;
+          nets::squared_overlaps(V.data(), V.shape(0), V.shape(1), d.data(), out.mutable_data());
+        }
+        return out;
+      },
+      py::arg("V"), py::arg("d"),
+      "(v_r . d)^2 / |d|^2 for the unit columns v_r of V: overlaps of singular vectors with a mean signal");
 
   bind_trainer<double>(m, "Trainer_f64");
   bind_trainer<float>(m, "Trainer_f32");

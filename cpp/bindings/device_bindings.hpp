@@ -45,7 +45,7 @@ inline nets::DeviceTrainSpec spec_from(const py::dict& d) {
   s.output_dim = d["output_dim"].cast<int64_t>();
   s.samples = d["samples"].cast<int64_t>();
   s.depth = d["depth"].cast<int>();
-  s.activation = nets::parse_activation(d["activation"].cast<std::string>());
+  s.activation = parse_activation(d["activation"].cast<std::string>());
   s.multipliers = d["multipliers"].cast<std::vector<double>>();
   s.init_stds = d["init_stds"].cast<std::vector<double>>();
   s.learning_rate = d["learning_rate"].cast<double>();
@@ -110,13 +110,33 @@ inline void bind(py::module_& m, MakeTrainer make, SolveDirect solve, TopSingula
           py::arg("layer"), py::arg("single"), "Host copy of W^l, (fan_out, fan_in), float32 if single")
       .def(
           "top_singular",
-          [top](DeviceTrainer& t, int l, bool single, int k, const lanczos::Options& opt, py::object v0) {
+          [top](DeviceTrainer& t, int l, bool single, int k, const lanczos::Options& opt, py::object v0,
+                bool delta) {
             const auto& s = t.spec();
             if (l < 0 || l >= s.layers()) throw py::index_error("layer out of range");
-            return top(t.weights_data(l), s.fan_out(l), s.fan_in(l), single, k, opt, v0);
+            return top(delta ? t.delta_data(l) : t.weights_data(l), s.fan_out(l), s.fan_in(l), single, k, opt, v0);
           },
           py::arg("layer"), py::arg("single"), py::arg("k"), py::arg("opt"), py::arg("v0") = py::none(),
-          "Top-k singular triplets of W^l by the device Krylov solver on the trainer's weights, in place");
+          py::arg("delta") = false,
+          "Top-k singular triplets of W^l (delta: of W^l - W^l(0)) by the device Krylov solver on the "
+          "trainer's memory, in place")
+      .def(
+          "signal_means",
+          [](DeviceTrainer& t) {
+            std::vector<std::vector<double>> in, bw;
+            {
+              py::gil_scoped_release nogil;
+              t.signal_means(in, bw);
+            }
+            py::list li, lb;
+            for (size_t l = 0; l < in.size(); ++l) {
+              li.append(vec(in[l], {static_cast<py::ssize_t>(in[l].size())}));
+              lb.append(vec(bw[l], {static_cast<py::ssize_t>(bw[l].size())}));
+            }
+            return py::make_tuple(li, lb);
+          },
+          "After evaluate(): (inputs, backward), per layer the mean over samples of its input and of the "
+          "backward signal at its output (signal-only backward pass on the device)");
 
   m.def(
       "device_trainer",

@@ -21,14 +21,6 @@ using blas::Op;
 
 namespace {
 
-// The solver's BLAS calls are small (vectors of M R): one OpenBLAS thread is
-// faster than waking a pool for each. Restored on exit.
-struct OneBlasThread {
-  int saved;
-  OneBlasThread() : saved(blas::get_num_threads()) { blas::set_num_threads(1); }
-  ~OneBlasThread() { blas::set_num_threads(saved); }
-};
-
 // An orthonormal row basis Q (rank x L, row-major) that grows on demand.
 // Callers compute coef = Q x together with other products of Q (so that Q is
 // read once per step) and call finish() with recon = Q^T coef when the
@@ -341,7 +333,8 @@ double top_eig_sym(int n, std::vector<double>& A) {
 ModeSolution solve_modes(const ModeProblem& pb) {
   const int M = pb.nodes, R = pb.coef, D = pb.input_dim, P = pb.samples, T = pb.steps;
   if (M < 1 || R < 1 || D < 1 || P < 1 || T < 0) throw std::invalid_argument("solve_modes: bad sizes");
-  OneBlasThread one_thread;
+  // The solver's BLAS calls are small (vectors of M R): one OpenBLAS thread is faster than waking a pool for each.
+  blas::ThreadScope one_thread(1);
   const int L = M * R;
   const int T1 = T + 1;
   const double c = pb.c, rD = std::sqrt(double(D));
@@ -620,7 +613,7 @@ OutputsSolution solve_modes_outputs(const ModeProblem& pb) {
   const int M = pb.nodes, R = pb.coef, D = pb.input_dim, P = pb.samples, T = pb.steps, C = pb.outputs;
   if (M < 1 || R < 1 || D < 1 || P < 1 || T < 0 || C < 1) throw std::invalid_argument("solve_modes_outputs: bad sizes");
   if (!(pb.output_normalizer >= 1.0)) throw std::invalid_argument("solve_modes_outputs: output_normalizer >= 1");
-  OneBlasThread one_thread;
+  blas::ThreadScope one_thread(1);
   const int L = M * R, T1 = T + 1, TC = T1 * C;
   const double K = pb.output_normalizer, c = pb.c / K, rD = std::sqrt(double(D));
   const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -799,7 +792,7 @@ OutlierResult outliers(const ModeSolution& sol, int step, int top_k, double c, d
   if (step < 0 || step > sol.steps) throw std::invalid_argument("outliers: step out of range");
   const int n = step, M = sol.nodes, R = sol.coef, L = M * R, cap = sol.cap;
   if (n == 0 || c == 0.0) return res;
-  OneBlasThread one_thread;
+  blas::ThreadScope one_thread(1);
   // the basis only grows: rows 0..n-1 use its first rank_at[n-1] rows
   const int ra = sol.rank_a_at[n - 1], rq = sol.rank_q_at[n - 1];
   if (ra == 0 || rq == 0) return res;

@@ -17,12 +17,6 @@ using blas::Op;
 
 namespace {
 
-struct OneBlasThread {  // the products here are small: one OpenBLAS thread, restored on exit
-  int saved;
-  OneBlasThread() : saved(blas::get_num_threads()) { blas::set_num_threads(1); }
-  ~OneBlasThread() { blas::set_num_threads(saved); }
-};
-
 // Orthonormal rows spanning the rows expressed so far. express(x) writes the
 // coefficients of x in the basis (room for `cap`), first appending the
 // normalized residual when it exceeds tol |x|. Gram-Schmidt passes repeat
@@ -82,7 +76,7 @@ std::shared_ptr<DeepLinearSolution> solve_deep_linear(const DeepLinearProblem& p
   if (D < 1 || P < 1 || T < 0 || C < 1) throw std::invalid_argument("deep linear DMFT: empty problem");
   if (!(pb.output_normalizer >= 1.0)) throw std::invalid_argument("deep linear DMFT: output_normalizer >= 1");
   if (int(pb.sigma.size()) != L + 1) throw std::invalid_argument("deep linear DMFT: sigma needs depth + 1 entries");
-  OneBlasThread one_thread;
+  blas::ThreadScope one_thread(1);  // the products here are small: one OpenBLAS thread
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const double sqD = std::sqrt(double(D)), c = pb.c / pb.output_normalizer;
   const std::vector<double>& sg = pb.sigma;
@@ -454,7 +448,7 @@ DeepOutlierResult deep_linear_outliers(const DeepLinearSolution& sol, int layer,
       }
     }
   }
-  OneBlasThread one_thread;
+  blas::ThreadScope one_thread(1);  // the products here are small: one OpenBLAS thread
   DeepOutlierResult res;
   res.coef = R;
   res.phi_in.assign(T1, nan);

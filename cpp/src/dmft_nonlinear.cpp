@@ -25,14 +25,6 @@ inline void act(Activation a, double h, double& v, double& d) {
   }
 }
 
-// The dense kernels here have tiny inner dimensions (D, P or the history length):
-// threaded OpenBLAS only adds synchronization (and stalls badly on a busy machine).
-struct SingleThreadedBlas {
-  int saved = blas::get_num_threads();
-  SingleThreadedBlas() { blas::set_num_threads(1); }
-  ~SingleThreadedBlas() { blas::set_num_threads(saved); }
-};
-
 }  // namespace
 
 MonteCarloResult monte_carlo_two_layer(const double* X, const double* Y, int P, int D,
@@ -41,7 +33,9 @@ MonteCarloResult monte_carlo_two_layer(const double* X, const double* Y, int P, 
       !(p.eta0 > 0))
     throw std::invalid_argument("monte_carlo_two_layer: parameters out of range");
   const int M = p.particles, half = M / 2, T = p.steps;
-  SingleThreadedBlas single_threaded_blas;
+  // The dense kernels here have tiny inner dimensions (D, P or the history length):
+  // threaded OpenBLAS only adds synchronization (and stalls badly on a busy machine).
+  blas::ThreadScope one_thread(1);
   const double c = p.eta0 * p.gamma0, rootD = std::sqrt(static_cast<double>(D));
   using blas::Op;
 
@@ -219,7 +213,7 @@ DeepMonteCarloResult monte_carlo_deep(const double* X, const double* Y, int P, i
       static_cast<int>(p.sigma.size()) != Ld + 1 || p.response_particles < 2 || p.response_particles > M ||
       p.response_particles % 2 != 0)
     throw std::invalid_argument("monte_carlo_deep: parameters out of range");
-  SingleThreadedBlas single_threaded_blas;
+  blas::ThreadScope one_thread(1);  // tiny inner dimensions, as above
   const int Mr = p.response_particles, half = M / 2, R = (T + 1) * P, PMr = P * Mr;
   const double c = p.eta0 * p.gamma0, cP = c / P;
   const double nan = std::numeric_limits<double>::quiet_NaN();

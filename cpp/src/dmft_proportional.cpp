@@ -249,14 +249,6 @@ struct OutlierProblem {
   }
 };
 
-// The dense kernels here have tiny inner dimensions (D, P or the history length):
-// threaded OpenBLAS only adds synchronization (and stalls badly on a busy machine).
-struct SingleThreadedBlas {
-  int saved = blas::get_num_threads();
-  SingleThreadedBlas() { blas::set_num_threads(1); }
-  ~SingleThreadedBlas() { blas::set_num_threads(saved); }
-};
-
 }  // namespace
 
 ProportionalResult solve_proportional(const ProportionalParams& p) {
@@ -265,7 +257,9 @@ ProportionalResult solve_proportional(const ProportionalParams& p) {
     throw std::invalid_argument("solve_proportional: parameters out of range");
   const int T = p.steps;
   const Modes md = make_modes(p);
-  SingleThreadedBlas single_threaded_blas;
+  // The dense kernels here have tiny inner dimensions (D, P or the history length):
+  // threaded OpenBLAS only adds synchronization (and stalls badly on a busy machine).
+  blas::ThreadScope one_thread(1);
   const int n = md.n, two_n = 2 * n;
   const double nu = p.nu, c = p.eta0 * p.gamma0, so2 = p.sigma_out * p.sigma_out;
   const double sqnu = std::sqrt(nu);

@@ -14,13 +14,6 @@ namespace specdyn::nets {
 
 using blas::Op;
 
-Activation parse_activation(const std::string& name) {
-  if (name == "linear") return Activation::Linear;
-  if (name == "tanh") return Activation::Tanh;
-  if (name == "relu") return Activation::Relu;
-  throw std::invalid_argument("activation must be one of 'linear', 'tanh', 'relu'; got '" + name + "'");
-}
-
 int64_t Arch::num_params() const {
   int64_t s = 0;
   for (int l = 0; l < layers(); ++l) s += size(l);

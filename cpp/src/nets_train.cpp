@@ -70,21 +70,8 @@ double frobenius(const T* A, int64_t n) {
 }
 
 // Small LAPACK problems run much faster on one BLAS thread (no wake-ups per
-// inner BLAS call, which dominate under load); restores the count after.
-class SerialBlasIf {
- public:
-  explicit SerialBlasIf(bool serial) : saved_(serial ? blas::get_num_threads() : 0) {
-    if (saved_ > 1) blas::set_num_threads(1);
-  }
-  ~SerialBlasIf() {
-    if (saved_ > 1) blas::set_num_threads(saved_);
-  }
-  SerialBlasIf(const SerialBlasIf&) = delete;
-  SerialBlasIf& operator=(const SerialBlasIf&) = delete;
-
- private:
-  int saved_;
-};
+// inner BLAS call, which dominate under load): the count a blas::ThreadScope holds.
+int serial_if(bool small) { return small ? 1 : blas::get_num_threads(); }
 constexpr int64_t kSerialLapack = 256 * 256;
 constexpr int64_t kSerialWork = int64_t(1) << 22;  // multiply-adds of the largest layer product
 
@@ -94,6 +81,17 @@ int64_t index_of(const std::vector<int64_t>& v, int64_t x) {
 }
 
 }  // namespace
+
+void squared_overlaps(const double* V, int64_t dim, int64_t k, const double* d, double* out) {
+  double dd = 0;
+  for (int64_t i = 0; i < dim; ++i) dd += d[i] * d[i];
+  for (int64_t r = 0; r < k; ++r) {
+    const double* v = V + r * dim;
+    double dv = 0;
+    for (int64_t i = 0; i < dim; ++i) dv += v[i] * d[i];
+    out[r] = dd > 0 ? dv * dv / dd : kNaN;  // v is a unit vector
+  }
+}
 
 void Record::init(const TrainSpec& s) {
   T = static_cast<int64_t>(s.tracked_steps.size());
@@ -192,11 +190,7 @@ int64_t Trainer<T>::run(int64_t until, const std::function<void(int64_t, double)
     throw std::logic_error("nets: trainer at step " + std::to_string(step_) + " outside [0, " +
                            std::to_string(spec_.steps) + "]");
   until = std::min(until, spec_.steps);
-  // Tiny networks: BLAS threads cost more in wake-ups than they save (badly so on a loaded machine).
-  const Arch& a = spec_.arch;
-  int64_t work = 0;
-  for (int l = 0; l < a.layers(); ++l) work = std::max(work, a.size(l) * std::max(spec_.batch, spec_.samples));
-  SerialBlasIf serial(work < kSerialWork);
+  blas::ThreadScope serial(blas_threads());
   using clock = std::chrono::steady_clock;
   auto last = clock::now();
   while (!finished_ && diverged_ < 0 && (step_ < until || (step_ == spec_.steps && until == spec_.steps))) {
@@ -212,6 +206,33 @@ int64_t Trainer<T>::run(int64_t until, const std::function<void(int64_t, double)
   }
   if (progress) progress(step_, last_loss_);
   return step_;
+}
+
+template <class T>
+int Trainer<T>::blas_threads() const {
+  // Tiny networks: BLAS threads cost more in wake-ups than they save (badly so on a loaded machine).
+  const Arch& a = spec_.arch;
+  int64_t work = 0;
+  for (int l = 0; l < a.layers(); ++l) work = std::max(work, a.size(l) * std::max(spec_.batch, spec_.samples));
+  return serial_if(work < kSerialWork);
+}
+
+template <class T>
+void Trainer<T>::measure(int64_t t) {
+  const int64_t ti = index_of(spec_.tracked_steps, t), bi_ = index_of(spec_.bulk_steps, t);
+  if (ti < 0 && bi_ < 0) throw std::invalid_argument("measure: step " + std::to_string(t) + " is neither tracked nor a bulk step");
+  blas::ThreadScope serial(blas_threads());
+  if (bi_ >= 0) bulk(bi_);
+  if (ti < 0 || !(spec_.track_sharpness || spec_.track_hessian || spec_.track_beta)) return;
+  const Arch& a = spec_.arch;
+  ConstWeights<T> cw(a.layers());
+  for (int l = 0; l < a.layers(); ++l) cw[l] = W_[l].data();
+  // the NTK and Hessian read the activations and the error signal of this step's forward pass
+  const bool gd = !spec_.online && spec_.batch == spec_.samples;
+  Pass<T>& ev = gd ? pass_ : eval_;
+  forward(a, cw, X_.data(), spec_.samples, ev);
+  residual(a, Y_.data(), static_cast<double>(spec_.samples) * spec_.output_normalizer, ev);
+  track_function(ti, ev);
 }
 
 template <class T>
@@ -299,7 +320,7 @@ void Trainer<T>::top_singular(int l, const T* A, bool delta, int64_t ti) {
     // left vectors are V' and its right vectors U'.
     std::vector<double> At(A, A + fo * fi), Up(static_cast<size_t>(fi * mn)), VTp(static_cast<size_t>(mn * fo));
     s.resize(mn);
-    SerialBlasIf serial(fo * fi <= kSerialLapack);
+    blas::ThreadScope serial(serial_if(fo * fi <= kSerialLapack));
     const int info = blas::gesdd(static_cast<int>(fi), static_cast<int>(fo), At.data(), static_cast<int>(fi), s.data(),
                                  Up.data(), static_cast<int>(fi), VTp.data(), static_cast<int>(mn));
     if (info != 0) std::fill(s.begin(), s.end(), kNaN);
@@ -370,8 +391,12 @@ void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
       }
     }
   }
-  ConstWeights<T> cw(nl);
-  for (int l = 0; l < nl; ++l) cw[l] = W_[l].data();
+  track_function(ti, ev);
+}
+
+template <class T>
+void Trainer<T>::track_function(int64_t ti, Pass<T>& ev) {
+  const Arch& a = spec_.arch;
   if (spec_.track_sharpness) rec_.sharpness[ti] = spec_.learning_rate * ntk_top(ev) /
                                                  (static_cast<double>(spec_.samples) * spec_.output_normalizer);
   if (spec_.track_hessian) rec_.hessian[ti] = hessian_top(ev);
@@ -404,18 +429,8 @@ void Trainer<T>::overlaps(int64_t ti, const Pass<T>& ev, const std::vector<std::
     const T* h = ev.input(l);
     for (int64_t j = 0; j < n; ++j)
       for (int64_t i = 0; i < fi; ++i) in[i] += h[j * fi + i];
-    auto sq_overlap = [](const double* v, const std::vector<double>& d) {
-      double dv = 0, dd = 0;
-      for (size_t i = 0; i < d.size(); ++i) {
-        dv += v[i] * d[i];
-        dd += d[i] * d[i];
-      }
-      return dd > 0 ? dv * dv / dd : kNaN;  // v is a unit vector
-    };
-    for (int64_t r = 0; r < k; ++r) {
-      rec_.ov_in[(ti * nl + l) * K + r] = sq_overlap(V_[l].data() + r * fi, in);
-      rec_.ov_bw[(ti * nl + l) * K + r] = sq_overlap(U_[l].data() + r * fo, means[l]);
-    }
+    squared_overlaps(V_[l].data(), fi, k, in.data(), rec_.ov_in.data() + (ti * nl + l) * K);
+    squared_overlaps(U_[l].data(), fo, k, means[l].data(), rec_.ov_bw.data() + (ti * nl + l) * K);
   }
 }
 
@@ -442,7 +457,7 @@ double Trainer<T>::ntk_top(const Pass<T>& ev) {
   }
 #endif
   std::vector<double> w(static_cast<size_t>(m));
-  SerialBlasIf serial(m * m <= kSerialLapack);
+  blas::ThreadScope serial(serial_if(m * m <= kSerialLapack));
   const int info = blas::syevd(static_cast<int>(m), K.data(), static_cast<int>(m), w.data());
   return info == 0 ? w.back() : kNaN;
 }
@@ -494,7 +509,7 @@ void Trainer<T>::bulk(int64_t bi_) {
   for (int l = 0; l < nl; ++l) {
     const int64_t fi = a.fan_in(l), fo = a.fan_out(l);
     std::vector<double> At(W_[l].begin(), W_[l].end());
-    SerialBlasIf serial(fi * fo <= kSerialLapack);
+    blas::ThreadScope serial(serial_if(fi * fo <= kSerialLapack));
     auto s = singular_values_only(static_cast<int>(fi), static_cast<int>(fo), At.data());
     for (auto& v : s) v *= spec_.normalizers[l];
     const double hi = s.empty() || !(s[0] > 0) ? 1.0 : s[0] * (1 + 1e-9);

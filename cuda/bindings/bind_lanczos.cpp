@@ -24,9 +24,21 @@ using bindings::matrix_view;
 
 namespace {
 
-// A C- or Fortran-contiguous host array copied into device memory, freed with the object.
-struct DeviceCopy {
+// Device memory owned by a Python object: freed by close() or with the object.
+struct DeviceMemory {
   void* ptr = nullptr;
+  DeviceMemory() = default;
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+  ~DeviceMemory() { close(); }
+  void close() {
+    if (ptr) cuda::krylov::release(ptr);
+    ptr = nullptr;
+  }
+};
+
+// A C- or Fortran-contiguous host array copied into device memory, freed with the object.
+struct DeviceCopy : DeviceMemory {
   int64_t n = 0, m = 0, ld = 0;
   bool row_major = true, single = false;
   explicit DeviceCopy(py::array A) {
@@ -40,38 +52,19 @@ struct DeviceCopy {
     ld = row_major ? m : n;
     const size_t bytes = static_cast<size_t>(n * m) * (single ? 4 : 8);
     cuda::cuda_check(cuda::krylov::alloc(&ptr, bytes), "cudaMalloc");
-    const int err = cuda::krylov::to_device(ptr, A.data(), bytes);
-    if (err) {
-      cuda::krylov::release(ptr);
-      ptr = nullptr;
-      cuda::cuda_check(err, "copy to device");
-    }
-  }
-  DeviceCopy(const DeviceCopy&) = delete;
-  DeviceCopy& operator=(const DeviceCopy&) = delete;
-  ~DeviceCopy() { close(); }
-  void close() {
-    if (ptr) cuda::krylov::release(ptr);
-    ptr = nullptr;
+    // (a throw frees ptr: the base is complete)
+    cuda::cuda_check(cuda::krylov::to_device(ptr, A.data(), bytes), "copy to device");
   }
 };
 
 // An uninitialized device matrix owned by Python, readable through the CUDA
 // array interface (benchmarks and checks on machines without CuPy).
-struct DeviceMatrixBuffer {
-  void* ptr = nullptr;
+struct DeviceMatrixBuffer : DeviceMemory {
   int64_t n = 0, m = 0;
   bool single = false;
   DeviceMatrixBuffer(int64_t rows, int64_t cols, bool sgl) : n(rows), m(cols), single(sgl) {
     if (n < 1 || m < 1) throw py::value_error("shape must be positive");
     cuda::cuda_check(cuda::krylov::alloc(&ptr, static_cast<size_t>(n * m) * (single ? 4 : 8)), "cudaMalloc");
-  }
-  DeviceMatrixBuffer(const DeviceMatrixBuffer&) = delete;
-  DeviceMatrixBuffer& operator=(const DeviceMatrixBuffer&) = delete;
-  ~DeviceMatrixBuffer() { close(); }
-  void close() {
-    if (ptr) cuda::krylov::release(ptr);
-    ptr = nullptr;
   }
   py::dict interface() const {
     if (!ptr) throw py::value_error("the buffer is closed");

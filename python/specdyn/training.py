@@ -332,38 +332,48 @@ def _check_device(cfg: RunConfig, device: str, resume: bool, checkpoint) -> None
         raise ValueError(f"device={device!r} does not checkpoint: checkpoint must be None and resume false")
 
 
-def _simulate_device(cfg: RunConfig, data, module, cb):
-    """Full-batch GD on the device; tracked measurements on host copies of the weights.
-
-    The device trainer (``module.device_trainer``) keeps weights, activations and the
-    loss of every step in device memory, draws W(0) from the CPU engine's streams and
-    checks divergence on the device's losses. At each tracked (or bulk) step t the
-    device reports the loss and the weight norms, and the weights W(t) are copied to
-    the host into a CPU Trainer (same spec, same W(0)), which makes the other step-t
-    measurements exactly as a CPU run does: NTK sharpness, Hessian, overlaps, beta_f,
-    delta spectra, bulk histograms. The spectra of W(t) (``singular_values``) are the
-    device Krylov solver's, on the device weights in place, warm-started from the
-    previous tracked step. Returns (record, diverged_step).
-    """
-    tracker, (X, Y) = build_trainer(cfg, data)
+def device_spec(cfg: RunConfig) -> dict:
+    """The device trainer's spec of a config (``module.device_trainer(spec, X, Y)``; internal)."""
     sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
-    dt = np.dtype(cfg.dtype)
-    single = dt == np.float32
-    spec = dict(input_dim=cfg.input_dim, width=cfg.width, output_dim=cfg.output_dim, samples=cfg.samples,
+    return dict(input_dim=cfg.input_dim, width=cfg.width, output_dim=cfg.output_dim, samples=cfg.samples,
                 depth=cfg.depth, activation=cfg.activation, multipliers=list(sc.multipliers),
                 init_stds=list(sc.init_stds), learning_rate=float(sc.learning_rate), seed=cfg.seed,
                 output_normalizer=output_normalizer(cfg.output_normalization, cfg.output_dim),
                 divergence_bound=float(cfg.divergence_bound))
-    dev = module.device_trainer(spec, np.ascontiguousarray(X, dtype=dt), np.ascontiguousarray(Y, dtype=dt))
+
+
+def _simulate_device(cfg: RunConfig, data, module, cb):
+    """Full-batch GD on the device, measured where the weights are.
+
+    The device trainer (``module.device_trainer``) keeps weights, W(0), activations and
+    the loss of every step in device memory, draws W(0) from the CPU engine's streams and
+    checks divergence on the device's losses. At each tracked step t it measures, on the
+    device: the loss, the weight norms, the spectra of W(t) and of W(t) - W(0) (the device
+    Krylov solver on the trainer's memory in place, warm-started from the previous tracked
+    step) and the mean input and backward signal of every layer, whose squared overlaps
+    with the solver's singular vectors are formed on the host. What the device cannot
+    measure yet -- NTK sharpness, Hessian, beta_f (as the config tracks them) and the bulk
+    histograms -- is measured by a host Trainer's ``measure`` on copies of W(t), made only at
+    the steps that need them; that Trainer takes no step. Returns (record, diverged_step).
+    """
+    X, Y = _data.for_run(cfg, data)
+    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
+    dt = np.dtype(cfg.dtype)
+    single = dt == np.float32
+    dev = module.device_trainer(device_spec(cfg), np.ascontiguousarray(X, dtype=dt),
+                                np.ascontiguousarray(Y, dtype=dt))
     tracked = cfg.tracked_steps()
     index = {t: i for i, t in enumerate(tracked)}
+    bulk = set(cfg.bulk_steps)
     normalizers = np.asarray(sc.normalizers, dtype=np.float64)
     nl = cfg.depth + 1
-    loss_dev = np.full(len(tracked), np.nan)
-    wnorm_dev = np.full((len(tracked), nl), np.nan)
-    spectra = np.full((len(tracked), nl, cfg.top_k), np.nan)
-    warm = [None] * nl
-    for t in sorted(set(tracked) | set(cfg.bulk_steps)):
+    rec = {key: np.full(shape, np.nan) for key, shape in _record_shapes(cfg).items()}
+    host_tracked = cfg.track_sharpness or cfg.track_hessian or _has_beta_f(cfg)
+    host = None
+    if host_tracked or bulk:  # the W(t)-only tracker: no spectra, no W(0) kept
+        host, _ = build_trainer(cfg, (X, Y), track_spectra=False, track_delta=False, track_overlaps=False)
+    warm = {False: [None] * nl, True: [None] * nl}
+    for t in sorted(set(tracked) | bulk):
         dev.run(t)
         if dev.diverged_step >= 0:
             break
@@ -372,47 +382,49 @@ def _simulate_device(cfg: RunConfig, data, module, cb):
             break
         ti = index.get(t)
         if ti is not None:
-            loss_dev[ti] = loss
-            wnorm_dev[ti] = normalizers * dev.frobenius_norms()
-            _device_spectra(dev, cfg, single, normalizers, spectra[ti], warm)
-        state = tracker.get_state()
-        state.update(weights=[dev.weights(l, single) for l in range(nl)], step=t, finished=False,
-                     diverged_step=-1)
-        tracker.set_state(state)
-        tracker.run(t + 1 if t < cfg.steps else t)  # measures step t (then a CPU step whose result is discarded)
+            rec["loss"][ti] = loss
+            rec["weight_norm"][ti] = normalizers * dev.frobenius_norms()
+            _device_measures(dev, cfg, t, single, normalizers, rec, ti, warm)
+        if host is not None and (t in bulk or (ti is not None and host_tracked)):
+            host.measure(t, [dev.weights(l, single) for l in range(nl)])
         if cb is not None:
             cb(t, loss)
     diverged = int(dev.diverged_step)
-    rec = tracker.record()
-    rec["singular_values"] = spectra
-    if diverged >= 0:
-        ti = index.get(diverged)
-        if ti is not None:
-            loss_dev[ti] = dev.losses()[diverged]
-        after = np.asarray(tracked) > diverged
-        for key, arr in rec.items():
-            if not key.startswith("bulk") and arr.shape[:1] == (len(tracked),):
-                arr[after] = np.nan
-    rec["loss"] = loss_dev
-    rec["weight_norm"] = wnorm_dev
+    if host is not None:
+        measured = host.record()
+        for key in ("normalized_sharpness", "hessian_top", "beta_f", "bulk_counts", "bulk_edges"):
+            rec[key] = measured[key]
+    if diverged >= 0 and diverged in index:
+        rec["loss"][index[diverged]] = dev.losses()[diverged]
     return rec, diverged
 
 
-def _device_spectra(dev, cfg: RunConfig, single: bool, normalizers, out, warm) -> None:
-    """out[l, :k] = the normalized top singular values of W^l by the device Krylov solver on the
-    trainer's weights (warm[l]: the warm block of the previous tracked step, updated)."""
+def _device_measures(dev, cfg: RunConfig, t: int, single: bool, normalizers, rec: dict, ti: int, warm) -> None:
+    """Row ti of the spectra, delta spectra and overlaps, measured on the device at step t:
+    the normalized top singular values of W^l and W^l - W^l(0) by the device Krylov solver on
+    the trainer's memory (warm[delta][l]: the warm block of the previous tracked step, updated),
+    and the squared overlaps of W^l's singular vectors with the layer's mean signals."""
     from .lanczos import _krylov_options
 
     tol = cfg.svd_tol if cfg.svd_tol is not None else (1e-4 if single else 1e-8)
     sizes = [cfg.input_dim] + [cfg.width] * cfg.depth + [cfg.output_dim]
-    for layer in range(len(out)):
+    inputs, backward = dev.signal_means()
+    for layer in range(len(normalizers)):
         k = min(cfg.top_k, sizes[layer], sizes[layer + 1])
-        # the same engine as the CPU trainer's, with the same certificate (tracking by default)
-        opt = _krylov_options(tol=tol, seed=cfg.seed + layer, warm_extra=0 if single else k,
-                              resolvable=cfg.svd_tol is None)
-        s, _, V, info = dev.top_singular(layer, single, k, opt, warm[layer])
-        out[layer, :k] = normalizers[layer] * s
-        warm[layer] = info.get("warm", V)
+        for delta in (False, True):
+            out = rec["delta_singular_values" if delta else "singular_values"][ti, layer]
+            if delta and t == 0:
+                out[:k] = 0.0  # W(0) - W(0) = 0 exactly
+                continue
+            # the same engine as the CPU trainer's, with the same certificate (tracking by default)
+            opt = _krylov_options(tol=tol, seed=cfg.seed + layer + (104729 if delta else 0),
+                                  warm_extra=0 if single else k, resolvable=cfg.svd_tol is None)
+            s, U, V, info = dev.top_singular(layer, single, k, opt, warm[delta][layer], delta)
+            out[:k] = normalizers[layer] * s
+            warm[delta][layer] = info.get("warm", V)
+            if not delta:
+                rec["overlap_input"][ti, layer, :k] = _core.squared_overlaps(V, inputs[layer])
+                rec["overlap_backward"][ti, layer, :k] = _core.squared_overlaps(U, backward[layer])
 
 
 def simulate(config, data=None, progress: bool | Callable[[int, int, float], None] | None = None,
@@ -434,9 +446,10 @@ def simulate(config, data=None, progress: bool | Callable[[int, int, float], Non
     device : "cpu" (default, the C++ engine), "cuda" (full-batch GD on the GPU: forward,
         backward, update, loss and divergence checks in device memory, W(0) drawn on the
         device from the CPU's Philox streams, so the same seed gives the same initial
-        weights bit for bit; the spectra of W(t) by the device Krylov solver on the device
-        weights; the other tracked measurements besides loss and weight norms are made on
-        the host from copies of the weights, by the CPU engine) or
+        weights bit for bit; loss, weight norms, the spectra of W(t) and W(t) - W(0) and the
+        overlaps measured on the device, the spectra by the device Krylov solver in place;
+        NTK sharpness, Hessian, beta_f and the bulk histograms on the host, from copies of
+        W(t) made only at the steps that need them) or
         "host-emulation" (the device algorithm run on the host, for tests). "cuda" needs
         batch_size=None, online=False and no checkpoint; without a usable GPU it raises
         RuntimeError saying why.

@@ -24,7 +24,6 @@
 namespace specdyn::nets {
 
 using Activation = specdyn::Activation;
-Activation parse_activation(const std::string& name);
 
 struct Arch {
   int64_t input_dim = 1, width = 1, output_dim = 1;
@@ -102,6 +101,10 @@ template <class T>
 void teacher(int64_t first, int64_t n, int64_t D, int64_t C, uint64_t seed, int kind, double scale,
              double noise, T* X, T* Y);
 
+// out[r] = (v_r . d)^2 / |d|^2 for the k unit columns v_r of V (dim x k, column-major): the
+// squared overlap of singular vectors with a layer's mean signal d (NaN when d = 0).
+void squared_overlaps(const double* V, int64_t dim, int64_t k, const double* d, double* out);
+
 struct TrainSpec {
   Arch arch;
   std::vector<double> init_stds;    // raw std of each W^l at initialization
@@ -152,6 +155,12 @@ class Trainer {
   int64_t run(int64_t until, const std::function<void(int64_t, double)>& progress = {},
               double progress_interval = 0.5);
 
+  // The measurements of step t (a tracked or bulk step) that the device trainer cannot make,
+  // at the weights set through weights(l): NTK sharpness, Hessian, beta_f (as switched on in
+  // the spec) and the bulk histograms. No step is taken, nothing else is measured (loss,
+  // norms, spectra and overlaps come from the device) and the position is not moved.
+  void measure(int64_t t);
+
   int64_t step() const { return step_; }
   bool finished() const { return finished_; }
   int64_t diverged_step() const { return diverged_; }
@@ -180,6 +189,8 @@ class Trainer {
  private:
   bool body();  // one step at step_: track if scheduled, then update; false when stopped
   void track(int64_t ti, int64_t bi, Pass<T>& eval);
+  void track_function(int64_t ti, Pass<T>& eval);  // sharpness, Hessian, beta_f
+  int blas_threads() const;  // one OpenBLAS thread for tiny networks, else the caller's count
   void top_singular(int l, const T* A, bool delta, int64_t ti);
   void overlaps(int64_t ti, const Pass<T>& eval, const std::vector<std::vector<double>>& means);
   double ntk_top(const Pass<T>& eval);

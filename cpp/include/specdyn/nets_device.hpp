@@ -64,6 +64,15 @@ class DeviceTrainer {
   // W^l in the trainer's memory (device memory on a GPU), row-major (fan_out, fan_in): the
   // device Krylov solvers read it in place.
   virtual const void* weights_data(int l) const = 0;
+  // W^l - W^l(0) in a work matrix of the trainer's memory (valid until the next call), laid
+  // out as weights_data: the delta spectra are solved on it in place.
+  virtual const void* delta_data(int l) = 0;
+  // After evaluate() at the current step: the mean over samples of each layer's input
+  // (inputs[l], fan_in(l) values: x, then phi(h^l)) and of the backward signal at its output
+  // (backward[l], fan_out(l) values: dL/dh^{l+1} up to the loss normalization), by a
+  // signal-only backward pass on the device; only these sums come to the host.
+  virtual void signal_means(std::vector<std::vector<double>>& inputs,
+                            std::vector<std::vector<double>>& backward) = 0;
   virtual const DeviceTrainSpec& spec() const = 0;
   virtual int status() const = 0;  // launcher error code (0: none)
 };
@@ -122,6 +131,25 @@ struct LossSum {
   SPECDYN_GPU_HD void store(int, double v) const { *out = v / (2.0 * n_norm); }
 };
 
+// D = W - W0, elementwise.
+template <class T>
+struct Difference {
+  const T *W, *W0;
+  T* D;
+  SPECDYN_GPU_HD void operator()(int64_t i) const { D[i] = W[i] - W0[i]; }
+};
+
+// out[r] = (1 / n) sum_j A(r, j) of a column-major rows x n matrix (block = row).
+template <class T>
+struct RowMeans {
+  const T* A;
+  int64_t rows, n;
+  double* out;
+  SPECDYN_GPU_HD int64_t len(int) const { return n; }
+  SPECDYN_GPU_HD double term(int r, int64_t j) const { return static_cast<double>(A[j * rows + r]); }
+  SPECDYN_GPU_HD void store(int r, double v) const { out[r] = v / static_cast<double>(n); }
+};
+
 // Partial sums of squares over kChunks fixed chunks of a matrix (block = chunk).
 constexpr int kChunks = 512;
 template <class T>
@@ -160,11 +188,17 @@ class DeviceTrainerImpl final : public DeviceTrainer {
     const int nl = s_.layers();
     const int64_t P = s_.samples;
     W_.resize(nl);
+    W0_.resize(nl);
+    int64_t largest = 1;
     for (int l = 0; l < nl; ++l) {
       W_[l] = ex_.template alloc<T>(s_.size(l));
       // the CPU engine's stream: element e of W^l is element e of (seed, kWeights + l)
       ex_.normal_fill(W_[l], s_.size(l), s_.seed, rng::kWeights + static_cast<uint64_t>(l), s_.init_stds[l]);
+      W0_[l] = ex_.template alloc<T>(s_.size(l));
+      ex_.copy(W0_[l], W_[l], s_.size(l));
+      largest = std::max(largest, s_.size(l));
     }
+    delta_ = ex_.template alloc<T>(largest);
     X_ = ex_.template alloc<T>(P * s_.input_dim);
     Y_ = ex_.template alloc<T>(P * s_.output_dim);
     ex_.to_device(X_, X, P * s_.input_dim);
@@ -181,6 +215,9 @@ class DeviceTrainerImpl final : public DeviceTrainer {
     part_ = ex_.template alloc<double>(device::kChunks);
     norm_ = ex_.template alloc<double>(nl);
     scalar_ = ex_.template alloc<double>(1);
+    int64_t fans = 0;
+    for (int l = 0; l < nl; ++l) fans += s_.fan_in(l) + s_.fan_out(l);
+    means_ = ex_.template alloc<double>(fans);
   }
 
   int64_t run(int64_t until) override {
@@ -205,6 +242,7 @@ class DeviceTrainerImpl final : public DeviceTrainer {
     forward();
     residual(step_);
     check(step_, step_ + 1);
+    evaluated_ = step_;
     return losses_host_[step_];
   }
 
@@ -228,6 +266,38 @@ class DeviceTrainerImpl final : public DeviceTrainer {
     if (l < 0 || l >= s_.layers()) throw std::out_of_range("weights_data: layer out of range");
     return W_[l];
   }
+  const void* delta_data(int l) override {
+    if (l < 0 || l >= s_.layers()) throw std::out_of_range("delta_data: layer out of range");
+    ex_.for_each(s_.size(l), device::Difference<T>{W_[l], W0_[l], delta_});
+    return delta_;
+  }
+
+  void signal_means(std::vector<std::vector<double>>& inputs, std::vector<std::vector<double>>& backward) override {
+    if (evaluated_ != step_ || diverged_ >= 0)
+      throw std::logic_error("signal_means: call evaluate() at the current step first (and not after divergence)");
+    const int nl = s_.layers();
+    const int64_t n = s_.samples;
+    std::vector<int64_t> at(nl + 1, 0);  // layer l: its input means at at[l], its output means after them
+    for (int l = 0; l < nl; ++l) {
+      at[l + 1] = at[l] + s_.fan_in(l) + s_.fan_out(l);
+      ex_.reduce(static_cast<int>(s_.fan_in(l)), device::RowMeans<T>{input(l), s_.fan_in(l), n, means_ + at[l]});
+    }
+    backward_pass(false, [&](int l, const T* signal) {
+      ex_.reduce(static_cast<int>(s_.fan_out(l)),
+                 device::RowMeans<T>{signal, s_.fan_out(l), n, means_ + at[l] + s_.fan_in(l)});
+    });
+    std::vector<double> host(static_cast<size_t>(at[nl]));
+    ex_.to_host(host.data(), means_, at[nl]);
+    ex_.synchronize();
+    inputs.assign(nl, {});
+    backward.assign(nl, {});
+    for (int l = 0; l < nl; ++l) {
+      const double* p = host.data() + at[l];
+      inputs[l].assign(p, p + s_.fan_in(l));
+      backward[l].assign(p + s_.fan_in(l), p + s_.fan_in(l) + s_.fan_out(l));
+    }
+  }
+
   void copy_weights(int l, void* host) override {
     if (l < 0 || l >= s_.layers()) throw std::out_of_range("copy_weights: layer out of range");
     ex_.to_host(static_cast<T*>(host), W_[l], s_.size(l));
@@ -270,8 +340,15 @@ class DeviceTrainerImpl final : public DeviceTrainer {
     ex_.reduce(1, device::LossSum<T>{F_, Y_, loss_dev_ + (t - loss_base_), total, n_norm});
   }
 
-  // Backward from E with W^l -= eta m_l E^{l+1} H^l^T, after W^l gave the signal below.
   void backward_update() {
+    backward_pass(true, [](int, const T*) {});
+  }
+
+  // Backward from E: at each layer l (from the top) seen(l, E^{l+1}) gets the signal at its
+  // output, then the signal below is formed from W^l; with update, W^l -= eta m_l E^{l+1} H^l^T
+  // after W^l gave that signal.
+  template <class Seen>
+  void backward_pass(bool update, Seen&& seen) {
     const int64_t n = s_.samples;
     const T* cur = E_;
     T* bufs[2] = {B0_, B1_};
@@ -280,8 +357,10 @@ class DeviceTrainerImpl final : public DeviceTrainer {
       const int64_t fi = s_.fan_in(l), fo = s_.fan_out(l);
       const T m = static_cast<T>(s_.multipliers[l]);
       T* next = bufs[which];
+      seen(l, cur);
       if (l > 0) gemm(false, false, fi, n, fo, m, W_[l], fi, cur, fo, T(0), next, fi);
-      gemm(false, true, fi, fo, n, static_cast<T>(-s_.learning_rate) * m, input(l), fi, cur, fo, T(1), W_[l], fi);
+      if (update)
+        gemm(false, true, fi, fo, n, static_cast<T>(-s_.learning_rate) * m, input(l), fi, cur, fo, T(1), W_[l], fi);
       if (l > 0) {
         if (s_.activation != Activation::Linear) ex_.for_each(fi * n, device::TimesDerivative<T>{next, H_[l], s_.activation});
         cur = next;
@@ -311,12 +390,13 @@ class DeviceTrainerImpl final : public DeviceTrainer {
 
   DeviceTrainSpec s_;
   Exec ex_;
-  std::vector<T*> W_, H_;
+  std::vector<T*> W_, W0_, H_;
+  T* delta_ = nullptr;
   T *X_ = nullptr, *Y_ = nullptr, *F_ = nullptr, *E_ = nullptr, *B0_ = nullptr, *B1_ = nullptr;
-  double *loss_dev_ = nullptr, *part_ = nullptr, *norm_ = nullptr, *scalar_ = nullptr;
+  double *loss_dev_ = nullptr, *part_ = nullptr, *norm_ = nullptr, *scalar_ = nullptr, *means_ = nullptr;
   int64_t loss_base_ = 0, loss_cap_ = 0;
   std::vector<double> losses_host_;
-  int64_t step_ = 0, diverged_ = -1;
+  int64_t step_ = 0, diverged_ = -1, evaluated_ = -1;  // evaluated_: the step of the last evaluate()
 };
 
 }  // namespace specdyn::nets

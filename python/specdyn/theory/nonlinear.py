@@ -26,9 +26,6 @@ from ..data import for_run
 
 __all__ = ["two_layer_monte_carlo", "deep_monte_carlo", "extrapolate_width", "extrapolated_outliers", "MAX_DEPTH"]
 
-_ACTIVATIONS = {"linear": 0, "tanh": 1, "relu": 2}
-
-
 def _check_sampling(config, model: str, particles, most_particles: int, replicas, seed) -> tuple[int, int, int]:
     """The config covered by ``model`` (else one ValueError), then the validated sampling arguments."""
     check_limit(config, model)
@@ -66,7 +63,7 @@ def two_layer_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 <<
     tracked = config.tracked_steps()
     runs = [
         _core.monte_carlo_two_layer(X, Y, config.gamma0, config.eta0, s_in, s_out,
-                                    _ACTIVATIONS[config.activation], config.steps, particles, seed, r,
+                                    config.activation, config.steps, particles, seed, r,
                                     tracked, config.divergence_bound)
         for r in range(replicas)
     ]
@@ -134,7 +131,7 @@ def deep_monte_carlo(config: RunConfig, data=None, *, particles: int = 1 << 14, 
     sigmas = config.layer_sigmas()
     tracked = config.tracked_steps()
     runs = [
-        _core.monte_carlo_deep(X, Y, config.gamma0, config.eta0, sigmas, _ACTIVATIONS[config.activation],
+        _core.monte_carlo_deep(X, Y, config.gamma0, config.eta0, sigmas, config.activation,
                                config.steps, particles, response_particles, seed, r, tracked,
                                config.divergence_bound)
         for r in range(replicas)
