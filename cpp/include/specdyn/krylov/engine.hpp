@@ -316,8 +316,8 @@ inline bool certify_resolvable(const std::vector<double>& s, const std::vector<d
 // fixed by the problem's sizes (never by timings), so a solve takes the same steps
 // at any thread count.
 struct Budget {
-  // A full basis first grows (doubling, no restart, nothing lost) up to cap_max
-  // columns; only then thick restarts begin. Clustered wanted values (the edge of
+  // After its first thick restart, a full basis grows (doubling, no restart,
+  // nothing lost) up to cap_max columns; only then thick restarts resume. Clustered wanted values (the edge of
   // a bulk) need a long Krylov space, and every restart discards part of it.
   int cap_max = 0;
   // Flops of one application of the operator to a block (0 = unknown: solve the
@@ -399,8 +399,10 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
     nv += b;
     const int na = a;
     ++since_rr;
-    if (nv + b > cap && cap < cap_max) {
-      // Grow the basis instead of restarting: the basis and T move to the wider layout.
+    if (nv + b > cap && cap < cap_max && out.restarts > 0) {
+      // Grow the basis instead of restarting again: the basis and T move to the wider
+      // layout. (The first fill restarts: well-separated values converge right after
+      // it, and a thick restart serves them better than a longer basis.)
       const int nc = std::min(cap_max, 2 * cap);
       std::vector<double> T2(static_cast<size_t>(nc) * nc, 0.0);
       for (int j = 0; j < cap; ++j)
