@@ -110,6 +110,7 @@ def numpy_peer(cfg: RunConfig, X, Y):
                 if tanh:
                     e *= 1 - hs[l] ** 2
             W[l] -= (lr * m[l]) * g
+    step.weights = W  # (read by warm_vs_cold)
     return step
 
 
@@ -166,21 +167,8 @@ def warm_vs_cold(width: int, k: int = 4, steps: int = 40) -> dict:
                     gamma0=1.0, eta0=1.0, steps=steps, dtype="float64")
     sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
     X, Y = specdyn.data.teacher(cfg.samples, cfg.input_dim)
-    rng = np.random.default_rng(0)
-    W = [rng.normal(0, l.init_std, (l.fan_out, l.fan_in)) for l in sc.layers]
-    m, lr, P = sc.multipliers, sc.learning_rate, cfg.samples
-
-    def step():
-        hs = [X]
-        for l in range(cfg.depth + 1):
-            hs.append(m[l] * hs[-1] @ W[l].T)
-        e = (hs[-1] - Y) / P
-        for l in range(cfg.depth, -1, -1):
-            g = e.T @ hs[l]
-            if l > 0:
-                e = m[l] * e @ W[l]
-            W[l] -= lr * m[l] * g
-
+    step = numpy_peer(cfg, X, Y)
+    W, m = step.weights, sc.multipliers
     for _ in range(steps):
         step()
     A0 = m[1] * W[1]

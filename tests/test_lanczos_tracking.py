@@ -99,6 +99,15 @@ def test_growing_basis_matches_lapack(kind, seed, k):
     np.testing.assert_allclose(s, ref, rtol=1e-8, atol=1e-9 * ref[0])
 
 
+@pytest.mark.parametrize("kind", ["spikes", "bulk"])
+def test_device_engine_gives_the_same_certificate(kind):
+    # the device backend (its host emulation here) runs the same engine: the same claims hold
+    A = spectrum(600, 400, kind, seed=5)
+    s, _, _, info = specdyn.top_singular(A, 5, tol=1e-10, certify="resolvable", device="host-emulation")
+    assert info["device"] == "host-emulation"
+    check_certificate(A, s, info, 1e-10)
+
+
 def test_certify_word_is_checked():
     with pytest.raises(ValueError, match="certify"):
         specdyn.top_singular(np.eye(40), 2, certify="some")

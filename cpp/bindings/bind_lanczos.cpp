@@ -50,11 +50,6 @@ py::tuple top_singular(py::array A, int k, const lanczos::Options& opt, py::obje
   py::array_t<double> s(static_cast<py::ssize_t>(t.s.size()), t.s.data());
   py::dict info = bindings::lanczos_info(t.info);
   if (opt.warm_extra > 0) info["warm"] = fortran(t.warm, m, t.warm_cols);  // (internal: benchmarks of warm starts)
-  if (opt.resolvable) {
-    auto& sp = t.info.spacing;
-    sp.resize(t.s.size(), 0.0);  // (a direct LAPACK solve certifies every value to tol)
-    info["spacing"] = py::array_t<double>(static_cast<py::ssize_t>(sp.size()), sp.data());
-  }
   return py::make_tuple(s, fortran(t.U, n, k), fortran(t.V, m, k), info);
 }
 

@@ -30,6 +30,8 @@ inline pybind11::dict lanczos_info(const lanczos::Info& i) {
   d["tol"] = i.tol_used;
   d["block"] = i.block;
   d["dense"] = i.dense;
+  if (!i.spacing.empty())  // (the tracking certificate, Options::resolvable)
+    d["spacing"] = pybind11::array_t<double>(static_cast<pybind11::ssize_t>(i.spacing.size()), i.spacing.data());
   return d;
 }
 

@@ -159,11 +159,11 @@ class _DeviceInput:
             self.copy = None
 
 
-def _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_finite, device):
+def _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_finite, device, resolvable):
     src = _DeviceInput("A", A, check_finite)
     n, m = src.shape
     k = v.integer("k", k, 1, min(n, m))
-    opt = _krylov_options(tol, block, max_passes, max_basis, seed)
+    opt = _krylov_options(tol, block, max_passes, max_basis, seed, resolvable=resolvable)
     v0 = _warm("v0", _host_vector_block("v0", v0), m, np.float64)
     mod = _device_words.krylov_module(device or "cuda", "top_singular")
     try:
@@ -227,7 +227,8 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         once its residual, a distance within which a true singular value lies, is
         at most a tenth of that spacing; every other value (an outlier) to ``tol``.
         ``info["spacing"]`` gives, per value, 0 (certified to ``tol``) or the
-        spacing it was resolved against. CPU only.
+        spacing it was resolved against. The same engine certifies the same way
+        on every device.
     device : None, "cpu", "cuda" or "host-emulation"
         None: a device array (``__cuda_array_interface__``, e.g. CuPy) runs
         on the GPU in place, anything else on the CPU. "cuda": a NumPy A is
@@ -255,16 +256,14 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         are NumPy arrays too.
     """
     device = _device(device)
-    if certify not in ("all", "resolvable"):
-        raise ValueError(f"certify must be 'all' or 'resolvable', got {certify!r}")
-    if certify != "all" and (device not in (None, "cpu") or hasattr(A, "__cuda_array_interface__")):
-        raise ValueError("certify='resolvable' runs on the CPU only (device='cpu' or a NumPy array)")
+    resolvable = v.choice("certify", certify, ("all", "resolvable")) == "resolvable"
     if _on_gpu("A", A, device):
-        return _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_finite, device)
+        return _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_finite, device,
+                                 resolvable)
     A = _matrix("A", A, check_finite)
     n, m = A.shape
     k = v.integer("k", k, 1, min(n, m))
-    opt = _krylov_options(tol, block, max_passes, max_basis, seed, resolvable=certify == "resolvable")
+    opt = _krylov_options(tol, block, max_passes, max_basis, seed, resolvable=resolvable)
     v0 = _warm("v0", v0, m, A.dtype)
     fn = _core.top_singular_f64 if A.dtype == np.float64 else _core.top_singular_f32
     s, U, V, info = fn(A, k, opt, v0)

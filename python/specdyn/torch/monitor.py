@@ -121,7 +121,7 @@ class SpectralMonitor:
         or operator, in (0, 0.1] (specdyn's solver floors it at 1e-4 for float32
         weights, which is reported once and recorded in the ``tolerance``
         variable). Default: 1e-8 in float64, 1e-4 in float32, with the tracking
-        certificate for singular values on the CPU: a value in a cluster (the
+        certificate for singular values: a value in a cluster (the
         edge of a random bulk) is certified once its residual is a tenth of the
         spacing to its nearest neighbour, every other value to that tolerance
         (see :func:`specdyn.top_singular`, ``certify="resolvable"``). The
@@ -267,8 +267,8 @@ class SpectralMonitor:
         k = layer.k
         # No tol given: the tracking certificate (clustered bulk-edge values resolved to a
         # tenth of their spacing, outliers to tol; the residual recorded is each value's
-        # certified accuracy). The device solver certifies every value.
-        certify = "resolvable" if self.tol is None and isinstance(A, np.ndarray) else "all"
+        # certified accuracy).
+        certify = "resolvable" if self.tol is None else "all"
         s, U, V, info = lanczos.top_singular(A, k, tol=tol, v0=warm, check_finite=False, certify=certify)
         res = np.asarray(info["residuals"], dtype=np.float64)
         applied = float(info["tol"])

@@ -317,8 +317,9 @@ inline bool certify_resolvable(const std::vector<double>& s, const std::vector<d
 // at any thread count.
 struct Budget {
   // After its first thick restart, a full basis grows (doubling, no restart,
-  // nothing lost) up to cap_max columns; only then thick restarts resume. Clustered wanted values (the edge of
-  // a bulk) need a long Krylov space, and every restart discards part of it.
+  // nothing lost) up to cap_max columns; only then thick restarts resume.
+  // Clustered wanted values (the edge of a bulk) need a long Krylov space, and
+  // every restart discards part of it.
   int cap_max = 0;
   // Flops of one application of the operator to a block (0 = unknown: solve the
   // projected problem after every step). When known, the Rayleigh-Ritz solve
@@ -723,6 +724,7 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
     SingularOut dn = ops.dense(k);
     dn.info.tol_used = tol;
     dn.info.block = plan.block;
+    if (opt.resolvable) dn.info.spacing.assign(k, 0.0);  // (a direct solve certifies every value to tol)
     return dn;
   }
   SingularOut out;
@@ -924,6 +926,7 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
   certify_loop(
       pb, plan.block, plan.cap, opt.block <= 0, [k](int) { return std::min(k + 2, 64); },
       [k, &opt](int bb, int) { return capacity_singular(k, bb, opt); });
+  if (opt.resolvable) out.info.spacing.resize(k, 0.0);  // (zeros after a dense fallback: all to tol)
   return out;
 }
 
