@@ -250,27 +250,23 @@ class CpuGram : public krylov::cpu::Vectors {
   double range_scale() const { return scale_; }
   int64_t take_passes() { return std::exchange(passes_, 0); }
 
-  void apply(const double* X, double* Z, int bb) {
-    sweep(X, Z, bb);
+  void apply(const double* X, double* Z, int bb) { apply_keep(X, Z, bb, nullptr); }
+  // apply, also returning the left product L = (scale M) X (r x bb) of the same sweep.
+  void apply_keep(const double* X, double* Z, int bb, double* L) {
+    sweep(X, Z, bb, L);
     if (scale_fixed_) return;
     scale_fixed_ = true;
     if (krylov::in_safe_range(krylov::max_abs(Z, static_cast<size_t>(c_) * bb), kRange)) return;
     fix_scale();
     if (scale_ == 1.0) return;
-    sweep(X, Z, bb);
+    sweep(X, Z, bb, L);
     ++passes_;
   }
-
-  // Y = (scale M) X and Z = (scale M)^T Y for the Ritz block X in one fused
-  // pass, with the X actually multiplied (rounded to T).
-  void certify_products(const double* X, int k, double* Xd, double* Y, double* Z) {
-    const size_t cs = static_cast<size_t>(c_), rs = static_cast<size_t>(r_);
-    std::vector<T> Yk(rs * k), Zk(cs * k);
-    gram_sweep<T>(A_, r_, c_, c_, scaled_in(X, cs * k), k, Yk.data(), Zk.data());
-    for (size_t i = 0; i < cs * k; ++i) Xd[i] = static_cast<double>(static_cast<T>(X[i]));
-    to_double(Yk.data(), Y, rs * k);
-    for (size_t i = 0; i < cs * k; ++i) Z[i] = scale_ * static_cast<double>(Zk[i]);
+  // W (r x b) = alpha Q C + beta W for Q (r x nq): products on the other side.
+  void nn_other(const double* Q, int nq, const double* C, int ldc, int b, double alpha, double beta, double* W) {
+    krylov::cpu::gemm_nn(r_, nq, b, alpha, Q, C, ldc, beta, W);
   }
+
   // (scale M)^T U for host U (r x k).
   void backward(const double* U, int k, double* MtU) {
     const size_t cs = static_cast<size_t>(c_), rs = static_cast<size_t>(r_);
@@ -324,15 +320,18 @@ class CpuGram : public krylov::cpu::Vectors {
     for (size_t i = 0; i < xs; ++i) Xt_[i] = static_cast<T>(scale_ * X[i]);
     return Xt_.data();
   }
-  void sweep(const double* X, double* Z, int bb) {
+  // Z = (scale M)^T (scale M) X and, when L is given, L = (scale M) X.
+  void sweep(const double* X, double* Z, int bb, double* L) {
     const size_t xs = static_cast<size_t>(c_) * bb;
     if constexpr (std::is_same_v<T, double>) {
-      if (scale_ == 1.0) return gram_sweep<T>(A_, r_, c_, c_, X, bb, nullptr, Z);
+      if (scale_ == 1.0) return gram_sweep<T>(A_, r_, c_, c_, X, bb, L, Z);
     }
     const T* xp = scaled_in(X, xs);
     Zt_.resize(xs);
-    gram_sweep<T>(A_, r_, c_, c_, xp, bb, nullptr, Zt_.data());
+    Yt_.resize(L ? static_cast<size_t>(r_) * bb : 0);
+    gram_sweep<T>(A_, r_, c_, c_, xp, bb, L ? Yt_.data() : nullptr, Zt_.data());
     for (size_t i = 0; i < xs; ++i) Z[i] = scale_ * static_cast<double>(Zt_[i]);
+    if (L) to_double(Yt_.data(), L, Yt_.size());
   }
 
   const T* A_;
@@ -342,7 +341,7 @@ class CpuGram : public krylov::cpu::Vectors {
   double scale_ = 1.0;
   bool scale_fixed_ = false;
   int64_t passes_ = 0;
-  std::vector<T> Xt_, Zt_;
+  std::vector<T> Xt_, Yt_, Zt_;
 };
 
 }  // namespace

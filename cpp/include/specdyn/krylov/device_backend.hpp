@@ -136,12 +136,15 @@ class DeviceBackend {
   int64_t take_passes() { return std::exchange(passes_, 0); }
 
   // Z (d x b) = Op X, in chunks of at most kMaxCols vectors.
-  void apply(const double* X, double* Z, int b) {
+  void apply(const double* X, double* Z, int b) { apply_keep(X, Z, b, nullptr); }
+  // apply, also returning (Gram mode) the left product L = B X (other x b, K memory).
+  void apply_keep(const double* X, double* Z, int b, double* L) {
     for (int j0 = 0; j0 < b; j0 += cuda::tiles::kMaxCols) {
       const int nb = std::min(cuda::tiles::kMaxCols, b - j0);
       k_.convert(X + at(0, j0, d_), xt_, d_ * nb);
       if (mode_ == Mode::Gram) {
         mul_b(xt_, nb, yt_);
+        if (L) k_.convert(yt_, L + at(0, j0, o_), o_ * nb);
         mul_bt(yt_, nb, zt_);
       } else {
         k_.mx(M_, v_.ld, v_.r(), v_.c(), xt_, d_, nb, zt_, d_);
@@ -150,20 +153,6 @@ class DeviceBackend {
     }
   }
 
-  // Certificate products on k vectors X (d x k, K memory): host copies of the
-  // X actually multiplied (rounded to T), Y = B X (other x k), Z = B^T Y (d x k).
-  void certify_products(const double* X, int k, double* Xh, double* Yh, double* Zh) {
-    std::vector<T> h(static_cast<size_t>(std::max(d_, o_)) * cuda::tiles::kMaxCols);
-    for (int j0 = 0; j0 < k; j0 += cuda::tiles::kMaxCols) {
-      const int nb = std::min(cuda::tiles::kMaxCols, k - j0);
-      k_.convert(X + at(0, j0, d_), xt_, d_ * nb);
-      mul_b(xt_, nb, yt_);
-      mul_bt(yt_, nb, zt_);
-      download_t(xt_, d_ * nb, h, Xh + at(0, j0, d_));
-      download_t(yt_, o_ * nb, h, Yh + at(0, j0, o_));
-      download_t(zt_, d_ * nb, h, Zh + at(0, j0, d_));
-    }
-  }
   // Zh (d x k, host) = B^T Uh for host Uh (other x k).
   void backward(const double* Uh, int k, double* Zh) {
     std::vector<T> h(static_cast<size_t>(std::max(d_, o_)) * cuda::tiles::kMaxCols);
@@ -211,9 +200,17 @@ class DeviceBackend {
   }
   // W (d x b) = alpha Q C + beta W for a host C (nq x b, ld ldc).
   void nn(const double* Q, int nq, const double* Ch, int ldc, int b, double alpha, double beta, double* W) {
+    nn_rows(d_, Q, nq, Ch, ldc, b, alpha, beta, W);
+  }
+  // The same on the other side (Q and W with other() rows).
+  void nn_other(const double* Q, int nq, const double* Ch, int ldc, int b, double alpha, double beta, double* W) {
+    nn_rows(o_, Q, nq, Ch, ldc, b, alpha, beta, W);
+  }
+  void nn_rows(int64_t rows, const double* Q, int nq, const double* Ch, int ldc, int b, double alpha, double beta,
+               double* W) {
     if (b < 1) return;
     if (nq < 1) {
-      if (beta != 1.0) k_.scale(d_ * b, beta, W);
+      if (beta != 1.0) k_.scale(rows * b, beta, W);
       return;
     }
     ensure_c(static_cast<size_t>(nq) * b);
@@ -221,7 +218,7 @@ class DeviceBackend {
     for (int j = 0; j < b; ++j)
       for (int i = 0; i < nq; ++i) packed[at(i, j, nq)] = Ch[at(i, j, ldc)];
     k_.to_device(cdev_, packed.data(), sizeof(double) * packed.size());
-    k_.combine(d_, nq, b, alpha, Q, d_, cdev_, nq, beta, W, d_);
+    k_.combine(rows, nq, b, alpha, Q, rows, cdev_, nq, beta, W, rows);
   }
   // Scratch vectors in K memory (n doubles, reused between calls).
   double* work(size_t n) {

@@ -199,24 +199,54 @@ bool cholqr2(B& ops, double* Y, int b, std::vector<double>& R, double scale) {
 // already in span(Q) are replaced by random orthonormal ones with a zero row
 // of R, so Y is always a full basis. scale: a norm the "numerically zero" test
 // is relative to (max with ||Y_in||).
+//
+// local > 0 (a Lanczos step): Y is first projected against the last `local`
+// columns of Q, which hold all of its large components in exact arithmetic (the
+// diagonal and previous off-diagonal blocks of T). What is left is small against
+// the rest of Q, so one full pass suffices unless it cancels much (the DGKS test:
+// a column keeps less than 1/sqrt(2) of its norm), and the full basis is read
+// twice per step instead of four times. local = 0: two full passes.
 template <class B>
 void orth_block(B& ops, const double* Q, int nq, double* Y, int b, std::vector<double>& C, std::vector<double>& R,
-                Random& rnd, double scale) {
+                Random& rnd, double scale, int local = 0) {
   const int64_t d = ops.dim();
   C.assign(static_cast<size_t>(nq) * b, 0.0);
   R.assign(static_cast<size_t>(b) * b, 0.0);
-  if constexpr (B::kFewSyncs) {  // one reduction for all column norms
-    std::vector<double> G(static_cast<size_t>(b) * b);
-    ops.tn(Y, b, Y, b, G.data());
-    for (int j = 0; j < b; ++j) scale = std::max(scale, std::sqrt(std::max(G[at(j, j, b)], 0.0)));
-  } else {
-    for (int j = 0; j < b; ++j) scale = std::max(scale, ops.norm(Y + at(0, j, d)));
-  }
+  // Squared column norms of Y (one reduction on a few-syncs backend).
+  std::vector<double> nrm2(b);
+  auto column_norms = [&] {
+    if constexpr (B::kFewSyncs) {
+      std::vector<double> G(static_cast<size_t>(b) * b);
+      ops.tn(Y, b, Y, b, G.data());
+      for (int j = 0; j < b; ++j) nrm2[j] = std::max(G[at(j, j, b)], 0.0);
+    } else {
+      for (int j = 0; j < b; ++j) nrm2[j] = std::pow(ops.norm(Y + at(0, j, d)), 2);
+    }
+  };
+  column_norms();
+  for (int j = 0; j < b; ++j) scale = std::max(scale, std::sqrt(nrm2[j]));
   std::vector<double> tmp(static_cast<size_t>(std::max(nq, 1)) * b), h(std::max(b, 1)), cq(std::max(nq, 1));
+  local = std::min(local, nq);
+  if (local > 0 && local < nq) {
+    const int q0 = nq - local;
+    ops.tn(Q + at(0, q0, d), local, Y, b, tmp.data());
+    ops.nn(Q + at(0, q0, d), local, tmp.data(), local, b, -1.0, 1.0, Y);
+    for (int j = 0; j < b; ++j)
+      for (int i = 0; i < local; ++i) C[at(q0 + i, j, nq)] += tmp[at(i, j, local)];
+    column_norms();
+  } else {
+    local = 0;
+  }
   for (int pass = 0; pass < 2 && nq > 0; ++pass) {  // BLAS-3, the bulk of the work
     ops.tn(Q, nq, Y, b, tmp.data());
     ops.nn(Q, nq, tmp.data(), nq, b, -1.0, 1.0, Y);
     for (size_t i = 0; i < C.size(); ++i) C[i] += tmp[i];
+    if (local == 0 || pass == 1) continue;
+    const std::vector<double> before = nrm2;
+    column_norms();
+    bool kept = true;
+    for (int j = 0; j < b; ++j) kept = kept && nrm2[j] >= 0.5 * before[j];
+    if (kept) break;
   }
   if constexpr (B::kFewSyncs) {
     if (b >= 2 && cholqr2(ops, Y, b, R, scale)) return;
@@ -330,12 +360,28 @@ struct Budget {
   double pass_flops = 0;
 };
 
+// Gram backends whose pass also returns the left product B X (apply_keep) let
+// block_lanczos keep it: the certificate of top_singular then needs no pass.
+template <class B, class = void>
+struct KeepsLeft : std::false_type {};
+template <class B>
+struct KeepsLeft<B, std::void_t<decltype(std::declval<B&>().apply_keep(std::declval<const double*>(),
+                                                                        std::declval<double*>(), 0,
+                                                                        std::declval<double*>()))>>
+    : std::true_type {};
+
 template <class B>
 struct LanczosOut {
   std::vector<double> theta;  // wanted Ritz values (Largest: descending; Both: top desc, bottom asc)
   std::vector<double> res;    // residual estimates from the Lanczos relation
   typename B::Block X;        // d x theta.size() Ritz vectors (backend memory)
   typename B::Block Xnext;    // d x next_cols Ritz vectors of the next values (Largest)
+  // keep_products: the operator's products of X (d x theta.size()), combined from the products
+  // it returned for the basis, and for a KeepsLeft backend B X (other x theta.size()).
+  typename B::Block OpX, BX;
+  bool kept = false, kept_left = false;
+  bool verified = false;      // the caller's explicit certificate (verify) passed on this answer
+  using Verify = std::function<bool(LanczosOut&)>;
   int next_cols = 0;
   int iterations = 0, restarts = 0;
   int64_t passes = 0;
@@ -347,10 +393,17 @@ struct LanczosOut {
 // Block Lanczos with thick restarts and full reorthogonalization on the
 // symmetric operator ops.apply of dimension d. Requires d >= cap >= want + 2b
 // where want = k (Largest) or 2k (Both). v0: host d x k0 start columns (may be null).
+// keep_products: the products the operator returned for the basis are kept and rotated
+// with it (thick restarts, Ritz vectors), so that the answer comes with Op X
+// (and B X on a KeepsLeft backend) as computed, not as the Lanczos relation
+// predicts: an explicit certificate without another pass.
+// verify: that certificate, run whenever the estimates pass; when it fails the
+// iteration goes on (the estimates keep shrinking) instead of stopping.
 template <class B>
 LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t max_passes, const double* v0, int k0,
                             Random& rnd, const Accept& accept, int extra = 0, const Budget& budget = {},
-                            const AcceptSet& accept_set = {}) {
+                            const AcceptSet& accept_set = {}, bool keep_products = false,
+                            const typename LanczosOut<B>::Verify& verify = {}) {
   const int64_t d = ops.dim();
   const int want = which == Which::Largest ? k : 2 * k;
   if (cap > d || cap < want + 2 * b) throw std::logic_error("block_lanczos: basis capacity out of range");
@@ -370,6 +423,26 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
   LanczosOut<B> out;
   auto V = ops.block(static_cast<size_t>(d) * cap), Y = ops.block(static_cast<size_t>(d) * b);
   std::vector<double> T(static_cast<size_t>(cap) * cap, 0.0), C, R, Tm, theta, res;
+  // Kept products: PV = Op V and, on a KeepsLeft backend, LV = B V (o rows), for the
+  // a columns already multiplied.
+  constexpr bool kLeft = KeepsLeft<B>::value;
+  int64_t o = 0;
+  if constexpr (kLeft) o = ops.other();
+  const bool keep_left = keep_products && kLeft;
+  auto PV = ops.block(keep_products ? static_cast<size_t>(d) * cap : 0);
+  auto LV = ops.block(keep_left ? static_cast<size_t>(o) * cap : 0);
+  // Columns [c0, c0 + nc) of the kept products become (kept) S: W = P S, then copied into place.
+  auto rotate_kept = [&](int na_, const std::vector<double>& S, int nc, typename B::Block& P_out,
+                         typename B::Block& L_out) {
+    P_out = ops.block(static_cast<size_t>(d) * nc);
+    ops.nn(PV.data(), na_, S.data(), na_, nc, 1.0, 0.0, P_out.data());
+    if constexpr (kLeft) {
+      if (keep_left) {
+        L_out = ops.block(static_cast<size_t>(o) * nc);
+        ops.nn_other(LV.data(), na_, S.data(), na_, nc, 1.0, 0.0, L_out.data());
+      }
+    }
+  };
 
   // Start block: the warm-start columns first, random ones for the rest.
   const int nstart = v0 ? std::min(k0, b) : 0;
@@ -381,10 +454,18 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
   const int cap_max = static_cast<int>(std::min<int64_t>(d, std::max(cap, budget.cap_max)));
   int since_rr = 0;
   while (true) {
-    ops.apply(V.data() + at(0, a, d), Y.data(), b);
+    if constexpr (kLeft) {
+      if (keep_left)
+        ops.apply_keep(V.data() + at(0, a, d), Y.data(), b, LV.data() + at(0, a, o));
+      else
+        ops.apply(V.data() + at(0, a, d), Y.data(), b);
+    } else {
+      ops.apply(V.data() + at(0, a, d), Y.data(), b);
+    }
+    if (keep_products) ops.copy(PV.data() + at(0, a, d), Y.data(), static_cast<size_t>(d) * b);
     ++out.passes;
     ++out.iterations;
-    orth_block(ops, V.data(), nv, Y.data(), b, C, R, rnd, out.norm);
+    orth_block(ops, V.data(), nv, Y.data(), b, C, R, rnd, out.norm, 2 * b);
     for (int j = 0; j < b; ++j)
       for (int i = 0; i < nv; ++i) {
         T[at(i, a + j, cap)] = C[at(i, j, nv)];
@@ -412,6 +493,16 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
       auto V2 = ops.block(static_cast<size_t>(d) * nc);
       ops.copy(V2.data(), V.data(), static_cast<size_t>(d) * nv);
       V = std::move(V2);
+      if (keep_products) {
+        auto P2 = ops.block(static_cast<size_t>(d) * nc);
+        ops.copy(P2.data(), PV.data(), static_cast<size_t>(d) * a);
+        PV = std::move(P2);
+      }
+      if (keep_left) {
+        auto L2 = ops.block(static_cast<size_t>(o) * nc);
+        ops.copy(L2.data(), LV.data(), static_cast<size_t>(o) * a);
+        LV = std::move(L2);
+      }
       cap = nc;  // (the restart keeps the same vectors: keep depends on k and b only once cap >= k + 3b)
     }
     // Rayleigh-Ritz only when it may stop the solve, a restart needs it, or its
@@ -470,6 +561,11 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
       }
       out.X = ops.block(static_cast<size_t>(d) * w);
       ops.nn(V.data(), na, S.data(), na, w, 1.0, 0.0, out.X.data());
+      if (keep_products) {
+        rotate_kept(na, S, w, out.OpX, out.BX);
+        out.kept = true;
+        out.kept_left = keep_left;
+      }
       const int ne = which == Which::Largest ? std::max(0, std::min(extra, na - w)) : 0;
       if (ne > 0) {
         S.resize(static_cast<size_t>(na) * ne);
@@ -479,7 +575,17 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
         ops.nn(V.data(), na, S.data(), na, ne, 1.0, 0.0, out.Xnext.data());
         out.next_cols = ne;
       }
-      return out;
+      if (!conv || !verify) return out;
+      out.verified = verify(out);
+      if (out.verified || out.passes >= max_passes) {
+        out.converged = out.verified;
+        return out;
+      }
+      out.theta.clear();
+      out.res.clear();
+      out.kept = out.kept_left = false;
+      out.next_cols = 0;
+      out.converged = false;
     }
     if (nv + b > cap) {
       // Thick restart: V[:, :keep] = V S (the best Ritz vectors), then the pending block.
@@ -492,6 +598,12 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
       auto tmp = ops.block(static_cast<size_t>(d) * keep);
       ops.nn(V.data(), na, S.data(), na, keep, 1.0, 0.0, tmp.data());
       ops.copy(V.data(), tmp.data(), static_cast<size_t>(d) * keep);
+      if (keep_products) {
+        typename B::Block P_new = ops.block(0), L_new = ops.block(0);
+        rotate_kept(na, S, keep, P_new, L_new);
+        ops.copy(PV.data(), P_new.data(), static_cast<size_t>(d) * keep);
+        if (keep_left) ops.copy(LV.data(), L_new.data(), static_cast<size_t>(o) * keep);
+      }
       ops.copy(V.data() + at(0, keep, d), V.data() + at(0, na, d), static_cast<size_t>(d) * b);
       std::fill(T.begin(), T.end(), 0.0);
       for (int j = 0; j < keep; ++j) T[at(j, j, cap)] = theta[ks[j]];
@@ -621,7 +733,8 @@ EigsOut top_eigs(B& ops, int k, Which which, const Options& opt, const double* v
   out.info.tol_used = tol;
   out.info.block = plan.block;
   Random rnd{opt.seed, 0};
-  Accept accept = [tol](double, double r, double nrm) { return r <= 0.5 * tol * nrm; };
+  // The estimates accept at the tolerance itself; the explicit certificate runs when they do.
+  Accept accept = [tol](double, double r, double nrm) { return r <= tol * nrm; };
   std::vector<double> warm(v0 ? v0 : nullptr, v0 ? v0 + ns * k0 : nullptr);
   int kw = k0;
   struct Problem {
@@ -639,24 +752,25 @@ EigsOut top_eigs(B& ops, int k, Which which, const Options& opt, const double* v
     int w = 0;
     bool run(int& b, int& cap) {
       auto eo = block_lanczos(ops, k, which, b, cap, max_passes - out.info.matrix_passes,
-                              warm.empty() ? nullptr : warm.data(), kw, rnd, accept);
+                              warm.empty() ? nullptr : warm.data(), kw, rnd, accept, 0, {}, {},
+                              /*keep_products=*/true, [this](LanczosOut<B>& e) { return certify(e, true); });
       out.info.iterations += eo.iterations;
       out.info.restarts += eo.restarts;
       out.info.matrix_passes += eo.passes;
+      return eo.verified || certify(eo, eo.converged);
+    }
+    // The explicit certificate ||Op x - lambda x|| on Op X as the operator returned it
+    // for the basis (kept by block_lanczos, combined like the basis).
+    bool certify(LanczosOut<B>& eo, bool ok) {
       out.info.norm_estimate = std::max(out.info.norm_estimate, eo.norm);
       out.values = eo.theta;
       w = static_cast<int>(eo.theta.size());
       const size_t ns = static_cast<size_t>(n);
-      // Certify explicitly: one application of op to the returned block.
-      auto Yd = ops.block(ns * w);
-      ops.apply(eo.X.data(), Yd.data(), w);
-      ++out.info.matrix_passes;
       out.vectors.resize(ns * w);
       std::vector<double> Yv(ns * w);
       ops.download(eo.X.data(), out.vectors.data(), ns * w);
-      ops.download(Yd.data(), Yv.data(), ns * w);
+      ops.download(eo.OpX.data(), Yv.data(), ns * w);
       out.info.residuals.assign(w, 0.0);
-      bool ok = eo.converged;
       for (int j = 0; j < w; ++j) {
         double ss = 0;
         for (int64_t i = 0; i < n; ++i) {
@@ -712,6 +826,7 @@ struct SingularOut {
 // v0: host m x k0 right vectors (warm start).
 template <class B>
 SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, int k0) {
+  static_assert(KeepsLeft<B>::value, "a Gram backend returns B X with its pass (apply_keep)");
   constexpr double eps = B::kSingle ? double(std::numeric_limits<float>::epsilon())
                                     : std::numeric_limits<double>::epsilon();
   const int64_t n = ops.n(), m = ops.m(), d = ops.dim(), o = ops.other();
@@ -748,7 +863,7 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
   auto make_accept = [](double t) -> Accept {
     return [t](double theta, double res, double nrm) {
       const double s1 = std::sqrt(nrm), s = std::sqrt(std::max(theta, 0.0));
-      return res <= std::max(0.5 * t * s1 * s, 100 * eps * nrm);
+      return res <= std::max(t * s1 * s, 100 * eps * nrm);
     };
   };
   // The tracking certificate (Options::resolvable) on the Gram values theta = s^2,
@@ -760,7 +875,7 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
       std::vector<double> sv(th.size()), rv(rg.size()), spacing;
       for (size_t i = 0; i < th.size(); ++i) sv[i] = std::sqrt(std::max(th[i], 0.0));
       for (size_t i = 0; i < rg.size(); ++i) rv[i] = sv[i] > 0 ? rg[i] / sv[i] : rg[i] / s1;
-      return certify_resolvable(sv, rv, std::max(0.5 * t * s1, 100 * eps * s1), s1, spacing);
+      return certify_resolvable(sv, rv, std::max(t * s1, 100 * eps * s1), s1, spacing);
     };
   };
   Random rnd{opt.seed, 0};
@@ -799,9 +914,13 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
                                                  std::max<int64_t>(cap, std::min<int64_t>(256, (int64_t{1} << 22) / d)),
                                                  std::min(n, m) - b));
         budget.pass_flops = 4.0 * static_cast<double>(n) * static_cast<double>(m) * b;
+        // The estimates accept at the tolerance itself: the explicit certificate
+        // (certify, on the kept products) runs when they do, and the iteration
+        // goes on if it fails.
         auto eo = block_lanczos(ops, k, Which::Largest, b, cap, probe_warm ? std::min<int64_t>(1, left) : left,
                                 warm.empty() ? nullptr : warm.data(), kw, rnd, accept_for(inner), extra, budget,
-                                accept_set_for(inner));
+                                accept_set_for(inner), /*keep_products=*/true,
+                                [this](LanczosOut<B>& e) { return certify(e); });
         out.info.iterations += eo.iterations;
         out.info.restarts += eo.restarts;
         out.info.matrix_passes += eo.passes + ops.take_passes();
@@ -822,15 +941,18 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
             continue;
           }
         }
-        return certify(eo);
+        return eo.verified || certify(eo);
       }
     }
-    // Certificate: one pass gives Y = B X and Z = B^T Y for the Ritz block X.
+    // Certificate on Y = B X and Z = B^T Y for the Ritz block X: the products the
+    // sweeps computed, combined like the basis (block_lanczos keeps them), so it
+    // costs no pass.
     bool certify(LanczosOut<B>& eo) {
       const size_t ds = static_cast<size_t>(d), os = static_cast<size_t>(o);
       std::vector<double> Xd(ds * k), Y(os * k), Z(ds * k);
-      ops.certify_products(eo.X.data(), k, Xd.data(), Y.data(), Z.data());
-      ++out.info.matrix_passes;
+      ops.download(eo.X.data(), Xd.data(), ds * k);
+      ops.download(eo.BX.data(), Y.data(), os * k);
+      ops.download(eo.OpX.data(), Z.data(), ds * k);
       // Rayleigh-Ritz with B X: Y = Q R, R = P diag(s) W^T  =>  u = Q P, v = X W.
       std::vector<double> Q = Y, Rr(static_cast<size_t>(k) * k), P(static_cast<size_t>(k) * k),
                           WT(static_cast<size_t>(k) * k), s(k);
