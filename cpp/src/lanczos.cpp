@@ -64,6 +64,14 @@ void gemm_nn(int64_t d, int nq, int b, double alpha, const double* Q, const doub
   }
 }
 
+void project(int64_t d, int nq, int b, const double* Q, double* W, double* C) {
+  if (nq < 1 || b < 1) return;
+  thread_local std::vector<double> Z;
+  Z.resize(static_cast<size_t>(d) * b);
+  lanczos::gram_sweep<double>(Q, nq, d, d, W, b, C, Z.data());
+  for (size_t i = 0; i < Z.size(); ++i) W[i] -= Z[i];
+}
+
 double norm2(int64_t d, const double* w) {
   double s = 0;
   gemm_tn(d, 1, 1, w, w, &s);

@@ -23,6 +23,10 @@ void gemm_nn(int64_t d, int nq, int b, double alpha, const double* Q, const doub
              double* W);
 // Euclidean norm with the fixed-chunk reduction.
 double norm2(int64_t d, const double* w);
+// One classical Gram-Schmidt pass in one read of Q: C (nq x b) = Q^T W, then
+// W -= Q C (the fused panel sweep on the row-major view Q^T, whose panels are
+// used twice while in cache; fixed reduction order).
+void project(int64_t d, int nq, int b, const double* Q, double* W, double* C);
 
 // The vector half of the concept on host memory of dimension d.
 struct Vectors {
@@ -39,6 +43,7 @@ struct Vectors {
     gemm_nn(d, nq, b, alpha, Q, C, ldc, beta, W);
   }
   double norm(const double* w) { return norm2(d, w); }
+  void project(const double* Q, int nq, double* W, int b, double* C) { cpu::project(d, nq, b, Q, W, C); }
   void scale(double* w, double s) { blas::scal(static_cast<int>(d), s, w); }
   void normalized(double* x, const double* y, double nrm) {
     for (int64_t i = 0; i < d; ++i) x[i] = y[i] / nrm;

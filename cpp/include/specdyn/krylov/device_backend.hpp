@@ -193,6 +193,11 @@ class DeviceBackend {
     k_.dots(d_, Q, d_, nq, W, d_, b, cdev_);
     k_.to_host(Ch, cdev_, sizeof(double) * nq * b);
   }
+  // C (host) = Q^T W, then W -= Q C: one Gram-Schmidt pass.
+  void project(const double* Q, int nq, double* W, int b, double* Ch) {
+    tn(Q, nq, W, b, Ch);
+    nn(Q, nq, Ch, nq, b, -1.0, 1.0, W);
+  }
   double norm(const double* w) {
     double s = 0;
     tn(w, 1, w, 1, &s);

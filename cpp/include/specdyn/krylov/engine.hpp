@@ -18,6 +18,9 @@
 //                                        C (host, nq x b) = Q^T W
 //   void nn(const double* Q, int nq, const double* C, int ldc, int b,
 //           double alpha, double beta, double* W);     W = alpha Q C + beta W, C host
+//   void project(const double* Q, int nq, double* W, int b, double* C);
+//                                        C (host) = Q^T W, then W -= Q C (one
+//                                        Gram-Schmidt pass; the CPU reads Q once)
 //   double norm(const double* w);        ||w||
 //   void scale(double* w, double s);     w *= s (d entries)
 //   void normalized(double* x, const double* y, double nrm);   x = y / nrm
@@ -34,7 +37,9 @@
 //
 // Gram backends (top_singular) add: n(), m() (A is n x m), other() (the side
 // the basis does not live on), basis_right(), single (float matrix), the range
-// scale they work at, the certificate products and the dense fallback; see
+// scale they work at, apply_keep(X, Y, b, L) (apply that also returns the left
+// product L = B X, other() x b, which the certificate reuses), nn_other (nn on
+// other() rows), backward (B^T U for float matrices) and the dense fallback; see
 // top_singular below.
 //
 // Everything that decides sizes (block, basis capacity, dense or Krylov) is in
@@ -229,17 +234,15 @@ void orth_block(B& ops, const double* Q, int nq, double* Y, int b, std::vector<d
   local = std::min(local, nq);
   if (local > 0 && local < nq) {
     const int q0 = nq - local;
-    ops.tn(Q + at(0, q0, d), local, Y, b, tmp.data());
-    ops.nn(Q + at(0, q0, d), local, tmp.data(), local, b, -1.0, 1.0, Y);
+    ops.project(Q + at(0, q0, d), local, Y, b, tmp.data());
     for (int j = 0; j < b; ++j)
       for (int i = 0; i < local; ++i) C[at(q0 + i, j, nq)] += tmp[at(i, j, local)];
     column_norms();
   } else {
     local = 0;
   }
-  for (int pass = 0; pass < 2 && nq > 0; ++pass) {  // BLAS-3, the bulk of the work
-    ops.tn(Q, nq, Y, b, tmp.data());
-    ops.nn(Q, nq, tmp.data(), nq, b, -1.0, 1.0, Y);
+  for (int pass = 0; pass < 2 && nq > 0; ++pass) {  // the bulk of the work: one read of Q each
+    ops.project(Q, nq, Y, b, tmp.data());
     for (size_t i = 0; i < C.size(); ++i) C[i] += tmp[i];
     if (local == 0 || pass == 1) continue;
     const std::vector<double> before = nrm2;
