@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <limits>
 #include <stdexcept>
 
@@ -17,6 +19,51 @@
 namespace specdyn::krylov::cpu {
 
 using blas::Op;
+
+namespace {
+// The per-thread cache behind PooledBlock.
+constexpr size_t kPoolBytes = size_t(64) << 20;
+struct Pool {
+  std::vector<std::pair<size_t, double*>> free;  // (doubles held, buffer)
+  size_t bytes = 0;
+  ~Pool() {
+    for (auto& f : free) std::free(f.second);
+  }
+};
+thread_local Pool pool;
+}  // namespace
+
+PooledBlock::PooledBlock(size_t n) : n_(n) {
+  if (n == 0) return;
+  // The smallest cached buffer that holds n doubles without wasting more than half of itself.
+  int best = -1;
+  for (size_t i = 0; i < pool.free.size(); ++i) {
+    const size_t c = pool.free[i].first;
+    if (c >= n && c <= 2 * n && (best < 0 || c < pool.free[best].first)) best = static_cast<int>(i);
+  }
+  if (best >= 0) {
+    cap_ = pool.free[best].first;
+    p_ = pool.free[best].second;
+    pool.bytes -= sizeof(double) * cap_;
+    pool.free.erase(pool.free.begin() + best);
+    return;
+  }
+  p_ = static_cast<double*>(std::malloc(sizeof(double) * n));
+  if (!p_) throw std::bad_alloc();
+  cap_ = n;
+}
+
+void PooledBlock::release() {
+  if (!p_) return;
+  if (pool.bytes + sizeof(double) * cap_ <= kPoolBytes) {
+    pool.free.emplace_back(cap_, p_);
+    pool.bytes += sizeof(double) * cap_;
+  } else {
+    std::free(p_);
+  }
+  p_ = nullptr;
+  n_ = cap_ = 0;
+}
 
 // Long reductions over the basis dimension d run on fixed row chunks whose
 // partial sums are added in chunk order: the same bits at any thread count.

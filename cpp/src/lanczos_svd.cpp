@@ -362,12 +362,18 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
   krylov::SingularOut r = krylov::top_singular(ops, k, opt, w.empty() ? nullptr : w.data(), w.empty() ? 0 : k0);
   Triplets<T> out;
   out.s = std::move(r.s);
-  out.U.resize(r.U.size());
-  out.V.resize(r.V.size());
-  out.warm.resize(r.warm.size());
-  from_double(r.U.data(), out.U.data(), r.U.size());
-  from_double(r.V.data(), out.V.data(), r.V.size());
-  from_double(r.warm.data(), out.warm.data(), r.warm.size());
+  if constexpr (std::is_same_v<T, double>) {
+    out.U = std::move(r.U);
+    out.V = std::move(r.V);
+    out.warm = std::move(r.warm);
+  } else {
+    out.U.resize(r.U.size());
+    out.V.resize(r.V.size());
+    out.warm.resize(r.warm.size());
+    from_double(r.U.data(), out.U.data(), r.U.size());
+    from_double(r.V.data(), out.V.data(), r.V.size());
+    from_double(r.warm.data(), out.warm.data(), r.warm.size());
+  }
   out.warm_cols = r.warm_cols;
   out.info = std::move(r.info);
   return out;

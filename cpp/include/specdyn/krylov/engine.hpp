@@ -88,6 +88,19 @@ struct Random {
   }
 };
 
+// Host scratch of at least n doubles, kept for the thread's lifetime (reused by
+// every solve on it; contents undefined), and a view into it.
+inline double* host_scratch(size_t n) {
+  thread_local std::vector<double> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+struct HostSpan {
+  double* p;
+  double* data() const { return p; }
+  double& operator[](size_t i) const { return p[i]; }
+};
+
 // ---- range safety -------------------------------------------------------------
 // A solve works on a power-of-two multiple (scale * A) of its operator whenever
 // the operator's first products leave the range in which squares and sums of
@@ -952,17 +965,21 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
     // costs no pass.
     bool certify(LanczosOut<B>& eo) {
       const size_t ds = static_cast<size_t>(d), os = static_cast<size_t>(o);
-      std::vector<double> Xd(ds * k), Y(os * k), Z(ds * k);
+      // (Scratch that persists on this thread: a solve in a training loop would
+      // otherwise fault fresh pages in every call.)
+      double* const sc = host_scratch(3 * (ds + os) * k);
+      HostSpan Xd{sc}, Z{sc + ds * k}, BtU{sc + 2 * ds * k}, Y{sc + 3 * ds * k}, Q{Y.p + os * k}, BV{Q.p + os * k};
       ops.download(eo.X.data(), Xd.data(), ds * k);
       ops.download(eo.BX.data(), Y.data(), os * k);
       ops.download(eo.OpX.data(), Z.data(), ds * k);
       // Rayleigh-Ritz with B X: Y = Q R, R = P diag(s) W^T  =>  u = Q P, v = X W.
-      std::vector<double> Q = Y, Rr(static_cast<size_t>(k) * k), P(static_cast<size_t>(k) * k),
+      std::memcpy(Q.p, Y.p, sizeof(double) * os * k);
+      std::vector<double> Rr(static_cast<size_t>(k) * k), P(static_cast<size_t>(k) * k),
                           WT(static_cast<size_t>(k) * k), s(k);
       blas::qr_explicit(static_cast<int>(o), k, Q.data(), static_cast<int>(o), Rr.data(), k);
       if (blas::gesdd(k, k, Rr.data(), k, s.data(), P.data(), k, WT.data(), k) != 0)
         throw std::runtime_error("top_singular: gesdd failed");
-      std::vector<double> U(os * k), V(ds * k), BV(os * k), BtU(ds * k);
+      std::vector<double> U(os * k), V(ds * k);
       blas::gemm(blas::Op::N, blas::Op::N, static_cast<int>(o), k, k, 1.0, Q.data(), static_cast<int>(o), P.data(), k,
                  0.0, U.data(), static_cast<int>(o));
       blas::gemm(blas::Op::N, blas::Op::T, static_cast<int>(d), k, k, 1.0, Xd.data(), static_cast<int>(d), WT.data(),
