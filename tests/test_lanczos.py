@@ -408,3 +408,40 @@ def test_warm_extra_block_continues_a_nearby_solve():
     s2, _, _, info2 = _core.top_singular_f64(B, 4, opt, W)
     np.testing.assert_allclose(s2, np.linalg.svd(B, compute_uv=False)[:4], rtol=1e-9)
     assert info2["converged"] and info2["warm"].shape[1] == 8
+
+
+@pytest.mark.parametrize("spectrum", [(6.0, 2.5), (3.0, 1.6), None], ids=["spikes", "crowded", "bulk"])
+def test_reported_residuals_are_those_of_the_returned_triplets(spectrum):
+    # The certificate is combined from the products the Lanczos sweeps computed (no pass of its
+    # own); it must still be the residual of what is returned, recomputed here with NumPy.
+    rng = np.random.default_rng(5)
+    n = 700
+    A = rng.standard_normal((n, n)) / np.sqrt(n)
+    if spectrum is not None:
+        P, _ = np.linalg.qr(rng.standard_normal((n, 10)))
+        Q, _ = np.linalg.qr(rng.standard_normal((n, 10)))
+        A += (P * np.linspace(*spectrum, 10)) @ Q.T
+    s, U, V, info = specdyn.top_singular(A, 10, tol=1e-10)
+    norm = np.linalg.norm(A, 2)
+    true = np.maximum(np.linalg.norm(A @ V - U * s, axis=0), np.linalg.norm(A.T @ U - V * s, axis=0))
+    assert info["converged"] and np.all(true <= 1e-10 * norm * (1 + 1e-6))
+    np.testing.assert_allclose(info["residuals"], true, rtol=0.05, atol=1e-13 * norm)
+    np.testing.assert_allclose(s, np.linalg.svd(A, compute_uv=False)[:10], rtol=0, atol=1e-10 * norm)
+
+
+@pytest.mark.parametrize("which", ["largest", "both"])
+def test_top_eigs_certificate_needs_no_extra_application(which):
+    # Every application of the operator is a Lanczos step (counted here); the residuals in info
+    # are still those of the returned pairs.
+    A = sym_spectrum(300, 4)
+    applied = []
+
+    def op(X):
+        applied.append(X.shape[1])
+        return A @ X
+
+    vals, vecs, info = specdyn.top_eigs(op, n=300, k=3, which=which)
+    assert info["converged"] and len(applied) == info["matrix_passes"] == info["iterations"]
+    norm = np.max(np.abs(np.linalg.eigvalsh(A)))
+    true = np.linalg.norm(A @ vecs - vecs * vals, axis=0)
+    np.testing.assert_allclose(info["residuals"], true, rtol=0.05, atol=1e-13 * norm)
