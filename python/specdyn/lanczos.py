@@ -205,7 +205,8 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
     k : int in [1, min(n, m)]
     tol : float in (0, 1)
         Stop when every returned triplet has ``||A v - s u|| <= tol * ||A||``
-        and ``||A^T u - s v|| <= tol * ||A||`` (computed explicitly at the end).
+        and ``||A^T u - s v|| <= tol * ||A||``, computed explicitly from the
+        products of A the solve made (no pass of its own).
         For float32 matrices the tolerance is floored at 1e-4 (float
         products; the Gram operator squares their rounding error).
     v0 : ndarray (m,) or (m, k0), optional
@@ -317,7 +318,8 @@ def top_eigs(op, n: int | None = None, k: int = 1, which: str = "largest", tol: 
     k : int >= 1; at most n ("largest") or n // 2 ("both")
     which : "largest" (the k algebraically largest) or "both" (k largest and k smallest)
     tol : float in (0, 1); residuals ``||op x - lam x|| <= tol * max|lam|``,
-        computed explicitly at the end.
+        computed explicitly from the operator's products the solve made (no extra
+        application).
     v0 : ndarray (n,) or (n, k0), optional warm start.
     device : None, "cpu", "cuda" or "host-emulation", as in :func:`top_singular`
         (a matrix op only; on the device path the matrix must be symmetric to
