@@ -48,6 +48,9 @@ def check_certificate(A, s, info, tol):
         else:
             assert spacing[i] <= 1e-2 * info["norm_estimate"] * 1.0001
             assert res[i] <= 0.1 * spacing[i] * 1.0001
+            # the spacing claimed is the true one (LAPACK), up to what its neighbours' residuals allow
+            true_gap = min(ref[i - 1] - ref[i] if i > 0 else np.inf, ref[i] - ref[i + 1])
+            assert spacing[i] <= 1.25 * true_gap + 1e-12 * norm, (i, spacing[i], true_gap)
     return ref
 
 
@@ -147,3 +150,20 @@ def test_growing_basis_and_tracking_give_the_same_bits_at_1_and_2_threads(tmp_pa
     from test_lanczos import assert_same_bits_at_1_and_2_threads
 
     assert_same_bits_at_1_and_2_threads(_THREADS, tmp_path)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resolvable_certificate_after_a_warm_start(seed):
+    # The tracking situation: the previous step's vectors start the solve on a nearby matrix
+    # (an outlier just above a bulk). A warm solve stops early, while the Ritz value below the
+    # wanted ones is still unconverged (it lies below the true value, and the last wanted value's
+    # spacing would look wider than it is): the spacing claimed must be the true one.
+    rng = np.random.default_rng(seed)
+    n, m = 900, 700
+    A0 = rng.standard_normal((n, m)) / np.sqrt(n)
+    u, v = rng.standard_normal(n), rng.standard_normal(m)
+    A0 += 1.3 * np.outer(u / np.linalg.norm(u), v / np.linalg.norm(v))
+    _, _, V0, _ = specdyn.top_singular(A0, 4, tol=1e-8)
+    A1 = A0 + 1e-2 * rng.standard_normal((n, m)) / np.sqrt(n)
+    s, U, V, info = specdyn.top_singular(A1, 4, tol=1e-8, v0=V0, certify="resolvable")
+    check_certificate(A1, s, info, 1e-8)

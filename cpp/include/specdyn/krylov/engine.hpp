@@ -325,12 +325,12 @@ void orth_block(B& ops, const double* Q, int nq, double* Y, int b, std::vector<d
 // accept(theta, residual estimate, norm estimate): is this Ritz pair converged?
 using Accept = std::function<bool(double, double, double)>;
 // The set version (Options::resolvable): the wanted Ritz values, descending,
-// followed by the next one; their residual estimates (wanted only); the norm
+// followed by the next one; their residual estimates (the same k + 1); the norm
 // estimate. Replaces the pairwise test when given.
 using AcceptSet = std::function<bool(const std::vector<double>&, const std::vector<double>&, double)>;
 
 // The tracking certificate on singular values s (descending: the wanted ones, then
-// the next value) with residual bounds r (wanted ones) and norm estimate nrm. A
+// the next value) with residual bounds r (the same k + 1; NaN for a missing next value) and norm estimate nrm. A
 // value whose nearest neighbour lies closer than kCluster * nrm is inside a cluster
 // (the edge of a random bulk: finite-N values there are a fraction of a percent of
 // the norm apart and fluctuate by about that much); it is certified once its
@@ -338,17 +338,26 @@ using AcceptSet = std::function<bool(const std::vector<double>&, const std::vect
 // its neighbours. Any other value (an outlier) is certified when r <= t. Both tests
 // only get easier as residuals shrink, so the certificate holds once reached.
 // Fills spacing (wanted values: 0 = certified to t, else the nearest spacing).
+// The last wanted value is certified this way only once the next value is
+// resolved as well (its residual at most kResolve times the spacing): the next
+// Ritz value lies below the true one until it converges, and would make the
+// spacing look wider than it is.
 inline bool certify_resolvable(const std::vector<double>& s, const std::vector<double>& r, double t, double nrm,
                                std::vector<double>& spacing) {
   constexpr double kCluster = 1e-2, kResolve = 0.1;
-  const size_t k = r.size();
+  const size_t k = s.size() - 1;
   spacing.assign(k, 0.0);
   bool ok = true;
   for (size_t i = 0; i < k; ++i) {
     if (r[i] <= t) continue;
     double g = std::numeric_limits<double>::infinity();
     if (i > 0) g = s[i - 1] - s[i];
-    if (i + 1 < s.size() && s[i] - s[i + 1] < g) g = s[i] - s[i + 1];  // (NaN next: never smaller)
+    if (s[i] - s[i + 1] < g) g = s[i] - s[i + 1];  // (NaN next: never smaller)
+    // The last wanted value's spacing depends on where the next value lies.
+    if (i + 1 == k && !std::isnan(s[k]) && !(r[k] <= kResolve * g)) {
+      ok = false;
+      continue;
+    }
     if (g <= kCluster * nrm && r[i] <= kResolve * g) {
       spacing[i] = g;
       continue;
@@ -404,6 +413,7 @@ struct LanczosOut {
   bool converged = false;
   double norm = 0;            // max |Ritz value| seen
   double theta_next = 0;      // Largest: the Ritz value below the wanted ones (NaN if none)
+  double res_next = 0;        // its residual estimate (NaN if none)
 };
 
 // Block Lanczos with thick restarts and full reorthogonalization on the
@@ -557,10 +567,12 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
     }
     bool conv = !sel.empty();
     out.theta_next = which == Which::Largest && na > k ? theta[na - 1 - k] : std::nan("");
+    out.res_next = which == Which::Largest && na > k ? res[na - 1 - k] : std::nan("");
     if (conv && accept_set && which == Which::Largest && na > k) {
       std::vector<double> th, rs;
       for (int i : sel) th.push_back(theta[i]), rs.push_back(res[i]);
       th.push_back(out.theta_next);
+      rs.push_back(res[na - 1 - k]);
       conv = accept_set(th, rs, out.norm);
     } else {
       for (int i : sel) conv = conv && accept(theta[i], res[i], out.norm);
@@ -1023,8 +1035,11 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
       ok = ok && finite;
       if (opt.resolvable) {
         std::vector<double> sv = out.s;
-        sv.push_back(std::sqrt(std::max(eo.theta_next, 0.0)) / scale);  // (NaN when none: never linked)
-        ok = finite && certify_resolvable(sv, out.info.residuals, tol * out.info.norm_estimate,
+        const double s_next = std::sqrt(std::max(eo.theta_next, 0.0));
+        sv.push_back(s_next / scale);  // (NaN when none: never linked)
+        std::vector<double> rv = out.info.residuals;
+        rv.push_back(s_next > 0 ? eo.res_next / s_next / scale : eo.res_next);  // (a Gram residual is s times the triplet's)
+        ok = finite && certify_resolvable(sv, rv, tol * out.info.norm_estimate,
                                           out.info.norm_estimate, out.info.spacing);
       }
       // B = A (basis right): u left, v right. B = A^T: v is the left vector of A.
