@@ -338,10 +338,10 @@ using AcceptSet = std::function<bool(const std::vector<double>&, const std::vect
 // its neighbours. Any other value (an outlier) is certified when r <= t. Both tests
 // only get easier as residuals shrink, so the certificate holds once reached.
 // Fills spacing (wanted values: 0 = certified to t, else the nearest spacing).
-// The last wanted value is certified this way only once the next value is
-// resolved as well (its residual at most kResolve times the spacing): the next
-// Ritz value lies below the true one until it converges, and would make the
-// spacing look wider than it is.
+// The next Ritz value lies below the true next value until it converges, so the
+// last wanted value's spacing to it is taken as s_k - s_next - r_next (the next
+// value lies within r_next of its Ritz value), and only once r_next is at most
+// half of s_k - s_next.
 inline bool certify_resolvable(const std::vector<double>& s, const std::vector<double>& r, double t, double nrm,
                                std::vector<double>& spacing) {
   constexpr double kCluster = 1e-2, kResolve = 0.1;
@@ -352,11 +352,18 @@ inline bool certify_resolvable(const std::vector<double>& s, const std::vector<d
     if (r[i] <= t) continue;
     double g = std::numeric_limits<double>::infinity();
     if (i > 0) g = s[i - 1] - s[i];
-    if (s[i] - s[i + 1] < g) g = s[i] - s[i + 1];  // (NaN next: never smaller)
-    // The last wanted value's spacing depends on where the next value lies.
-    if (i + 1 == k && !std::isnan(s[k]) && !(r[k] <= kResolve * g)) {
-      ok = false;
-      continue;
+    if (i + 1 < k) {
+      g = std::min(g, s[i] - s[i + 1]);
+    } else if (!std::isnan(s[k])) {
+      // The last wanted value: the next value lies within r[k] of its Ritz value, so
+      // the spacing is at least s[i] - s[k] - r[k]; that bound is used, once it is at
+      // least half the apparent spacing.
+      const double gn = s[i] - s[k];
+      if (!(r[k] <= 0.5 * gn)) {
+        ok = false;
+        continue;
+      }
+      g = std::min(g, gn - r[k]);
     }
     if (g <= kCluster * nrm && r[i] <= kResolve * g) {
       spacing[i] = g;
