@@ -229,8 +229,8 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         at most a tenth of that spacing; every other value (an outlier) to ``tol``.
         ``info["spacing"]`` gives, per value, 0 (certified to ``tol``) or the
         spacing it was resolved against (for the last value, a lower bound that
-        allows for the next value not being converged itself). The same engine certifies the same way
-        on every device.
+        allows for the next value not being converged itself). The same engine
+        certifies the same way on every device.
     device : None, "cpu", "cuda" or "host-emulation"
         None: a device array (``__cuda_array_interface__``, e.g. CuPy) runs
         on the GPU in place, anything else on the CPU. "cuda": a NumPy A is

@@ -330,8 +330,8 @@ using Accept = std::function<bool(double, double, double)>;
 using AcceptSet = std::function<bool(const std::vector<double>&, const std::vector<double>&, double)>;
 
 // The tracking certificate on singular values s (descending: the wanted ones, then
-// the next value) with residual bounds r (the same k + 1; NaN for a missing next value) and norm estimate nrm. A
-// value whose nearest neighbour lies closer than kCluster * nrm is inside a cluster
+// the next value) with residual bounds r (the same k + 1; NaN for a missing next
+// value) and norm estimate nrm. A value whose nearest neighbour lies closer than kCluster * nrm is inside a cluster
 // (the edge of a random bulk: finite-N values there are a fraction of a percent of
 // the norm apart and fluctuate by about that much); it is certified once its
 // residual is at most kResolve times that spacing, so that it is told apart from
@@ -411,7 +411,6 @@ struct LanczosOut {
   // keep_products: the operator's products of X (d x theta.size()), combined from the products
   // it returned for the basis, and for a KeepsLeft backend B X (other x theta.size()).
   typename B::Block OpX, BX;
-  bool kept = false, kept_left = false;
   bool verified = false;      // the caller's explicit certificate (verify) passed on this answer
   using Verify = std::function<bool(LanczosOut&)>;
   int next_cols = 0;
@@ -464,7 +463,7 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
   const bool keep_left = keep_products && kLeft;
   auto PV = ops.block(keep_products ? static_cast<size_t>(d) * cap : 0);
   auto LV = ops.block(keep_left ? static_cast<size_t>(o) * cap : 0);
-  // Columns [c0, c0 + nc) of the kept products become (kept) S: W = P S, then copied into place.
+  // The kept products of the na basis columns combined by S (na x nc): P_out = PV S, L_out = LV S.
   auto rotate_kept = [&](int na_, const std::vector<double>& S, int nc, typename B::Block& P_out,
                          typename B::Block& L_out) {
     P_out = ops.block(static_cast<size_t>(d) * nc);
@@ -487,14 +486,10 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
   const int cap_max = static_cast<int>(std::min<int64_t>(d, std::max(cap, budget.cap_max)));
   int since_rr = 0;
   while (true) {
-    if constexpr (kLeft) {
-      if (keep_left)
-        ops.apply_keep(V.data() + at(0, a, d), Y.data(), b, LV.data() + at(0, a, o));
-      else
-        ops.apply(V.data() + at(0, a, d), Y.data(), b);
-    } else {
+    if constexpr (kLeft)
+      ops.apply_keep(V.data() + at(0, a, d), Y.data(), b, keep_left ? LV.data() + at(0, a, o) : nullptr);
+    else
       ops.apply(V.data() + at(0, a, d), Y.data(), b);
-    }
     if (keep_products) ops.copy(PV.data() + at(0, a, d), Y.data(), static_cast<size_t>(d) * b);
     ++out.passes;
     ++out.iterations;
@@ -523,19 +518,15 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
       for (int j = 0; j < cap; ++j)
         for (int i = 0; i < cap; ++i) T2[at(i, j, nc)] = T[at(i, j, cap)];
       T.swap(T2);
-      auto V2 = ops.block(static_cast<size_t>(d) * nc);
-      ops.copy(V2.data(), V.data(), static_cast<size_t>(d) * nv);
-      V = std::move(V2);
-      if (keep_products) {
-        auto P2 = ops.block(static_cast<size_t>(d) * nc);
-        ops.copy(P2.data(), PV.data(), static_cast<size_t>(d) * a);
-        PV = std::move(P2);
-      }
-      if (keep_left) {
-        auto L2 = ops.block(static_cast<size_t>(o) * nc);
-        ops.copy(L2.data(), LV.data(), static_cast<size_t>(o) * a);
-        LV = std::move(L2);
-      }
+      // (A block of `rows` rows moves to nc columns, its first `used` ones kept.)
+      auto widen = [&](typename B::Block& blk, int64_t rows, int used) {
+        auto wide = ops.block(static_cast<size_t>(rows) * nc);
+        ops.copy(wide.data(), blk.data(), static_cast<size_t>(rows) * used);
+        blk = std::move(wide);
+      };
+      widen(V, d, nv);
+      if (keep_products) widen(PV, d, a);
+      if (keep_left) widen(LV, o, a);
       cap = nc;  // (the restart keeps the same vectors: keep depends on k and b only once cap >= k + 3b)
     }
     // Rayleigh-Ritz only when it may stop the solve, a restart needs it, or its
@@ -579,7 +570,7 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
       std::vector<double> th, rs;
       for (int i : sel) th.push_back(theta[i]), rs.push_back(res[i]);
       th.push_back(out.theta_next);
-      rs.push_back(res[na - 1 - k]);
+      rs.push_back(out.res_next);
       conv = accept_set(th, rs, out.norm);
     } else {
       for (int i : sel) conv = conv && accept(theta[i], res[i], out.norm);
@@ -596,11 +587,7 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
       }
       out.X = ops.block(static_cast<size_t>(d) * w);
       ops.nn(V.data(), na, S.data(), na, w, 1.0, 0.0, out.X.data());
-      if (keep_products) {
-        rotate_kept(na, S, w, out.OpX, out.BX);
-        out.kept = true;
-        out.kept_left = keep_left;
-      }
+      if (keep_products) rotate_kept(na, S, w, out.OpX, out.BX);
       const int ne = which == Which::Largest ? std::max(0, std::min(extra, na - w)) : 0;
       if (ne > 0) {
         S.resize(static_cast<size_t>(na) * ne);
@@ -618,7 +605,6 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
       }
       out.theta.clear();
       out.res.clear();
-      out.kept = out.kept_left = false;
       out.next_cols = 0;
       out.converged = false;
     }
