@@ -318,7 +318,7 @@ def bench_bandwidth(n, blocks, repeats, bw):
 def bench_warm(n, k, repeats, rel=1e-2, tol=1e-10):
     A = spiked(n)
     rng = np.random.default_rng(5)
-    _, _, V, _ = specdyn.top_singular(A, k, tol=tol)
+    V = specdyn.top_singular(A, k, tol=tol)[3]["warm"]  # the warm block: V and the next value's vector
     E = rng.standard_normal((n, n))
     norm = np.linalg.norm(A, 2)
     B = A + rel * norm * E / np.linalg.norm(E, 2)

@@ -391,23 +391,45 @@ def test_solvers_give_the_same_bits_at_any_thread_count(tmp_path):
     assert_same_bits_at_1_and_2_threads(_THREADS_SNIPPET, tmp_path)
 
 
-def test_warm_extra_block_continues_a_nearby_solve():
-    """The internal warm block (V, then Ritz vectors of the next values) is orthonormal and warm-starts a
-    perturbed matrix to the same answer as LAPACK."""
-    from specdyn import _core
+def _moving_spikes(n, m, t, seed=11):
+    """Two spikes (4 and 3) on a Gaussian bulk of edge ~1, their right vectors turning
+    smoothly with t (as a weight matrix moves along gradient descent)."""
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((n, 2)))
+    V, _ = np.linalg.qr(rng.standard_normal((m, 4)))
+    turn = np.stack([np.cos(t) * V[:, 0] + np.sin(t) * V[:, 2], np.cos(t) * V[:, 1] + np.sin(t) * V[:, 3]], 1)
+    bulk = rng.standard_normal((n, m)) / (np.sqrt(n) + np.sqrt(m))
+    return (U * np.array([4.0, 3.0])) @ turn.T + bulk
 
-    rng = np.random.default_rng(11)
-    A = rng.standard_normal((300, 200)) / np.sqrt(200)
-    opt = _krylov_options(tol=1e-10, seed=1, warm_extra=4)
-    s, U, V, info = _core.top_singular_f64(A, 4, opt, None)
-    W = info["warm"]
-    assert W.shape == (200, 8)
-    np.testing.assert_allclose(W[:, :4], V)
-    np.testing.assert_allclose(W.T @ W, np.eye(8), atol=1e-8)
-    B = A + 1e-3 * rng.standard_normal(A.shape) / np.sqrt(200)
-    s2, _, _, info2 = _core.top_singular_f64(B, 4, opt, W)
-    np.testing.assert_allclose(s2, np.linalg.svd(B, compute_uv=False)[:4], rtol=1e-9)
-    assert info2["converged"] and info2["warm"].shape[1] == 8
+
+@pytest.mark.parametrize("certify", ["all", "resolvable"])
+def test_warm_block_chain_tracks_a_moving_matrix(certify):
+    """info["warm"] (V, the next value's Ritz vector, then the starting vectors of the
+    isolated values) chained from call to call: every answer agrees with LAPACK, the
+    block has that layout, and the chain needs far fewer passes than cold solves."""
+    n, m, k, tol = 500, 400, 4, 1e-10
+    warm, cold_passes, warm_passes = None, 0, 0
+    for step in range(6):
+        A = _moving_spikes(n, m, 0.01 * step)
+        s, U, V, info = specdyn.top_singular(A, k, tol=tol, v0=warm, certify=certify)
+        if certify == "all":
+            check_triplets(A, s, U, V, k, tol)
+        else:
+            np.testing.assert_allclose(s[:2], np.linalg.svd(A, compute_uv=False)[:2], rtol=10 * tol)
+        W = info["warm"]
+        np.testing.assert_array_equal(W[:, :k], V)
+        # the next value's vector completes V to an orthonormal block
+        np.testing.assert_allclose(W[:, :k + 1].T @ W[:, :k + 1], np.eye(k + 1), atol=1e-8)
+        if warm is None:
+            assert W.shape == (m, k + 1)  # a cold solve has no history
+        else:
+            # the two spikes are isolated (the bulk-edge values are not): their starting vectors follow
+            assert W.shape == (m, k + 3)
+            np.testing.assert_array_equal(W[:, k + 1:], warm[:, :2])
+            cold_passes += specdyn.top_singular(A, k, tol=tol, certify=certify)[3]["matrix_passes"]
+            warm_passes += info["matrix_passes"]
+        warm = W
+    assert warm_passes <= 0.5 * cold_passes, (warm_passes, cold_passes)
 
 
 @pytest.mark.parametrize("spectrum", [(6.0, 2.5), (3.0, 1.6), None], ids=["spikes", "crowded", "bulk"])

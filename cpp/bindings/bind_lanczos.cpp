@@ -49,7 +49,7 @@ py::tuple top_singular(py::array A, int k, const lanczos::Options& opt, py::obje
   }
   py::array_t<double> s(static_cast<py::ssize_t>(t.s.size()), t.s.data());
   py::dict info = bindings::lanczos_info(t.info);
-  if (opt.warm_extra > 0) info["warm"] = fortran(t.warm, m, t.warm_cols);  // (internal: benchmarks of warm starts)
+  info["warm"] = fortran(t.warm, m, t.warm_cols);  // V, then Ritz vectors of the next values: the next call's v0
   return py::make_tuple(s, fortran(t.U, n, k), fortran(t.V, m, k), info);
 }
 

@@ -65,7 +65,7 @@ py::tuple device_top_singular(K& kern, const T* M, const krylov::MatrixView& v, 
   py::dict info = lanczos_info(res.info);
   info["device"] = where;
   info["host_syncs"] = kern.downloads;  // device -> host copies (round trips) during the solve
-  if (opt.warm_extra > 0) info["warm"] = fortran_from<T>(res.warm, v.m, res.warm_cols);
+  info["warm"] = fortran_from<T>(res.warm, v.m, res.warm_cols);
   return py::make_tuple(s, fortran_from<T>(res.U, v.n, k), fortran_from<T>(res.V, v.m, k), info);
 }
 

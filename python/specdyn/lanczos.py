@@ -163,7 +163,7 @@ def _top_singular_gpu(A, k, tol, v0, block, max_passes, max_basis, seed, check_f
     src = _DeviceInput("A", A, check_finite)
     n, m = src.shape
     k = v.integer("k", k, 1, min(n, m))
-    opt = _krylov_options(tol, block, max_passes, max_basis, seed, resolvable=resolvable)
+    opt = _krylov_options(tol, block, max_passes, max_basis, seed, warm_extra=1, resolvable=resolvable)
     v0 = _warm("v0", _host_vector_block("v0", v0), m, np.float64)
     mod = _device_words.krylov_module(device or "cuda", "top_singular")
     try:
@@ -210,14 +210,15 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         For float32 matrices the tolerance is floored at 1e-4 (float
         products; the Gram operator squares their rounding error).
     v0 : ndarray (m,) or (m, k0), optional
-        Warm start: a previous right singular block (e.g. from the last
-        training step).
+        Warm start: best ``info["warm"]`` of the previous call on a nearby
+        matrix (e.g. the last training step), which also holds the Ritz vector
+        of the next value; a previous right singular block works too.
     block : int, optional
         Block size (vectors per pass over A). Default: 1 for k <= 2, else 2
         (on a memory-bound sweep that was measured cheapest), widened to
         k + 2 when the answer holds a repeated value that could hide more
-        copies; with ``v0`` one step with the whole previous block is tried
-        first. A given ``block`` disables these adaptations.
+        copies; with ``v0`` a few steps with the whole warm block are tried
+        first (the whole solve when the matrix moved little). A given ``block`` disables these adaptations.
     max_passes, max_basis, seed : advanced controls (pass cap, Krylov basis
         columns before a thick restart, random start stream).
     certify : "all" or "resolvable"
@@ -249,7 +250,11 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         ``iterations`` (block steps), ``restarts``, ``matrix_passes`` (reads of
         A), ``residuals`` (k,), ``converged``, ``norm_estimate``, ``tol``,
         ``block``, ``dense`` (True when solved directly by LAPACK because the
-        matrix is small), ``status`` ("converged", "not_converged" or
+        matrix is small), ``warm``: the ``v0`` for the next call on a nearby matrix,
+        V, then the Ritz vector of the next value, then (when this call was
+        warm-started) the starting vectors of the isolated values, so that a
+        chain of calls spans each outlier's extrapolation from the last two
+        steps (V alone after a dense solve or for a Fortran-ordered A); ``status`` ("converged", "not_converged" or
         "numerical_issue": a NaN or infinity in the answer); on the device
         path also ``device`` ("cuda" or "host-emulation") and
         ``host_syncs`` (device-to-host copies during the solve, about 6 per
@@ -265,7 +270,7 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
     A = _matrix("A", A, check_finite)
     n, m = A.shape
     k = v.integer("k", k, 1, min(n, m))
-    opt = _krylov_options(tol, block, max_passes, max_basis, seed, resolvable=resolvable)
+    opt = _krylov_options(tol, block, max_passes, max_basis, seed, warm_extra=1, resolvable=resolvable)
     v0 = _warm("v0", v0, m, A.dtype)
     fn = _core.top_singular_f64 if A.dtype == np.float64 else _core.top_singular_f32
     s, U, V, info = fn(A, k, opt, v0)

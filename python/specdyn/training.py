@@ -418,7 +418,7 @@ def _device_measures(dev, cfg: RunConfig, t: int, single: bool, normalizers, rec
                 continue
             # the same engine as the CPU trainer's, with the same certificate (tracking by default)
             opt = _krylov_options(tol=tol, seed=cfg.seed + layer + (104729 if delta else 0),
-                                  warm_extra=0 if single else k, resolvable=cfg.svd_tol is None)
+                                  warm_extra=1, resolvable=cfg.svd_tol is None)
             s, U, V, info = dev.top_singular(layer, single, k, opt, warm[delta][layer], delta)
             out[:k] = normalizers[layer] * s
             warm[delta][layer] = info.get("warm", V)

@@ -30,7 +30,7 @@ class _Layer:
         self.initial = param.detach().clone() if delta else None
         # the one buffer of W - W(0), reused at every observation
         self.delta = torch.empty_like(param.detach()) if delta else None
-        self.warm = None        # previous right singular vectors of W
+        self.warm = None        # warm block of W's last solve (right vectors, then the next value's)
         self.warm_delta = None  # ... of W - W(0)
         self.previous_right = None
         self.hessian_warm = None
@@ -259,7 +259,8 @@ class SpectralMonitor:
         return self.tol if self.tol is not None else _DEFAULT_TOL.get(dtype, 1e-8)
 
     def _spectrum(self, A, layer: _Layer, warm, tol):
-        """(values, residuals, converged, U, V, tolerance applied) of the top-k of the normalized A * layer.scale.
+        """(values, residuals, converged, U, V, tolerance applied, warm block) of the top-k of the normalized
+        A * layer.scale; the warm block (V and the next value's Ritz vector) starts the next observation.
 
         The solver floors the tolerance for float32 matrices; the one it applied is returned
         (and a requested tolerance below it is reported once).
@@ -277,7 +278,7 @@ class SpectralMonitor:
             warnings.warn(f"SpectralMonitor: tol={self.tol:g} is below what layer {layer.name!r} "
                           f"({A.dtype} weights) allows; its values are certified at tol={applied:g} "
                           "(see the dataset's 'tolerance')", RuntimeWarning, stacklevel=4)
-        return s * layer.scale, res * layer.scale, bool(info["converged"]), U, V, applied
+        return s * layer.scale, res * layer.scale, bool(info["converged"]), U, V, applied, info["warm"]
 
     def observe(self, step: int, loss=None, lr: float | None = None) -> dict:
         """Measure every layer at training step ``step`` (increasing); returns the row recorded.
@@ -334,10 +335,10 @@ class SpectralMonitor:
                     nonlocal ok
                     if zero:  # nothing to measure (W(0) = 0, or no change yet)
                         return np.zeros(kk), np.zeros(kk), None, None
-                    vals, resid, conv, U_, V_, applied = self._spectrum(M, layer, getattr(layer, warm_attr), tol)
+                    vals, resid, conv, U_, V_, applied, warm = self._spectrum(M, layer, getattr(layer, warm_attr), tol)
                     ok &= conv
                     row["tolerance"][i] = max(row["tolerance"][i], applied)
-                    setattr(layer, warm_attr, V_)
+                    setattr(layer, warm_attr, warm)
                     return vals, resid, U_, V_
 
                 s, res, U, V = measure(A, norm == 0.0, "warm")

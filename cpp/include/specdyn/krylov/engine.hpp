@@ -342,9 +342,11 @@ using AcceptSet = std::function<bool(const std::vector<double>&, const std::vect
 // last wanted value's spacing to it is taken as s_k - s_next - r_next (the next
 // value lies within r_next of its Ritz value), and only once r_next is at most
 // half of s_k - s_next.
+constexpr double kClusterSpacing = 1e-2;  // (of the norm) closer neighbours make a cluster
+
 inline bool certify_resolvable(const std::vector<double>& s, const std::vector<double>& r, double t, double nrm,
                                std::vector<double>& spacing) {
-  constexpr double kCluster = 1e-2, kResolve = 0.1;
+  constexpr double kCluster = kClusterSpacing, kResolve = 0.1;
   const size_t k = s.size() - 1;
   spacing.assign(k, 0.0);
   bool ok = true;
@@ -413,6 +415,9 @@ struct LanczosOut {
   typename B::Block OpX, BX;
   bool verified = false;      // the caller's explicit certificate (verify) passed on this answer
   using Verify = std::function<bool(LanczosOut&)>;
+  // probe(wanted residual estimates, the next one's (NaN if none), norm): asked once, at
+  // the first Rayleigh-Ritz that does not converge; false stops the run there.
+  using Probe = std::function<bool(const std::vector<double>&, double, double)>;
   int next_cols = 0;
   int iterations = 0, restarts = 0;
   int64_t passes = 0;
@@ -431,11 +436,13 @@ struct LanczosOut {
 // predicts: an explicit certificate without another pass.
 // verify: that certificate, run whenever the estimates pass; when it fails the
 // iteration goes on (the estimates keep shrinking) instead of stopping.
+// probe: see LanczosOut::Probe.
 template <class B>
 LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t max_passes, const double* v0, int k0,
                             Random& rnd, const Accept& accept, int extra = 0, const Budget& budget = {},
                             const AcceptSet& accept_set = {}, bool keep_products = false,
-                            const typename LanczosOut<B>::Verify& verify = {}) {
+                            const typename LanczosOut<B>::Verify& verify = {},
+                            const typename LanczosOut<B>::Probe& probe = {}) {
   const int64_t d = ops.dim();
   const int want = which == Which::Largest ? k : 2 * k;
   if (cap > d || cap < want + 2 * b) throw std::logic_error("block_lanczos: basis capacity out of range");
@@ -485,6 +492,7 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
   int a = 0, nv = b;  // columns already multiplied by op; columns in the basis
   const int cap_max = static_cast<int>(std::min<int64_t>(d, std::max(cap, budget.cap_max)));
   int since_rr = 0;
+  bool probed = false;
   while (true) {
     if constexpr (kLeft)
       ops.apply_keep(V.data() + at(0, a, d), Y.data(), b, keep_left ? LV.data() + at(0, a, o) : nullptr);
@@ -575,8 +583,15 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
     } else {
       for (int i : sel) conv = conv && accept(theta[i], res[i], out.norm);
     }
+    bool stop = false;
+    if (!conv && probe && !probed && !sel.empty()) {
+      std::vector<double> rs;
+      for (int i : sel) rs.push_back(res[i]);
+      stop = !probe(rs, out.res_next, out.norm);
+      probed = true;
+    }
     // (The pass cap never stops the solver before the basis holds the wanted count.)
-    if (conv || (out.passes >= max_passes && na >= want)) {
+    if (conv || stop || (out.passes >= max_passes && na >= want)) {
       out.converged = conv;
       const int w = static_cast<int>(sel.size());
       std::vector<double> S(static_cast<size_t>(na) * w);
@@ -642,7 +657,7 @@ struct Plan {
   int cold_block = 0;  // the block of a cold start (a warm start may begin wider, see probe_warm)
   int cap = 0;         // basis columns before a thick restart
   bool dense = false;  // small: solved directly by LAPACK
-  bool probe_warm = false;  // try one step with the whole warm block, then narrow to cold_block
+  bool probe_warm = false;  // a warm start: one step with the whole warm block decides its width (top_singular)
 };
 
 // top_singular's basis capacity for block bb.
@@ -654,8 +669,8 @@ inline int capacity_singular(int k, int bb, const Options& opt) {
 // top_singular. narrow (the CPU): a pass over a memory-bound sweep costs about
 // one read of A per column pair, and block Krylov needs ~(passes x b) columns
 // in total, so the cheapest cold start measured is b = 2 (b = 1 for k <= 2); a
-// warm start first tries one step with the whole previous block plus fresh
-// directions. Wide (a device): a pass costs the same for any block of up to
+// warm start first tries a few steps with the whole previous block plus fresh
+// directions (Plan::probe_steps). Wide (a device): a pass costs the same for any block of up to
 // max_cols vectors (the kernels are bound by the matrix read), so the block is
 // k + 2 within [4, max_cols]. Multiplicities larger than b are caught after
 // convergence (certify_loop).
@@ -668,7 +683,14 @@ inline Plan plan_singular(int64_t n, int64_t m, int k, const Options& opt, int k
   } else {
     p.cold_block = opt.block > 0 ? opt.block : (k <= 2 ? 1 : 2);
     p.block = p.cold_block;
-    if (k0 > 0 && opt.block <= 0) p.block = std::max(p.block, std::min(k0 + (k0 >= 4 ? 2 : 1), 64));
+    // A warm block that already holds the next value's vector (k0 > k, see
+    // Options::warm_extra) is applied as it is; a narrower one gets fresh directions.
+    if (k0 > 0 && opt.block <= 0)
+      p.block = std::max(p.block, std::min(k0 > k ? k0 : k0 + (k0 >= 4 ? 2 : 1), 64));
+    // A matrix that moved little since the warm block was computed (one training
+    // step) is certified within a few wide steps; narrowing after the first one
+    // threw that away and cost ~40 narrow passes every other step (measured at
+    // N = 2048 along GD: 1.4 passes per solve with 4 steps, 27 with 1).
     p.probe_warm = k0 > 0 && opt.block <= 0 && p.block > p.cold_block;
   }
   p.cap = capacity_singular(k, p.block, opt);
@@ -900,10 +922,12 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
     };
   };
   Random rnd{opt.seed, 0};
-  // A warm start first applies the whole previous block (one block step):
-  // enough when the matrix barely moved. Otherwise the wide block costs
-  // more per pass than it saves, and the solve continues with the narrow cold
-  // block started from random mixtures of the current Ritz vectors.
+  // A warm start first applies the whole previous block (one block step). When
+  // that step finds the block close to invariant (the matrix moved little, as
+  // from one training step to the next) the wide block goes on and certifies it
+  // in a few more steps. Otherwise the wide block costs more per pass than it
+  // saves, and the solve continues with the narrow cold block started from
+  // random mixtures of the current Ritz vectors.
   bool probe_warm = !warm.empty() && plan.probe_warm;
   const int extra = ops.basis_right() ? std::max(opt.warm_extra, 0) : 0;
   std::vector<double> Vbasis;  // the certified vectors on the basis side
@@ -920,6 +944,8 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
     const std::function<AcceptSet(double)>& accept_set_for;
     const Plan& plan;
     const Options& opt;
+    const double* v0;  // the caller's warm start (m x k0, host)
+    int k0;
     int k, extra;
     int64_t n, m, d, o, max_passes;
     double tol;
@@ -938,10 +964,19 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
         // The estimates accept at the tolerance itself: the explicit certificate
         // (certify, on the kept products) runs when they do, and the iteration
         // goes on if it fails.
-        auto eo = block_lanczos(ops, k, Which::Largest, b, cap, probe_warm ? std::min<int64_t>(1, left) : left,
-                                warm.empty() ? nullptr : warm.data(), kw, rnd, accept_for(inner), extra, budget,
-                                accept_set_for(inner), /*keep_products=*/true,
-                                [this](LanczosOut<B>& e) { return certify(e); });
+        // The probe: every residual estimate (the wanted values' and the next one's)
+        // at most 1% of the norm after the first step keeps the wide block.
+        typename LanczosOut<B>::Probe probe;
+        if (probe_warm)
+          probe = [](const std::vector<double>& r, double r_next, double nrm) {
+            constexpr double kNearInvariant = 1e-2;
+            bool near = std::isnan(r_next) || r_next <= kNearInvariant * nrm;
+            for (double x : r) near = near && x <= kNearInvariant * nrm;
+            return near;
+          };
+        auto eo = block_lanczos(ops, k, Which::Largest, b, cap, left, warm.empty() ? nullptr : warm.data(), kw, rnd,
+                                accept_for(inner), extra, budget, accept_set_for(inner), /*keep_products=*/true,
+                                [this](LanczosOut<B>& e) { return certify(e); }, probe);
         out.info.iterations += eo.iterations;
         out.info.restarts += eo.restarts;
         out.info.matrix_passes += eo.passes + ops.take_passes();
@@ -1041,12 +1076,26 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
       out.V = right ? V : U;
       // Warm start for a nearby matrix: V, then the next Ritz vectors (basis on the right).
       const int ne = right ? eo.next_cols : 0;
-      out.warm_cols = k + ne;
       out.warm = out.V;
       if (ne > 0) {
         out.warm.resize(out.V.size() + ds * ne);
         ops.download(eo.Xnext.data(), out.warm.data() + out.V.size(), ds * ne);
       }
+      // History: the vectors this solve started from for its isolated values (the
+      // outliers), so that the next warm block spans the extrapolation
+      // v_t + (v_t - v_{t-1}) of a vector moving smoothly from step to step, whose
+      // error is second order in the step (~12 -> ~8 passes for an escaped
+      // outlier at tol 1e-8 along GD). A block without the next value's vector
+      // is no tracking chain, and gets none.
+      if (ne > 0 && v0 != nullptr) {
+        const double s_next = std::sqrt(std::max(eo.theta_next, 0.0)) / scale, far = kClusterSpacing * out.s[0];
+        for (int j = 0; j < std::min(k, k0); ++j) {
+          const double below = j + 1 < k ? out.s[j + 1] : s_next;
+          if ((j > 0 && out.s[j - 1] - out.s[j] <= far) || !(out.s[j] - below > far)) continue;
+          out.warm.insert(out.warm.end(), v0 + ds * j, v0 + ds * (j + 1));
+        }
+      }
+      out.warm_cols = static_cast<int>(out.warm.size() / static_cast<size_t>(m));  // (V has m rows)
       out.info.converged = ok;
       out.info.status = ok ? Status::converged : (finite ? Status::not_converged : Status::numerical_issue);
       Vbasis = std::move(V);
@@ -1071,7 +1120,7 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
     }
     void tighten(int) { inner *= 0.05; }
     bool passes_left() const { return out.info.matrix_passes < max_passes; }
-  } pb{ops, out, warm, kw, rnd, probe_warm, inner, Vbasis, make_accept, make_accept_set, plan, opt, k, extra, n, m, d, o,
+  } pb{ops, out, warm, kw, rnd, probe_warm, inner, Vbasis, make_accept, make_accept_set, plan, opt, v0, k0, k, extra, n, m, d, o,
        max_passes, tol};
   certify_loop(
       pb, plan.block, plan.cap, opt.block <= 0, [k](int) { return std::min(k + 2, 64); },
