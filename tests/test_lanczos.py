@@ -432,6 +432,29 @@ def test_warm_block_chain_tracks_a_moving_matrix(certify):
     assert warm_passes <= 0.5 * cold_passes, (warm_passes, cold_passes)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_warm_block_far_from_the_answer_narrows(dtype):
+    """The probe: a warm block from an unrelated matrix is not close to invariant, so the
+    solve narrows to the cold block and stays correct; one from the same matrix stays wide."""
+    n, m, k = 500, 400, 4
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    A = _moving_spikes(n, m, 0.0, seed=3).astype(dtype)
+    other = _moving_spikes(n, m, 0.0, seed=4).astype(dtype)
+    cold = specdyn.top_singular(A, k, tol=tol)
+    far = specdyn.top_singular(other, k, tol=tol)[3]["warm"]
+    s, U, V, info = specdyn.top_singular(A, k, tol=tol, v0=far)
+    assert info["converged"] and info["block"] == cold[3]["block"] == 2
+    check_triplets(A, s, U, V, k, max(tol, 1e-4 if dtype == np.float32 else tol))
+    same = specdyn.top_singular(A, k, tol=tol, v0=cold[3]["warm"])[3]
+    assert same["block"] == k + 1 and same["matrix_passes"] <= 2
+    # Isolated values (the two spikes alone) converge in a few narrow passes from any
+    # start: after the probe the solve narrows even from a good warm block.
+    B = _moving_spikes(n, m, 0.02, seed=3).astype(dtype)
+    s, U, V, info = specdyn.top_singular(B, 2, tol=tol, v0=specdyn.top_singular(A, 2, tol=tol)[3]["warm"])
+    assert info["converged"] and info["block"] == 1
+    check_triplets(B, s, U, V, 2, tol)
+
+
 @pytest.mark.parametrize("spectrum", [(6.0, 2.5), (3.0, 1.6), None], ids=["spikes", "crowded", "bulk"])
 def test_reported_residuals_are_those_of_the_returned_triplets(spectrum):
     # The certificate is combined from the products the Lanczos sweeps computed (no pass of its
