@@ -47,7 +47,7 @@ struct Options {
   bool resolvable = false;
   int warm_extra = 0;   // top_singular, row-major A: also return this many (unconverged) Ritz
                         // vectors of the next values in Triplets::warm, to warm-start the solve
-                        // of a nearby matrix (clustered top values rotate within a wider space)
+                        // of a nearby matrix (the last value's spacing needs the next one)
 };
 
 // How a solve ended: certified; not certified within the pass budget; or a
@@ -84,7 +84,9 @@ struct Triplets {
   std::vector<T> U, V;
   Info info;
   // Warm start for the next solve (m x warm_cols, column-major): V followed by
-  // up to Options::warm_extra Ritz vectors of the next values (row-major A only).
+  // up to Options::warm_extra Ritz vectors of the next values (row-major A only)
+  // and, when this solve was warm-started with them, the starting vectors of its
+  // isolated values (a chain of solves then spans each outlier's extrapolation).
   std::vector<T> warm;
   int warm_cols = 0;
 };
