@@ -217,8 +217,10 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         Block size (vectors per pass over A). Default: 1 for k <= 2, else 2
         (on a memory-bound sweep that was measured cheapest), widened to
         k + 2 when the answer holds a repeated value that could hide more
-        copies; with ``v0`` a few steps with the whole warm block are tried
-        first (the whole solve when the matrix moved little). A given ``block`` disables these adaptations.
+        copies; with ``v0`` one step with the whole warm block comes first,
+        and the solve keeps that width when the step finds the block close to
+        invariant around clustered values (the matrix moved little). A given
+        ``block`` disables these adaptations.
     max_passes, max_basis, seed : advanced controls (pass cap, Krylov basis
         columns before a thick restart, random start stream).
     certify : "all" or "resolvable"

@@ -376,6 +376,32 @@ inline bool certify_resolvable(const std::vector<double>& s, const std::vector<d
   return ok;
 }
 
+// top_singular's warm probe, after the first step with the whole warm block, on
+// the Gram values th (wanted, then the next one; NaN when none), their residual
+// estimates r and the norm estimate: keep the wide block? Yes when every residual
+// is at most 1% of the norm (the block is close to invariant: the matrix moved
+// little, as between training steps) and some values are clustered (spacing
+// within kClusterSpacing of the largest). Isolated values converge in a few
+// narrow passes from any start, cheaper than wide ones (spikes at tol 1e-10,
+// N = 2048, k = 10, after a 1e-3 perturbation: 10 passes at b = 11 took 61 ms,
+// 21 cold passes at b = 2 took 32 ms); a cluster is slow from a cold start (a
+// bulk edge: ~50 passes at k = 4) and is certified in 1-2 wide steps when the
+// matrix moved little (narrowing after the first step cost ~27 passes per solve
+// along GD at N = 2048, keeping the width 1.4).
+inline bool warm_block_holds(const std::vector<double>& th, const std::vector<double>& r, double nrm) {
+  constexpr double kNearInvariant = 1e-2;
+  bool near = true, clustered = false;
+  const double s1 = std::sqrt(std::max(th[0], 0.0));
+  for (size_t i = 0; i < th.size(); ++i) {
+    if (std::isnan(th[i])) continue;
+    near = near && r[i] <= kNearInvariant * nrm;
+    if (i > 0)
+      clustered = clustered ||
+                  std::sqrt(std::max(th[i - 1], 0.0)) - std::sqrt(std::max(th[i], 0.0)) <= kClusterSpacing * s1;
+  }
+  return near && clustered;
+}
+
 // How the basis may grow and how often the projected problem is solved. Both are
 // fixed by the problem's sizes (never by timings), so a solve takes the same steps
 // at any thread count.
@@ -575,21 +601,18 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
     bool conv = !sel.empty();
     out.theta_next = which == Which::Largest && na > k ? theta[na - 1 - k] : std::nan("");
     out.res_next = which == Which::Largest && na > k ? res[na - 1 - k] : std::nan("");
+    // The wanted values and the next one, with their residual estimates (AcceptSet, Probe).
+    std::vector<double> th, rs;
+    for (int i : sel) th.push_back(theta[i]), rs.push_back(res[i]);
+    th.push_back(out.theta_next);
+    rs.push_back(out.res_next);
     if (conv && accept_set && which == Which::Largest && na > k) {
-      std::vector<double> th, rs;
-      for (int i : sel) th.push_back(theta[i]), rs.push_back(res[i]);
-      th.push_back(out.theta_next);
-      rs.push_back(out.res_next);
       conv = accept_set(th, rs, out.norm);
     } else {
       for (int i : sel) conv = conv && accept(theta[i], res[i], out.norm);
     }
     bool stop = false;
     if (!conv && probe && !probed && !sel.empty()) {
-      std::vector<double> th, rs;
-      for (int i : sel) th.push_back(theta[i]), rs.push_back(res[i]);
-      th.push_back(out.theta_next);
-      rs.push_back(out.res_next);
       stop = !probe(th, rs, out.norm);
       probed = true;
     }
@@ -672,9 +695,10 @@ inline int capacity_singular(int k, int bb, const Options& opt) {
 // top_singular. narrow (the CPU): a pass over a memory-bound sweep costs about
 // one read of A per column pair, and block Krylov needs ~(passes x b) columns
 // in total, so the cheapest cold start measured is b = 2 (b = 1 for k <= 2); a
-// warm start first tries a few steps with the whole previous block plus fresh
-// directions (Plan::probe_steps). Wide (a device): a pass costs the same for any block of up to
-// max_cols vectors (the kernels are bound by the matrix read), so the block is
+// warm start first tries one step with the whole previous block (plus fresh
+// directions when it lacks the next value's vector), and keeps that width only
+// when warm_block_holds says so. Wide (a device): a pass costs the same for any
+// block of up to max_cols vectors (the kernels are bound by the matrix read), so the block is
 // k + 2 within [4, max_cols]. Multiplicities larger than b are caught after
 // convergence (certify_loop).
 inline Plan plan_singular(int64_t n, int64_t m, int k, const Options& opt, int k0, bool wide, int max_cols) {
@@ -690,10 +714,6 @@ inline Plan plan_singular(int64_t n, int64_t m, int k, const Options& opt, int k
     // Options::warm_extra) is applied as it is; a narrower one gets fresh directions.
     if (k0 > 0 && opt.block <= 0)
       p.block = std::max(p.block, std::min(k0 > k ? k0 : k0 + (k0 >= 4 ? 2 : 1), 64));
-    // A matrix that moved little since the warm block was computed (one training
-    // step) is certified within a few wide steps; narrowing after the first one
-    // threw that away and cost ~40 narrow passes every other step (measured at
-    // N = 2048 along GD: 1.4 passes per solve with 4 steps, 27 with 1).
     p.probe_warm = k0 > 0 && opt.block <= 0 && p.block > p.cold_block;
   }
   p.cap = capacity_singular(k, p.block, opt);
@@ -967,32 +987,11 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
         // The estimates accept at the tolerance itself: the explicit certificate
         // (certify, on the kept products) runs when they do, and the iteration
         // goes on if it fails.
-        // The probe keeps the wide block when, after the first step, every residual
-        // estimate (the next value's too) is at most 1% of the norm and some of the
-        // values are clustered (spacing within kClusterSpacing of the norm). Isolated
-        // values converge in a few narrow passes from any start, cheaper than wide
-        // ones (spikes at tol 1e-10, N = 2048, k = 10, after a 1e-3 perturbation:
-        // 10 passes at b = 11 took 61 ms, 21 cold passes at b = 2 took 32 ms); a
-        // cluster is slow from a cold start (a bulk edge: ~50 passes at k = 4) and
-        // is certified in 1-2 steps of the wide block when the matrix moved little.
-        typename LanczosOut<B>::Probe probe;
-        if (probe_warm)
-          probe = [](const std::vector<double>& th, const std::vector<double>& r, double nrm) {
-            constexpr double kNearInvariant = 1e-2;
-            bool near = true, clustered = false;
-            const double s1 = std::sqrt(std::max(th[0], 0.0));
-            for (size_t i = 0; i < th.size(); ++i) {
-              if (std::isnan(th[i])) continue;
-              near = near && r[i] <= kNearInvariant * nrm;
-              if (i > 0)
-                clustered = clustered || std::sqrt(std::max(th[i - 1], 0.0)) - std::sqrt(std::max(th[i], 0.0)) <=
-                                             kClusterSpacing * s1;
-            }
-            return near && clustered;
-          };
         auto eo = block_lanczos(ops, k, Which::Largest, b, cap, left, warm.empty() ? nullptr : warm.data(), kw, rnd,
                                 accept_for(inner), extra, budget, accept_set_for(inner), /*keep_products=*/true,
-                                [this](LanczosOut<B>& e) { return certify(e); }, probe);
+                                [this](LanczosOut<B>& e) { return certify(e); },
+                                probe_warm ? typename LanczosOut<B>::Probe(warm_block_holds)
+                                           : typename LanczosOut<B>::Probe{});
         out.info.iterations += eo.iterations;
         out.info.restarts += eo.restarts;
         out.info.matrix_passes += eo.passes + ops.take_passes();
