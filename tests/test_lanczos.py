@@ -474,6 +474,37 @@ def test_reported_residuals_are_those_of_the_returned_triplets(spectrum):
     np.testing.assert_allclose(s, np.linalg.svd(A, compute_uv=False)[:10], rtol=0, atol=1e-10 * norm)
 
 
+@pytest.mark.parametrize("case", ["bulk", "spikes", "dominant"])
+def test_float32_certificate_from_kept_products_is_the_true_residual(case):
+    # Float matrices certify from the kept Gram products (no pass of their own) while the
+    # smallest wanted value is large enough that the products' rounding, amplified by
+    # s1 / s_k, stays far below the tolerance; below that B^T U is formed in one more pass.
+    # Either way the reported residuals must be those of the returned triplets (float64
+    # NumPy on the float32 matrix and vectors).
+    rng = np.random.default_rng(11)
+    n, tol = 700, 1e-4
+    A = rng.standard_normal((n, n)) / np.sqrt(n)
+    P, _ = np.linalg.qr(rng.standard_normal((n, 10)))
+    Q, _ = np.linalg.qr(rng.standard_normal((n, 10)))
+    k = {"bulk": 4, "spikes": 10, "dominant": 3}[case]
+    if case == "spikes":
+        A += (P * np.linspace(6.0, 2.5, 10)) @ Q.T
+    elif case == "dominant":
+        A += 40.0 * np.outer(P[:, 0], Q[:, 0])  # s_k / s1 ~ 0.05
+    A = A.astype(np.float32)
+    s, U, V, info = specdyn.top_singular(A, k, tol=tol)
+    A64, U64, V64 = A.astype(np.float64), U.astype(np.float64), V.astype(np.float64)
+    norm = np.linalg.norm(A64, 2)
+    true = np.maximum(np.linalg.norm(A64 @ V64 - U64 * s, axis=0), np.linalg.norm(A64.T @ U64 - V64 * s, axis=0))
+    assert info["converged"] and np.all(true <= tol * norm * 1.01)
+    np.testing.assert_allclose(info["residuals"], true, rtol=0, atol=1e-3 * tol * norm)
+    np.testing.assert_allclose(s, np.linalg.svd(A64, compute_uv=False)[:k], rtol=0, atol=tol * norm)
+    if case == "dominant":  # (each explicit certificate is a pass of its own)
+        assert info["matrix_passes"] > info["iterations"]
+    else:
+        assert info["matrix_passes"] == info["iterations"]
+
+
 @pytest.mark.parametrize("which", ["largest", "both"])
 def test_top_eigs_certificate_needs_no_extra_application(which):
     # Every application of the operator is a Lanczos step (counted here); the residuals in info

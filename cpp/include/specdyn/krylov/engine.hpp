@@ -884,6 +884,20 @@ struct SingularOut {
   Info info;
 };
 
+// Can the certificate of a float matrix take B^T u_j = (B^T B x_j) / s_j from the
+// kept Gram products instead of a pass of its own? Each float product of length
+// l carries a rounding error of about sqrt(l) u times the norm (u = float unit roundoff,
+// random-rounding estimate), so B^T U formed explicitly is off by about
+// u s1 sqrt(o), and the Gram-derived one also by u s1 sqrt(d) s1 / s_j (the
+// product B X, divided by s_j). The kept products serve when that estimate for
+// the smallest value stays within a tenth of the tolerance; near-zero or small
+// values take the explicit pass.
+inline bool float_gram_products_certify(double s1, double s_min, int64_t d, int64_t o, double tol) {
+  constexpr double u = 0.5 * std::numeric_limits<float>::epsilon(), kShare = 0.1;
+  if (!(s_min > 0)) return false;
+  return u * (std::sqrt(double(o)) + std::sqrt(double(d)) * s1 / s_min) <= kShare * tol;
+}
+
 // Top-k singular triplets of the n x m matrix A behind the Gram backend ops.
 // Lanczos runs on the Gram operator B^T B of the basis side (B = A when the
 // basis is on the right, A^T otherwise); eigenvalue theta = s^2 and
@@ -1042,9 +1056,10 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
       blas::gemm(blas::Op::N, blas::Op::T, static_cast<int>(o), k, k, 1.0, Y.data(), static_cast<int>(o), WT.data(),
                  k, 0.0, BV.data(), static_cast<int>(o));
       const double s1 = s[0];
-      // Float products of the Gram operator lose accuracy by the squaring, so for
-      // float matrices (and near-zero s) B^T U is formed explicitly.
-      const bool tiny = s[k - 1] <= 1e-6 * s1 || B::kSingle;
+      // Near-zero s (and, for float matrices, values too small for the float
+      // products' rounding): B^T U is formed explicitly, one more pass.
+      const bool tiny = s[k - 1] <= 1e-6 * s1 ||
+                        (B::kSingle && !float_gram_products_certify(s1, s[k - 1], d, o, tol));
       if (!tiny) {
         // B^T u_i = Z w_i / s_i.
         blas::gemm(blas::Op::N, blas::Op::T, static_cast<int>(d), k, k, 1.0, Z.data(), static_cast<int>(d),
