@@ -521,3 +521,35 @@ def test_top_eigs_certificate_needs_no_extra_application(which):
     norm = np.max(np.abs(np.linalg.eigvalsh(A)))
     true = np.linalg.norm(A @ vecs - vecs * vals, axis=0)
     np.testing.assert_allclose(info["residuals"], true, rtol=0.05, atol=1e-13 * norm)
+
+
+_SWEEP_CHILD = """
+import sys
+import numpy as np
+from specdyn import _core
+rng = np.random.default_rng(3)
+worst = 0.0
+for dtype, fn in (("float64", _core.gram_sweep_f64), ("float32", _core.gram_sweep_f32)):
+    for n, m in ((301, 77), (64, 1000), (1000, 4097)):
+        A = rng.standard_normal((n, m)).astype(dtype)
+        for b in range(1, 10):
+            X = np.asfortranarray(rng.standard_normal((m, b)).astype(dtype))
+            A64, X64 = A.astype(np.float64), X.astype(np.float64)
+            ref = A64.T @ (A64 @ X64)
+            scale = np.abs(A64).T @ (np.abs(A64) @ np.abs(X64))
+            err = np.max(np.abs(fn(A, X).astype(np.float64) - ref) / scale)
+            worst = max(worst, err / (1e-13 if dtype == "float64" else 2e-5))
+print(worst)
+"""
+
+
+@pytest.mark.parametrize("env", [{}, {"SPECDYN_NO_AVX512": "1"}, {"SPECDYN_NO_AVX512": "1", "SPECDYN_NO_KERNEL": "1"}],
+                         ids=["best", "avx2", "openblas"])
+def test_fused_gram_sweep_on_every_kernel_path(env):
+    # The fused sweep M^T (M X) takes the AVX-512 kernel (double and float), the AVX2 one, or
+    # OpenBLAS, chosen per process by the CPU and these switches; each against NumPy, for every
+    # block width the kernels special-case, odd and power-of-two-plus-one widths.
+    proc = subprocess.run([sys.executable, "-c", _SWEEP_CHILD], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout) <= 1.0
