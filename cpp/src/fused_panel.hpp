@@ -9,7 +9,7 @@ namespace specdyn::lanczos::detail {
 // b <= 8; returns false (doing nothing) otherwise.
 bool fused_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
                      double* Z);
-// The float version (AVX-512 for b <= 8, else AVX2/FMA for b <= 4).
+// The float version (the same kernels, accumulating in float).
 bool fused_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y, float* Z);
 inline bool fused_panel(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
                         double* Z) {

@@ -17,55 +17,89 @@ namespace specdyn::lanczos::detail {
 
 namespace {
 
-SPECDYN_AVX2 inline double hsum(__m256d v) {
-  __m128d lo = _mm256_castpd256_pd128(v), hi = _mm256_extractf128_pd(v, 1);
-  lo = _mm_add_pd(lo, hi);
-  return _mm_cvtsd_f64(_mm_add_sd(lo, _mm_unpackhi_pd(lo, lo)));
+// 256-bit vectors: double (4 lanes) and float (8 lanes, accumulated in float like sgemm).
+template <class T>
+struct Ymm;
+template <>
+struct Ymm<double> {
+  using V = __m256d;
+  static constexpr int kLanes = 4;
+  SPECDYN_AVX2 static V zero() { return _mm256_setzero_pd(); }
+  SPECDYN_AVX2 static V load(const double* p) { return _mm256_loadu_pd(p); }
+  SPECDYN_AVX2 static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  SPECDYN_AVX2 static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  SPECDYN_AVX2 static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  SPECDYN_AVX2 static V set1(double x) { return _mm256_set1_pd(x); }
+};
+template <>
+struct Ymm<float> {
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  SPECDYN_AVX2 static V zero() { return _mm256_setzero_ps(); }
+  SPECDYN_AVX2 static V load(const float* p) { return _mm256_loadu_ps(p); }
+  SPECDYN_AVX2 static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  SPECDYN_AVX2 static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  SPECDYN_AVX2 static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  SPECDYN_AVX2 static V set1(float x) { return _mm256_set1_ps(x); }
+};
+
+// Sum of the lanes, halves first: (x0 + x2) + (x1 + x3) for 4 lanes.
+template <class T>
+SPECDYN_AVX2 T half_sum(typename Ymm<T>::V v) {
+  T x[Ymm<T>::kLanes];
+  Ymm<T>::store(x, v);
+  for (int w = Ymm<T>::kLanes / 2; w > 0; w /= 2)
+    for (int i = 0; i < w; ++i) x[i] += x[i + w];
+  return x[0];
 }
 
 // y[r * B + j] = sum_l m_r[l] X[j c + l] for R rows starting at m (row stride ld).
-template <int R, int B>
-SPECDYN_AVX2 void rows_times_block(const double* m, int64_t ld, int64_t c, const double* X, double* y) {
-  __m256d acc[R][B];
+template <class T, int R, int B>
+SPECDYN_AVX2 void rows_times_block(const T* m, int64_t ld, int64_t c, const T* X, T* y) {
+  using Y = Ymm<T>;
+  constexpr int W = Y::kLanes;
+  typename Y::V acc[R][B];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < B; ++j) acc[r][j] = _mm256_setzero_pd();
+    for (int j = 0; j < B; ++j) acc[r][j] = Y::zero();
   int64_t l = 0;
-  for (; l + 4 <= c; l += 4) {
-    __m256d mv[R];
-    for (int r = 0; r < R; ++r) mv[r] = _mm256_loadu_pd(m + r * ld + l);
+  for (; l + W <= c; l += W) {
+    typename Y::V mv[R];
+    for (int r = 0; r < R; ++r) mv[r] = Y::load(m + r * ld + l);
     for (int j = 0; j < B; ++j) {
-      const __m256d xv = _mm256_loadu_pd(X + j * c + l);
-      for (int r = 0; r < R; ++r) acc[r][j] = _mm256_fmadd_pd(mv[r], xv, acc[r][j]);
+      const typename Y::V xv = Y::load(X + j * c + l);
+      for (int r = 0; r < R; ++r) acc[r][j] = Y::fmadd(mv[r], xv, acc[r][j]);
     }
   }
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < B; ++j) {
-      double s = hsum(acc[r][j]);
+      T s = half_sum<T>(acc[r][j]);
       for (int64_t t = l; t < c; ++t) s += m[r * ld + t] * X[j * c + t];
       y[r * B + j] = s;
     }
 }
 
 // Z[j c + l] += sum_r m_r[l] y[r * B + j] for R rows.
-template <int R, int B>
-SPECDYN_AVX2 void rows_transpose_update(const double* m, int64_t ld, int64_t c, const double* y, double* Z) {
-  __m256d yb[R][B];
+template <class T, int R, int B>
+SPECDYN_AVX2 void rows_transpose_update(const T* m, int64_t ld, int64_t c, const T* y, T* Z) {
+  using Y = Ymm<T>;
+  constexpr int W = Y::kLanes;
+  typename Y::V yb[R][B];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < B; ++j) yb[r][j] = _mm256_set1_pd(y[r * B + j]);
+    for (int j = 0; j < B; ++j) yb[r][j] = Y::set1(y[r * B + j]);
   int64_t l = 0;
-  for (; l + 4 <= c; l += 4) {
-    __m256d mv[R];
-    for (int r = 0; r < R; ++r) mv[r] = _mm256_loadu_pd(m + r * ld + l);
+  for (; l + W <= c; l += W) {
+    typename Y::V mv[R];
+    for (int r = 0; r < R; ++r) mv[r] = Y::load(m + r * ld + l);
     for (int j = 0; j < B; ++j) {
-      __m256d z = _mm256_loadu_pd(Z + j * c + l), z2 = _mm256_setzero_pd();
-      for (int r = 0; r < R; r += 2) z = _mm256_fmadd_pd(mv[r], yb[r][j], z);
-      for (int r = 1; r < R; r += 2) z2 = _mm256_fmadd_pd(mv[r], yb[r][j], z2);
-      _mm256_storeu_pd(Z + j * c + l, _mm256_add_pd(z, z2));
+      typename Y::V z = Y::load(Z + j * c + l), z2 = Y::zero();
+      for (int r = 0; r < R; r += 2) z = Y::fmadd(mv[r], yb[r][j], z);
+      for (int r = 1; r < R; r += 2) z2 = Y::fmadd(mv[r], yb[r][j], z2);
+      Y::store(Z + j * c + l, Y::add(z, z2));
     }
   }
   for (; l < c; ++l)
     for (int j = 0; j < B; ++j) {
-      double s = Z[j * c + l];
+      T s = Z[j * c + l];
       for (int r = 0; r < R; ++r) s += m[r * ld + l] * y[r * B + j];
       Z[j * c + l] = s;
     }
@@ -77,82 +111,25 @@ constexpr int tile_rows() {
   return B <= 2 ? 4 : (B <= 5 ? 2 : 1);
 }
 
-template <int B>
-SPECDYN_AVX2 void panel_kernel(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, double* y,
-                               double* Z) {
+template <class T, int B>
+SPECDYN_AVX2 void panel_kernel(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, T* y, T* Z) {
   constexpr int R1 = tile_rows<B>();
   int64_t i = 0;
-  for (; i + R1 <= rows; i += R1) rows_times_block<R1, B>(M + i * ld, ld, c, X, y + i * B);
-  for (; i < rows; ++i) rows_times_block<1, B>(M + i * ld, ld, c, X, y + i * B);
+  for (; i + R1 <= rows; i += R1) rows_times_block<T, R1, B>(M + i * ld, ld, c, X, y + i * B);
+  for (; i < rows; ++i) rows_times_block<T, 1, B>(M + i * ld, ld, c, X, y + i * B);
   // The transpose update amortizes the Z loads and stores over 4 rows.
   constexpr int R2 = B <= 4 ? 4 : 2;
   i = 0;
-  for (; i + R2 <= rows; i += R2) rows_transpose_update<R2, B>(M + i * ld, ld, c, y + i * B, Z);
-  for (; i < rows; ++i) rows_transpose_update<1, B>(M + i * ld, ld, c, y + i * B, Z);
+  for (; i + R2 <= rows; i += R2) rows_transpose_update<T, R2, B>(M + i * ld, ld, c, y + i * B, Z);
+  for (; i < rows; ++i) rows_transpose_update<T, 1, B>(M + i * ld, ld, c, y + i * B, Z);
 }
 
-
-// float matrices: the AVX2 loops with 8 lanes (accumulation in float, like sgemm).
-SPECDYN_AVX2 inline float hsum8(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  return _mm_cvtss_f32(_mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1)));
-}
-
-template <int R, int B>
-SPECDYN_AVX2 void rows_times_block_f32(const float* m, int64_t ld, int64_t c, const float* X, float* y) {
-  __m256 acc[R][B];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < B; ++j) acc[r][j] = _mm256_setzero_ps();
-  int64_t l = 0;
-  for (; l + 8 <= c; l += 8) {
-    __m256 mv[R];
-    for (int r = 0; r < R; ++r) mv[r] = _mm256_loadu_ps(m + r * ld + l);
-    for (int j = 0; j < B; ++j) {
-      const __m256 xv = _mm256_loadu_ps(X + j * c + l);
-      for (int r = 0; r < R; ++r) acc[r][j] = _mm256_fmadd_ps(mv[r], xv, acc[r][j]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < B; ++j) {
-      float s = hsum8(acc[r][j]);
-      for (int64_t t = l; t < c; ++t) s += m[r * ld + t] * X[j * c + t];
-      y[r * B + j] = s;
-    }
-}
-
-template <int R, int B>
-SPECDYN_AVX2 void rows_transpose_update_f32(const float* m, int64_t ld, int64_t c, const float* y, float* Z) {
-  int64_t l = 0;
-  for (; l + 8 <= c; l += 8) {
-    __m256 mv[R];
-    for (int r = 0; r < R; ++r) mv[r] = _mm256_loadu_ps(m + r * ld + l);
-    for (int j = 0; j < B; ++j) {
-      __m256 z = _mm256_loadu_ps(Z + j * c + l);
-      for (int r = 0; r < R; ++r) z = _mm256_fmadd_ps(mv[r], _mm256_set1_ps(y[r * B + j]), z);
-      _mm256_storeu_ps(Z + j * c + l, z);
-    }
-  }
-  for (; l < c; ++l)
-    for (int j = 0; j < B; ++j) {
-      float s = Z[j * c + l];
-      for (int r = 0; r < R; ++r) s += m[r * ld + l] * y[r * B + j];
-      Z[j * c + l] = s;
-    }
-}
-
-template <int B>
-SPECDYN_AVX2 void panel_kernel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, float* y,
-                                   float* Z) {
-  constexpr int R1 = tile_rows<B>();
-  int64_t i = 0;
-  for (; i + R1 <= rows; i += R1) rows_times_block_f32<R1, B>(M + i * ld, ld, c, X, y + i * B);
-  for (; i < rows; ++i) rows_times_block_f32<1, B>(M + i * ld, ld, c, X, y + i * B);
-  constexpr int R2 = B <= 4 ? 4 : 2;
-  i = 0;
-  for (; i + R2 <= rows; i += R2) rows_transpose_update_f32<R2, B>(M + i * ld, ld, c, y + i * B, Z);
-  for (; i < rows; ++i) rows_transpose_update_f32<1, B>(M + i * ld, ld, c, y + i * B, Z);
+template <class T, int... Bs>
+bool dispatch_256(int b, const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, T* y, T* Z,
+                  std::integer_sequence<int, Bs...>) {
+  bool done = false;
+  ((b == Bs + 1 ? (panel_kernel<T, Bs + 1>(M, ld, rows, c, X, y, Z), done = true) : false), ...);
+  return done;
 }
 
 #define SPECDYN_AVX512 __attribute__((target("avx512f")))
@@ -275,37 +252,24 @@ bool use_avx512() {
   return on;
 }
 
+// AVX-512 (b <= 8), else AVX2/FMA (b <= 8); false (nothing done) otherwise.
+template <class T>
+bool fused_panel_any(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, int b, T* y, T* Z) {
+  if (b > 8) return false;
+  if (use_avx512()) return dispatch_512(b, M, ld, rows, c, X, y, Z, std::make_integer_sequence<int, 8>{});
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok && dispatch_256(b, M, ld, rows, c, X, y, Z, std::make_integer_sequence<int, 8>{});
+}
+
 }  // namespace
 
 bool fused_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
                      double* Z) {
-  if (use_avx512() && b <= 8) return dispatch_512(b, M, ld, rows, c, X, y, Z, std::make_integer_sequence<int, 8>{});
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (!ok) return false;
-  switch (b) {
-    case 1: panel_kernel<1>(M, ld, rows, c, X, y, Z); return true;
-    case 2: panel_kernel<2>(M, ld, rows, c, X, y, Z); return true;
-    case 3: panel_kernel<3>(M, ld, rows, c, X, y, Z); return true;
-    case 4: panel_kernel<4>(M, ld, rows, c, X, y, Z); return true;
-    case 5: panel_kernel<5>(M, ld, rows, c, X, y, Z); return true;
-    case 6: panel_kernel<6>(M, ld, rows, c, X, y, Z); return true;
-    case 7: panel_kernel<7>(M, ld, rows, c, X, y, Z); return true;
-    case 8: panel_kernel<8>(M, ld, rows, c, X, y, Z); return true;
-    default: return false;
-  }
+  return fused_panel_any(M, ld, rows, c, X, b, y, Z);
 }
 
 bool fused_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y, float* Z) {
-  if (use_avx512() && b <= 8) return dispatch_512(b, M, ld, rows, c, X, y, Z, std::make_integer_sequence<int, 8>{});
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (!ok) return false;
-  switch (b) {
-    case 1: panel_kernel_f32<1>(M, ld, rows, c, X, y, Z); return true;
-    case 2: panel_kernel_f32<2>(M, ld, rows, c, X, y, Z); return true;
-    case 3: panel_kernel_f32<3>(M, ld, rows, c, X, y, Z); return true;
-    case 4: panel_kernel_f32<4>(M, ld, rows, c, X, y, Z); return true;
-    default: return false;
-  }
+  return fused_panel_any(M, ld, rows, c, X, b, y, Z);
 }
 
 #else
