@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <type_traits>
 #include <utility>
 
 namespace specdyn::lanczos::detail {
@@ -124,12 +125,16 @@ SPECDYN_AVX2 void panel_kernel(const T* M, int64_t ld, int64_t rows, int64_t c, 
   for (; i < rows; ++i) rows_transpose_update<T, 1, B>(M + i * ld, ld, c, y + i * B, Z);
 }
 
-template <class T, int... Bs>
-bool dispatch_256(int b, const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, T* y, T* Z,
-                  std::integer_sequence<int, Bs...>) {
+// kernel(std::integral_constant<int, b>{}) for a block width b in 1..8; false for wider blocks.
+template <class F, int... Bs>
+bool for_block_width(int b, F&& kernel, std::integer_sequence<int, Bs...>) {
   bool done = false;
-  ((b == Bs + 1 ? (panel_kernel<T, Bs + 1>(M, ld, rows, c, X, y, Z), done = true) : false), ...);
+  ((b == Bs + 1 ? (kernel(std::integral_constant<int, Bs + 1>{}), done = true) : false), ...);
   return done;
+}
+template <class F>
+bool for_block_width(int b, F&& kernel) {
+  return for_block_width(b, kernel, std::make_integer_sequence<int, 8>{});
 }
 
 #define SPECDYN_AVX512 __attribute__((target("avx512f")))
@@ -149,7 +154,6 @@ struct Zmm<double> {
   SPECDYN_AVX512 static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   SPECDYN_AVX512 static V add(V a, V b) { return _mm512_add_pd(a, b); }
   SPECDYN_AVX512 static V set1(double x) { return _mm512_set1_pd(x); }
-  SPECDYN_AVX512 static void lanes(double* out, V v) { _mm512_storeu_pd(out, v); }
 };
 template <>
 struct Zmm<float> {
@@ -161,14 +165,13 @@ struct Zmm<float> {
   SPECDYN_AVX512 static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   SPECDYN_AVX512 static V add(V a, V b) { return _mm512_add_ps(a, b); }
   SPECDYN_AVX512 static V set1(float x) { return _mm512_set1_ps(x); }
-  SPECDYN_AVX512 static void lanes(float* out, V v) { _mm512_storeu_ps(out, v); }
 };
 
 // Sum of the lanes in a fixed pairwise order (GCC 12 warns spuriously inside _mm512_reduce_add_*).
 template <class T>
 SPECDYN_AVX512 T lane_sum(typename Zmm<T>::V v) {
   T x[Zmm<T>::kLanes];
-  Zmm<T>::lanes(x, v);
+  Zmm<T>::store(x, v);
   for (int w = 1; w < Zmm<T>::kLanes; w *= 2)  // ((x0 + x1) + (x2 + x3)) + ...
     for (int i = 0; i < Zmm<T>::kLanes; i += 2 * w) x[i] += x[i + w];
   return x[0];
@@ -239,26 +242,18 @@ SPECDYN_AVX512 void panel_kernel_512(const T* M, int64_t ld, int64_t rows, int64
   for (; i < rows; ++i) rows_transpose_update_512<T, 1, B>(M + i * ld, ld, c, y + i * B, Z);
 }
 
-template <class T, int... Bs>
-bool dispatch_512(int b, const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, T* y, T* Z,
-                  std::integer_sequence<int, Bs...>) {
-  bool done = false;
-  ((b == Bs + 1 ? (panel_kernel_512<T, Bs + 1>(M, ld, rows, c, X, y, Z), done = true) : false), ...);
-  return done;
-}
-
 bool use_avx512() {
   static const bool on = __builtin_cpu_supports("avx512f") && std::getenv("SPECDYN_NO_AVX512") == nullptr;
   return on;
 }
 
-// AVX-512 (b <= 8), else AVX2/FMA (b <= 8); false (nothing done) otherwise.
+// AVX-512, else AVX2/FMA, for b <= 8; false (nothing done) otherwise.
 template <class T>
 bool fused_panel_any(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, int b, T* y, T* Z) {
-  if (b > 8) return false;
-  if (use_avx512()) return dispatch_512(b, M, ld, rows, c, X, y, Z, std::make_integer_sequence<int, 8>{});
+  if (use_avx512())
+    return for_block_width(b, [&](auto B) { panel_kernel_512<T, B()>(M, ld, rows, c, X, y, Z); });
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok && dispatch_256(b, M, ld, rows, c, X, y, Z, std::make_integer_sequence<int, 8>{});
+  return ok && for_block_width(b, [&](auto B) { panel_kernel<T, B()>(M, ld, rows, c, X, y, Z); });
 }
 
 }  // namespace

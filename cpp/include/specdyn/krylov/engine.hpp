@@ -1058,9 +1058,9 @@ SingularOut top_singular(B& ops, int k, const Options& opt, const double* v0, in
       const double s1 = s[0];
       // Near-zero s (and, for float matrices, values too small for the float
       // products' rounding): B^T U is formed explicitly, one more pass.
-      const bool tiny = s[k - 1] <= 1e-6 * s1 ||
+      const bool explicit_backward = s[k - 1] <= 1e-6 * s1 ||
                         (B::kSingle && !float_gram_products_certify(s1, s[k - 1], d, o, tol));
-      if (!tiny) {
+      if (!explicit_backward) {
         // B^T u_i = Z w_i / s_i.
         blas::gemm(blas::Op::N, blas::Op::T, static_cast<int>(d), k, k, 1.0, Z.data(), static_cast<int>(d),
                    WT.data(), k, 0.0, BtU.data(), static_cast<int>(d));
