@@ -374,12 +374,13 @@ np.savez(sys.argv[1], **out)
 """
 
 
-def assert_same_bits_at_1_and_2_threads(snippet: str, tmp_path) -> None:
-    """Run ``snippet`` (it saves arrays to the .npz named by argv[1]) at 1 and 2 threads; compare bit for bit."""
+def assert_same_bits_at_1_and_2_threads(snippet: str, tmp_path, env2: dict | None = None) -> None:
+    """Run ``snippet`` (it saves arrays to the .npz named by argv[1]) at 1 and 2 threads; compare bit for bit.
+    ``env2`` adds variables to the 2-thread run."""
     outs = []
     for threads in (1, 2):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-                   PYTHONPATH=str(Path(specdyn.__file__).parent.parent))
+                   PYTHONPATH=str(Path(specdyn.__file__).parent.parent), **(env2 or {} if threads == 2 else {}))
         out = tmp_path / f"t{threads}.npz"
         subprocess.run([sys.executable, "-c", snippet, str(out)], env=env, check=True, timeout=300)
         outs.append(np.load(out))
@@ -389,6 +390,75 @@ def assert_same_bits_at_1_and_2_threads(snippet: str, tmp_path) -> None:
 
 def test_solvers_give_the_same_bits_at_any_thread_count(tmp_path):
     assert_same_bits_at_1_and_2_threads(_THREADS_SNIPPET, tmp_path)
+
+
+_STALL_SNIPPET = r"""
+import sys
+import numpy as np
+import specdyn
+
+rng = np.random.default_rng(4)
+out = {}
+A = rng.standard_normal((3000, 1000)) / np.sqrt(3000)
+A += (np.linalg.qr(rng.standard_normal((3000, 3)))[0] * [5.0, 4.0, 3.0]) @ np.linalg.qr(rng.standard_normal((1000, 3)))[0].T
+for dtype in ("float64", "float32"):
+    M = A.astype(dtype)
+    f = specdyn._core.gram_sweep_f64 if dtype == "float64" else specdyn._core.gram_sweep_f32
+    for b in (1, 2, 5):
+        out[f"sweep_{dtype}_{b}"] = f(M, np.asfortranarray(rng.standard_normal((1000, b)).astype(dtype)))
+    s, U, V, info = specdyn.top_singular(M, 4, tol=1e-10 if dtype == "float64" else 1e-4, seed=1)
+    out[f"s_{dtype}"], out[f"U_{dtype}"], out[f"r_{dtype}"] = s, U, info["residuals"]
+    s, U, V, info = specdyn.top_singular(M + 1e-3 * M[::-1], 4, v0=info["warm"], seed=2)
+    out[f"sw_{dtype}"], out[f"Vw_{dtype}"] = s, V
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_a_stalled_sweep_thread_changes_no_bit(tmp_path):
+    """Each pool thread is parked for 3 ms inside the first group it takes, as when another
+    process takes its core (a sweep here takes under 1 ms): the caller computes that group
+    too and the first result wins. Every answer keeps the bits of the one-thread run."""
+    assert_same_bits_at_1_and_2_threads(_STALL_SNIPPET, tmp_path, env2={"SPECDYN_SWEEP_STALL_US": "3000"})
+
+
+_POOL_SNIPPET = r"""
+import os, sys
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np
+import specdyn
+
+rng = np.random.default_rng(8)
+mats = [rng.standard_normal((900 + 37 * i, 700)) for i in range(4)]
+X = np.asfortranarray(rng.standard_normal((700, 3)))
+
+def answers():
+    out = [specdyn._core.gram_sweep_f64(A, X) for A in mats]
+    out += [specdyn.top_singular(A, 3, tol=1e-10, seed=1)[0] for A in mats]
+    return out
+
+ref = answers()
+# Several callers at once share one pool (a caller that finds it busy sweeps alone).
+with ThreadPoolExecutor(3) as ex:
+    runs = list(ex.map(lambda _: answers(), range(3)))
+same = all(np.array_equal(a, b) for run in runs for a, b in zip(ref, run))
+# A forked child starts its own pool (the parent's threads do not exist in it).
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if all(np.array_equal(a, b) for a, b in zip(ref, answers())) else 3)
+_, status = os.waitpid(pid, 0)
+print(same, os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_sweep_pool_serves_concurrent_callers_and_forked_children():
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(Path(specdyn.__file__).parent.parent))
+    out = subprocess.run([sys.executable, "-c", _POOL_SNIPPET], env=env, capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert out.stdout.split() == ["True", "0"], out.stdout + out.stderr
+    # and the sweep itself against NumPy
+    rng = np.random.default_rng(9)
+    A, X = rng.standard_normal((1300, 800)), np.asfortranarray(rng.standard_normal((800, 3)))
+    np.testing.assert_allclose(specdyn._core.gram_sweep_f64(A, X), A.T @ (A @ X), rtol=1e-12, atol=1e-9)
 
 
 def _moving_spikes(n, m, t, seed=11):

@@ -3,14 +3,23 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <thread>
 #include <stdexcept>
 #include <utility>
+#include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "fused_panel.hpp"
+#include "sweep_pool.hpp"
 #include "specdyn/blas.hpp"
 #include "specdyn/krylov/cpu_backend.hpp"
 #include "specdyn/krylov/engine.hpp"
@@ -57,90 +66,203 @@ void from_double(const double* x, T* y, size_t n) {
 
 }  // namespace
 
+// The panels of one sweep, grouped: group g's accumulator Z_g (c x b) sums its
+// panels' M_p^T M_p X in panel order, and Z = Z_0 + Z_1 + ... in group order. A
+// group is the unit of work a thread takes, so the bits do not depend on which
+// thread computed what, or on how many there were.
 template <class T>
-void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z) {
-  const int64_t pr = panel_rows(c, sizeof(T), b);
-  const int64_t npanel = (r + pr - 1) / pr;
-  // Small matrices: one thread (an OpenMP region costs more than the product).
-  const bool small = r * c < (int64_t(1) << 16);
-  const int nt = static_cast<int>(
-      std::min<int64_t>(omp_in_parallel() || small ? 1 : omp_get_max_threads(), std::min(npanel, kSweepGroups)));
-  static const bool no_kernel = std::getenv("SPECDYN_NO_KERNEL") != nullptr;
-  // One panel: Y_p = M_p X, then Z += M_p^T Y_p while M_p is in cache.
-  auto panel = [&](int64_t i0, int64_t rows, T* z, std::vector<T>& ybuf) {
-    {
+struct SweepGroups {
+  const T* M;
+  int64_t r, c, ld;
+  int b;
+  int64_t pr, npanel, ngroup;
+
+  SweepGroups(const T* M_, int64_t r_, int64_t c_, int64_t ld_, int b_)
+      : M(M_), r(r_), c(c_), ld(ld_), b(b_), pr(panel_rows(c_, sizeof(T), b_)), npanel((r_ + pr - 1) / pr),
+        ngroup(std::min<int64_t>(npanel, kSweepGroups)) {}
+  int64_t first_row(int64_t g) const { return std::min(r, g * npanel / ngroup * pr); }
+  int64_t max_group_rows() const { return ((npanel + ngroup - 1) / ngroup) * pr; }
+
+  // One panel: Y_p = M_p X, then Z += M_p^T Y_p while M_p is in cache. y, when not
+  // null, receives Y_p at row offset i0 - y0 (leading dimension ldy); ybuf holds
+  // at least pr * b values.
+  void panel(const T* X, int64_t i0, int64_t rows, T* z, T* y, int64_t y0, int64_t ldy, T* ybuf) const {
+    static const bool no_kernel = std::getenv("SPECDYN_NO_KERNEL") != nullptr;
+    if (!no_kernel) {
       // Wider blocks run as chunks of <= 4 columns over the cached panel: the
       // vectorized kernel beats OpenBLAS's packing on such skinny products.
-      if (!no_kernel) {
-        static const int cw = [] {
-          const char* e = std::getenv("SPECDYN_CHUNK");
-          return e ? std::clamp(std::atoi(e), 1, 8) : 4;  // 4 measured fastest (Zen 5, AVX-512)
-        }();
-        const int nch = (b + cw - 1) / cw;
-        const int w = (b + nch - 1) / nch;
-        ybuf.resize(static_cast<size_t>(rows) * w);
-        bool done = true;
-        for (int j0 = 0; j0 < b && done; j0 += w) {
-          const int bc = std::min(w, b - j0);
-          done = detail::fused_panel(M + i0 * ld, ld, rows, c, X + at(0, j0, c), bc, ybuf.data(), z + at(0, j0, c));
-          if (done && Y)
-            for (int64_t i = 0; i < rows; ++i)
-              for (int j = 0; j < bc; ++j) Y[at(i0 + i, j0 + j, r)] = ybuf[static_cast<size_t>(i) * bc + j];
-        }
-        if (done) return;  // (false only on the first chunk: no AVX2)
+      static const int cw = [] {
+        const char* e = std::getenv("SPECDYN_CHUNK");
+        return e ? std::clamp(std::atoi(e), 1, 8) : 4;  // 4 measured fastest (Zen 5, AVX-512)
+      }();
+      const int nch = (b + cw - 1) / cw;
+      const int w = (b + nch - 1) / nch;
+      bool done = true;
+      for (int j0 = 0; j0 < b && done; j0 += w) {
+        const int bc = std::min(w, b - j0);
+        done = detail::fused_panel(M + i0 * ld, ld, rows, c, X + at(0, j0, c), bc, ybuf, z + at(0, j0, c));
+        if (done && y)
+          for (int64_t i = 0; i < rows; ++i)
+            for (int j = 0; j < bc; ++j) y[at(i0 - y0 + i, j0 + j, ldy)] = ybuf[static_cast<size_t>(i) * bc + j];
       }
+      if (done) return;  // (false only on the first chunk: no AVX2)
     }
-    ybuf.resize(Y ? 0 : static_cast<size_t>(rows) * b);
-    T* yp = Y ? Y + i0 : ybuf.data();
-    const int ldy = Y ? static_cast<int>(r) : static_cast<int>(rows);
+    T* yp = y ? y + (i0 - y0) : ybuf;
+    const int ly = y ? static_cast<int>(ldy) : static_cast<int>(rows);
     blas::gemm(Op::T, Op::N, static_cast<int>(rows), b, static_cast<int>(c), T(1), M + i0 * ld, static_cast<int>(ld),
-               X, static_cast<int>(c), T(0), yp, ldy);
+               X, static_cast<int>(c), T(0), yp, ly);
     blas::gemm(Op::N, Op::N, static_cast<int>(c), b, static_cast<int>(rows), T(1), M + i0 * ld, static_cast<int>(ld),
-               yp, ldy, T(1), z, static_cast<int>(c));
-  };
-  // Panels are grouped into a fixed number of contiguous groups, each with its
-  // own accumulator, summed in group order: the rounding is then the same at
-  // any thread count (a group is the unit of work a thread takes).
-  const int64_t ngroup = std::min<int64_t>(npanel, kSweepGroups);
-  const size_t zc = static_cast<size_t>(c) * b;
-  auto group_panels = [&](int64_t g, T* z, std::vector<T>& ybuf) {
-    std::fill(z, z + zc, T(0));
-    const int64_t p0 = g * npanel / ngroup, p1 = (g + 1) * npanel / ngroup;
-    for (int64_t p = p0; p < p1; ++p) panel(p * pr, std::min(pr, r - p * pr), z, ybuf);
-  };
-  blas::ThreadScope one(1);
-  if (ngroup == 1) {
-    std::vector<T> ybuf;
-    group_panels(0, Z, ybuf);
-    return;
+               yp, ly, T(1), z, static_cast<int>(c));
   }
-  if (nt <= 1) {
-    // Serially: Z = G_0, then Z += G_g in group order -- the same sums as the
-    // parallel reduction below, with one group accumulator kept in cache.
-    std::vector<T> ybuf, zg(zc);
-    group_panels(0, Z, ybuf);
-    for (int64_t g = 1; g < ngroup; ++g) {
-      group_panels(g, zg.data(), ybuf);
+  // Z_g into z; Y's rows of the group into y (row offset from first_row(g)).
+  // Stops early, returning false, once stop() says so (checked per panel).
+  template <class Stop>
+  bool group(const T* X, int64_t g, T* z, T* y, int64_t ldy, T* ybuf, Stop&& stop) const {
+    std::fill(z, z + static_cast<size_t>(c) * b, T(0));
+    const int64_t p0 = g * npanel / ngroup, p1 = (g + 1) * npanel / ngroup;
+    for (int64_t p = p0; p < p1; ++p) {
+      if (stop()) return false;
+      panel(X, p * pr, std::min(pr, r - p * pr), z, y, p0 * pr, ldy, ybuf);
+    }
+    return true;
+  }
+};
+
+// One sweep handed to the pool. It owns everything a pool thread reads except
+// M: its own copy of X, and per-attempt buffers for the group results, so a
+// thread that stalls past the caller's return only ever touches them.
+template <class T>
+struct PooledSweep final : detail::PoolJob {
+  static constexpr int kTries = 3;  // computations of one group: its own and at most two by idle threads
+  SweepGroups<T> plan;
+  bool keep_y = false;
+  std::vector<T> X;
+  std::unique_ptr<T[]> slots;  // (uninitialized: a slot's pages are touched only when used)
+  size_t slot_size = 0, nslot = 0;
+  std::unique_ptr<std::atomic<T*>[]> result;  // group g's published buffer
+  std::unique_ptr<std::atomic<int>[]> tries;
+  std::atomic<int64_t> next_group{0};
+  std::atomic<size_t> next_slot{0};
+
+  explicit PooledSweep(const SweepGroups<T>& p) : plan(p) {
+    slot_size = static_cast<size_t>(plan.c) * plan.b + static_cast<size_t>(plan.max_group_rows()) * plan.b +
+                static_cast<size_t>(plan.pr) * plan.b;
+    nslot = static_cast<size_t>(kTries) * plan.ngroup;
+    slots.reset(new T[slot_size * nslot]);
+    result.reset(new std::atomic<T*>[plan.ngroup]);
+    tries.reset(new std::atomic<int>[plan.ngroup]);
+  }
+  bool fits(const SweepGroups<T>& p) const { return p.r == plan.r && p.c == plan.c && p.b == plan.b; }
+  // Ready for a sweep of the same shape (buffers kept: no fresh pages per sweep).
+  void reset(const SweepGroups<T>& p, const T* X_in, bool y, int workers) {
+    plan = p;
+    max_workers = workers;
+    keep_y = y;
+    X.assign(X_in, X_in + static_cast<size_t>(plan.c) * plan.b);
+    for (int64_t g = 0; g < plan.ngroup; ++g) {
+      result[g].store(nullptr, std::memory_order_relaxed);
+      tries[g].store(0, std::memory_order_relaxed);
+    }
+    next_group.store(0, std::memory_order_relaxed);
+    next_slot.store(0, std::memory_order_relaxed);
+  }
+  const T* published(int64_t g) const { return result[g].load(std::memory_order_acquire); }
+  // Computes group g into a fresh slot and publishes it unless another thread's
+  // result came first (then it stops at the next panel).
+  void attempt(int64_t g) {
+    const size_t s = next_slot.fetch_add(1, std::memory_order_relaxed);  // (< nslot: tries are capped)
+    T* z = slots.get() + slot_size * s;
+    T* y = z + static_cast<size_t>(plan.c) * plan.b;
+    T* ybuf = y + static_cast<size_t>(plan.max_group_rows()) * plan.b;
+    const bool done = plan.group(X.data(), g, z, keep_y ? y : nullptr, plan.max_group_rows(), ybuf,
+                                 [&] { return result[g].load(std::memory_order_relaxed) != nullptr; });
+    T* expected = nullptr;
+    if (done) result[g].compare_exchange_strong(expected, z, std::memory_order_acq_rel);
+  }
+  // Every participant, the caller included: take groups until none is left,
+  // timing them; then a group still missing after half a group's time has a
+  // stalled thread (the OS parked it), and this one computes it too.
+  void work() override { run(false); }
+  void run(bool caller) {
+    // SPECDYN_SWEEP_STALL_US parks each pool thread that long inside its first
+    // group, as the OS does when another process takes its core (for tests).
+    static const std::chrono::microseconds stall([] {
+      const char* e = std::getenv("SPECDYN_SWEEP_STALL_US");
+      return e ? std::atoll(e) : 0LL;
+    }());
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    int64_t mine = 0;
+    for (int64_t g; (g = next_group.fetch_add(1, std::memory_order_relaxed)) < plan.ngroup; ++mine) {
+      tries[g].fetch_add(1, std::memory_order_relaxed);
+      if (!caller && mine == 0 && stall.count() > 0) std::this_thread::sleep_for(stall);
+      attempt(g);
+    }
+    const auto t1 = clock::now();
+    const auto patience = mine ? (t1 - t0) / (2 * mine) : clock::duration(std::chrono::microseconds(50));
+    for (int64_t g = 0; g < plan.ngroup; ++g)
+      for (int i = 1; !published(g); ++i) {
+        if (i % 64 == 0 && clock::now() - t1 > patience) {
+          if (tries[g].fetch_add(1, std::memory_order_relaxed) < kTries) attempt(g);
+          break;
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        _mm_pause();
+#endif
+      }
+  }
+};
+
+template <class T>
+void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z) {
+  const SweepGroups<T> plan(M, r, c, ld, b);
+  // Small matrices: one thread (waking another costs more than the product).
+  const bool small = r * c < (int64_t(1) << 16);
+  const int nt = static_cast<int>(
+      std::min<int64_t>(omp_in_parallel() || small ? 1 : omp_get_max_threads(), plan.ngroup));
+  const size_t zc = static_cast<size_t>(c) * b;
+  blas::ThreadScope one(1);
+  auto serial = [&] {
+    // Z = Z_0, then Z += Z_g in group order, one group accumulator kept in cache.
+    std::vector<T> ybuf(static_cast<size_t>(plan.pr) * b), zg(plan.ngroup > 1 ? zc : 0);
+    auto never = [] { return false; };
+    plan.group(X, 0, Z, Y, r, ybuf.data(), never);
+    for (int64_t g = 1; g < plan.ngroup; ++g) {
+      plan.group(X, g, zg.data(), Y ? Y + plan.first_row(g) : nullptr, r, ybuf.data(), never);
       for (size_t i = 0; i < zc; ++i) Z[i] += zg[i];
     }
-    return;
+  };
+  if (nt <= 1) return serial();
+
+  // (Kept per calling thread and reused while no stalled pool thread holds it.)
+  thread_local std::shared_ptr<PooledSweep<T>> cached;
+  if (!cached || cached.use_count() > 1 || !cached->fits(plan)) cached = std::make_shared<PooledSweep<T>>(plan);
+  const std::shared_ptr<PooledSweep<T>> job = cached;
+  job->reset(plan, X, Y != nullptr, nt - 1);
+  detail::SweepPool& pool = detail::SweepPool::get();
+  if (!pool.begin(job)) return serial();  // (another caller's sweep holds the pool)
+
+  job->run(true);
+  for (int64_t g = 0; g < plan.ngroup; ++g)  // (only when all the threads that computed g stalled)
+    while (!job->published(g)) std::this_thread::yield();
+  pool.end();
+  if (!detail::SweepScope::open())  // (no scope keeps M alive: wait for every thread to leave it)
+    while (job->active.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+
+  // Z = Z_0 + Z_1 + ... in group order (the serial path's sums); Y's rows per group.
+  const T* z0 = job->published(0);
+  std::copy(z0, z0 + zc, Z);
+  for (int64_t g = 1; g < plan.ngroup; ++g) {
+    const T* zg = job->published(g);
+    for (size_t i = 0; i < zc; ++i) Z[i] += zg[i];
   }
-  // (Reused across calls: fresh pages for the accumulators cost page faults every sweep.)
-  thread_local std::vector<T> Zg;
-  if (Zg.size() < zc * ngroup) Zg.resize(zc * ngroup);
-  T* const zg = Zg.data();  // (the workers must see the caller's buffer, not their own thread_local)
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<T> ybuf;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t g = 0; g < ngroup; ++g) group_panels(g, zg + zc * g, ybuf);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < static_cast<int64_t>(zc); ++i) {
-      T s = zg[i];
-      for (int64_t u = 1; u < ngroup; ++u) s += zg[zc * u + i];
-      Z[i] = s;
+  if (Y)
+    for (int64_t g = 0; g < plan.ngroup; ++g) {
+      const T* yg = job->published(g) + zc;
+      const int64_t y0 = plan.first_row(g), y1 = g + 1 < plan.ngroup ? plan.first_row(g + 1) : r;
+      for (int j = 0; j < b; ++j)
+        std::copy(yg + at(0, j, plan.max_group_rows()), yg + at(y1 - y0, j, plan.max_group_rows()), Y + at(y0, j, r));
     }
-  }
 }
 
 template <class T>
@@ -240,7 +362,7 @@ class CpuGram : public krylov::cpu::Vectors {
   static constexpr int kMaxBlock = 64;
 
   CpuGram(const T* A, int64_t n, int64_t m, bool row_major)
-      : krylov::cpu::Vectors{row_major ? m : n}, A_(A), n_(n), m_(m), row_major_(row_major),
+      : krylov::cpu::Vectors{row_major ? m : n}, scope_(), A_(A), n_(n), m_(m), row_major_(row_major),
         r_(row_major ? n : m), c_(row_major ? m : n) {}
 
   int64_t n() const { return n_; }
@@ -334,6 +456,7 @@ class CpuGram : public krylov::cpu::Vectors {
     if (L) to_double(Yt_.data(), L, Yt_.size());
   }
 
+  detail::SweepScope scope_;  // (sweeps need not wait for a stalled thread; A outlives this object)
   const T* A_;
   int64_t n_, m_;
   bool row_major_;

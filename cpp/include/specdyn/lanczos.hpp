@@ -142,8 +142,9 @@ inline int64_t gram_dim(int64_t n, int64_t m) { return m <= n ? m : n; }
 MatMat dense_operator(const double* A, int64_t n);
 
 // Y = M X (r x b) and Z = M^T Y (c x b) for a row-major r x c matrix M (leading
-// dimension ld), in one sweep over row panels of M (OpenMP over panels). Y may be
-// null when only Z is wanted. X is c x b, all column-major.
+// dimension ld), in one sweep over row panels of M (threads over fixed panel
+// groups: the same bits at any thread count). Y may be null when only Z is
+// wanted. X is c x b, all column-major.
 template <class T>
 void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z);
 
