@@ -373,7 +373,7 @@ def main(argv=None):
         "bandwidth": bench_bandwidth(sizes[-1], [1, 2, 4, 8, 12], repeats, bw),
         "topk": bench_topk(sizes, ks, repeats, svd_sizes, bw),
         "spectra": bench_spectra(sizes[-1], (1, 10, 50), (np.float64, np.float32), repeats, bw),
-        "busy": [] if args.no_busy else bench_busy(sizes[-1], 10, repeats),
+        "busy": [] if args.no_busy else bench_busy(sizes[-1], 10, 2 * repeats + 1),
         "warm_start": bench_warm(nwarm, 10, repeats),
         "slq": bench_slq(nslq, repeats, probes=16, degree=48, bins=40),
     }

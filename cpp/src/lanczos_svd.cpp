@@ -138,27 +138,29 @@ struct PooledSweep final : detail::PoolJob {
   bool keep_y = false;
   std::vector<T> X;
   std::unique_ptr<T[]> slots;  // (uninitialized: a slot's pages are touched only when used)
-  size_t slot_size = 0, nslot = 0;
+  size_t slot_size = 0, nslot = 0, capacity = 0;
   std::unique_ptr<std::atomic<T*>[]> result;  // group g's published buffer
   std::unique_ptr<std::atomic<int>[]> tries;
   std::atomic<int64_t> next_group{0};
   std::atomic<size_t> next_slot{0};
 
-  explicit PooledSweep(const SweepGroups<T>& p) : plan(p) {
-    slot_size = static_cast<size_t>(plan.c) * plan.b + static_cast<size_t>(plan.max_group_rows()) * plan.b +
-                static_cast<size_t>(plan.pr) * plan.b;
-    nslot = static_cast<size_t>(kTries) * plan.ngroup;
-    slots.reset(new T[slot_size * nslot]);
-    result.reset(new std::atomic<T*>[plan.ngroup]);
-    tries.reset(new std::atomic<int>[plan.ngroup]);
-  }
-  bool fits(const SweepGroups<T>& p) const { return p.r == plan.r && p.c == plan.c && p.b == plan.b; }
-  // Ready for a sweep of the same shape (buffers kept: no fresh pages per sweep).
+  explicit PooledSweep(const SweepGroups<T>& p)
+      : plan(p), result(new std::atomic<T*>[kSweepGroups]), tries(new std::atomic<int>[kSweepGroups]) {}
+
+  // Ready for a sweep (buffers kept from earlier sweeps when large enough: no
+  // fresh pages per sweep).
   void reset(const SweepGroups<T>& p, const T* X_in, bool y, int workers) {
     plan = p;
     max_workers = workers;
     keep_y = y;
     X.assign(X_in, X_in + static_cast<size_t>(plan.c) * plan.b);
+    slot_size = static_cast<size_t>(plan.c) * plan.b + static_cast<size_t>(plan.max_group_rows()) * plan.b +
+                static_cast<size_t>(plan.pr) * plan.b;
+    nslot = static_cast<size_t>(kTries) * plan.ngroup;
+    if (slot_size * nslot > capacity) {
+      capacity = slot_size * nslot;
+      slots.reset(new T[capacity]);
+    }
     for (int64_t g = 0; g < plan.ngroup; ++g) {
       result[g].store(nullptr, std::memory_order_relaxed);
       tries[g].store(0, std::memory_order_relaxed);
@@ -236,7 +238,7 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
 
   // (Kept per calling thread and reused while no stalled pool thread holds it.)
   thread_local std::shared_ptr<PooledSweep<T>> cached;
-  if (!cached || cached.use_count() > 1 || !cached->fits(plan)) cached = std::make_shared<PooledSweep<T>>(plan);
+  if (!cached || cached.use_count() > 1) cached = std::make_shared<PooledSweep<T>>(plan);
   const std::shared_ptr<PooledSweep<T>> job = cached;
   job->reset(plan, X, Y != nullptr, nt - 1);
   detail::SweepPool& pool = detail::SweepPool::get();
