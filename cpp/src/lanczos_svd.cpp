@@ -248,7 +248,7 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
   for (int64_t g = 0; g < plan.ngroup; ++g)  // (only when all the threads that computed g stalled)
     while (!job->published(g)) std::this_thread::yield();
   pool.end();
-  if (!detail::SweepScope::open())  // (no scope keeps M alive: wait for every thread to leave it)
+  if (!detail::SweepScope::covers(M))  // (nothing keeps M alive: wait for every thread to leave it)
     while (job->active.load(std::memory_order_acquire) > 0) std::this_thread::yield();
 
   // Z = Z_0 + Z_1 + ... in group order (the serial path's sums); Y's rows per group.
@@ -364,7 +364,7 @@ class CpuGram : public krylov::cpu::Vectors {
   static constexpr int kMaxBlock = 64;
 
   CpuGram(const T* A, int64_t n, int64_t m, bool row_major)
-      : krylov::cpu::Vectors{row_major ? m : n}, scope_(), A_(A), n_(n), m_(m), row_major_(row_major),
+      : krylov::cpu::Vectors{row_major ? m : n}, scope_(A, static_cast<size_t>(n) * m * sizeof(T)), A_(A), n_(n), m_(m), row_major_(row_major),
         r_(row_major ? n : m), c_(row_major ? m : n) {}
 
   int64_t n() const { return n_; }
@@ -458,7 +458,7 @@ class CpuGram : public krylov::cpu::Vectors {
     if (L) to_double(Yt_.data(), L, Yt_.size());
   }
 
-  detail::SweepScope scope_;  // (sweeps need not wait for a stalled thread; A outlives this object)
+  detail::SweepScope scope_;  // (sweeps over A need not wait for a stalled thread; A outlives this object)
   const T* A_;
   int64_t n_, m_;
   bool row_major_;

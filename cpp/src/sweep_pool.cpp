@@ -21,7 +21,7 @@ namespace {
 // enough to cost a neighbour little.
 constexpr auto kSpin = std::chrono::microseconds(300);
 
-thread_local int scope_depth = 0;
+thread_local SweepScope* innermost = nullptr;
 
 }  // namespace
 
@@ -103,12 +103,21 @@ void SweepPool::loop(int index) {
   }
 }
 
-SweepScope::SweepScope() { ++scope_depth; }
-
-SweepScope::~SweepScope() {
-  if (--scope_depth == 0) SweepPool::get().drain();
+SweepScope::SweepScope(const void* data, size_t bytes)
+    : begin_(static_cast<const char*>(data)), end_(static_cast<const char*>(data) + bytes), outer_(innermost) {
+  innermost = this;
 }
 
-bool SweepScope::open() { return scope_depth > 0; }
+SweepScope::~SweepScope() {
+  innermost = outer_;
+  if (!innermost) SweepPool::get().drain();
+}
+
+bool SweepScope::covers(const void* p) {
+  const char* c = static_cast<const char*>(p);
+  for (const SweepScope* s = innermost; s; s = s->outer_)
+    if (c >= s->begin_ && c < s->end_) return true;
+  return false;
+}
 
 }  // namespace specdyn::lanczos::detail

@@ -12,6 +12,7 @@
 #pragma once
 #include <atomic>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -51,17 +52,23 @@ class SweepPool {
   int threads_ = 0, running_ = 0;
 };
 
-// Inside a SweepScope, gram_sweep may return while a stalled pool thread still
-// reads the matrix (never the caller's X, Y or Z, which it does not see); the
-// outermost scope's end waits for it. The matrix must outlive the scope.
-// Outside any scope, gram_sweep returns only when no pool thread works on it.
+// A SweepScope over a matrix [data, data + bytes) that outlives it lets
+// gram_sweep over that matrix return while a stalled pool thread still reads it
+// (never the caller's X, Y or Z, which it does not see); the outermost scope's
+// end waits for such threads. Any other sweep (over a Krylov basis, say, which
+// may be freed sooner) returns only when no pool thread works on it.
 class SweepScope {
  public:
-  SweepScope();
+  SweepScope(const void* data, size_t bytes);
   ~SweepScope();
   SweepScope(const SweepScope&) = delete;
   SweepScope& operator=(const SweepScope&) = delete;
-  static bool open();
+  // Whether an open scope of this thread covers the matrix at p.
+  static bool covers(const void* p);
+
+ private:
+  const char *begin_, *end_;
+  SweepScope* outer_;
 };
 
 }  // namespace specdyn::lanczos::detail
