@@ -605,16 +605,24 @@ import numpy as np
 from specdyn import _core
 rng = np.random.default_rng(3)
 worst = 0.0
-for dtype, fn in (("float64", _core.gram_sweep_f64), ("float32", _core.gram_sweep_f32)):
+for dtype in ("float64", "float32"):
+    fn = getattr(_core, "gram_sweep_" + dtype.replace("float", "f"))
+    tn = getattr(_core, "transpose_sweep_" + dtype.replace("float", "f"))  # A^T Y alone (certificates)
+    unit = 1e-13 if dtype == "float64" else 2e-5
     for n, m in ((301, 77), (64, 1000), (1000, 4097)):
         A = rng.standard_normal((n, m)).astype(dtype)
+        A64 = A.astype(np.float64)
         for b in range(1, 10):
             X = np.asfortranarray(rng.standard_normal((m, b)).astype(dtype))
-            A64, X64 = A.astype(np.float64), X.astype(np.float64)
+            X64 = X.astype(np.float64)
             ref = A64.T @ (A64 @ X64)
             scale = np.abs(A64).T @ (np.abs(A64) @ np.abs(X64))
-            err = np.max(np.abs(fn(A, X).astype(np.float64) - ref) / scale)
-            worst = max(worst, err / (1e-13 if dtype == "float64" else 2e-5))
+            worst = max(worst, np.max(np.abs(fn(A, X).astype(np.float64) - ref) / scale) / unit)
+        for b in (1, 3, 8, 11):
+            Y = np.asfortranarray(rng.standard_normal((n, b)).astype(dtype))
+            Y64 = Y.astype(np.float64)
+            err = np.abs(tn(A, Y).astype(np.float64) - A64.T @ Y64) / (np.abs(A64).T @ np.abs(Y64))
+            worst = max(worst, np.max(err) / unit)
 print(worst)
 """
 
@@ -622,9 +630,10 @@ print(worst)
 @pytest.mark.parametrize("env", [{}, {"SPECDYN_NO_AVX512": "1"}, {"SPECDYN_NO_AVX512": "1", "SPECDYN_NO_KERNEL": "1"}],
                          ids=["best", "avx2", "openblas"])
 def test_fused_gram_sweep_on_every_kernel_path(env):
-    # The fused sweep M^T (M X) takes the AVX-512 kernel (double and float), the AVX2 one, or
-    # OpenBLAS, chosen per process by the CPU and these switches; each against NumPy, for every
-    # block width the kernels special-case, odd and power-of-two-plus-one widths.
+    # The fused sweep M^T (M X) and the transposed one M^T Y take the AVX-512 kernel (double and
+    # float), the AVX2 one, or OpenBLAS, chosen per process by the CPU and these switches; each
+    # against NumPy, for every block width the kernels special-case, odd and power-of-two-plus-one
+    # widths.
     proc = subprocess.run([sys.executable, "-c", _SWEEP_CHILD], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -128,6 +128,20 @@ py::array_t<T> gram_sweep(py::array_t<T, py::array::c_style> A, py::array_t<T, p
   return Z;
 }
 
+// Z = A^T Y for a C-ordered A, by the sweep's panels (tests).
+template <class T>
+py::array_t<T> transpose_sweep(py::array_t<T, py::array::c_style> A, py::array_t<T, py::array::f_style> Y) {
+  const int64_t r = A.shape(0), c = A.shape(1), b = Y.ndim() == 2 ? Y.shape(1) : 1;
+  if (Y.shape(0) != r) throw py::value_error("Y must have A.shape[0] rows");
+  py::array_t<T, py::array::f_style> Z({c, b});
+  {
+    py::gil_scoped_release nogil;
+    blas::ThreadScope one(1);
+    lanczos::transpose_sweep<T>(A.data(), r, c, c, Y.data(), static_cast<int>(b), Z.mutable_data());
+  }
+  return Z;
+}
+
 void bind_lanczos(py::module_& m) {
   // The solver parameters cross into C++ as this one object (filled in python/specdyn/lanczos.py).
   py::class_<lanczos::Options>(m, "KrylovOptions", "Parameters of the Krylov solvers (specdyn::lanczos::Options)")
@@ -141,6 +155,8 @@ void bind_lanczos(py::module_& m) {
       .def_readwrite("resolvable", &lanczos::Options::resolvable);
   m.def("gram_sweep_f64", &gram_sweep<double>, py::arg("A"), py::arg("X"));
   m.def("gram_sweep_f32", &gram_sweep<float>, py::arg("A"), py::arg("X"));
+  m.def("transpose_sweep_f64", &transpose_sweep<double>, py::arg("A"), py::arg("Y"));
+  m.def("transpose_sweep_f32", &transpose_sweep<float>, py::arg("A"), py::arg("Y"));
   m.def("top_singular_f64", &top_singular<double>, py::arg("A"), py::arg("k"), py::arg("opt"),
         py::arg("v0") = py::none());
   m.def("top_singular_f32", &top_singular<float>, py::arg("A"), py::arg("k"), py::arg("opt"),

@@ -1,4 +1,4 @@
-// Internal: the vectorized kernel of one panel of the CPU fused Gram sweep
+// Internal: the vectorized kernels of one panel of the CPU fused Gram sweep
 // (lanczos_kernels.cpp), used by gram_sweep (lanczos_svd.cpp). Not part of the API.
 #pragma once
 #include <cstdint>
@@ -18,6 +18,16 @@ inline bool fused_panel(const double* M, int64_t ld, int64_t rows, int64_t c, co
 inline bool fused_panel(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y,
                         float* Z) {
   return fused_panel_f32(M, ld, rows, c, X, b, y, Z);
+}
+
+// Z += M_p^T y alone (the second half of fused_panel), for a given y.
+bool transpose_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* y, int b, double* Z);
+bool transpose_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* y, int b, float* Z);
+inline bool transpose_panel(const double* M, int64_t ld, int64_t rows, int64_t c, const double* y, int b, double* Z) {
+  return transpose_panel_f64(M, ld, rows, c, y, b, Z);
+}
+inline bool transpose_panel(const float* M, int64_t ld, int64_t rows, int64_t c, const float* y, int b, float* Z) {
+  return transpose_panel_f32(M, ld, rows, c, y, b, Z);
 }
 
 }  // namespace specdyn::lanczos::detail

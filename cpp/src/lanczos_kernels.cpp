@@ -112,17 +112,23 @@ constexpr int tile_rows() {
   return B <= 2 ? 4 : (B <= 5 ? 2 : 1);
 }
 
+// Z += M_p^T y for a panel (y row-major, rows x B).
+template <class T, int B>
+SPECDYN_AVX2 void transpose_panel(const T* M, int64_t ld, int64_t rows, int64_t c, const T* y, T* Z) {
+  // The transpose update amortizes the Z loads and stores over 4 rows.
+  constexpr int R2 = B <= 4 ? 4 : 2;
+  int64_t i = 0;
+  for (; i + R2 <= rows; i += R2) rows_transpose_update<T, R2, B>(M + i * ld, ld, c, y + i * B, Z);
+  for (; i < rows; ++i) rows_transpose_update<T, 1, B>(M + i * ld, ld, c, y + i * B, Z);
+}
+
 template <class T, int B>
 SPECDYN_AVX2 void panel_kernel(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, T* y, T* Z) {
   constexpr int R1 = tile_rows<B>();
   int64_t i = 0;
   for (; i + R1 <= rows; i += R1) rows_times_block<T, R1, B>(M + i * ld, ld, c, X, y + i * B);
   for (; i < rows; ++i) rows_times_block<T, 1, B>(M + i * ld, ld, c, X, y + i * B);
-  // The transpose update amortizes the Z loads and stores over 4 rows.
-  constexpr int R2 = B <= 4 ? 4 : 2;
-  i = 0;
-  for (; i + R2 <= rows; i += R2) rows_transpose_update<T, R2, B>(M + i * ld, ld, c, y + i * B, Z);
-  for (; i < rows; ++i) rows_transpose_update<T, 1, B>(M + i * ld, ld, c, y + i * B, Z);
+  transpose_panel<T, B>(M, ld, rows, c, y, Z);
 }
 
 // kernel(std::integral_constant<int, b>{}) for a block width b in 1..8; false for wider blocks.
@@ -231,15 +237,20 @@ constexpr int tile_rows_512() {
 }
 
 template <class T, int B>
+SPECDYN_AVX512 void transpose_panel_512(const T* M, int64_t ld, int64_t rows, int64_t c, const T* y, T* Z) {
+  constexpr int R2 = B <= 4 ? 8 : (B <= 8 ? 4 : 2);
+  int64_t i = 0;
+  for (; i + R2 <= rows; i += R2) rows_transpose_update_512<T, R2, B>(M + i * ld, ld, c, y + i * B, Z);
+  for (; i < rows; ++i) rows_transpose_update_512<T, 1, B>(M + i * ld, ld, c, y + i * B, Z);
+}
+
+template <class T, int B>
 SPECDYN_AVX512 void panel_kernel_512(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, T* y, T* Z) {
   constexpr int R1 = tile_rows_512<B>();
   int64_t i = 0;
   for (; i + R1 <= rows; i += R1) rows_times_block_512<T, R1, B>(M + i * ld, ld, c, X, y + i * B);
   for (; i < rows; ++i) rows_times_block_512<T, 1, B>(M + i * ld, ld, c, X, y + i * B);
-  constexpr int R2 = B <= 4 ? 8 : (B <= 8 ? 4 : 2);
-  i = 0;
-  for (; i + R2 <= rows; i += R2) rows_transpose_update_512<T, R2, B>(M + i * ld, ld, c, y + i * B, Z);
-  for (; i < rows; ++i) rows_transpose_update_512<T, 1, B>(M + i * ld, ld, c, y + i * B, Z);
+  transpose_panel_512<T, B>(M, ld, rows, c, y, Z);
 }
 
 bool use_avx512() {
@@ -256,7 +267,24 @@ bool fused_panel_any(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X
   return ok && for_block_width(b, [&](auto B) { panel_kernel<T, B()>(M, ld, rows, c, X, y, Z); });
 }
 
+// Z += M^T y only (AVX-512, else AVX2/FMA), b <= 8; false otherwise.
+template <class T>
+bool transpose_panel_any(const T* M, int64_t ld, int64_t rows, int64_t c, const T* y, int b, T* Z) {
+  if (use_avx512())
+    return for_block_width(b, [&](auto B) { transpose_panel_512<T, B()>(M, ld, rows, c, y, Z); });
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok && for_block_width(b, [&](auto B) { transpose_panel<T, B()>(M, ld, rows, c, y, Z); });
+}
+
 }  // namespace
+
+bool transpose_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* y, int b, double* Z) {
+  return transpose_panel_any(M, ld, rows, c, y, b, Z);
+}
+
+bool transpose_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* y, int b, float* Z) {
+  return transpose_panel_any(M, ld, rows, c, y, b, Z);
+}
 
 bool fused_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
                      double* Z) {
@@ -268,6 +296,8 @@ bool fused_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const 
 }
 
 #else
+bool transpose_panel_f32(const float*, int64_t, int64_t, int64_t, const float*, int, float*) { return false; }
+bool transpose_panel_f64(const double*, int64_t, int64_t, int64_t, const double*, int, double*) { return false; }
 bool fused_panel_f32(const float*, int64_t, int64_t, int64_t, const float*, int, float*, float*) { return false; }
 bool fused_panel_f64(const double*, int64_t, int64_t, int64_t, const double*, int, double*, double*) { return false; }
 #endif

@@ -67,26 +67,29 @@ void from_double(const double* x, T* y, size_t n) {
 }  // namespace
 
 // The panels of one sweep, grouped: group g's accumulator Z_g (c x b) sums its
-// panels' M_p^T M_p X in panel order, and Z = Z_0 + Z_1 + ... in group order. A
-// group is the unit of work a thread takes, so the bits do not depend on which
-// thread computed what, or on how many there were.
+// panels' M_p^T M_p X (or, transposed, M_p^T Y_p for a given Y) in panel order,
+// and Z = Z_0 + Z_1 + ... in group order. A group is the unit of work a thread
+// takes, so the bits do not depend on which thread computed what, or on how
+// many there were.
 template <class T>
 struct SweepGroups {
   const T* M;
   int64_t r, c, ld;
   int b;
+  bool transposed;  // Z = M^T Y: the input is Y (r x b), not X (c x b)
   int64_t pr, npanel, ngroup;
 
-  SweepGroups(const T* M_, int64_t r_, int64_t c_, int64_t ld_, int b_)
-      : M(M_), r(r_), c(c_), ld(ld_), b(b_), pr(panel_rows(c_, sizeof(T), b_)), npanel((r_ + pr - 1) / pr),
-        ngroup(std::min<int64_t>(npanel, kSweepGroups)) {}
+  SweepGroups(const T* M_, int64_t r_, int64_t c_, int64_t ld_, int b_, bool transposed_ = false)
+      : M(M_), r(r_), c(c_), ld(ld_), b(b_), transposed(transposed_), pr(panel_rows(c_, sizeof(T), b_)),
+        npanel((r_ + pr - 1) / pr), ngroup(std::min<int64_t>(npanel, kSweepGroups)) {}
+  size_t input_size() const { return static_cast<size_t>(transposed ? r : c) * b; }
   int64_t first_row(int64_t g) const { return std::min(r, g * npanel / ngroup * pr); }
   int64_t max_group_rows() const { return ((npanel + ngroup - 1) / ngroup) * pr; }
 
   // One panel: Y_p = M_p X, then Z += M_p^T Y_p while M_p is in cache. y, when not
   // null, receives Y_p at row offset i0 - y0 (leading dimension ldy); ybuf holds
-  // at least pr * b values.
-  void panel(const T* X, int64_t i0, int64_t rows, T* z, T* y, int64_t y0, int64_t ldy, T* ybuf) const {
+  // at least pr * b values. Transposed: Z += M_p^T Y_p for the given Y (= in).
+  void panel(const T* in, int64_t i0, int64_t rows, T* z, T* y, int64_t y0, int64_t ldy, T* ybuf) const {
     static const bool no_kernel = std::getenv("SPECDYN_NO_KERNEL") != nullptr;
     if (!no_kernel) {
       // Wider blocks run as chunks of <= 4 columns over the cached panel: the
@@ -100,43 +103,50 @@ struct SweepGroups {
       bool done = true;
       for (int j0 = 0; j0 < b && done; j0 += w) {
         const int bc = std::min(w, b - j0);
-        done = detail::fused_panel(M + i0 * ld, ld, rows, c, X + at(0, j0, c), bc, ybuf, z + at(0, j0, c));
+        if (transposed) {
+          for (int64_t i = 0; i < rows; ++i)  // (the kernel reads y row-major)
+            for (int j = 0; j < bc; ++j) ybuf[static_cast<size_t>(i) * bc + j] = in[at(i0 + i, j0 + j, r)];
+          done = detail::transpose_panel(M + i0 * ld, ld, rows, c, ybuf, bc, z + at(0, j0, c));
+          continue;
+        }
+        done = detail::fused_panel(M + i0 * ld, ld, rows, c, in + at(0, j0, c), bc, ybuf, z + at(0, j0, c));
         if (done && y)
           for (int64_t i = 0; i < rows; ++i)
             for (int j = 0; j < bc; ++j) y[at(i0 - y0 + i, j0 + j, ldy)] = ybuf[static_cast<size_t>(i) * bc + j];
       }
       if (done) return;  // (false only on the first chunk: no AVX2)
     }
-    T* yp = y ? y + (i0 - y0) : ybuf;
-    const int ly = y ? static_cast<int>(ldy) : static_cast<int>(rows);
-    blas::gemm(Op::T, Op::N, static_cast<int>(rows), b, static_cast<int>(c), T(1), M + i0 * ld, static_cast<int>(ld),
-               X, static_cast<int>(c), T(0), yp, ly);
+    const T* yp = transposed ? in + i0 : (y ? y + (i0 - y0) : ybuf);
+    const int ly = transposed ? static_cast<int>(r) : (y ? static_cast<int>(ldy) : static_cast<int>(rows));
+    if (!transposed)
+      blas::gemm(Op::T, Op::N, static_cast<int>(rows), b, static_cast<int>(c), T(1), M + i0 * ld,
+                 static_cast<int>(ld), in, static_cast<int>(c), T(0), const_cast<T*>(yp), ly);
     blas::gemm(Op::N, Op::N, static_cast<int>(c), b, static_cast<int>(rows), T(1), M + i0 * ld, static_cast<int>(ld),
                yp, ly, T(1), z, static_cast<int>(c));
   }
   // Z_g into z; Y's rows of the group into y (row offset from first_row(g)).
   // Stops early, returning false, once stop() says so (checked per panel).
   template <class Stop>
-  bool group(const T* X, int64_t g, T* z, T* y, int64_t ldy, T* ybuf, Stop&& stop) const {
+  bool group(const T* in, int64_t g, T* z, T* y, int64_t ldy, T* ybuf, Stop&& stop) const {
     std::fill(z, z + static_cast<size_t>(c) * b, T(0));
     const int64_t p0 = g * npanel / ngroup, p1 = (g + 1) * npanel / ngroup;
     for (int64_t p = p0; p < p1; ++p) {
       if (stop()) return false;
-      panel(X, p * pr, std::min(pr, r - p * pr), z, y, p0 * pr, ldy, ybuf);
+      panel(in, p * pr, std::min(pr, r - p * pr), z, y, p0 * pr, ldy, ybuf);
     }
     return true;
   }
 };
 
 // One sweep handed to the pool. It owns everything a pool thread reads except
-// M: its own copy of X, and per-attempt buffers for the group results, so a
+// M: its own copy of the input (X, or Y when transposed), and per-attempt buffers for the group results, so a
 // thread that stalls past the caller's return only ever touches them.
 template <class T>
 struct PooledSweep final : detail::PoolJob {
   static constexpr int kTries = 3;  // computations of one group: its own and at most two by idle threads
   SweepGroups<T> plan;
   bool keep_y = false;
-  std::vector<T> X;
+  std::vector<T> in;
   std::unique_ptr<T[]> slots;  // (uninitialized: a slot's pages are touched only when used)
   size_t slot_size = 0, nslot = 0, capacity = 0;
   std::unique_ptr<std::atomic<T*>[]> result;  // group g's published buffer
@@ -149,11 +159,11 @@ struct PooledSweep final : detail::PoolJob {
 
   // Ready for a sweep (buffers kept from earlier sweeps when large enough: no
   // fresh pages per sweep).
-  void reset(const SweepGroups<T>& p, const T* X_in, bool y, int workers) {
+  void reset(const SweepGroups<T>& p, const T* input, bool y, int workers) {
     plan = p;
     max_workers = workers;
     keep_y = y;
-    X.assign(X_in, X_in + static_cast<size_t>(plan.c) * plan.b);
+    in.assign(input, input + plan.input_size());
     slot_size = static_cast<size_t>(plan.c) * plan.b + static_cast<size_t>(plan.max_group_rows()) * plan.b +
                 static_cast<size_t>(plan.pr) * plan.b;
     nslot = static_cast<size_t>(kTries) * plan.ngroup;
@@ -176,7 +186,7 @@ struct PooledSweep final : detail::PoolJob {
     T* z = slots.get() + slot_size * s;
     T* y = z + static_cast<size_t>(plan.c) * plan.b;
     T* ybuf = y + static_cast<size_t>(plan.max_group_rows()) * plan.b;
-    const bool done = plan.group(X.data(), g, z, keep_y ? y : nullptr, plan.max_group_rows(), ybuf,
+    const bool done = plan.group(in.data(), g, z, keep_y ? y : nullptr, plan.max_group_rows(), ybuf,
                                  [&] { return result[g].load(std::memory_order_relaxed) != nullptr; });
     T* expected = nullptr;
     if (done) result[g].compare_exchange_strong(expected, z, std::memory_order_acq_rel);
@@ -215,9 +225,12 @@ struct PooledSweep final : detail::PoolJob {
   }
 };
 
+// Z (and Y, when not null and not transposed) for the sweep plan over the input.
 template <class T>
-void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z) {
-  const SweepGroups<T> plan(M, r, c, ld, b);
+void run_sweep(const SweepGroups<T>& plan, const T* in, T* Y, T* Z) {
+  const T* const M = plan.M;
+  const int64_t r = plan.r, c = plan.c;
+  const int b = plan.b;
   // Small matrices: one thread (waking another costs more than the product).
   const bool small = r * c < (int64_t(1) << 16);
   const int nt = static_cast<int>(
@@ -228,9 +241,9 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
     // Z = Z_0, then Z += Z_g in group order, one group accumulator kept in cache.
     std::vector<T> ybuf(static_cast<size_t>(plan.pr) * b), zg(plan.ngroup > 1 ? zc : 0);
     auto never = [] { return false; };
-    plan.group(X, 0, Z, Y, r, ybuf.data(), never);
+    plan.group(in, 0, Z, Y, r, ybuf.data(), never);
     for (int64_t g = 1; g < plan.ngroup; ++g) {
-      plan.group(X, g, zg.data(), Y ? Y + plan.first_row(g) : nullptr, r, ybuf.data(), never);
+      plan.group(in, g, zg.data(), Y ? Y + plan.first_row(g) : nullptr, r, ybuf.data(), never);
       for (size_t i = 0; i < zc; ++i) Z[i] += zg[i];
     }
   };
@@ -240,7 +253,7 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
   thread_local std::shared_ptr<PooledSweep<T>> cached;
   if (!cached || cached.use_count() > 1) cached = std::make_shared<PooledSweep<T>>(plan);
   const std::shared_ptr<PooledSweep<T>> job = cached;
-  job->reset(plan, X, Y != nullptr, nt - 1);
+  job->reset(plan, in, Y != nullptr, nt - 1);
   detail::SweepPool& pool = detail::SweepPool::get();
   if (!pool.begin(job)) return serial();  // (another caller's sweep holds the pool)
 
@@ -265,6 +278,16 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
       for (int j = 0; j < b; ++j)
         std::copy(yg + at(0, j, plan.max_group_rows()), yg + at(y1 - y0, j, plan.max_group_rows()), Y + at(y0, j, r));
     }
+}
+
+template <class T>
+void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z) {
+  run_sweep(SweepGroups<T>(M, r, c, ld, b), X, Y, Z);
+}
+
+template <class T>
+void transpose_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* Y, int b, T* Z) {
+  run_sweep(SweepGroups<T>(M, r, c, ld, b, true), Y, static_cast<T*>(nullptr), Z);
 }
 
 template <class T>
@@ -396,8 +419,7 @@ class CpuGram : public krylov::cpu::Vectors {
     const size_t cs = static_cast<size_t>(c_), rs = static_cast<size_t>(r_);
     std::vector<T> Ut(rs * k), Wt(cs * k);
     for (size_t i = 0; i < rs * k; ++i) Ut[i] = static_cast<T>(scale_ * U[i]);
-    blas::gemm(Op::N, Op::N, static_cast<int>(c_), k, static_cast<int>(r_), T(1), A_, static_cast<int>(c_), Ut.data(),
-               static_cast<int>(r_), T(0), Wt.data(), static_cast<int>(c_));
+    transpose_sweep<T>(A_, r_, c_, c_, Ut.data(), k, Wt.data());
     to_double(Wt.data(), MtU, cs * k);
   }
   // The c-side warm block A v0 of a column-major A (M = A^T): its products fix
@@ -506,6 +528,8 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
 
 template void gram_sweep<double>(const double*, int64_t, int64_t, int64_t, const double*, int, double*, double*);
 template void gram_sweep<float>(const float*, int64_t, int64_t, int64_t, const float*, int, float*, float*);
+template void transpose_sweep<double>(const double*, int64_t, int64_t, int64_t, const double*, int, double*);
+template void transpose_sweep<float>(const float*, int64_t, int64_t, int64_t, const float*, int, float*);
 template MatMat gram_operator<double>(const double*, int64_t, int64_t, bool);
 template MatMat gram_operator<float>(const float*, int64_t, int64_t, bool);
 template Triplets<double> top_singular<double>(const double*, int64_t, int64_t, bool, int, const Options&,

@@ -147,5 +147,8 @@ MatMat dense_operator(const double* A, int64_t n);
 // wanted. X is c x b, all column-major.
 template <class T>
 void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z);
+// Z = M^T Y (c x b) for a given Y (r x b), by the same panels and threads.
+template <class T>
+void transpose_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* Y, int b, T* Z);
 
 }  // namespace specdyn::lanczos
