@@ -114,30 +114,21 @@ py::tuple slq_gram(py::array A, int probes, int degree, uint64_t seed) {
 
 }  // namespace
 
-// Z = A^T (A X) for a C-ordered A in one fused sweep (benchmarks and tests).
-template <class T>
-py::array_t<T> gram_sweep(py::array_t<T, py::array::c_style> A, py::array_t<T, py::array::f_style> X) {
+// Z = A^T (A X) for a C-ordered A in one fused sweep or, Transposed, Z = A^T X
+// by the same panels (benchmarks and tests).
+template <class T, bool Transposed>
+py::array_t<T> sweep(py::array_t<T, py::array::c_style> A, py::array_t<T, py::array::f_style> X) {
   const int64_t r = A.shape(0), c = A.shape(1), b = X.ndim() == 2 ? X.shape(1) : 1;
-  if (X.shape(0) != c) throw py::value_error("X must have A.shape[1] rows");
+  if (X.shape(0) != (Transposed ? r : c))
+    throw py::value_error(Transposed ? "Y must have A.shape[0] rows" : "X must have A.shape[1] rows");
   py::array_t<T, py::array::f_style> Z({c, b});
   {
     py::gil_scoped_release nogil;
     blas::ThreadScope one(1);
-    lanczos::gram_sweep<T>(A.data(), r, c, c, X.data(), static_cast<int>(b), nullptr, Z.mutable_data());
-  }
-  return Z;
-}
-
-// Z = A^T Y for a C-ordered A, by the sweep's panels (tests).
-template <class T>
-py::array_t<T> transpose_sweep(py::array_t<T, py::array::c_style> A, py::array_t<T, py::array::f_style> Y) {
-  const int64_t r = A.shape(0), c = A.shape(1), b = Y.ndim() == 2 ? Y.shape(1) : 1;
-  if (Y.shape(0) != r) throw py::value_error("Y must have A.shape[0] rows");
-  py::array_t<T, py::array::f_style> Z({c, b});
-  {
-    py::gil_scoped_release nogil;
-    blas::ThreadScope one(1);
-    lanczos::transpose_sweep<T>(A.data(), r, c, c, Y.data(), static_cast<int>(b), Z.mutable_data());
+    if constexpr (Transposed)
+      lanczos::transpose_sweep<T>(A.data(), r, c, c, X.data(), static_cast<int>(b), Z.mutable_data());
+    else
+      lanczos::gram_sweep<T>(A.data(), r, c, c, X.data(), static_cast<int>(b), nullptr, Z.mutable_data());
   }
   return Z;
 }
@@ -153,10 +144,10 @@ void bind_lanczos(py::module_& m) {
       .def_readwrite("seed", &lanczos::Options::seed)
       .def_readwrite("warm_extra", &lanczos::Options::warm_extra)
       .def_readwrite("resolvable", &lanczos::Options::resolvable);
-  m.def("gram_sweep_f64", &gram_sweep<double>, py::arg("A"), py::arg("X"));
-  m.def("gram_sweep_f32", &gram_sweep<float>, py::arg("A"), py::arg("X"));
-  m.def("transpose_sweep_f64", &transpose_sweep<double>, py::arg("A"), py::arg("Y"));
-  m.def("transpose_sweep_f32", &transpose_sweep<float>, py::arg("A"), py::arg("Y"));
+  m.def("gram_sweep_f64", &sweep<double, false>, py::arg("A"), py::arg("X"));
+  m.def("gram_sweep_f32", &sweep<float, false>, py::arg("A"), py::arg("X"));
+  m.def("transpose_sweep_f64", &sweep<double, true>, py::arg("A"), py::arg("Y"));
+  m.def("transpose_sweep_f32", &sweep<float, true>, py::arg("A"), py::arg("Y"));
   m.def("top_singular_f64", &top_singular<double>, py::arg("A"), py::arg("k"), py::arg("opt"),
         py::arg("v0") = py::none());
   m.def("top_singular_f32", &top_singular<float>, py::arg("A"), py::arg("k"), py::arg("opt"),
