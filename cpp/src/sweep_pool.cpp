@@ -50,7 +50,12 @@ bool SweepPool::begin(const std::shared_ptr<PoolJob>& job) {
   if (!owned_.compare_exchange_strong(expected, true, std::memory_order_acquire)) return false;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    grow(job->max_workers);
+    try {
+      grow(job->max_workers);
+    } catch (...) {  // (no thread could be started: the error reaches the caller, the pool stays usable)
+      owned_.store(false, std::memory_order_release);
+      throw;
+    }
     current_ = job;
     generation_.fetch_add(1, std::memory_order_release);
   }
