@@ -499,7 +499,7 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
   if (n < 1 || m < 1) throw std::invalid_argument("top_singular: empty matrix");
   if (k < 1 || k > std::min(n, m)) throw std::invalid_argument("top_singular: k must be in [1, min(n, m)]");
   if (k0 < 0 || (k0 > 0 && !v0)) throw std::invalid_argument("top_singular: bad warm start");
-  blas::ThreadScope one(1);  // all products are ours; parallelism is OpenMP over panels
+  blas::ThreadScope one(1);  // all products are ours; parallelism is the sweep pool over panel groups
   CpuGram<T> ops(A, n, m, row_major);
   std::vector<double> w;
   if (v0 && k0 > 0) {
