@@ -127,6 +127,34 @@ def solvers(k, tol, lobpcg=True):
     return out
 
 
+def peer_reads(A, k, tol, names):
+    """How many times each SciPy peer reads A (one product with A or A^T, of a
+    vector or a block, is one read): the same svds call, untimed, on a counting
+    operator. Its count against specdyn's passes compares the algorithms apart
+    from how fast each product runs."""
+    from scipy.sparse.linalg import LinearOperator
+
+    out = {}
+    for name in names:
+        count = [0]
+
+        def counted(f):
+            def g(x):
+                count[0] += 1
+                return f(x)
+            return g
+
+        op = LinearOperator(A.shape, dtype=A.dtype, matvec=counted(lambda x: A @ x),
+                            rmatvec=counted(lambda x: A.T @ x), matmat=counted(lambda X: A @ X),
+                            rmatmat=counted(lambda X: A.T @ X))
+        fn = solvers(k, tol, lobpcg=name == "lobpcg")[name]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn(op)
+        out[name] = count[0]
+    return out
+
+
 def _primme(primme, A, k, tol):
     U, s, Vt = primme.svds(A, k, tol=tol, which="LM", return_singular_vectors=True)
     return U, s, Vt
@@ -168,31 +196,52 @@ def interleaved(fns, A, rounds, slow_s=20.0):
     return times, last, failed
 
 
-def measure_case(A, k, tol, rounds, ref, read_s, lobpcg=True):
-    """One row: every solver on A, interleaved, with its achieved accuracy; specdyn's
-    passes over A and its time against the floor of `passes` reads of A."""
-    times, last, failed = interleaved(solvers(k, tol, lobpcg), A, rounds)
-    row = {}
-    for name, msg in failed.items():
-        row[name] = {"error": msg}
-    for name, res in last.items():
-        s, U, V = as_triplet(name, res)
-        row[name] = {**spread(times[name]), **quality(A, s, U, V, ref)}
-    # Matched accuracy: a peer that stopped at a larger residual than specdyn's is also
-    # compared with specdyn asked for that residual (timed over the same rounds).
-    if "specdyn" in last:
-        mine = row["specdyn"]["residual"]
-        for name, r in list(row.items()):
-            if name == "specdyn" or "error" in r or not (r["residual"] > 2 * mine) or r["residual"] >= 0.1:
-                continue
-            t_m = r["residual"]
-            tm, lm, fm = interleaved({"specdyn": lambda A: specdyn.top_singular(A, k, tol=t_m, check_finite=False)},
-                                     A, rounds)
-            if "specdyn" in lm:
-                s_, U_, V_ = as_triplet("specdyn", lm["specdyn"])
-                r["matched"] = {"specdyn_tol": t_m, **spread(tm["specdyn"]), **quality(A, s_, U_, V_, ref),
-                                "ratio": r["time_s"] / spread(tm["specdyn"])["time_s"]}
-    if "specdyn" in last:
+def measure_case(A, k, tol, rounds, ref, read_s, lobpcg=True, slow_s=20.0):
+    """One row: every solver on A with its achieved accuracy; specdyn's passes over A
+    and its time against the floor of `passes` reads of A. A first, untimed round
+    (which also warms caches and thread pools) gives each solver's achieved residual;
+    a peer that stopped at a larger residual than specdyn's is then also compared with
+    specdyn asked for that residual ("matched"), timed in the same interleaved rounds
+    as the peers, so that both sides of the ratio see the same machine state. A solver
+    slower than `slow_s` in the first round is timed by that round alone."""
+    fns = solvers(k, tol, lobpcg)
+    first_times, first, failed = interleaved(fns, A, 1)
+    row = {name: {"error": msg} for name, msg in failed.items()}
+    residual = {name: quality(A, *as_triplet(name, res), ref)["residual"] for name, res in first.items()}
+    matched = {}
+    if "specdyn" in first:
+        for name, r in residual.items():
+            if name != "specdyn" and r > 2 * residual["specdyn"] and r < 0.1:
+                matched[name] = r
+    slow = {name for name, t in first_times.items() if t and t[0] > slow_s}
+    timed = {name: fn for name, fn in fns.items() if name in first and name not in slow}
+    for name, t_m in matched.items():
+        timed[f"specdyn@{name}"] = lambda A, t_m=t_m: specdyn.top_singular(A, k, tol=t_m, check_finite=False)
+    times, last, failed_timed = interleaved(timed, A, rounds, slow_s=float("inf"))
+    for name in slow:
+        times[name], last[name] = first_times[name], first[name]
+    for name, msg in failed_timed.items():
+        if name in fns:
+            row[name] = {"error": msg}
+    for name in fns:
+        if name in last and name not in failed_timed:
+            row[name] = {**spread(times[name]), **quality(A, *as_triplet(name, last[name]), ref)}
+    for name, t_m in matched.items():
+        key = f"specdyn@{name}"
+        if "error" in row.get(name, {"error": ""}):
+            continue
+        if key not in last:
+            row[name]["matched"] = {"specdyn_tol": t_m, "error": failed_timed.get(key, "not run")}
+            continue
+        s_, U_, V_ = as_triplet("specdyn", last[key])
+        mt = spread(times[key])
+        row[name]["matched"] = {"specdyn_tol": t_m, **mt, **quality(A, s_, U_, V_, ref),
+                                "ratio": row[name]["time_s"] / mt["time_s"],
+                                # the same round's peer time over specdyn's, round by round
+                                "round_ratios": [tp / ts for tp, ts in zip(times[name], times[key])]}
+    for name, reads in peer_reads(A, k, tol, [n for n in ("arpack", "propack") if "error" not in row.get(n, {"error": ""})]).items():
+        row[name]["reads"] = reads
+    if "specdyn" in last and "error" not in row["specdyn"]:
         info = last["specdyn"][3]
         passes = int(info["matrix_passes"])
         row["specdyn"].update(passes=passes, block=int(info["block"]), converged=bool(info["converged"]),
@@ -297,7 +346,9 @@ def print_row(row):
         if name in row:
             r = row[name]
             parts.append(f"{name} " + ("failed" if "error" in r else f"x{r['time_s'] / t0:6.2f} (res {r['residual']:.0e}"
-                                        + (f"; x{r['matched']['ratio']:.2f} matched" if "matched" in r else "") + ")"))
+                                        + (f", {r['reads']} reads" if "reads" in r else "")
+                                        + (f"; x{r['matched']['ratio']:.2f} matched" if "ratio" in r.get("matched", {}) else "")
+                                        + ")"))
     if row["full_svd_s"]:
         parts.append(f"svd x{row['full_svd_s'] / t0:6.1f}")
     print("  ".join(parts), flush=True)
