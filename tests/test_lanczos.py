@@ -161,6 +161,39 @@ def test_non_convergence_is_reported():
     assert specdyn.top_singular(A, 2)[3]["status"] == "converged"
 
 
+def bench_spectrum(n, top, seed):
+    """A Gaussian bulk of edge 2 plus ten spikes evenly from top[0] down to top[1] (none if top is None)."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, n)) / np.sqrt(n)
+    if top is not None:
+        U, _ = np.linalg.qr(rng.standard_normal((n, 10)))
+        V, _ = np.linalg.qr(rng.standard_normal((n, 10)))
+        A += (U * np.linspace(*top, 10)) @ V.T
+    return A
+
+
+@pytest.mark.parametrize("certify", ["all", "resolvable"])
+@pytest.mark.parametrize("k", [5, 10, 20])
+@pytest.mark.parametrize("top", [None, (6.0, 2.5), (3.0, 1.6)], ids=["bulk", "spikes", "crowded"])
+def test_solve_stops_near_the_first_pass_that_certifies(top, k, certify):
+    """The Rayleigh-Ritz solve is amortized over passes, and a forecast of the
+    residuals brings it forward near convergence: the same solve capped a few
+    passes short of where it stopped does not converge (the cap forces a
+    Rayleigh-Ritz at the last pass, so a late stop would show as a converged
+    capped run)."""
+    A = bench_spectrum(1024, top, 3)
+    tol = 1e-10 if certify == "all" else 1e-6
+    s, U, V, info = specdyn.top_singular(A, k, tol=tol, certify=certify)
+    assert info["converged"]
+    if certify == "all":
+        check_triplets(A, s, U, V, k, tol)
+    passes = info["matrix_passes"]
+    cap = passes - max(2, int(np.ceil(0.04 * passes)))
+    with pytest.warns(ConvergenceWarning):
+        capped = specdyn.top_singular(A, k, tol=tol, certify=certify, max_passes=cap)[3]
+    assert not capped["converged"], (passes, cap)
+
+
 def test_pass_cap_below_the_basis_size_still_returns_k():
     A = spiked(400, 400, 10, "separated", 2)
     with pytest.warns(ConvergenceWarning):

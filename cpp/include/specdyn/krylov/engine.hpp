@@ -416,9 +416,33 @@ struct Budget {
   // (about 10 na^3 flops on na basis columns) runs once its cost has been
   // amortized to 5% of the passes since the last one (and at least every tenth
   // of the steps so far), so a large basis does not cost more in small
-  // eigenproblems than in passes over the matrix.
+  // eigenproblems than in passes over the matrix. A forecast brings the next
+  // solve forward when convergence is near (see steps_to_accept).
   double pass_flops = 0;
 };
+
+// How many more steps until the acceptance test may pass, forecast from two
+// Rayleigh-Ritz solves that did not accept: accepts(f) says whether the test
+// would pass with every residual estimate divided by f (it only gets easier as
+// f grows), so the smallest such f, found by bisection on log10 f in [0, 20],
+// is how far the estimates still have to fall. log_shrink (in/out) carries that
+// distance from the previous solve, `steps` ago; the forecast assumes the rate
+// since then holds (Krylov convergence is geometric, or faster). Returns -1
+// when there is nothing to forecast from (first solve, no progress, or out of range).
+template <class F>
+double steps_to_accept(F&& accepts, double& log_shrink, int64_t steps) {
+  double lo = 0, hi = 20;
+  const double prev = log_shrink;
+  log_shrink = std::nan("");
+  if (!accepts(std::pow(10.0, hi))) return -1;
+  for (int i = 0; i < 30; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    (accepts(std::pow(10.0, mid)) ? hi : lo) = mid;
+  }
+  log_shrink = hi;
+  if (!(prev > log_shrink) || steps <= 0) return -1;
+  return log_shrink / ((prev - log_shrink) / static_cast<double>(steps));
+}
 
 // Gram backends whose pass also returns the left product B X (apply_keep) let
 // block_lanczos keep it: the certificate of top_singular then needs no pass.
@@ -520,6 +544,10 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
   const int cap_max = static_cast<int>(std::min<int64_t>(d, std::max(cap, budget.cap_max)));
   int since_rr = 0;
   bool probed = false;
+  // The convergence forecast (Budget::pass_flops): the step by which the next
+  // Rayleigh-Ritz is due, and the distance to acceptance at the last one.
+  int64_t rr_due = std::numeric_limits<int64_t>::max(), last_rr = 0;
+  double log_shrink = std::nan("");
   while (true) {
     if constexpr (kLeft)
       ops.apply_keep(V.data() + at(0, a, d), Y.data(), b, keep_left ? LV.data() + at(0, a, o) : nullptr);
@@ -570,7 +598,7 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
       const double rr = 10.0 * na * static_cast<double>(na) * na;
       const int every = std::clamp(static_cast<int>(std::ceil(rr / (0.05 * budget.pass_flops))), 1,
                                    std::max(1, out.iterations / 10));
-      if (na < want || since_rr < every) continue;
+      if (na < want || (since_rr < every && out.iterations < rr_due)) continue;
     }
     since_rr = 0;
 
@@ -610,6 +638,24 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
       conv = accept_set(th, rs, out.norm);
     } else {
       for (int i : sel) conv = conv && accept(theta[i], res[i], out.norm);
+    }
+    rr_due = std::numeric_limits<int64_t>::max();
+    if (budget.pass_flops > 0 && !conv && !sel.empty()) {
+      // The amortized schedule alone finds convergence up to a tenth of the steps
+      // late; the next solve comes at 3/4 of the forecast distance when sooner.
+      auto accepts_scaled = [&](double f) {
+        if (accept_set && which == Which::Largest && na > k) {
+          std::vector<double> r = rs;
+          for (double& x : r) x /= f;
+          return accept_set(th, r, out.norm);
+        }
+        bool ok = true;
+        for (int i : sel) ok = ok && accept(theta[i], res[i] / f, out.norm);
+        return ok;
+      };
+      const double ahead = steps_to_accept(accepts_scaled, log_shrink, out.iterations - last_rr);
+      if (ahead >= 0) rr_due = out.iterations + std::max<int64_t>(1, static_cast<int64_t>(0.75 * ahead));
+      last_rr = out.iterations;
     }
     bool stop = false;
     if (!conv && probe && !probed && !sel.empty()) {
