@@ -626,7 +626,6 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
       if (which == Which::Both)
         for (int i = 0; i < k; ++i) sel.push_back(i);
     }
-    bool conv = !sel.empty();
     out.theta_next = which == Which::Largest && na > k ? theta[na - 1 - k] : std::nan("");
     out.res_next = which == Which::Largest && na > k ? res[na - 1 - k] : std::nan("");
     // The wanted values and the next one, with their residual estimates (AcceptSet, Probe).
@@ -634,26 +633,24 @@ LanczosOut<B> block_lanczos(B& ops, int k, Which which, int b, int cap, int64_t 
     for (int i : sel) th.push_back(theta[i]), rs.push_back(res[i]);
     th.push_back(out.theta_next);
     rs.push_back(out.res_next);
-    if (conv && accept_set && which == Which::Largest && na > k) {
-      conv = accept_set(th, rs, out.norm);
-    } else {
-      for (int i : sel) conv = conv && accept(theta[i], res[i], out.norm);
-    }
+    // The acceptance test with every residual estimate divided by f (f = 1: the test
+    // itself; larger f: the convergence forecast).
+    auto accepts = [&](double f) {
+      if (accept_set && which == Which::Largest && na > k) {
+        std::vector<double> r = rs;
+        for (double& x : r) x /= f;
+        return accept_set(th, r, out.norm);
+      }
+      bool ok = true;
+      for (int i : sel) ok = ok && accept(theta[i], res[i] / f, out.norm);
+      return ok;
+    };
+    bool conv = !sel.empty() && accepts(1.0);
     rr_due = std::numeric_limits<int64_t>::max();
     if (budget.pass_flops > 0 && !conv && !sel.empty()) {
       // The amortized schedule alone finds convergence up to a tenth of the steps
       // late; the next solve comes at 3/4 of the forecast distance when sooner.
-      auto accepts_scaled = [&](double f) {
-        if (accept_set && which == Which::Largest && na > k) {
-          std::vector<double> r = rs;
-          for (double& x : r) x /= f;
-          return accept_set(th, r, out.norm);
-        }
-        bool ok = true;
-        for (int i : sel) ok = ok && accept(theta[i], res[i] / f, out.norm);
-        return ok;
-      };
-      const double ahead = steps_to_accept(accepts_scaled, log_shrink, out.iterations - last_rr);
+      const double ahead = steps_to_accept(accepts, log_shrink, out.iterations - last_rr);
       if (ahead >= 0) rr_due = out.iterations + std::max<int64_t>(1, static_cast<int64_t>(0.75 * ahead));
       last_rr = out.iterations;
     }
