@@ -28,24 +28,37 @@ def _polite_threads() -> None:
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
-def _preload_openblas() -> None:
+def _preload_openblas() -> str | None:
     # The core links against libscipy_openblas.so by soname; loading the wheel's
     # copy first makes that resolve for installed, editable and in-tree builds.
+    # Returns why the wheel's copy could not be loaded (None when it was, or when
+    # the wheel is absent and the RPATH applies), for the error if the core then
+    # cannot load.
+    import os
+
     try:
         import scipy_openblas32 as _ob
-        import os
-
-        path = os.path.join(_ob.get_lib_dir(), "libscipy_openblas.so")
-        if os.path.exists(path):
-            _ctypes.CDLL(path, mode=_ctypes.RTLD_GLOBAL)
-    except Exception:  # pragma: no cover - the RPATH still applies
-        pass
+    except ImportError:
+        return None
+    path = os.path.join(_ob.get_lib_dir(), "libscipy_openblas.so")
+    if not os.path.exists(path):
+        return None
+    try:
+        _ctypes.CDLL(path, mode=_ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        return f"loading {path} failed: {exc}"
+    return None
 
 
 _polite_threads()
-_preload_openblas()
+_preload_failure = _preload_openblas()
 
-from . import _core  # noqa: E402  (needs the preload above)
+try:
+    from . import _core  # noqa: E402  (needs the preload above)
+except ImportError as _exc:
+    if _preload_failure is None:
+        raise
+    raise ImportError(f"{_exc} (after {_preload_failure})") from _exc
 from .backend import gpu_available, info  # noqa: E402
 
 # Public names resolved lazily, so that ``import specdyn`` stays light
