@@ -13,7 +13,9 @@ One run measures, on the same machine state:
     floor of that many reads of A,
   * the slowdown of specdyn and its peers when a second process spins on one
     core (started and stopped by the bench; --no-busy skips it),
-  * bytes of A read per second by specdyn's fused sweep vs that bandwidth,
+  * bytes of A read per second by specdyn's fused sweep vs that bandwidth, and
+    one read of A three ways in interleaved rounds: the fused pass, specdyn's
+    A^T Y alone, and NumPy's A v and A^T u (the products of PROPACK's steps),
   * a warm start after a relative perturbation of 1e-2 vs a cold start,
   * the SLQ density of a Wishart matrix vs the exact LAPACK histogram.
 
@@ -366,6 +368,30 @@ def bench_bandwidth(n, blocks, repeats, bw):
     return out
 
 
+def bench_pass_anatomy(n, rounds=15, b=2):
+    """One read of A, three ways, in interleaved rounds: specdyn's fused pass (A X,
+    then A^T (A X) while each panel is in cache: A is read from memory once and
+    each panel a second time from cache), specdyn's A^T Y alone (one streaming
+    read), and the two products of PROPACK's steps (NumPy's A v and A^T u)."""
+    A = spiked(n)
+    rng = np.random.default_rng(1)
+    X = np.asfortranarray(rng.standard_normal((n, b)))
+    v = rng.standard_normal(n)
+    fns = {"fused_pass": lambda A: _core.gram_sweep_f64(A, X),
+           "transpose_only": lambda A: _core.transpose_sweep_f64(A, X),
+           "numpy_A_v": lambda A: A @ v, "numpy_At_u": lambda A: v @ A}
+    interleaved(fns, A, 2)  # warm-up
+    times, _, failed = interleaved(fns, A, rounds)
+    if failed:
+        raise RuntimeError(f"pass anatomy: {failed}")
+    out = {"N": n, "block": b, **{name: spread(t) for name, t in times.items()}}
+    med = {name: out[name]["time_s"] for name in fns}
+    print(f"one read of A (N={n}, b={b}, medians of {rounds} rounds): fused pass {med['fused_pass'] * 1e3:.2f} ms, "
+          f"A^T Y alone {med['transpose_only'] * 1e3:.2f} ms, NumPy A v {med['numpy_A_v'] * 1e3:.2f} ms, "
+          f"A^T u {med['numpy_At_u'] * 1e3:.2f} ms", flush=True)
+    return out
+
+
 def bench_warm(n, k, repeats, rel=1e-2, tol=1e-10):
     A = spiked(n)
     rng = np.random.default_rng(5)
@@ -422,6 +448,7 @@ def main(argv=None):
         "quick": args.quick,
         "memory_bandwidth_bytes_per_s": bw,
         "bandwidth": bench_bandwidth(sizes[-1], [1, 2, 4, 8, 12], repeats, bw),
+        "pass_anatomy": bench_pass_anatomy(sizes[-1]),
         "topk": bench_topk(sizes, ks, repeats, svd_sizes, bw),
         "spectra": bench_spectra(sizes[-1], (1, 10, 50), (np.float64, np.float32), repeats, bw),
         "busy": [] if args.no_busy else bench_busy(sizes[-1], 10, 2 * repeats + 1),
