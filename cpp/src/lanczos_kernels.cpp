@@ -75,8 +75,6 @@ template <int B>
 constexpr int update_rows() {
   return B <= 4 ? 4 : 2;
 }
-constexpr bool kHoistBroadcasts = true;
-
 #include "panel_loops.inc"
 
 }  // namespace avx2
@@ -135,8 +133,6 @@ template <int B>
 constexpr int update_rows() {
   return B <= 4 ? 8 : (B <= 8 ? 4 : 2);
 }
-constexpr bool kHoistBroadcasts = false;
-
 #include "panel_loops.inc"
 
 }  // namespace avx512
