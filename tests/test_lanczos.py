@@ -413,7 +413,7 @@ def assert_same_bits_at_1_and_2_threads(snippet: str, tmp_path, env2: dict | Non
     outs = []
     for threads in (1, threads2):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-                   PYTHONPATH=str(Path(specdyn.__file__).parent.parent), **(env2 or {} if threads > 1 else {}))
+                   PYTHONPATH=str(Path(specdyn.__file__).parent.parent), **((env2 or {}) if threads > 1 else {}))
         out = tmp_path / f"t{threads}.npz"
         subprocess.run([sys.executable, "-c", snippet, str(out)], env=env, check=True, timeout=300)
         outs.append(np.load(out))

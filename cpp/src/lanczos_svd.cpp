@@ -14,9 +14,6 @@
 #include <stdexcept>
 #include <utility>
 #include <vector>
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 
 #include "fused_panel.hpp"
 #include "sweep_pool.hpp"
@@ -218,9 +215,7 @@ struct PooledSweep final : detail::PoolJob {
           if (tries[g].fetch_add(1, std::memory_order_relaxed) < kTries) attempt(g);
           break;
         }
-#if defined(__x86_64__) || defined(__i386__)
-        _mm_pause();
-#endif
+        detail::spin_pause();
       }
   }
 };

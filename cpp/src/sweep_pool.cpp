@@ -5,13 +5,6 @@
 #include <chrono>
 #include <thread>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define SPECDYN_PAUSE() _mm_pause()
-#else
-#define SPECDYN_PAUSE() std::this_thread::yield()
-#endif
-
 namespace specdyn::lanczos::detail {
 
 namespace {
@@ -81,7 +74,7 @@ void SweepPool::loop(int index) {
   for (;;) {
     const auto until = std::chrono::steady_clock::now() + kSpin;
     for (int i = 1; generation_.load(std::memory_order_acquire) == seen; ++i) {
-      SPECDYN_PAUSE();
+      spin_pause();
       if (i % 256 == 0 && std::chrono::steady_clock::now() > until) break;
     }
     std::shared_ptr<PoolJob> job;

@@ -16,9 +16,22 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace specdyn::lanczos::detail {
+
+// One turn of a spin-wait: the CPU's pause hint on x86, a yield elsewhere.
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
 
 // Work offered to the pool: work() claims and computes groups until none is left.
 struct PoolJob {
