@@ -6,18 +6,21 @@
 namespace specdyn::lanczos::detail {
 
 // y (rows x b, row-major) = M_p X and Z += M_p^T y. AVX-512 or AVX2/FMA for
-// b <= 8; returns false (doing nothing) otherwise.
+// b <= 8; returns false (doing nothing) otherwise. ahead: the panel the caller
+// reads next (same rows and stride; its lines are requested during the update),
+// or null.
 bool fused_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
-                     double* Z);
+                     double* Z, const double* ahead);
 // The float version (the same kernels, accumulating in float).
-bool fused_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y, float* Z);
+bool fused_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y, float* Z,
+                     const float* ahead);
 inline bool fused_panel(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
-                        double* Z) {
-  return fused_panel_f64(M, ld, rows, c, X, b, y, Z);
+                        double* Z, const double* ahead) {
+  return fused_panel_f64(M, ld, rows, c, X, b, y, Z, ahead);
 }
 inline bool fused_panel(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y,
-                        float* Z) {
-  return fused_panel_f32(M, ld, rows, c, X, b, y, Z);
+                        float* Z, const float* ahead) {
+  return fused_panel_f32(M, ld, rows, c, X, b, y, Z, ahead);
 }
 
 // Z += M_p^T y alone (the second half of fused_panel), for a given y.

@@ -162,8 +162,10 @@ bool on_best_kernels(int b, F&& kernel) {
 }
 
 template <class T>
-bool fused_panel_any(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, int b, T* y, T* Z) {
-  return on_best_kernels(b, [&](auto isa, auto B) { decltype(isa)::template fused<T, B()>(M, ld, rows, c, X, y, Z); });
+bool fused_panel_any(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, int b, T* y, T* Z,
+                     const T* ahead) {
+  return on_best_kernels(
+      b, [&](auto isa, auto B) { decltype(isa)::template fused<T, B()>(M, ld, rows, c, X, y, Z, ahead); });
 }
 
 template <class T>
@@ -182,19 +184,24 @@ bool transpose_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, co
 }
 
 bool fused_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
-                     double* Z) {
-  return fused_panel_any(M, ld, rows, c, X, b, y, Z);
+                     double* Z, const double* ahead) {
+  return fused_panel_any(M, ld, rows, c, X, b, y, Z, ahead);
 }
 
-bool fused_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y, float* Z) {
-  return fused_panel_any(M, ld, rows, c, X, b, y, Z);
+bool fused_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y, float* Z,
+                     const float* ahead) {
+  return fused_panel_any(M, ld, rows, c, X, b, y, Z, ahead);
 }
 
 #else
 bool transpose_panel_f32(const float*, int64_t, int64_t, int64_t, const float*, int, float*) { return false; }
 bool transpose_panel_f64(const double*, int64_t, int64_t, int64_t, const double*, int, double*) { return false; }
-bool fused_panel_f32(const float*, int64_t, int64_t, int64_t, const float*, int, float*, float*) { return false; }
-bool fused_panel_f64(const double*, int64_t, int64_t, int64_t, const double*, int, double*, double*) { return false; }
+bool fused_panel_f32(const float*, int64_t, int64_t, int64_t, const float*, int, float*, float*, const float*) {
+  return false;
+}
+bool fused_panel_f64(const double*, int64_t, int64_t, int64_t, const double*, int, double*, double*, const double*) {
+  return false;
+}
 #endif
 
 }  // namespace specdyn::lanczos::detail
