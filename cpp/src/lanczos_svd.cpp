@@ -1,7 +1,6 @@
 // Top-k singular triplets of a dense matrix: block Lanczos on the Gram
 // operator applied in one fused sweep over A, then an explicit certificate.
 #include <omp.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,9 +8,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <memory>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -53,21 +54,38 @@ int64_t panel_rows(int64_t c, size_t elem, int b) {
   return std::clamp<int64_t>(rows, 8, 512);
 }
 
+// The size of the last-level cache that this process's first CPU shares, from
+// Linux's sysfs; 32 MiB where it is not there. (glibc's sysconf can report the
+// whole package's L3: 384 MiB on the test VM, whose cores share 32 MiB.)
+size_t last_level_cache_bytes() {
+  size_t best = 0;
+  int best_level = 0;
+  for (int i = 0; i < 8; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream lf(dir + "level"), sf(dir + "size");
+    int level = 0;
+    size_t size = 0;
+    std::string unit;
+    if (!(lf >> level) || !(sf >> size)) continue;
+    sf >> unit;  // "32768K": the number, then its unit
+    size <<= unit == "K" ? 10 : unit == "M" ? 20 : unit == "G" ? 30 : 0;
+    if (level > best_level) best_level = level, best = size;
+  }
+  return best > 0 ? best : size_t(32) << 20;
+}
+
 // Whether the fused sweep over a matrix of `bytes` asks for each next panel
 // during the update: when the matrix streams from memory, at least the size of
-// the last-level cache (sysconf's L3 size; 32 MiB where it reports none). One
-// that fits there is read at cache speed, and the early requests only compete
-// with the update for L2 (measured 5-10% slower for 8-16 MiB matrices; a 32 MiB
-// one gained up to 1.16x). SPECDYN_PREFETCH=1 or 0 forces it on or off (tests).
+// the last-level cache. One that fits there is read at cache speed, and the early
+// requests only compete with the update for L2 (measured 5-10% slower for 8-16 MiB
+// matrices against a 32 MiB L3; a 32 MiB one gained up to 1.16x).
+// SPECDYN_PREFETCH=1 or 0 forces it on or off (tests).
 bool prefetch_panels(size_t bytes) {
   static const int forced = [] {
     const char* e = std::getenv("SPECDYN_PREFETCH");
     return e ? (std::atoi(e) != 0 ? 1 : 0) : -1;
   }();
-  static const size_t llc = [] {
-    const long s = sysconf(_SC_LEVEL3_CACHE_SIZE);
-    return s > 0 ? static_cast<size_t>(s) : size_t(32) << 20;
-  }();
+  static const size_t llc = last_level_cache_bytes();
   return forced >= 0 ? forced == 1 : bytes >= llc;
 }
 
