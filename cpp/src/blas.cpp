@@ -1,7 +1,11 @@
 #include "specdyn/blas.hpp"
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <vector>
+
+#include <pthread.h>
 
 extern "C" {
 int scipy_openblas_get_num_threads(void);
@@ -25,6 +29,72 @@ namespace specdyn::blas {
 int get_num_threads() { return scipy_openblas_get_num_threads(); }
 void set_num_threads(int n) { scipy_openblas_set_num_threads(n); }
 const char* config() { return scipy_openblas_get_config(); }
+
+namespace {
+
+// The scopes of every thread (see ThreadScope): what each thread's innermost
+// scope asks for, tallied under one lock.
+struct Scopes {
+  std::mutex mu;
+  int open = 0;            // scopes open in the process
+  int base = 0;            // the count before the first of them opened
+  int one = 0;             // threads whose innermost scope asks for one thread
+  std::map<int, int> more; // innermost requests for more: count -> threads
+  void tally(int n, int delta) {
+    if (n <= 1) {
+      one += delta;
+    } else if ((more[n] += delta) == 0) {
+      more.erase(n);
+    }
+  }
+  void apply() {
+    const int want = open == 0 ? base : one > 0 ? 1 : more.empty() ? base : more.rbegin()->first;
+    if (get_num_threads() != want) set_num_threads(want);
+  }
+};
+thread_local std::vector<int> innermost;  // this thread's open scopes, innermost last
+
+Scopes& scopes() {
+  // (Leaked: scopes may close during static destruction.) A forked child has
+  // only the forking thread: its tallies start again from that thread's scopes,
+  // and the lock, held across the fork, is free in both processes.
+  static Scopes* s = [] {
+    auto* p = new Scopes;
+    pthread_atfork([] { scopes().mu.lock(); }, [] { scopes().mu.unlock(); },
+                   [] {
+                     Scopes& c = scopes();
+                     c.one = 0;
+                     c.more.clear();
+                     c.open = static_cast<int>(innermost.size());
+                     if (!innermost.empty()) c.tally(innermost.back(), +1);
+                     c.mu.unlock();
+                   });
+    return p;
+  }();
+  return *s;
+}
+
+}  // namespace
+
+ThreadScope::ThreadScope(int n) {
+  Scopes& s = scopes();
+  std::lock_guard<std::mutex> lk(s.mu);
+  if (s.open++ == 0) s.base = get_num_threads();
+  if (!innermost.empty()) s.tally(innermost.back(), -1);
+  innermost.push_back(std::max(1, n));
+  s.tally(innermost.back(), +1);
+  s.apply();
+}
+
+ThreadScope::~ThreadScope() {
+  Scopes& s = scopes();
+  std::lock_guard<std::mutex> lk(s.mu);
+  s.tally(innermost.back(), -1);
+  innermost.pop_back();
+  if (!innermost.empty()) s.tally(innermost.back(), +1);
+  --s.open;
+  s.apply();
+}
 
 int syevd(int n, double* A, int lda, double* w) {
   int info = 0, lwork = -1, liwork = -1, iwq = 0;

@@ -59,24 +59,25 @@ int get_num_threads();
 void set_num_threads(int n);
 const char* config();
 
-// Sets the OpenBLAS thread count for a scope and restores it on exit (also when
-// an exception leaves the scope). Solvers that run their own OpenMP sweeps hold
-// OpenBLAS at one thread: its workers spin after each call, and on few cores
-// they would steal the cores of the next OpenMP region.
+// Asks for an OpenBLAS thread count for a scope (also left on an exception).
+// Solvers that run their own threads hold OpenBLAS at one thread: its workers
+// spin after each call, and on few cores they would steal the next region's
+// cores. One thread also fixes the bits of the small LAPACK problems (syevd's
+// depend on the count).
+//
+// The count is one per process, so scopes on concurrent threads share it: while
+// any thread's innermost scope asks for one thread, the count is 1 for all;
+// otherwise it is the largest count asked for by an innermost scope; after the
+// last scope closes, it is the count found before the first one opened. (Each
+// scope saving and restoring the count itself let one caller's exit give
+// another's small problems two threads, with other bits, and left the process
+// at one thread.)
 class ThreadScope {
  public:
-  explicit ThreadScope(int n) : saved_(get_num_threads()) {
-    if (saved_ != n) set_num_threads(n);
-  }
-  ~ThreadScope() {
-    if (get_num_threads() != saved_) set_num_threads(saved_);
-  }
+  explicit ThreadScope(int n);
+  ~ThreadScope();
   ThreadScope(const ThreadScope&) = delete;
   ThreadScope& operator=(const ThreadScope&) = delete;
-  int saved() const { return saved_; }  // the count the scope found (and restores)
-
- private:
-  int saved_;
 };
 
 // LAPACK (column-major, double only unless noted; small problems inside the
