@@ -125,10 +125,9 @@ struct SweepGroups {
   // One panel: Y_p = M_p X, then Z += M_p^T Y_p while M_p is in cache. y, when not
   // null, receives Y_p at row offset i0 - y0 (leading dimension ldy); ybuf holds
   // at least pr * b values. Transposed: Z += M_p^T Y_p for the given Y (= in).
-  // ahead: whether the next panel (as many rows) is this thread's next one. It is
-  // requested during the update when `prefetch` (the matrix streams from memory)
-  // and the panel is read in one chunk (measured faster or equal for b <= 4, and up to 10%
-  // slower on one thread for b = 6-8).
+  // ahead: request the next panel (as many rows, this thread's next one) during
+  // the update; done when the panel is read in one chunk (measured faster or
+  // equal for b <= 4, and up to 10% slower on one thread for b = 6-8).
   void panel(const T* in, int64_t i0, int64_t rows, T* z, T* y, int64_t y0, int64_t ldy, T* ybuf,
              bool ahead) const {
     static const bool no_kernel = std::getenv("SPECDYN_NO_KERNEL") != nullptr;
@@ -151,7 +150,7 @@ struct SweepGroups {
           continue;
         }
         done = detail::fused_panel(M + i0 * ld, ld, rows, c, in + at(0, j0, c), bc, ybuf, z + at(0, j0, c),
-                                   ahead && prefetch && nch == 1 ? M + (i0 + rows) * ld : nullptr);
+                                   ahead && nch == 1 ? M + (i0 + rows) * ld : nullptr);
         if (done && y)
           for (int64_t i = 0; i < rows; ++i)
             for (int j = 0; j < bc; ++j) y[at(i0 - y0 + i, j0 + j, ldy)] = ybuf[static_cast<size_t>(i) * bc + j];
@@ -174,7 +173,8 @@ struct SweepGroups {
     const int64_t p0 = g * npanel / ngroup, p1 = (g + 1) * npanel / ngroup;
     for (int64_t p = p0; p < p1; ++p) {
       if (stop()) return false;
-      panel(in, p * pr, std::min(pr, r - p * pr), z, y, p0 * pr, ldy, ybuf, p + 1 < p1 && (p + 2) * pr <= r);
+      panel(in, p * pr, std::min(pr, r - p * pr), z, y, p0 * pr, ldy, ybuf,
+            prefetch && p + 1 < p1 && (p + 2) * pr <= r);
     }
     return true;
   }
