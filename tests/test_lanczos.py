@@ -654,7 +654,7 @@ for dtype in ("float64", "float32"):
     fn = getattr(_core, "gram_sweep_" + dtype.replace("float", "f"))
     tn = getattr(_core, "transpose_sweep_" + dtype.replace("float", "f"))  # A^T Y alone (certificates)
     unit = 1e-13 if dtype == "float64" else 2e-5
-    for n, m in ((301, 77), (64, 1000), (1000, 4097)):
+    for n, m in ((301, 77), (64, 1000), (1000, 4097), (1500, 2048)):
         A = rng.standard_normal((n, m)).astype(dtype)
         A64 = A.astype(np.float64)
         for b in range(1, 10):
@@ -700,3 +700,34 @@ def test_panel_prefetch_is_exact(isa):
     on, off = _sweep_child({**isa, "SPECDYN_PREFETCH": "1"}), _sweep_child({**isa, "SPECDYN_PREFETCH": "0"})
     assert on[0] <= 1.0
     assert on[1] == off[1]
+
+
+@pytest.mark.parametrize("isa", [{}, {"SPECDYN_NO_AVX512": "1"}], ids=["best", "avx2"])
+def test_pipelined_sweep_is_exact(isa):
+    # A sweep of b <= 2 runs panel by panel or pipelined (each panel's update inside the next
+    # one's product), whichever the process timed faster. Forced either way, every bit must be the
+    # same, and the products NumPy's. The two large shapes pipeline: panels of 7 and 15 rows
+    # (single rows only) and of 16 and 32 rows (whole tiles), each with a shorter last panel.
+    on, off = _sweep_child({**isa, "SPECDYN_PIPELINE": "1"}), _sweep_child({**isa, "SPECDYN_PIPELINE": "0"})
+    assert on[0] <= 1.0
+    assert on[1] == off[1]
+
+
+def test_sweep_kernel_choice_is_timed_then_kept():
+    # Unforced, the first sweeps of a kind alternate the two kernels, and the faster one is kept;
+    # the answers are the same bits throughout.
+    code = """
+import numpy as np
+from specdyn import _core
+A = np.random.default_rng(0).standard_normal((1500, 2048))
+X = np.asfortranarray(np.random.default_rng(1).standard_normal((2048, 2)))
+Z = [_core.gram_sweep_f64(A, X) for _ in range(9)]
+assert all(np.array_equal(z, Z[0]) for z in Z)
+(k,) = [k for k in _core.sweep_kernel_choices() if k["block"] == 2]
+assert k["dtype"] == "float64" and 2 ** k["size_log2"] <= A.nbytes < 2 ** (k["size_log2"] + 1), k
+assert k["trials"] == (3, 3) and k["kernel"] == ("pipelined" if k["best_s"][1] < k["best_s"][0] else "panel by panel"), k
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "SPECDYN_PIPELINE"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -148,6 +148,24 @@ void bind_lanczos(py::module_& m) {
   m.def("gram_sweep_f32", &sweep<float, false>, py::arg("A"), py::arg("X"));
   m.def("transpose_sweep_f64", &sweep<double, true>, py::arg("A"), py::arg("Y"));
   m.def("transpose_sweep_f32", &sweep<float, true>, py::arg("A"), py::arg("Y"));
+  m.def(
+      "sweep_kernel_choices",
+      [] {
+        py::list out;
+        for (const auto& k : lanczos::sweep_kernel_choices()) {
+          py::dict d;
+          d["dtype"] = k.element_bytes == 4 ? "float32" : "float64";
+          d["block"] = k.block;
+          d["size_log2"] = k.size_log2;
+          d["kernel"] = k.chosen < 0 ? "timing" : (k.chosen == 1 ? "pipelined" : "panel by panel");
+          d["best_s"] = py::make_tuple(k.best_s[0], k.best_s[1]);
+          d["trials"] = py::make_tuple(k.trials[0], k.trials[1]);
+          out.append(d);
+        }
+        return out;
+      },
+      "How the fused sweeps chose their kernel in this process: per dtype, block width and matrix size "
+      "(bytes, to a power of two), the best time of each kernel (panel by panel, pipelined) and the choice.");
   m.def("top_singular_f64", &top_singular<double>, py::arg("A"), py::arg("k"), py::arg("opt"),
         py::arg("v0") = py::none());
   m.def("top_singular_f32", &top_singular<float>, py::arg("A"), py::arg("k"), py::arg("opt"),

@@ -23,6 +23,26 @@ inline bool fused_panel(const float* M, int64_t ld, int64_t rows, int64_t c, con
   return fused_panel_f32(M, ld, rows, c, X, b, y, Z, ahead);
 }
 
+// Whether pipelined_panel runs for block width b on this CPU (b <= 2: its
+// product and update tiles are the same rows).
+bool pipelined_panel_supported(int b);
+// y (rows x b, row-major) = M_p X and, when P is not null, Z += P^T yp for the
+// previous panel P (the same rows and stride, its y in yp), in one loop: the
+// bits of fused_panel over P, then the product of M_p. False (nothing done)
+// where not supported.
+bool pipelined_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
+                         const double* P, const double* yp, double* Z);
+bool pipelined_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y,
+                         const float* P, const float* yp, float* Z);
+inline bool pipelined_panel(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
+                            const double* P, const double* yp, double* Z) {
+  return pipelined_panel_f64(M, ld, rows, c, X, b, y, P, yp, Z);
+}
+inline bool pipelined_panel(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y,
+                            const float* P, const float* yp, float* Z) {
+  return pipelined_panel_f32(M, ld, rows, c, X, b, y, P, yp, Z);
+}
+
 // Z += M_p^T y alone (the second half of fused_panel), for a given y.
 bool transpose_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* y, int b, double* Z);
 bool transpose_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* y, int b, float* Z);

@@ -11,6 +11,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "fused_panel.hpp"
+
 namespace specdyn::lanczos::detail {
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -169,11 +171,36 @@ bool fused_panel_any(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X
 }
 
 template <class T>
+bool pipelined_panel_any(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, int b, T* y, const T* P,
+                         const T* yp, T* Z) {
+  return pipelined_panel_supported(b) &&
+         on_best_kernels(b, [&](auto isa, auto B) {
+           decltype(isa)::template pipelined<T, B()>(M, ld, rows, c, X, y, P, yp, Z);
+         });
+}
+
+template <class T>
 bool transpose_panel_any(const T* M, int64_t ld, int64_t rows, int64_t c, const T* y, int b, T* Z) {
   return on_best_kernels(b, [&](auto isa, auto B) { decltype(isa)::template transpose<T, B()>(M, ld, rows, c, y, Z); });
 }
 
 }  // namespace
+
+bool pipelined_panel_supported(int b) {
+  bool ok = false;
+  on_best_kernels(b, [&](auto isa, auto B) { ok = decltype(isa)::template pipelines<B()>(); });
+  return ok;
+}
+
+bool pipelined_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* X, int b, double* y,
+                         const double* P, const double* yp, double* Z) {
+  return pipelined_panel_any(M, ld, rows, c, X, b, y, P, yp, Z);
+}
+
+bool pipelined_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const float* X, int b, float* y,
+                         const float* P, const float* yp, float* Z) {
+  return pipelined_panel_any(M, ld, rows, c, X, b, y, P, yp, Z);
+}
 
 bool transpose_panel_f64(const double* M, int64_t ld, int64_t rows, int64_t c, const double* y, int b, double* Z) {
   return transpose_panel_any(M, ld, rows, c, y, b, Z);
@@ -194,6 +221,15 @@ bool fused_panel_f32(const float* M, int64_t ld, int64_t rows, int64_t c, const 
 }
 
 #else
+bool pipelined_panel_supported(int) { return false; }
+bool pipelined_panel_f64(const double*, int64_t, int64_t, int64_t, const double*, int, double*, const double*,
+                         const double*, double*) {
+  return false;
+}
+bool pipelined_panel_f32(const float*, int64_t, int64_t, int64_t, const float*, int, float*, const float*,
+                         const float*, float*) {
+  return false;
+}
 bool transpose_panel_f32(const float*, int64_t, int64_t, int64_t, const float*, int, float*) { return false; }
 bool transpose_panel_f64(const double*, int64_t, int64_t, int64_t, const double*, int, double*) { return false; }
 bool fused_panel_f32(const float*, int64_t, int64_t, int64_t, const float*, int, float*, float*, const float*) {

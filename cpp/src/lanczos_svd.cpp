@@ -1,6 +1,7 @@
 // Top-k singular triplets of a dense matrix: block Lanczos on the Gram
 // operator applied in one fused sweep over A, then an explicit certificate.
 #include <omp.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
@@ -11,6 +12,7 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -74,6 +76,24 @@ size_t last_level_cache_bytes() {
   return best > 0 ? best : size_t(32) << 20;
 }
 
+// Whether the sweeps use the vectorized panel kernels (SPECDYN_NO_KERNEL: OpenBLAS
+// instead, for tests).
+bool use_panel_kernels() {
+  static const bool on = std::getenv("SPECDYN_NO_KERNEL") == nullptr;
+  return on;
+}
+
+// Wider blocks run as chunks of at most this many columns over the cached panel:
+// the vectorized kernel beats OpenBLAS's packing on such skinny products.
+// SPECDYN_CHUNK overrides.
+int chunk_width() {
+  static const int cw = [] {
+    const char* e = std::getenv("SPECDYN_CHUNK");
+    return e ? std::clamp(std::atoi(e), 1, 8) : 4;  // 4 measured fastest (Zen 5, AVX-512)
+  }();
+  return cw;
+}
+
 // Whether the fused sweep over a matrix of `bytes` asks for each next panel
 // during the update: when the matrix streams from memory, at least the size of
 // the last-level cache. One that fits there is read at cache speed, and the early
@@ -88,6 +108,78 @@ bool prefetch_panels(size_t bytes) {
   static const size_t llc = last_level_cache_bytes();
   return forced >= 0 ? forced == 1 : bytes >= llc;
 }
+
+// Which of two kernels runs a fused sweep; both do the same arithmetic (same
+// bits). Panel by panel, the update Z += M_p^T y re-reads each panel from L2
+// after its product, and the core's memory stream idles meanwhile. Pipelined
+// (b <= 2), the update of one panel runs inside the product loop of the next.
+// Which is faster depends on the CPU: on a Zen 5 host the pipelined loop was
+// slower (0.54-0.93x); on an Intel Xeon host with 2 MiB of L2 per core, a
+// 4096 x 4096 sweep ran 1.2x faster. So the first sweeps of each kind (element
+// size, block width, size of the matrix to a power of two) alternate the two,
+// and the faster (best of kTrials each) runs from then on.
+// SPECDYN_PIPELINE=0 or 1 forces one.
+class KernelChoice {
+ public:
+  static constexpr int kTrials = 3;
+  static KernelChoice& get() {
+    // (Leaked: pool threads may outlive statics.) The lock is held across a fork,
+    // so that a forked child finds it free.
+    static KernelChoice* c = [] {
+      auto* p = new KernelChoice;
+      pthread_atfork([] { get().mu_.lock(); }, [] { get().mu_.unlock(); }, [] { get().mu_.unlock(); });
+      return p;
+    }();
+    return *c;
+  }
+  // The kernel for the next sweep of this kind: 1 pipelined, 0 panel by panel.
+  int pick(size_t elem, int b, size_t bytes) {
+    static const int forced = [] {
+      const char* e = std::getenv("SPECDYN_PIPELINE");
+      return e ? (std::atoi(e) != 0 ? 1 : 0) : -1;
+    }();
+    if (forced >= 0) return forced;
+    std::lock_guard<std::mutex> lock(mu_);
+    const Entry& e = entry(elem, b, bytes);
+    if (e.chosen >= 0) return e.chosen;
+    return e.trials[1] < e.trials[0] ? 1 : 0;
+  }
+  void record(size_t elem, int b, size_t bytes, int kernel, double seconds) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Entry& e = entry(elem, b, bytes);
+    if (e.chosen >= 0) return;
+    ++e.trials[kernel];
+    e.best[kernel] = std::min(e.best[kernel], seconds);
+    if (e.trials[0] >= kTrials && e.trials[1] >= kTrials) e.chosen = e.best[1] < e.best[0] ? 1 : 0;
+  }
+  std::vector<SweepKernelChoice> snapshot() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<SweepKernelChoice> out;
+    for (int t = 0; t < 2; ++t)
+      for (int b = 1; b <= kMaxBlock; ++b)
+        for (int s = 0; s < 64; ++s) {
+          const Entry& e = table_[t][b - 1][s];
+          if (e.trials[0] + e.trials[1] == 0) continue;
+          out.push_back({t == 0 ? 4 : 8, b, s, e.chosen, {e.best[0], e.best[1]}, {e.trials[0], e.trials[1]}});
+        }
+    return out;
+  }
+  static constexpr int kMaxBlock = 8;
+
+ private:
+  struct Entry {
+    int trials[2] = {0, 0};
+    double best[2] = {std::numeric_limits<double>::infinity(), std::numeric_limits<double>::infinity()};
+    int chosen = -1;
+  };
+  Entry& entry(size_t elem, int b, size_t bytes) {
+    int s = 0;
+    while (s < 63 && (size_t(2) << s) <= bytes) ++s;  // floor(log2(bytes))
+    return table_[elem == 4 ? 0 : 1][std::clamp(b, 1, kMaxBlock) - 1][s];
+  }
+  std::mutex mu_;
+  Entry table_[2][kMaxBlock][64];
+};
 
 template <class T>
 void to_double(const T* x, double* y, size_t n) {
@@ -113,6 +205,7 @@ struct SweepGroups {
   bool transposed;  // Z = M^T Y: the input is Y (r x b), not X (c x b)
   int64_t pr, npanel, ngroup;
   bool prefetch;  // the next panel is requested during each update (see panel)
+  bool pipelined = false;  // each panel's update inside the next one's product (see group)
 
   SweepGroups(const T* M_, int64_t r_, int64_t c_, int64_t ld_, int b_, bool transposed_ = false)
       : M(M_), r(r_), c(c_), ld(ld_), b(b_), transposed(transposed_), pr(panel_rows(c_, sizeof(T), b_)),
@@ -130,14 +223,8 @@ struct SweepGroups {
   // equal for b <= 4, and up to 10% slower on one thread for b = 6-8).
   void panel(const T* in, int64_t i0, int64_t rows, T* z, T* y, int64_t y0, int64_t ldy, T* ybuf,
              bool ahead) const {
-    static const bool no_kernel = std::getenv("SPECDYN_NO_KERNEL") != nullptr;
-    if (!no_kernel) {
-      // Wider blocks run as chunks of <= 4 columns over the cached panel: the
-      // vectorized kernel beats OpenBLAS's packing on such skinny products.
-      static const int cw = [] {
-        const char* e = std::getenv("SPECDYN_CHUNK");
-        return e ? std::clamp(std::atoi(e), 1, 8) : 4;  // 4 measured fastest (Zen 5, AVX-512)
-      }();
+    if (use_panel_kernels()) {
+      const int cw = chunk_width();
       const int nch = (b + cw - 1) / cw;
       const int w = (b + nch - 1) / nch;
       bool done = true;
@@ -165,12 +252,38 @@ struct SweepGroups {
     blas::gemm(Op::N, Op::N, static_cast<int>(c), b, static_cast<int>(rows), T(1), M + i0 * ld, static_cast<int>(ld),
                yp, ly, T(1), z, static_cast<int>(c));
   }
-  // Z_g into z; Y's rows of the group into y (row offset from first_row(g)).
+  // Z_g into z; Y's rows of the group into y (row offset from first_row(g));
+  // ybuf holds 2 pr b values.
   // Stops early, returning false, once stop() says so (checked per panel).
   template <class Stop>
   bool group(const T* in, int64_t g, T* z, T* y, int64_t ldy, T* ybuf, Stop&& stop) const {
     std::fill(z, z + static_cast<size_t>(c) * b, T(0));
     const int64_t p0 = g * npanel / ngroup, p1 = (g + 1) * npanel / ngroup;
+    if (pipelined) {
+      // Panel p's product runs with panel p-1's update; the last update after the
+      // loop. ybuf holds two panels' y. A shorter last panel is not paired.
+      T* ycur = ybuf;
+      T* yprev = ybuf + static_cast<size_t>(pr) * b;
+      const T* P = nullptr;
+      int64_t rows_prev = 0;
+      for (int64_t p = p0; p < p1; ++p) {
+        if (stop()) return false;
+        const int64_t i0 = p * pr, rows = std::min(pr, r - i0);
+        if (P && rows != rows_prev) {
+          detail::transpose_panel(P, ld, rows_prev, c, yprev, b, z);
+          P = nullptr;
+        }
+        detail::pipelined_panel(M + i0 * ld, ld, rows, c, in, b, ycur, P, yprev, z);
+        if (y)
+          for (int64_t i = 0; i < rows; ++i)
+            for (int j = 0; j < b; ++j) y[at(i0 - p0 * pr + i, j, ldy)] = ycur[static_cast<size_t>(i) * b + j];
+        P = M + i0 * ld;
+        rows_prev = rows;
+        std::swap(ycur, yprev);
+      }
+      if (P) detail::transpose_panel(P, ld, rows_prev, c, yprev, b, z);
+      return true;
+    }
     for (int64_t p = p0; p < p1; ++p) {
       if (stop()) return false;
       panel(in, p * pr, std::min(pr, r - p * pr), z, y, p0 * pr, ldy, ybuf,
@@ -207,7 +320,7 @@ struct PooledSweep final : detail::PoolJob {
     keep_y = y;
     in.assign(input, input + plan.input_size());
     slot_size = static_cast<size_t>(plan.c) * plan.b + static_cast<size_t>(plan.max_group_rows()) * plan.b +
-                static_cast<size_t>(plan.pr) * plan.b;
+                2 * static_cast<size_t>(plan.pr) * plan.b;
     nslot = static_cast<size_t>(kTries) * plan.ngroup;
     if (slot_size * nslot > capacity) {
       capacity = slot_size * nslot;
@@ -279,7 +392,7 @@ void run_sweep(const SweepGroups<T>& plan, const T* in, T* Y, T* Z) {
   blas::ThreadScope one(1);
   auto serial = [&] {
     // Z = Z_0, then Z += Z_g in group order, one group accumulator kept in cache.
-    std::vector<T> ybuf(static_cast<size_t>(plan.pr) * b), zg(plan.ngroup > 1 ? zc : 0);
+    std::vector<T> ybuf(2 * static_cast<size_t>(plan.pr) * b), zg(plan.ngroup > 1 ? zc : 0);
     auto never = [] { return false; };
     plan.group(in, 0, Z, Y, r, ybuf.data(), never);
     for (int64_t g = 1; g < plan.ngroup; ++g) {
@@ -322,8 +435,22 @@ void run_sweep(const SweepGroups<T>& plan, const T* in, T* Y, T* Z) {
 
 template <class T>
 void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z) {
-  run_sweep(SweepGroups<T>(M, r, c, ld, b), X, Y, Z);
+  SweepGroups<T> plan(M, r, c, ld, b);
+  // Both kernels serve where the panel is read in one chunk and every group has
+  // at least two panels to pair.
+  if (!use_panel_kernels() || b > chunk_width() || !detail::pipelined_panel_supported(b) ||
+      plan.npanel < 2 * plan.ngroup)
+    return run_sweep(plan, X, Y, Z);
+  const size_t bytes = static_cast<size_t>(r) * static_cast<size_t>(ld) * sizeof(T);
+  KernelChoice& choice = KernelChoice::get();
+  const int kernel = choice.pick(sizeof(T), b, bytes);
+  plan.pipelined = kernel == 1;
+  const auto t0 = std::chrono::steady_clock::now();
+  run_sweep(plan, X, Y, Z);
+  choice.record(sizeof(T), b, bytes, kernel, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
+
+std::vector<SweepKernelChoice> sweep_kernel_choices() { return KernelChoice::get().snapshot(); }
 
 template <class T>
 void transpose_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* Y, int b, T* Z) {

@@ -147,6 +147,17 @@ MatMat dense_operator(const double* A, int64_t n);
 // wanted. X is c x b, all column-major.
 template <class T>
 void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z);
+// How gram_sweep has run each kind of sweep (element size, block width, matrix
+// size to a power of two) in this process: it times its two kernels, which give
+// the same bits, on the first sweeps of a kind and keeps the faster.
+struct SweepKernelChoice {
+  int element_bytes = 8, block = 1, size_log2 = 0;
+  int chosen = -1;  // -1 still timing, 0 panel by panel, 1 pipelined
+  double best_s[2] = {0, 0};  // the fastest sweep of each kernel so far
+  int trials[2] = {0, 0};
+};
+std::vector<SweepKernelChoice> sweep_kernel_choices();
+
 // Z = M^T Y (c x b) for a given Y (r x b), by the same panels and threads.
 template <class T>
 void transpose_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* Y, int b, T* Z);
