@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -47,6 +48,26 @@ import numpy as np
 from specdyn import _core
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model():
+    """The CPU's model name (Linux), else what the platform module says."""
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else ():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def cpu_caches():
+    """The caches of CPU 0 as sysfs lists them ({"L2": "2048K", ...}); empty where sysfs has none."""
+    out = {}
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        if not (d / "size").exists():
+            continue
+        level, kind, size = ((d / f).read_text().strip() for f in ("level", "type", "size"))
+        out[f"L{level}" + ("d" if kind == "Data" else "i" if kind == "Instruction" else "")] = size
+    return out
 
 
 def best_time(fn, repeats):
@@ -443,7 +464,8 @@ def main(argv=None):
     print(f"memory read bandwidth: {bw / 1e9:.1f} GB/s ({os.cpu_count()} cores, OpenBLAS threads "
           f"{_core.blas_threads()}, OpenMP threads {_core.omp_max_threads()})", flush=True)
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": os.cpu_count(),
+        "machine": {"platform": platform.platform(), "processor": cpu_model(), "cores": os.cpu_count(),
+                    "caches": cpu_caches(),
                     "python": sys.version.split()[0], "numpy": np.__version__, "blas": _core.blas_config()},
         "quick": args.quick,
         "memory_bandwidth_bytes_per_s": bw,
@@ -456,6 +478,12 @@ def main(argv=None):
         "slq": bench_slq(nslq, repeats, probes=16, degree=48, bins=40),
     }
     result["bandwidth_after"] = memory_bandwidth()
+    # The sweep kernel each kind of sweep settled on (timed on its first sweeps; same bits either way).
+    result["sweep_kernels"] = _core.sweep_kernel_choices()
+    for k in result["sweep_kernels"]:
+        times = ", ".join(f"{t * 1e3:.2f}" if math.isfinite(t) else "-" for t in k["best_s"])
+        print(f"sweep kernel, {k['dtype']} b={k['block']} 2^{k['size_log2']} bytes: {k['kernel']} "
+              f"(best ms panel by panel, pipelined: {times})", flush=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1))
     print(f"wrote {out_path}")
