@@ -173,10 +173,11 @@ bool fused_panel_any(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X
 template <class T>
 bool pipelined_panel_any(const T* M, int64_t ld, int64_t rows, int64_t c, const T* X, int b, T* y, const T* P,
                          const T* yp, T* Z) {
-  return pipelined_panel_supported(b) &&
-         on_best_kernels(b, [&](auto isa, auto B) {
-           decltype(isa)::template pipelined<T, B()>(M, ld, rows, c, X, y, P, yp, Z);
-         });
+  bool done = false;
+  on_best_kernels(b, [&](auto isa, auto B) {
+    done = decltype(isa)::template pipelined<T, B()>(M, ld, rows, c, X, y, P, yp, Z);
+  });
+  return done;
 }
 
 template <class T>

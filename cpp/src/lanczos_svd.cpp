@@ -210,8 +210,14 @@ struct SweepGroups {
   SweepGroups(const T* M_, int64_t r_, int64_t c_, int64_t ld_, int b_, bool transposed_ = false)
       : M(M_), r(r_), c(c_), ld(ld_), b(b_), transposed(transposed_), pr(panel_rows(c_, sizeof(T), b_)),
         npanel((r_ + pr - 1) / pr), ngroup(std::min<int64_t>(npanel, kSweepGroups)),
-        prefetch(prefetch_panels(static_cast<size_t>(r_) * static_cast<size_t>(ld_) * sizeof(T))) {}
+        prefetch(prefetch_panels(bytes())) {}
   size_t input_size() const { return static_cast<size_t>(transposed ? r : c) * b; }
+  size_t bytes() const { return static_cast<size_t>(r) * static_cast<size_t>(ld) * sizeof(T); }  // of M's rows
+  // Y_p's columns j0 .. j0+bc (ybuf: rows x bc, row-major) into y at row i0 - y0.
+  void store_y(const T* ybuf, int64_t i0, int64_t rows, int j0, int bc, T* y, int64_t y0, int64_t ldy) const {
+    for (int64_t i = 0; i < rows; ++i)
+      for (int j = 0; j < bc; ++j) y[at(i0 - y0 + i, j0 + j, ldy)] = ybuf[static_cast<size_t>(i) * bc + j];
+  }
   int64_t first_row(int64_t g) const { return std::min(r, g * npanel / ngroup * pr); }
   int64_t max_group_rows() const { return ((npanel + ngroup - 1) / ngroup) * pr; }
 
@@ -238,9 +244,7 @@ struct SweepGroups {
         }
         done = detail::fused_panel(M + i0 * ld, ld, rows, c, in + at(0, j0, c), bc, ybuf, z + at(0, j0, c),
                                    ahead && nch == 1 ? M + (i0 + rows) * ld : nullptr);
-        if (done && y)
-          for (int64_t i = 0; i < rows; ++i)
-            for (int j = 0; j < bc; ++j) y[at(i0 - y0 + i, j0 + j, ldy)] = ybuf[static_cast<size_t>(i) * bc + j];
+        if (done && y) store_y(ybuf, i0, rows, j0, bc, y, y0, ldy);
       }
       if (done) return;  // (false only on the first chunk: no AVX2)
     }
@@ -274,9 +278,7 @@ struct SweepGroups {
           P = nullptr;
         }
         detail::pipelined_panel(M + i0 * ld, ld, rows, c, in, b, ycur, P, yprev, z);
-        if (y)
-          for (int64_t i = 0; i < rows; ++i)
-            for (int j = 0; j < b; ++j) y[at(i0 - p0 * pr + i, j, ldy)] = ycur[static_cast<size_t>(i) * b + j];
+        if (y) store_y(ycur, i0, rows, 0, b, y, p0 * pr, ldy);
         P = M + i0 * ld;
         rows_prev = rows;
         std::swap(ycur, yprev);
@@ -441,7 +443,7 @@ void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b,
   if (!use_panel_kernels() || b > chunk_width() || !detail::pipelined_panel_supported(b) ||
       plan.npanel < 2 * plan.ngroup)
     return run_sweep(plan, X, Y, Z);
-  const size_t bytes = static_cast<size_t>(r) * static_cast<size_t>(ld) * sizeof(T);
+  const size_t bytes = plan.bytes();
   KernelChoice& choice = KernelChoice::get();
   const int kernel = choice.pick(sizeof(T), b, bytes);
   plan.pipelined = kernel == 1;
