@@ -205,6 +205,42 @@ def test_same_seed_same_run_at_any_thread_count(tmp_path, batch):
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
 
 
+_WIDE_SNIPPET = """
+import sys, numpy as np, specdyn
+cfg = specdyn.RunConfig(**eval(sys.argv[2]))
+ds = specdyn.simulate(cfg)
+np.savez(sys.argv[1], weight_norm=ds.weight_norm.values, beta_f=ds.beta_f.values)
+"""
+
+
+def test_weight_norms_and_beta_f_of_wide_layers(tmp_path):
+    """Layers of >= 2^20 entries are read by all threads, in 16 fixed row ranges with four
+    rows per sweep (1030 rows: ranges of 65, so a tail row in each): the norms match
+    NumPy, beta_f is the product of the weights, and 1 and 2 OpenMP threads give the same
+    bits. (OpenBLAS stays on one thread in both runs: at this width its threaded products
+    with one output column change the last bit of the readout's update.)"""
+    kw = dict(width=1030, depth=2, input_dim=7, samples=8, steps=2, activation="linear", top_k=1,
+              track_sharpness=False, eta0=0.5)
+    cfg = RunConfig(**kw)
+    outs = []
+    for threads in (1, 2):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1",
+                   PYTHONPATH=str(Path(specdyn.__file__).parent.parent))
+        out = tmp_path / f"t{threads}.npz"
+        subprocess.run([sys.executable, "-c", _WIDE_SNIPPET, str(out), repr(kw)], env=env, check=True, timeout=300)
+        outs.append(np.load(out))
+    for k in outs[0].files:
+        np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+    X, Y = teacher(cfg.samples, cfg.input_dim)
+    _, history, sc = numpy_run(cfg, X, Y, cfg.steps)
+    for t in range(cfg.steps + 1):
+        W = history[t]
+        norms = [lay.normalizer * np.linalg.norm(w) for lay, w in zip(sc.layers, W)]
+        np.testing.assert_allclose(outs[0]["weight_norm"][t], norms, rtol=1e-12)
+        f = _core.nets_forward(W, sc.multipliers, "linear", X)[:, 0]
+        assert_close(X @ outs[0]["beta_f"][t] / np.sqrt(cfg.input_dim), f)
+
+
 def test_divergence_is_recorded_not_raised():
     cfg = RunConfig(width=32, depth=2, input_dim=4, samples=8, steps=50, eta0=200.0, gamma0=1.0,
                     activation="linear")

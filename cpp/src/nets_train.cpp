@@ -50,28 +50,76 @@ std::vector<double> singular_values_only(int m, int n, double* A) {
   return s;
 }
 
+// One read of a row-major fo x fi layer W: returns the sum of its squared
+// entries (the Frobenius norm squared) and, when b (fo values) is given, sets nb
+// (fi values) to W^T b (the next factor of the linear net's beta_f). The rows are
+// cut into a fixed number of ranges, each read as one contiguous stream with its
+// own per-column partial sums, which are added in range order: the same bits at
+// any thread count. Within a range every column adds its terms in row order, four
+// rows per sweep, so a partial is loaded and stored once per four rows. (A single
+// running sum of squares is bound by the add's latency: ~1 float per cycle, 3 ms
+// of a 100 ms tracked N = 2048 step.)
+template <class T, bool kWithB>
+void layer_read_range(const T* W, int64_t r0, int64_t r1, int64_t fi, const double* b, double* sq, double* p) {
+  int64_t i = r0;
+  for (; i + 4 <= r1; i += 4) {
+    const T *w0 = W + i * fi, *w1 = w0 + fi, *w2 = w1 + fi, *w3 = w2 + fi;
+    const double b0 = kWithB ? b[i] : 0, b1 = kWithB ? b[i + 1] : 0, b2 = kWithB ? b[i + 2] : 0,
+                 b3 = kWithB ? b[i + 3] : 0;
+    for (int64_t j = 0; j < fi; ++j) {
+      const double x0 = w0[j], x1 = w1[j], x2 = w2[j], x3 = w3[j];
+      double t = sq[j];
+      t += x0 * x0;
+      t += x1 * x1;
+      t += x2 * x2;
+      t += x3 * x3;
+      sq[j] = t;
+      if (kWithB) {
+        double u = p[j];
+        u += b0 * x0;
+        u += b1 * x1;
+        u += b2 * x2;
+        u += b3 * x3;
+        p[j] = u;
+      }
+    }
+  }
+  for (; i < r1; ++i) {
+    const T* w = W + i * fi;
+    for (int64_t j = 0; j < fi; ++j) {
+      const double x = w[j];
+      sq[j] += x * x;
+      if (kWithB) p[j] += b[i] * x;
+    }
+  }
+}
+
 template <class T>
-double frobenius(const T* A, int64_t n) {
-  // A fixed number of chunks summed in a fixed order: the same at any thread count.
+double layer_read(const T* W, int64_t fo, int64_t fi, const double* b, double* nb) {
   // A large matrix (a tracked layer, read at every tracked step) spreads its
-  // chunks over the threads: N = 2048 float32 tracking spent 2.6% of each step
-  // here on one thread. Small ones stay on the calling thread (see the note on
-  // elementwise passes in nets.cpp).
-  constexpr int kChunks = 64;
-  double part[kChunks];
-  const int64_t len = (n + kChunks - 1) / kChunks;
-#pragma omp parallel for schedule(dynamic, 1) if (n >= (int64_t(1) << 20) && !omp_in_parallel())
-  for (int c = 0; c < kChunks; ++c) {
-    const int64_t lo = std::min<int64_t>(n, c * len), hi = std::min<int64_t>(n, lo + len);
-    double acc = 0;
-    // vector lanes fixed at compile time: the order is the same on every run and thread count
-#pragma omp simd reduction(+ : acc)
-    for (int64_t i = lo; i < hi; ++i) acc += static_cast<double>(A[i]) * static_cast<double>(A[i]);
-    part[c] = acc;
+  // ranges over the threads; small ones stay on the calling thread (see the note
+  // on elementwise passes in nets.cpp).
+  constexpr int64_t kRanges = 16;
+  const int64_t nr = std::max<int64_t>(1, std::min(kRanges, fo)), len = (fo + nr - 1) / nr;
+  std::vector<double> sq(static_cast<size_t>(nr * fi), 0.0), part(b ? static_cast<size_t>(nr * fi) : 0, 0.0);
+#pragma omp parallel for schedule(dynamic, 1) if (fo * fi >= (int64_t(1) << 20) && !omp_in_parallel())
+  for (int64_t c = 0; c < nr; ++c) {
+    const int64_t r0 = std::min(fo, c * len), r1 = std::min(fo, r0 + len);
+    if (b)
+      layer_read_range<T, true>(W, r0, r1, fi, b, sq.data() + c * fi, part.data() + c * fi);
+    else
+      layer_read_range<T, false>(W, r0, r1, fi, nullptr, sq.data() + c * fi, nullptr);
   }
   double acc = 0;
-  for (int c = 0; c < kChunks; ++c) acc += part[c];
-  return std::sqrt(acc);
+  for (double v : sq) acc += v;
+  if (b) {
+    for (int64_t j = 0; j < fi; ++j) {
+      double u = 0;
+      for (int64_t c = 0; c < nr; ++c) u += part[c * fi + j];
+      nb[j] = u;
+    }
+  }
+  return acc;
 }
 
 // Small LAPACK problems run much faster on one BLAS thread (no wake-ups per
@@ -375,59 +423,67 @@ void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
   if (ti < 0) return;
   U_.resize(nl);
   V_.resize(nl);
-  for (int l = 0; l < nl; ++l) {
-    const int64_t sz = a.size(l);
-    rec_.wnorm[ti * nl + l] = spec_.normalizers[l] * frobenius(W_[l].data(), sz);
-    if (!spec_.track_spectra) continue;
-    top_singular(l, W_[l].data(), false, ti);
-    if (spec_.track_delta) {
-      const int64_t k = std::min<int64_t>(rec_.k, std::min(a.fan_in(l), a.fan_out(l)));
-      double* out = rec_.dsv.data() + (ti * rec_.Lw + l) * rec_.k;
-      if (step_ == 0) {
-        for (int64_t r = 0; r < k; ++r) out[r] = 0.0;  // W(0) - W(0) = 0 exactly
-      } else {
-        scratch_.resize(static_cast<size_t>(sz));
-        const T* w = W_[l].data();
-        const T* w0 = W0_[l].data();
-        T* d = scratch_.data();
-        for (int64_t i = 0; i < sz; ++i) d[i] = w[i] - w0[i];
-        top_singular(l, d, true, ti);
+  if (spec_.track_spectra) {
+    for (int l = 0; l < nl; ++l) {
+      const int64_t sz = a.size(l);
+      top_singular(l, W_[l].data(), false, ti);
+      if (spec_.track_delta) {
+        const int64_t k = std::min<int64_t>(rec_.k, std::min(a.fan_in(l), a.fan_out(l)));
+        double* out = rec_.dsv.data() + (ti * rec_.Lw + l) * rec_.k;
+        if (step_ == 0) {
+          for (int64_t r = 0; r < k; ++r) out[r] = 0.0;  // W(0) - W(0) = 0 exactly
+        } else {
+          scratch_.resize(static_cast<size_t>(sz));
+          const T* w = W_[l].data();
+          const T* w0 = W0_[l].data();
+          T* d = scratch_.data();
+          for (int64_t i = 0; i < sz; ++i) d[i] = w[i] - w0[i];
+          top_singular(l, d, true, ti);
+        }
       }
     }
   }
-  track_function(ti, ev);
+  // The norms come after the solves, which leave the last layers they read in
+  // cache; a linear net's beta_f reads the same layers, and gives their norms
+  // from that one read.
+  std::vector<double> sq(static_cast<size_t>(nl), kNaN);
+  const bool beta = beta_tracked();
+  if (beta) beta_f(ti, sq.data());
+  for (int l = 0; l < nl; ++l) {
+    if (std::isnan(sq[l])) sq[l] = layer_read(W_[l].data(), a.fan_out(l), a.fan_in(l), nullptr, nullptr);
+    rec_.wnorm[ti * nl + l] = spec_.normalizers[l] * std::sqrt(sq[l]);
+  }
+  track_function(ti, ev, !beta);
 }
 
 template <class T>
-void Trainer<T>::track_function(int64_t ti, Pass<T>& ev) {
-  const Arch& a = spec_.arch;
+void Trainer<T>::track_function(int64_t ti, Pass<T>& ev, bool with_beta) {
   if (spec_.track_sharpness) rec_.sharpness[ti] = spec_.learning_rate * ntk_top(ev) /
                                                  (static_cast<double>(spec_.samples) * spec_.output_normalizer);
   if (spec_.track_hessian) rec_.hessian[ti] = hessian_top(ev);
-  if (spec_.track_beta && a.output_dim == 1 && a.activation == Activation::Linear) {
-    // f(x) = b . x with b^T = m_L W^L ... m_0 W^0; beta_f = b / teacher_scale.
-    std::vector<double> b(W_[a.depth].begin(), W_[a.depth].end()), nb;
-    double c = a.multipliers[a.depth];
-    for (int l = a.depth - 1; l >= 0; --l) {
-      const int64_t fi = a.fan_in(l), fo = a.fan_out(l);
-      nb.assign(static_cast<size_t>(fi), 0.0);
-      const T* w = W_[l].data();
-      // Blocks of columns over the threads: each nb[j] still sums its rows in
-      // order (the same bits at any thread count), and a block's slice of a row
-      // is a page or more, read as a stream.
-      constexpr int64_t kCols = 1024;
-      const int64_t nblock = (fi + kCols - 1) / kCols;
-#pragma omp parallel for schedule(static) if (nblock > 1 && fo * fi >= (int64_t(1) << 20) && !omp_in_parallel())
-      for (int64_t jb = 0; jb < nblock; ++jb) {
-        const int64_t j0 = jb * kCols, j1 = std::min(fi, j0 + kCols);
-        for (int64_t i = 0; i < fo; ++i)
-          for (int64_t j = j0; j < j1; ++j) nb[j] += b[i] * static_cast<double>(w[i * fi + j]);
-      }
-      b.swap(nb);
-      c *= a.multipliers[l];
-    }
-    for (int64_t j = 0; j < a.input_dim; ++j) rec_.beta_f[ti * a.input_dim + j] = c * b[j] / spec_.teacher_scale;
+  if (with_beta && beta_tracked()) beta_f(ti, nullptr);
+}
+
+template <class T>
+bool Trainer<T>::beta_tracked() const {
+  const Arch& a = spec_.arch;
+  return spec_.track_beta && a.output_dim == 1 && a.activation == Activation::Linear;
+}
+
+template <class T>
+void Trainer<T>::beta_f(int64_t ti, double* sq) {
+  // f(x) = b . x with b^T = m_L W^L ... m_0 W^0; beta_f = b / teacher_scale.
+  const Arch& a = spec_.arch;
+  std::vector<double> b(W_[a.depth].begin(), W_[a.depth].end()), nb;
+  double c = a.multipliers[a.depth];
+  for (int l = a.depth - 1; l >= 0; --l) {
+    nb.resize(static_cast<size_t>(a.fan_in(l)));
+    const double s = layer_read(W_[l].data(), a.fan_out(l), a.fan_in(l), b.data(), nb.data());
+    if (sq) sq[l] = s;
+    b.swap(nb);
+    c *= a.multipliers[l];
   }
+  for (int64_t j = 0; j < a.input_dim; ++j) rec_.beta_f[ti * a.input_dim + j] = c * b[j] / spec_.teacher_scale;
 }
 
 template <class T>
