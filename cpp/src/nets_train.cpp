@@ -50,6 +50,37 @@ std::vector<double> singular_values_only(int m, int n, double* A) {
   return s;
 }
 
+// R rows from row i into the range's partials: each column adds the rows' terms
+// in row order (the squares into sq; with b, the b-weighted entries into p).
+template <class T, bool kWithB, int R>
+inline void layer_read_rows(const T* W, int64_t i, int64_t fi, const double* b, double* sq, double* p) {
+  const T* w[R];
+  double bw[R];
+  for (int r = 0; r < R; ++r) {
+    w[r] = W + (i + r) * fi;
+    bw[r] = kWithB ? b[i + r] : 0.0;
+  }
+  for (int64_t j = 0; j < fi; ++j) {
+    double x[R];
+    for (int r = 0; r < R; ++r) x[r] = static_cast<double>(w[r][j]);
+    double t = sq[j];
+    for (int r = 0; r < R; ++r) t += x[r] * x[r];
+    sq[j] = t;
+    if (kWithB) {
+      double u = p[j];
+      for (int r = 0; r < R; ++r) u += bw[r] * x[r];
+      p[j] = u;
+    }
+  }
+}
+
+template <class T, bool kWithB>
+void layer_read_range(const T* W, int64_t r0, int64_t r1, int64_t fi, const double* b, double* sq, double* p) {
+  int64_t i = r0;
+  for (; i + 4 <= r1; i += 4) layer_read_rows<T, kWithB, 4>(W, i, fi, b, sq, p);
+  for (; i < r1; ++i) layer_read_rows<T, kWithB, 1>(W, i, fi, b, sq, p);
+}
+
 // One read of a row-major fo x fi layer W: returns the sum of its squared
 // entries (the Frobenius norm squared) and, when b (fo values) is given, sets nb
 // (fi values) to W^T b (the next factor of the linear net's beta_f). The rows are
@@ -59,41 +90,6 @@ std::vector<double> singular_values_only(int m, int n, double* A) {
 // rows per sweep, so a partial is loaded and stored once per four rows. (A single
 // running sum of squares is bound by the add's latency: ~1 float per cycle, 3 ms
 // of a 100 ms tracked N = 2048 step.)
-template <class T, bool kWithB>
-void layer_read_range(const T* W, int64_t r0, int64_t r1, int64_t fi, const double* b, double* sq, double* p) {
-  int64_t i = r0;
-  for (; i + 4 <= r1; i += 4) {
-    const T *w0 = W + i * fi, *w1 = w0 + fi, *w2 = w1 + fi, *w3 = w2 + fi;
-    const double b0 = kWithB ? b[i] : 0, b1 = kWithB ? b[i + 1] : 0, b2 = kWithB ? b[i + 2] : 0,
-                 b3 = kWithB ? b[i + 3] : 0;
-    for (int64_t j = 0; j < fi; ++j) {
-      const double x0 = w0[j], x1 = w1[j], x2 = w2[j], x3 = w3[j];
-      double t = sq[j];
-      t += x0 * x0;
-      t += x1 * x1;
-      t += x2 * x2;
-      t += x3 * x3;
-      sq[j] = t;
-      if (kWithB) {
-        double u = p[j];
-        u += b0 * x0;
-        u += b1 * x1;
-        u += b2 * x2;
-        u += b3 * x3;
-        p[j] = u;
-      }
-    }
-  }
-  for (; i < r1; ++i) {
-    const T* w = W + i * fi;
-    for (int64_t j = 0; j < fi; ++j) {
-      const double x = w[j];
-      sq[j] += x * x;
-      if (kWithB) p[j] += b[i] * x;
-    }
-  }
-}
-
 template <class T>
 double layer_read(const T* W, int64_t fo, int64_t fi, const double* b, double* nb) {
   // A large matrix (a tracked layer, read at every tracked step) spreads its
@@ -446,11 +442,11 @@ void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
   // The norms come after the solves, which leave the last layers they read in
   // cache; a linear net's beta_f reads the same layers, and gives their norms
   // from that one read.
-  std::vector<double> sq(static_cast<size_t>(nl), kNaN);
+  std::vector<double> sq(static_cast<size_t>(nl));
   const bool beta = beta_tracked();
-  if (beta) beta_f(ti, sq.data());
+  if (beta) beta_f(ti, sq.data());  // layers 0 .. depth - 1
   for (int l = 0; l < nl; ++l) {
-    if (std::isnan(sq[l])) sq[l] = layer_read(W_[l].data(), a.fan_out(l), a.fan_in(l), nullptr, nullptr);
+    if (!beta || l == a.depth) sq[l] = layer_read(W_[l].data(), a.fan_out(l), a.fan_in(l), nullptr, nullptr);
     rec_.wnorm[ti * nl + l] = spec_.normalizers[l] * std::sqrt(sq[l]);
   }
   track_function(ti, ev, !beta);
