@@ -5,6 +5,7 @@
 #include <mutex>
 #include <vector>
 
+#include <omp.h>
 #include <pthread.h>
 
 extern "C" {
@@ -94,6 +95,48 @@ ThreadScope::~ThreadScope() {
   if (!innermost.empty()) s.tally(innermost.back(), +1);
   --s.open;
   s.apply();
+}
+
+// Rows per block of gemm_fixed's default: about kFixedRows, an even number of
+// blocks (two or four threads share them evenly), whole 32-row tiles; one block
+// for a product too small to thread.
+static int64_t fixed_block(int64_t len, bool threaded) {
+  if (!threaded || len <= 32) return std::max<int64_t>(len, 1);
+  const int64_t nb = std::max<int64_t>(2, 2 * ((len + kFixedRows) / (2 * kFixedRows)));
+  return ((len + nb - 1) / nb + 31) / 32 * 32;
+}
+
+template <class T>
+static void gemm_fixed_impl(Op ta, Op tb, blas_int m, blas_int n, blas_int k, T alpha, const T* A, blas_int lda,
+                            const T* B, blas_int ldb, T beta, T* C, blas_int ldc, int64_t block,
+                            int64_t parallel_work) {
+  if (m <= 0 || n <= 0) return;
+  const bool by_rows = m >= n;
+  const int64_t len = by_rows ? m : n;
+  const bool parallel = int64_t(m) * n * k >= parallel_work && !omp_in_parallel();
+  if (block <= 0) block = fixed_block(len, int64_t(m) * n * k >= parallel_work);
+  const int64_t nb = (len + block - 1) / block;
+  ThreadScope one(1);
+#pragma omp parallel for schedule(dynamic, 1) if (parallel && nb > 1)
+  for (int64_t c = 0; c < nb; ++c) {
+    const int64_t i0 = c * block;
+    const blas_int w = static_cast<blas_int>(std::min(block, len - i0));
+    if (by_rows)  // rows i0.. of op(A) and of C
+      gemm(ta, tb, w, n, k, alpha, ta == Op::N ? A + i0 : A + i0 * lda, lda, B, ldb, beta, C + i0, ldc);
+    else          // columns i0.. of op(B) and of C
+      gemm(ta, tb, m, w, k, alpha, A, lda, tb == Op::N ? B + i0 * ldb : B + i0, ldb, beta, C + i0 * ldc, ldc);
+  }
+}
+
+void gemm_fixed(Op ta, Op tb, blas_int m, blas_int n, blas_int k, double alpha, const double* A, blas_int lda,
+                const double* B, blas_int ldb, double beta, double* C, blas_int ldc, int64_t block,
+                int64_t parallel_work) {
+  gemm_fixed_impl(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, block, parallel_work);
+}
+void gemm_fixed(Op ta, Op tb, blas_int m, blas_int n, blas_int k, float alpha, const float* A, blas_int lda,
+                const float* B, blas_int ldb, float beta, float* C, blas_int ldc, int64_t block,
+                int64_t parallel_work) {
+  gemm_fixed_impl(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, block, parallel_work);
 }
 
 int syevd(int n, double* A, int lda, double* w) {

@@ -102,13 +102,8 @@ void gemm_tn(int64_t d, int nq, int b, const double* Q, const double* W, double*
 
 void gemm_nn(int64_t d, int nq, int b, double alpha, const double* Q, const double* C, int ldc, double beta,
              double* W) {
-  const int64_t nc = row_chunks(d);
-#pragma omp parallel for schedule(dynamic, 1) if (parallel_rows(d, int64_t(nq) * b))
-  for (int64_t ch = 0; ch < nc; ++ch) {
-    const int64_t i0 = ch * kRowChunk, rows = std::min(kRowChunk, d - i0);
-    blas::gemm(Op::N, Op::N, static_cast<int>(rows), b, nq, alpha, Q + i0, static_cast<int>(d), C, ldc, beta, W + i0,
-               static_cast<int>(d));
-  }
+  blas::gemm_fixed(Op::N, Op::N, static_cast<int>(d), b, nq, alpha, Q, static_cast<int>(d), C, ldc, beta, W,
+                   static_cast<int>(d), kRowChunk, int64_t(1) << 20);
 }
 
 void project(int64_t d, int nq, int b, const double* Q, double* W, double* C) {
@@ -227,17 +222,10 @@ Eigs top_eigs(const MatMat& user_op, int64_t n, int k, Which which, const Option
 
 MatMat dense_operator(const double* A, int64_t n) {
   return [A, n](const double* X, double* Y, int b) {
-    // 256 rows of a 4096-wide matrix are 8 MiB: enough work per chunk to pay for
+    // 256 rows of a 4096-wide matrix are 8 MiB: enough work per block to pay for
     // the OpenMP region, small enough to split across a few threads.
-    constexpr int64_t kChunk = 256;
-    const int64_t nc = (n + kChunk - 1) / kChunk;
-    blas::ThreadScope one(1);
-#pragma omp parallel for schedule(dynamic, 1) if (nc > 1 && n * b >= (int64_t(1) << 14) && !omp_in_parallel())
-    for (int64_t ch = 0; ch < nc; ++ch) {
-      const int64_t i0 = ch * kChunk, rows = std::min(kChunk, n - i0);
-      blas::gemm(blas::Op::N, blas::Op::N, static_cast<int>(rows), b, static_cast<int>(n), 1.0, A + i0, static_cast<int>(n), X,
-                 static_cast<int>(n), 0.0, Y + i0, static_cast<int>(n));
-    }
+    blas::gemm_fixed(blas::Op::N, blas::Op::N, static_cast<int>(n), b, static_cast<int>(n), 1.0, A,
+                     static_cast<int>(n), X, static_cast<int>(n), 0.0, Y, static_cast<int>(n), 256, n << 14);
   };
 }
 

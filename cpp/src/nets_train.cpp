@@ -118,12 +118,6 @@ double layer_read(const T* W, int64_t fo, int64_t fi, const double* b, double* n
   return acc;
 }
 
-// Small LAPACK problems run much faster on one BLAS thread (no wake-ups per
-// inner BLAS call, which dominate under load): the count a blas::ThreadScope holds.
-int serial_if(bool small) { return small ? 1 : blas::get_num_threads(); }
-constexpr int64_t kSerialLapack = 256 * 256;
-constexpr int64_t kSerialWork = int64_t(1) << 22;  // multiply-adds of the largest layer product
-
 int64_t index_of(const std::vector<int64_t>& v, int64_t x) {
   auto it = std::lower_bound(v.begin(), v.end(), x);
   return it != v.end() && *it == x ? static_cast<int64_t>(it - v.begin()) : -1;
@@ -239,7 +233,10 @@ int64_t Trainer<T>::run(int64_t until, const std::function<void(int64_t, double)
     throw std::logic_error("nets: trainer at step " + std::to_string(step_) + " outside [0, " +
                            std::to_string(spec_.steps) + "]");
   until = std::min(until, spec_.steps);
-  blas::ThreadScope serial(blas_threads());
+  // One OpenBLAS thread throughout: the products are fixed-block gemms on OpenMP
+  // threads (blas::gemm_fixed) and LAPACK runs serially, so the same seed gives
+  // the same bits at any thread count (threaded OpenBLAS does not).
+  blas::ThreadScope serial(1);
   using clock = std::chrono::steady_clock;
   auto last = clock::now();
   while (!finished_ && diverged_ < 0 && (step_ < until || (step_ == spec_.steps && until == spec_.steps))) {
@@ -258,19 +255,10 @@ int64_t Trainer<T>::run(int64_t until, const std::function<void(int64_t, double)
 }
 
 template <class T>
-int Trainer<T>::blas_threads() const {
-  // Tiny networks: BLAS threads cost more in wake-ups than they save (badly so on a loaded machine).
-  const Arch& a = spec_.arch;
-  int64_t work = 0;
-  for (int l = 0; l < a.layers(); ++l) work = std::max(work, a.size(l) * std::max(spec_.batch, spec_.samples));
-  return serial_if(work < kSerialWork);
-}
-
-template <class T>
 void Trainer<T>::measure(int64_t t) {
   const int64_t ti = index_of(spec_.tracked_steps, t), bi_ = index_of(spec_.bulk_steps, t);
   if (ti < 0 && bi_ < 0) throw std::invalid_argument("measure: step " + std::to_string(t) + " is neither tracked nor a bulk step");
-  blas::ThreadScope serial(blas_threads());
+  blas::ThreadScope serial(1);  // as in run()
   if (bi_ >= 0) bulk(bi_);
   if (ti < 0 || !(spec_.track_sharpness || spec_.track_hessian || spec_.track_beta)) return;
   const Arch& a = spec_.arch;
@@ -369,7 +357,6 @@ void Trainer<T>::top_singular(int l, const T* A, bool delta, int64_t ti) {
     // left vectors are V' and its right vectors U'.
     std::vector<double> At(A, A + fo * fi), Up(static_cast<size_t>(fi * mn)), VTp(static_cast<size_t>(mn * fo));
     s.resize(mn);
-    blas::ThreadScope serial(serial_if(fo * fi <= kSerialLapack));
     const int info = blas::gesdd(static_cast<int>(fi), static_cast<int>(fo), At.data(), static_cast<int>(fi), s.data(),
                                  Up.data(), static_cast<int>(fi), VTp.data(), static_cast<int>(mn));
     if (info != 0) std::fill(s.begin(), s.end(), kNaN);
@@ -512,17 +499,12 @@ double Trainer<T>::ntk_top(const Pass<T>& ev) {
     lanczos::Options opt;
     opt.tol = 1e-10;
     opt.seed = spec_.seed + 15485863u;
-    // The solver's own reductions are in a fixed order; the operator's BLAS-3 product is too.
-    auto op = [&](const double* X, double* Y, int b) {
-      blas::gemm(blas::Op::N, blas::Op::N, static_cast<int>(m), b, static_cast<int>(m), 1.0, K.data(),
-                 static_cast<int>(m), X, static_cast<int>(m), 0.0, Y, static_cast<int>(m));
-    };
-    auto e = lanczos::top_eigs(op, m, 1, lanczos::Which::Largest, opt);
+    // The solver's own reductions are in a fixed order; the operator's product is too.
+    auto e = lanczos::top_eigs(lanczos::dense_operator(K.data(), m), m, 1, lanczos::Which::Largest, opt);
     return e.values.empty() ? kNaN : e.values[0];
   }
 #endif
   std::vector<double> w(static_cast<size_t>(m));
-  blas::ThreadScope serial(serial_if(m * m <= kSerialLapack));
   const int info = blas::syevd(static_cast<int>(m), K.data(), static_cast<int>(m), w.data());
   return info == 0 ? w.back() : kNaN;
 }
@@ -574,7 +556,6 @@ void Trainer<T>::bulk(int64_t bi_) {
   for (int l = 0; l < nl; ++l) {
     const int64_t fi = a.fan_in(l), fo = a.fan_out(l);
     std::vector<double> At(W_[l].begin(), W_[l].end());
-    blas::ThreadScope serial(serial_if(fi * fo <= kSerialLapack));
     auto s = singular_values_only(static_cast<int>(fi), static_cast<int>(fo), At.data());
     for (auto& v : s) v *= spec_.normalizers[l];
     const double hi = s.empty() || !(s[0] > 0) ? 1.0 : s[0] * (1 + 1e-9);

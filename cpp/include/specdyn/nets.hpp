@@ -192,7 +192,6 @@ class Trainer {
   void track_function(int64_t ti, Pass<T>& eval, bool with_beta = true);  // sharpness, Hessian, beta_f
   bool beta_tracked() const;  // a linear net with one output: beta_f is recorded
   void beta_f(int64_t ti, double* sq);  // also the layers' squared Frobenius norms (sq: depth values), when given
-  int blas_threads() const;  // one OpenBLAS thread for tiny networks, else the caller's count
   void top_singular(int l, const T* A, bool delta, int64_t ti);
   void overlaps(int64_t ti, const Pass<T>& eval, const std::vector<std::vector<double>>& means);
   double ntk_top(const Pass<T>& eval);
