@@ -122,9 +122,10 @@ void times_derivative(Activation act, T* B, const T* H, int64_t rows, int64_t n)
 inline int bi(int64_t v) { return static_cast<int>(v); }
 
 // Every product of the network: the same bits at any thread count (blas::gemm_fixed).
+// (Not named gemm: argument-dependent lookup on blas::Op would prefer blas::gemm.)
 template <class T>
-inline void gemm(Op ta, Op tb, int m, int n, int k, T alpha, const T* A, int lda, const T* B, int ldb, T beta, T* C,
-                 int ldc) {
+inline void net_gemm(Op ta, Op tb, int m, int n, int k, T alpha, const T* A, int lda, const T* B, int ldb, T beta,
+                     T* C, int ldc) {
   blas::gemm_fixed(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
@@ -137,8 +138,8 @@ void forward(const Arch& a, const ConstWeights<T>& W, const T* X, int64_t n, Pas
   for (int l = 0; l <= a.depth; ++l) {
     const int64_t fi = a.fan_in(l), fo = a.fan_out(l);
     T* out = l == a.depth ? ps.F.data() : ps.H[l + 1].data();
-    gemm(Op::T, Op::N, bi(fo), bi(n), bi(fi), static_cast<T>(a.multipliers[l]), W[l], bi(fi),
-         ps.input(l), bi(fi), T(0), out, bi(fo));
+    net_gemm(Op::T, Op::N, bi(fo), bi(n), bi(fi), static_cast<T>(a.multipliers[l]), W[l], bi(fi),
+             ps.input(l), bi(fi), T(0), out, bi(fo));
     if (l < a.depth) apply_activation(a.activation, out, fo, n);
   }
 }
@@ -178,13 +179,13 @@ void backward(const Arch& a, const Weights<T>& W, Pass<T>& ps, const BackwardMod
     }
     T* next = bufs[which];
     // Signal for the layer below, from W^l before its update.
-    if (l > 0) gemm(Op::N, Op::N, bi(fi), bi(n), bi(fo), m, W[l], bi(fi), cur, bi(fo), T(0), next, bi(fi));
+    if (l > 0) net_gemm(Op::N, Op::N, bi(fi), bi(n), bi(fo), m, W[l], bi(fi), cur, bi(fo), T(0), next, bi(fi));
     if (mode.kind == BackwardMode::Update) {
       // W^l -= eta m_l E^{l+1} H^l^T, fused into the gemm (no gradient buffer, no extra pass).
-      gemm(Op::N, Op::T, bi(fi), bi(fo), bi(n), static_cast<T>(-mode.learning_rate) * m, ps.input(l), bi(fi),
-           cur, bi(fo), T(1), W[l], bi(fi));
+      net_gemm(Op::N, Op::T, bi(fi), bi(fo), bi(n), static_cast<T>(-mode.learning_rate) * m, ps.input(l), bi(fi),
+               cur, bi(fo), T(1), W[l], bi(fi));
     } else if (mode.kind == BackwardMode::Gradient) {
-      gemm(Op::N, Op::T, bi(fi), bi(fo), bi(n), m, ps.input(l), bi(fi), cur, bi(fo), T(0), (*grads)[l], bi(fi));
+      net_gemm(Op::N, Op::T, bi(fi), bi(fo), bi(n), m, ps.input(l), bi(fi), cur, bi(fo), T(0), (*grads)[l], bi(fi));
     }
     if (l > 0) {
       times_derivative(a.activation, next, ps.H[l].data(), fi, n);
@@ -202,8 +203,8 @@ void ntk_gram(const Arch& a, const ConstWeights<T>& W, const Pass<T>& ps, std::v
   std::vector<T> HG(static_cast<size_t>(n * n));
   auto input_gram = [&](int l) {
     const int64_t fi = a.fan_in(l);
-    gemm(Op::T, Op::N, bi(n), bi(n), bi(fi), T(1), ps.input(l), bi(fi), ps.input(l), bi(fi), T(0), HG.data(),
-         bi(n));
+    net_gemm(Op::T, Op::N, bi(n), bi(n), bi(fi), T(1), ps.input(l), bi(fi), ps.input(l), bi(fi), T(0), HG.data(),
+             bi(n));
   };
   // Readout: its backward signal is the one-hot output direction.
   {
@@ -230,7 +231,7 @@ void ntk_gram(const Arch& a, const ConstWeights<T>& W, const Pass<T>& ps, std::v
       times_derivative(a.activation, S.data() + p * N, ps.H[L].data() + (p / C) * N, N, 1);
   }
   for (int l = L - 1; l >= 0; --l) {
-    gemm(Op::T, Op::N, bi(nC), bi(nC), bi(N), T(1), S.data(), bi(N), S.data(), bi(N), T(0), SG.data(), bi(nC));
+    net_gemm(Op::T, Op::N, bi(nC), bi(nC), bi(N), T(1), S.data(), bi(N), S.data(), bi(N), T(0), SG.data(), bi(nC));
     input_gram(l);
     const double m2 = a.multipliers[l] * a.multipliers[l];
     for (int64_t p = 0; p < nC; ++p) {
@@ -240,8 +241,8 @@ void ntk_gram(const Arch& a, const ConstWeights<T>& W, const Pass<T>& ps, std::v
     }
     if (l > 0) {
       const int64_t fi = a.fan_in(l);
-      gemm(Op::N, Op::N, bi(fi), bi(nC), bi(N), static_cast<T>(a.multipliers[l]), W[l], bi(fi), S.data(), bi(N),
-           T(0), S2.data(), bi(fi));
+      net_gemm(Op::N, Op::N, bi(fi), bi(nC), bi(N), static_cast<T>(a.multipliers[l]), W[l], bi(fi), S.data(), bi(N),
+               T(0), S2.data(), bi(fi));
       for (int64_t p = 0; p < nC; ++p)
         times_derivative(a.activation, S2.data() + p * N, ps.H[l].data() + (p / C) * N, N, 1);
       S.swap(S2);
@@ -267,8 +268,8 @@ void hvp(const Arch& a, const ConstWeights<T>& W, const Pass<T>& ps, const Const
       dH[l + 1].assign(static_cast<size_t>(fo * n), T(0));
       out = dH[l + 1].data();
     }
-    gemm(Op::T, Op::N, bi(fo), bi(n), bi(fi), m, V[l], bi(fi), ps.input(l), bi(fi), T(0), out, bi(fo));
-    if (l > 0) gemm(Op::T, Op::N, bi(fo), bi(n), bi(fi), m, W[l], bi(fi), dH[l].data(), bi(fi), T(1), out, bi(fo));
+    net_gemm(Op::T, Op::N, bi(fo), bi(n), bi(fi), m, V[l], bi(fi), ps.input(l), bi(fi), T(0), out, bi(fo));
+    if (l > 0) net_gemm(Op::T, Op::N, bi(fo), bi(n), bi(fi), m, W[l], bi(fi), dH[l].data(), bi(fi), T(1), out, bi(fo));
     if (l < L) times_derivative(act, out, ps.H[l + 1].data(), fo, n);
   }
   // Reverse sweep of the pair (E, dE) = (error signal, its tangent).
@@ -279,14 +280,14 @@ void hvp(const Arch& a, const ConstWeights<T>& W, const Pass<T>& ps, const Const
   for (int l = L; l >= 0; --l) {
     const int64_t fi = a.fan_in(l), fo = a.fan_out(l);
     const T m = static_cast<T>(a.multipliers[l]);
-    gemm(Op::N, Op::T, bi(fi), bi(fo), bi(n), m, ps.input(l), bi(fi), dE.data(), bi(fo), T(0), HV[l], bi(fi));
+    net_gemm(Op::N, Op::T, bi(fi), bi(fo), bi(n), m, ps.input(l), bi(fi), dE.data(), bi(fo), T(0), HV[l], bi(fi));
     if (l == 0) break;
-    gemm(Op::N, Op::T, bi(fi), bi(fo), bi(n), m, dH[l].data(), bi(fi), E.data(), bi(fo), T(1), HV[l], bi(fi));
+    net_gemm(Op::N, Op::T, bi(fi), bi(fo), bi(n), m, dH[l].data(), bi(fi), E.data(), bi(fo), T(1), HV[l], bi(fi));
     B.assign(static_cast<size_t>(fi * n), T(0));
     dB.assign(B.size(), T(0));
-    gemm(Op::N, Op::N, bi(fi), bi(n), bi(fo), m, W[l], bi(fi), E.data(), bi(fo), T(0), B.data(), bi(fi));
-    gemm(Op::N, Op::N, bi(fi), bi(n), bi(fo), m, V[l], bi(fi), E.data(), bi(fo), T(0), dB.data(), bi(fi));
-    gemm(Op::N, Op::N, bi(fi), bi(n), bi(fo), m, W[l], bi(fi), dE.data(), bi(fo), T(1), dB.data(), bi(fi));
+    net_gemm(Op::N, Op::N, bi(fi), bi(n), bi(fo), m, W[l], bi(fi), E.data(), bi(fo), T(0), B.data(), bi(fi));
+    net_gemm(Op::N, Op::N, bi(fi), bi(n), bi(fo), m, V[l], bi(fi), E.data(), bi(fo), T(0), dB.data(), bi(fi));
+    net_gemm(Op::N, Op::N, bi(fi), bi(n), bi(fo), m, W[l], bi(fi), dE.data(), bi(fo), T(1), dB.data(), bi(fi));
     const T* H = ps.H[l].data();
     const T* dh = dH[l].data();
     E.resize(B.size());
@@ -313,7 +314,7 @@ void teacher(int64_t first, int64_t n, int64_t D, int64_t C, uint64_t seed, int 
   rng::normal_fill(x.data(), x.size(), seed, rng::kData + 1, 1.0, static_cast<uint64_t>(first * D));
   // y (C x n, column-major) = scale * beta (C x D, row-major = col-major D x C, transposed) x (D x n)
   if (n > 0)
-    gemm(Op::T, Op::N, bi(C), bi(n), bi(D), scale, beta.data(), bi(D), x.data(), bi(D), 0.0, y.data(), bi(C));
+    net_gemm(Op::T, Op::N, bi(C), bi(n), bi(D), scale, beta.data(), bi(D), x.data(), bi(D), 0.0, y.data(), bi(C));
   if (kind == 1)
     for (auto& v : y) v = std::tanh(v);
   if (noise > 0) {
