@@ -85,11 +85,11 @@ bool use_panel_kernels() {
 
 // Wider blocks run as chunks of at most this many columns over the cached panel:
 // the vectorized kernel beats OpenBLAS's packing on such skinny products.
-// SPECDYN_CHUNK overrides.
+// SPECDYN_CHUNK overrides detail::preferred_chunk_width.
 int chunk_width() {
   static const int cw = [] {
     const char* e = std::getenv("SPECDYN_CHUNK");
-    return e ? std::clamp(std::atoi(e), 1, 8) : 4;  // 4 measured fastest (Zen 5, AVX-512)
+    return e ? std::clamp(std::atoi(e), 1, 8) : detail::preferred_chunk_width();
   }();
   return cw;
 }
