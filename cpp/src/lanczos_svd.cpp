@@ -225,8 +225,8 @@ struct SweepGroups {
   // null, receives Y_p at row offset i0 - y0 (leading dimension ldy); ybuf holds
   // at least pr * b values. Transposed: Z += M_p^T Y_p for the given Y (= in).
   // ahead: request the next panel (as many rows, this thread's next one) during
-  // the update; done when the panel is read in one chunk (measured faster or
-  // equal for b <= 4, and up to 10% slower on one thread for b = 6-8).
+  // the update; done for b <= 4 read in one chunk (measured faster or equal
+  // there, and up to 10% slower on one thread for b = 6-8 in one chunk).
   void panel(const T* in, int64_t i0, int64_t rows, T* z, T* y, int64_t y0, int64_t ldy, T* ybuf,
              bool ahead) const {
     if (use_panel_kernels()) {
@@ -243,7 +243,7 @@ struct SweepGroups {
           continue;
         }
         done = detail::fused_panel(M + i0 * ld, ld, rows, c, in + at(0, j0, c), bc, ybuf, z + at(0, j0, c),
-                                   ahead && nch == 1 ? M + (i0 + rows) * ld : nullptr);
+                                   ahead && nch == 1 && b <= 4 ? M + (i0 + rows) * ld : nullptr);
         if (done && y) store_y(ybuf, i0, rows, j0, bc, y, y0, ldy);
       }
       if (done) return;  // (false only on the first chunk: no AVX2)
