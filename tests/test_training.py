@@ -87,6 +87,31 @@ def test_gd_matches_numpy_loop_and_lapack(act, scaling):
         np.testing.assert_array_equal(counts[l], ref)
 
 
+@pytest.mark.parametrize("kw", [
+    # rows: 1030-row products cut into blocks of 544 + 486 rows (a tail that is no whole tile)
+    dict(width=1030, depth=2, input_dim=9, output_dim=3, samples=40, activation="relu"),
+    # columns: 1100 samples against width 300, so the forward and backward products are cut by columns
+    # (576 + 524) and the 300 x 300 weight update by rows (160 + 140)
+    dict(width=300, depth=2, input_dim=7, output_dim=2, samples=1100, activation="tanh"),
+], ids=["rows", "columns"])
+def test_products_cut_into_fixed_blocks_match_numpy(kw):
+    cfg = RunConfig(**kw, steps=2, track_every=2, top_k=1, track_sharpness=False, gamma0=1.0, eta0=0.3)
+    X, Y = teacher(cfg.samples, cfg.input_dim, cfg.output_dim, seed=cfg.data_seed)
+    ds = specdyn.simulate(cfg)
+    losses, history, sc = numpy_run(cfg, X, Y, cfg.steps)
+    assert_close(ds.loss.values, losses[ds.step.values])
+    for l, lay in enumerate(sc.layers):
+        assert_close(ds.weight_norm.values[-1, l], lay.normalizer * np.linalg.norm(history[-1][l]))
+    # every product of the network, forward
+    F = _core.nets_forward(history[-1], sc.multipliers, cfg.activation, X)
+    z = X
+    for l, (w, m) in enumerate(zip(history[-1], sc.multipliers)):
+        z = m * z @ w.T
+        if l < cfg.depth:
+            z = np.maximum(z, 0) if cfg.activation == "relu" else np.tanh(z)
+    assert_close(F, z)
+
+
 def test_sharpness_and_overlaps_match_reference():
     cfg = RunConfig(width=16, depth=2, input_dim=4, output_dim=1, samples=10, activation="tanh", steps=4,
                     track_every=2, top_k=2, gamma0=1.0, eta0=0.5)
