@@ -113,11 +113,13 @@ static void gemm_fixed_impl(Op ta, Op tb, blas_int m, blas_int n, blas_int k, T 
   if (m <= 0 || n <= 0) return;
   const bool by_rows = m >= n;
   const int64_t len = by_rows ? m : n;
-  const bool parallel = int64_t(m) * n * k >= parallel_work && !omp_in_parallel();
-  if (block <= 0) block = fixed_block(len, int64_t(m) * n * k >= parallel_work);
+  // The blocks depend on the shape alone (never on whether a region is open),
+  // so the bits do too.
+  const bool big = int64_t(m) * n * k >= parallel_work;
+  if (block <= 0) block = fixed_block(len, big);
   const int64_t nb = (len + block - 1) / block;
   ThreadScope one(1);
-#pragma omp parallel for schedule(dynamic, 1) if (parallel && nb > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (big && nb > 1 && !omp_in_parallel())
   for (int64_t c = 0; c < nb; ++c) {
     const int64_t i0 = c * block;
     const blas_int w = static_cast<blas_int>(std::min(block, len - i0));
