@@ -226,26 +226,24 @@ _RUNS = {
 }
 
 
-@pytest.mark.parametrize("run", sorted(_RUNS))
-def test_same_seed_same_run_at_any_thread_count(tmp_path, run):
+def _same_bits_at_1_and_2_threads(tmp_path, kw):
+    """simulate(RunConfig(**kw)) in a child process at 1 and at 2 OpenMP and OpenBLAS threads: every
+    output has the same bits; returns the one-thread outputs."""
     outs = []
     for threads in (1, 2):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                    PYTHONPATH=str(Path(specdyn.__file__).parent.parent))
         out = tmp_path / f"t{threads}.npz"
-        subprocess.run([sys.executable, "-c", _RUN_SNIPPET, str(out), repr(_RUNS[run])], env=env, check=True,
-                       timeout=300)
+        subprocess.run([sys.executable, "-c", _RUN_SNIPPET, str(out), repr(kw)], env=env, check=True, timeout=300)
         outs.append(np.load(out))
     for k in outs[0].files:
         np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+    return outs[0]
 
 
-_WIDE_SNIPPET = """
-import sys, numpy as np, specdyn
-cfg = specdyn.RunConfig(**eval(sys.argv[2]))
-ds = specdyn.simulate(cfg)
-np.savez(sys.argv[1], weight_norm=ds.weight_norm.values, beta_f=ds.beta_f.values)
-"""
+@pytest.mark.parametrize("run", sorted(_RUNS))
+def test_same_seed_same_run_at_any_thread_count(tmp_path, run):
+    _same_bits_at_1_and_2_threads(tmp_path, _RUNS[run])
 
 
 def test_weight_norms_and_beta_f_of_wide_layers(tmp_path):
@@ -255,23 +253,15 @@ def test_weight_norms_and_beta_f_of_wide_layers(tmp_path):
     kw = dict(width=1030, depth=2, input_dim=7, samples=8, steps=2, activation="linear", top_k=1,
               track_sharpness=False, eta0=0.5)
     cfg = RunConfig(**kw)
-    outs = []
-    for threads in (1, 2):
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
-                   PYTHONPATH=str(Path(specdyn.__file__).parent.parent))
-        out = tmp_path / f"t{threads}.npz"
-        subprocess.run([sys.executable, "-c", _WIDE_SNIPPET, str(out), repr(kw)], env=env, check=True, timeout=300)
-        outs.append(np.load(out))
-    for k in outs[0].files:
-        np.testing.assert_array_equal(outs[0][k], outs[1][k], err_msg=k)
+    out = _same_bits_at_1_and_2_threads(tmp_path, kw)
     X, Y = teacher(cfg.samples, cfg.input_dim)
     _, history, sc = numpy_run(cfg, X, Y, cfg.steps)
     for t in range(cfg.steps + 1):
         W = history[t]
         norms = [lay.normalizer * np.linalg.norm(w) for lay, w in zip(sc.layers, W)]
-        np.testing.assert_allclose(outs[0]["weight_norm"][t], norms, rtol=1e-12)
+        np.testing.assert_allclose(out["weight_norm"][t], norms, rtol=1e-12)
         f = _core.nets_forward(W, sc.multipliers, "linear", X)[:, 0]
-        assert_close(X @ outs[0]["beta_f"][t] / np.sqrt(cfg.input_dim), f)
+        assert_close(X @ out["beta_f"][t] / np.sqrt(cfg.input_dim), f)
 
 
 def test_divergence_is_recorded_not_raised():
