@@ -74,8 +74,9 @@ constexpr int64_t kRowChunk = 1024;
 static inline int64_t row_chunks(int64_t d) { return (d + kRowChunk - 1) / kRowChunk; }
 // Parallel only when there is enough work to pay for an OpenMP region (measured:
 // a 2048 x 88 product is faster on one thread, a 4096 x 400 one on two).
+constexpr int64_t kParallelWork = int64_t(1) << 20;  // multiply-adds
 static inline bool parallel_rows(int64_t d, int64_t width) {
-  return row_chunks(d) > 1 && d * width >= (int64_t(1) << 20) && !omp_in_parallel();
+  return row_chunks(d) > 1 && d * width >= kParallelWork && !omp_in_parallel();
 }
 
 void gemm_tn(int64_t d, int nq, int b, const double* Q, const double* W, double* out) {
@@ -103,7 +104,7 @@ void gemm_tn(int64_t d, int nq, int b, const double* Q, const double* W, double*
 void gemm_nn(int64_t d, int nq, int b, double alpha, const double* Q, const double* C, int ldc, double beta,
              double* W) {
   blas::gemm_fixed(Op::N, Op::N, static_cast<int>(d), b, nq, alpha, Q, static_cast<int>(d), C, ldc, beta, W,
-                   static_cast<int>(d), kRowChunk, int64_t(1) << 20);
+                   static_cast<int>(d), kRowChunk, kParallelWork);
 }
 
 void project(int64_t d, int nq, int b, const double* Q, double* W, double* C) {
