@@ -713,6 +713,43 @@ def test_pipelined_sweep_is_exact(isa):
     assert on[1] == off[1]
 
 
+def _at_line_offset(A, offset):
+    """A copy of A whose data starts `offset` bytes after a 64-byte boundary."""
+    buf = np.empty(A.size + 128 // A.itemsize, A.dtype)
+    start = (-buf.ctypes.data) % 64 // A.itemsize + offset // A.itemsize
+    out = buf[start:start + A.size].reshape(A.shape)
+    out[...] = A
+    assert out.ctypes.data % 64 == offset
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(dtype=st.sampled_from(["float64", "float32"]), rows=st.integers(1, 300),
+       cols=st.sampled_from([16, 48, 256, 1040]), b=st.integers(1, 9), line=st.integers(1, 15),
+       seed=st.integers(0, 2**16))
+def test_sweep_bits_do_not_depend_on_where_the_matrix_starts_in_a_line(dtype, rows, cols, b, line, seed):
+    # NumPy's large arrays start 16 bytes into a cache line. The AVX-512 kernels then run on whole
+    # lines, with masked loads at both ends of each row and the lanes rotated back before they are
+    # summed: the same arithmetic as from a line start, so the same bits, and NumPy's products.
+    # Widths are multiples of 16 (the lanes of a float32 vector), where that path applies.
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((rows, cols)).astype(dtype)
+    X = np.asfortranarray(rng.standard_normal((cols, b)).astype(dtype))
+    Y = np.asfortranarray(rng.standard_normal((rows, b)).astype(dtype))
+    offset = line * A.itemsize % 64
+    sweep = getattr(specdyn._core, "gram_sweep_" + dtype.replace("float", "f"))
+    transpose = getattr(specdyn._core, "transpose_sweep_" + dtype.replace("float", "f"))
+    at_start, shifted = _at_line_offset(A, 0), _at_line_offset(A, offset)
+    Z0, Z1 = sweep(at_start, X), sweep(shifted, X)
+    T0, T1 = transpose(at_start, Y), transpose(shifted, Y)
+    assert np.array_equal(Z0, Z1) and np.array_equal(T0, T1)
+    A64, X64, Y64 = A.astype(np.float64), X.astype(np.float64), Y.astype(np.float64)
+    unit = 1e-13 if dtype == "float64" else 2e-5
+    scale = np.abs(A64).T @ (np.abs(A64) @ np.abs(X64))
+    assert np.max(np.abs(Z1 - A64.T @ (A64 @ X64)) / scale) <= unit
+    assert np.max(np.abs(T1 - A64.T @ Y64) / (np.abs(A64).T @ np.abs(Y64))) <= unit
+
+
 def test_sweep_kernel_choice_is_timed_then_kept():
     # Unforced, the first sweeps of a kind alternate the two kernels, and the faster one is kept;
     # the answers are the same bits throughout.

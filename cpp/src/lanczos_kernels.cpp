@@ -36,6 +36,8 @@ template <>
 struct Vec<double> {
   using V = __m256d;
   static constexpr int kLanes = 4;
+  static constexpr bool kLines = false;  // (no line-aligned loops: see Vec in avx512)
+  using Mask = unsigned;
   static V zero() { return _mm256_setzero_pd(); }
   static V load(const double* p) { return _mm256_loadu_pd(p); }
   static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
@@ -48,6 +50,8 @@ template <>
 struct Vec<float> {
   using V = __m256;
   static constexpr int kLanes = 8;
+  static constexpr bool kLines = false;
+  using Mask = unsigned;
   static V zero() { return _mm256_setzero_ps(); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
@@ -96,6 +100,22 @@ template <>
 struct Vec<double> {
   using V = __m512d;
   static constexpr int kLanes = 8;
+  // A vector is a 64-byte cache line: the loops can run on whole lines of a
+  // row that starts inside one (see over_columns in panel_loops.inc), with
+  // masked loads at its two ends and the lanes rotated back before the sum.
+  static constexpr bool kLines = true;
+  using Mask = __mmask8;
+  static Mask lanes_from(int s) { return static_cast<Mask>(0xFFu << s); }  // lanes s .. 7
+  static V maskz_load(Mask k, const double* p) { return _mm512_maskz_loadu_pd(k, p); }
+  static void mask_store(double* p, Mask k, V v) { _mm512_mask_storeu_pd(p, k, v); }
+  static V mask_fmadd(V a, V b, V c, Mask k) { return _mm512_mask3_fmadd_pd(a, b, c, k); }  // c where not k
+  // r[q] = v[(q + s) mod 8]
+  static V rotate(V v, int s) {
+    const __m512i idx =
+        _mm512_and_si512(_mm512_add_epi64(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_epi64(s)),
+                         _mm512_set1_epi64(7));
+    return _mm512_mask_permutexvar_pd(v, 0xFF, idx, v);  // (all lanes; the unmasked form warns spuriously)
+  }
   static V zero() { return _mm512_setzero_pd(); }
   static V load(const double* p) { return _mm512_loadu_pd(p); }
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
@@ -108,6 +128,19 @@ template <>
 struct Vec<float> {
   using V = __m512;
   static constexpr int kLanes = 16;
+  static constexpr bool kLines = true;
+  using Mask = __mmask16;
+  static Mask lanes_from(int s) { return static_cast<Mask>(0xFFFFu << s); }  // lanes s .. 15
+  static V maskz_load(Mask k, const float* p) { return _mm512_maskz_loadu_ps(k, p); }
+  static void mask_store(float* p, Mask k, V v) { _mm512_mask_storeu_ps(p, k, v); }
+  static V mask_fmadd(V a, V b, V c, Mask k) { return _mm512_mask3_fmadd_ps(a, b, c, k); }
+  // r[q] = v[(q + s) mod 16]
+  static V rotate(V v, int s) {
+    const __m512i idx = _mm512_and_si512(
+        _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(s)),
+        _mm512_set1_epi32(15));
+    return _mm512_mask_permutexvar_ps(v, 0xFFFF, idx, v);
+  }
   static V zero() { return _mm512_setzero_ps(); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }

@@ -192,6 +192,21 @@ void from_double(const double* x, T* y, size_t n) {
 
 }  // namespace
 
+// Elements of T in a 64-byte cache line.
+template <class T>
+constexpr size_t kLineElems = 64 / sizeof(T);
+
+// The first address from p on that sits at the same place in a cache line as M
+// (within kLineElems of p): the sweep's vectors X and Z_g placed there are read
+// in the same whole lines as M's rows (see line_shift in panel_loops.inc), and
+// no load of them touches two lines.
+template <class T>
+T* line_matched(T* p, const T* M) {
+  const auto a = reinterpret_cast<uintptr_t>(p), m = reinterpret_cast<uintptr_t>(M);
+  if (a % sizeof(T) != 0 || m % sizeof(T) != 0) return p;
+  return p + (m - a) % 64 / sizeof(T);
+}
+
 // The panels of one sweep, grouped: group g's accumulator Z_g (c x b) sums its
 // panels' M_p^T M_p X (or, transposed, M_p^T Y_p for a given Y) in panel order,
 // and Z = Z_0 + Z_1 + ... in group order. A group is the unit of work a thread
@@ -303,8 +318,10 @@ struct PooledSweep final : detail::PoolJob {
   static constexpr int kTries = 3;  // computations of one group: its own and at most two by idle threads
   SweepGroups<T> plan;
   bool keep_y = false;
-  std::vector<T> in;
+  std::vector<T> in_buf;
+  const T* in = nullptr;  // the input in in_buf, at M's place in a cache line (see line_matched)
   std::unique_ptr<T[]> slots;  // (uninitialized: a slot's pages are touched only when used)
+  T* slot0 = nullptr;          // the first slot, at M's place in a cache line
   size_t slot_size = 0, nslot = 0, capacity = 0;
   std::unique_ptr<std::atomic<T*>[]> result;  // group g's published buffer
   std::unique_ptr<std::atomic<int>[]> tries;
@@ -320,14 +337,20 @@ struct PooledSweep final : detail::PoolJob {
     plan = p;
     max_workers = workers;
     keep_y = y;
-    in.assign(input, input + plan.input_size());
-    slot_size = static_cast<size_t>(plan.c) * plan.b + static_cast<size_t>(plan.max_group_rows()) * plan.b +
-                2 * static_cast<size_t>(plan.pr) * plan.b;
+    in_buf.resize(plan.input_size() + kLineElems<T>);
+    T* const in_at = line_matched(in_buf.data(), plan.M);
+    std::copy(input, input + plan.input_size(), in_at);
+    in = in_at;
+    // (whole lines per slot, so that every slot keeps the first one's place)
+    slot_size = (static_cast<size_t>(plan.c) * plan.b + static_cast<size_t>(plan.max_group_rows()) * plan.b +
+                 2 * static_cast<size_t>(plan.pr) * plan.b + kLineElems<T> - 1) /
+                kLineElems<T> * kLineElems<T>;
     nslot = static_cast<size_t>(kTries) * plan.ngroup;
-    if (slot_size * nslot > capacity) {
-      capacity = slot_size * nslot;
+    if (slot_size * nslot + kLineElems<T> > capacity) {
+      capacity = slot_size * nslot + kLineElems<T>;
       slots.reset(new T[capacity]);
     }
+    slot0 = line_matched(slots.get(), plan.M);
     for (int64_t g = 0; g < plan.ngroup; ++g) {
       result[g].store(nullptr, std::memory_order_relaxed);
       tries[g].store(0, std::memory_order_relaxed);
@@ -340,10 +363,10 @@ struct PooledSweep final : detail::PoolJob {
   // result came first (then it stops at the next panel).
   void attempt(int64_t g) {
     const size_t s = next_slot.fetch_add(1, std::memory_order_relaxed);  // (< nslot: tries are capped)
-    T* z = slots.get() + slot_size * s;
+    T* z = slot0 + slot_size * s;
     T* y = z + static_cast<size_t>(plan.c) * plan.b;
     T* ybuf = y + static_cast<size_t>(plan.max_group_rows()) * plan.b;
-    const bool done = plan.group(in.data(), g, z, keep_y ? y : nullptr, plan.max_group_rows(), ybuf,
+    const bool done = plan.group(in, g, z, keep_y ? y : nullptr, plan.max_group_rows(), ybuf,
                                  [&] { return result[g].load(std::memory_order_relaxed) != nullptr; });
     T* expected = nullptr;
     if (done) result[g].compare_exchange_strong(expected, z, std::memory_order_acq_rel);
