@@ -10,7 +10,8 @@ One run measures, on the same machine state:
   * the three spectrum classes (outliers far above the bulk edge, outliers
     crowding down to it, the bulk alone) at k in {1, 10, 50} in float64 and
     k = 10 in float32, with specdyn's passes over A and its time against the
-    floor of that many reads of A,
+    floor of that many reads of A (one read: the fastest read of a matrix this
+    run saw),
   * the slowdown of specdyn and its peers when a second process spins on one
     core (started and stopped by the bench; --no-busy skips it),
   * bytes of A read per second by specdyn's fused sweep vs that bandwidth, and
@@ -471,8 +472,18 @@ def main(argv=None):
         "memory_bandwidth_bytes_per_s": bw,
         "bandwidth": bench_bandwidth(sizes[-1], [1, 2, 4, 8, 12], repeats, bw),
         "pass_anatomy": bench_pass_anatomy(sizes[-1]),
-        "topk": bench_topk(sizes, ks, repeats, svd_sizes, bw),
-        "spectra": bench_spectra(sizes[-1], (1, 10, 50), (np.float64, np.float32), repeats, bw),
+    }
+    # The floor's unit, one read of A: the fastest read of a matrix seen here (the
+    # threaded dot products over a vector, or any of the four reads of the pass
+    # anatomy), so that no row runs below its floor.
+    anatomy = result["pass_anatomy"]
+    read_bw = max([bw] + [8 * anatomy["N"] ** 2 / anatomy[name]["time_s"]
+                          for name in ("fused_pass", "transpose_only", "numpy_A_v", "numpy_At_u")])
+    result["read_bytes_per_s"] = read_bw
+    print(f"one read of A, the floors' unit: {read_bw / 1e9:.1f} GB/s", flush=True)
+    result |= {
+        "topk": bench_topk(sizes, ks, repeats, svd_sizes, read_bw),
+        "spectra": bench_spectra(sizes[-1], (1, 10, 50), (np.float64, np.float32), repeats, read_bw),
         "busy": [] if args.no_busy else bench_busy(sizes[-1], 10, 2 * repeats + 1),
         "warm_start": bench_warm(nwarm, 10, repeats),
         "slq": bench_slq(nslq, repeats, probes=16, degree=48, bins=40),
