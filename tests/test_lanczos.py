@@ -750,6 +750,45 @@ def test_sweep_bits_do_not_depend_on_where_the_matrix_starts_in_a_line(dtype, ro
     assert np.max(np.abs(T1 - A64.T @ Y64) / (np.abs(A64).T @ np.abs(Y64))) <= unit
 
 
+_LINE_OFFSETS_CHILD = """
+import numpy as np
+from specdyn import _core
+rng = np.random.default_rng(11)
+for dtype in ("float64", "float32"):
+    sweep = getattr(_core, "gram_sweep_" + dtype.replace("float", "f"))
+    transpose = getattr(_core, "transpose_sweep_" + dtype.replace("float", "f"))
+    for rows, cols in ((37, 48), (300, 256), (1030, 1024)):
+        A = rng.standard_normal((rows, cols)).astype(dtype)
+        for b in (1, 2, 3, 5, 6, 8):
+            X = np.asfortranarray(rng.standard_normal((cols, b)).astype(dtype))
+            Y = np.asfortranarray(rng.standard_normal((rows, b)).astype(dtype))
+            ref = None
+            for offset in range(0, 64, A.itemsize):
+                buf = np.empty(A.size + 128 // A.itemsize, A.dtype)
+                start = (-buf.ctypes.data) % 64 // A.itemsize + offset // A.itemsize
+                M = buf[start:start + A.size].reshape(A.shape)
+                M[...] = A
+                got = (sweep(M, X), transpose(M, Y))
+                ref = ref or got
+                assert all(np.array_equal(g, r) for g, r in zip(got, ref)), (dtype, rows, cols, b, offset)
+            A64, X64 = A.astype(np.float64), X.astype(np.float64)
+            scale = np.abs(A64).T @ (np.abs(A64) @ np.abs(X64))
+            unit = 1e-13 if dtype == "float64" else 2e-5
+            assert np.max(np.abs(ref[0] - A64.T @ (A64 @ X64)) / scale) <= unit
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", [{}, {"SPECDYN_NO_AVX512": "1"}], ids=["best", "avx2"])
+def test_sweep_bits_at_every_line_offset_on_each_kernel(isa):
+    # The same property on the AVX2 kernels too (32-byte lines there), in a child process since
+    # the kernels are chosen once per process: every offset of the matrix in a cache line gives
+    # the bits of the aligned copy, and NumPy's products.
+    proc = subprocess.run([sys.executable, "-c", _LINE_OFFSETS_CHILD], capture_output=True, text=True,
+                          env={**os.environ, **isa}, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
 def test_sweep_kernel_choice_is_timed_then_kept():
     # Unforced, the first sweeps of a kind alternate the two kernels, and the faster one is kept;
     # the answers are the same bits throughout.

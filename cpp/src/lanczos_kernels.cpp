@@ -36,8 +36,24 @@ template <>
 struct Vec<double> {
   using V = __m256d;
   static constexpr int kLanes = 4;
-  static constexpr bool kLines = false;  // (no line-aligned loops: see Vec in avx512)
-  using Mask = unsigned;
+  // The loops run on whole 32-byte vectors of a row that starts inside one
+  // (see Vec in avx512): a 32-byte load at NumPy's 16-byte offset crosses a
+  // cache line at every other load.
+  static constexpr bool kLines = true;
+  using Mask = __m256i;  // all ones in the lanes taken
+  static Mask lanes_from(int s) { return _mm256_cmpgt_epi64(_mm256_setr_epi64x(1, 2, 3, 4), _mm256_set1_epi64x(s)); }
+  static V maskz_load(Mask k, const double* p) { return _mm256_maskload_pd(p, k); }
+  static void mask_store(double* p, Mask k, V v) { _mm256_maskstore_pd(p, k, v); }
+  static V mask_fmadd(V a, V b, V c, Mask k) {  // c where not k
+    return _mm256_blendv_pd(c, _mm256_fmadd_pd(a, b, c), _mm256_castsi256_pd(k));
+  }
+  // r[q] = v[(q + s) mod 4], as pairs of 32-bit lanes
+  static V rotate(V v, int s) {
+    const __m256i q = _mm256_and_si256(_mm256_add_epi32(_mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), _mm256_set1_epi32(s)),
+                                       _mm256_set1_epi32(3));
+    const __m256i idx = _mm256_add_epi32(_mm256_add_epi32(q, q), _mm256_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1));
+    return _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(v), idx));
+  }
   static V zero() { return _mm256_setzero_pd(); }
   static V load(const double* p) { return _mm256_loadu_pd(p); }
   static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
@@ -50,8 +66,22 @@ template <>
 struct Vec<float> {
   using V = __m256;
   static constexpr int kLanes = 8;
-  static constexpr bool kLines = false;
-  using Mask = unsigned;
+  static constexpr bool kLines = true;
+  using Mask = __m256i;
+  static Mask lanes_from(int s) {
+    return _mm256_cmpgt_epi32(_mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8), _mm256_set1_epi32(s));
+  }
+  static V maskz_load(Mask k, const float* p) { return _mm256_maskload_ps(p, k); }
+  static void mask_store(float* p, Mask k, V v) { _mm256_maskstore_ps(p, k, v); }
+  static V mask_fmadd(V a, V b, V c, Mask k) {
+    return _mm256_blendv_ps(c, _mm256_fmadd_ps(a, b, c), _mm256_castsi256_ps(k));
+  }
+  // r[q] = v[(q + s) mod 8]
+  static V rotate(V v, int s) {
+    return _mm256_permutevar8x32_ps(
+        v, _mm256_and_si256(_mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(s)),
+                            _mm256_set1_epi32(7)));
+  }
   static V zero() { return _mm256_setzero_ps(); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
