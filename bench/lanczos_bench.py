@@ -406,7 +406,7 @@ def bench_pass_anatomy(n, rounds=15, b=2):
     times, _, failed = interleaved(fns, A, rounds)
     if failed:
         raise RuntimeError(f"pass anatomy: {failed}")
-    out = {"N": n, "block": b, **{name: spread(t) for name, t in times.items()}}
+    out = {"N": n, "block": b, "bytes": A.nbytes, **{name: spread(t) for name, t in times.items()}}
     med = {name: out[name]["time_s"] for name in fns}
     print(f"one read of A (N={n}, b={b}, medians of {rounds} rounds): fused pass {med['fused_pass'] * 1e3:.2f} ms, "
           f"A^T Y alone {med['transpose_only'] * 1e3:.2f} ms, NumPy A v {med['numpy_A_v'] * 1e3:.2f} ms, "
@@ -477,7 +477,7 @@ def main(argv=None):
     # threaded dot products over a vector, or any of the four reads of the pass
     # anatomy), so that no row runs below its floor.
     anatomy = result["pass_anatomy"]
-    read_bw = max([bw] + [8 * anatomy["N"] ** 2 / anatomy[name]["time_s"]
+    read_bw = max([bw] + [anatomy["bytes"] / anatomy[name]["time_s"]
                           for name in ("fused_pass", "transpose_only", "numpy_A_v", "numpy_At_u")])
     result["read_bytes_per_s"] = read_bw
     print(f"one read of A, the floors' unit: {read_bw / 1e9:.1f} GB/s", flush=True)
