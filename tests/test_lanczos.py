@@ -443,6 +443,10 @@ for dtype in ("float64", "float32"):
     out[f"s_{dtype}"], out[f"U_{dtype}"], out[f"r_{dtype}"] = s, U, info["residuals"]
     s, U, V, info = specdyn.top_singular(M + 1e-3 * M[::-1], 4, v0=info["warm"], seed=2)
     out[f"sw_{dtype}"], out[f"Vw_{dtype}"] = s, V
+    # the row sums of a solve's first sweep (norms and beta_f in training)
+    f = specdyn._core.top_singular_f64 if dtype == "float64" else specdyn._core.top_singular_f32
+    info = f(M, 2, specdyn.lanczos._krylov_options(max_passes=2), None, True, rng.standard_normal(3000))[3]
+    out[f"rowsq_{dtype}"], out[f"rowp_{dtype}"] = info["row_squares"], info["row_weighted"]
 np.savez(sys.argv[1], **out)
 """
 
@@ -647,6 +651,7 @@ import hashlib
 import sys
 import numpy as np
 from specdyn import _core
+from specdyn.lanczos import _krylov_options
 rng = np.random.default_rng(3)
 worst = 0.0
 digest = hashlib.sha256()
@@ -670,6 +675,15 @@ for dtype in ("float64", "float32"):
             Y64 = Y.astype(np.float64)
             err = np.abs(tn(A, Y).astype(np.float64) - A64.T @ Y64) / (np.abs(A64).T @ np.abs(Y64))
             worst = max(worst, np.max(err) / unit)
+        # the row sums of a solve's first sweep (block 2: a pipelined sweep where forced)
+        w = rng.standard_normal(n)
+        info = getattr(_core, "top_singular_" + dtype.replace("float", "f"))(
+            A, 2, _krylov_options(tol=1e-4, max_passes=2), None, True, w)[3]
+        if not info["dense"]:
+            digest.update(np.float64(info["row_squares"]).tobytes() + info["row_weighted"].tobytes())
+            worst = max(worst, abs(info["row_squares"] / np.sum(A64 * A64) - 1) / 1e-13)
+            err = np.abs(info["row_weighted"] - A64.T @ w) / (np.abs(A64).T @ np.abs(w))
+            worst = max(worst, np.max(err) / 1e-13)
 print(worst, digest.hexdigest())
 """
 
@@ -814,3 +828,42 @@ print("ok")
     env = {k: v for k, v in os.environ.items() if k != "SPECDYN_PIPELINE"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def _solve_with_row_sums(A, k, weights=None, **opt):
+    fn = specdyn._core.top_singular_f64 if A.dtype == np.float64 else specdyn._core.top_singular_f32
+    return fn(A, k, _krylov_options(**opt), None, True, weights)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=st.sampled_from(["float64", "float32"]), n=st.integers(1, 700), m=st.integers(1, 400),
+       weighted=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_row_sums_of_the_first_sweep_match_numpy(dtype, n, m, weighted, seed):
+    # The first sweep of a solve also sums the squares of A and, given row weights w, forms A^T w
+    # (a training step's weight norms and beta_f, without a read of their own). Against NumPy in
+    # double, on every shape: the pooled sweep (n m >= 2^16), the serial one, and the small
+    # problems a direct SVD solves, which make no sweep and say so (None).
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, m)).astype(dtype)
+    w = rng.standard_normal(n) if weighted else None
+    k = min(2, n, m)
+    s, U, V, info = _solve_with_row_sums(A, k, w, tol=1e-4, max_passes=3)
+    A64 = A.astype(np.float64)
+    if info["dense"]:
+        assert info["row_squares"] is None and info["row_weighted"] is None
+        return
+    np.testing.assert_allclose(info["row_squares"], np.sum(A64 * A64), rtol=1e-12)
+    if w is None:
+        assert info["row_weighted"] is None
+    else:
+        err = np.abs(info["row_weighted"] - A64.T @ w) / (np.abs(A64).T @ np.abs(w))
+        assert np.max(err) <= 1e-13
+
+
+def test_row_sums_need_a_row_major_matrix():
+    # A Fortran-ordered A is swept along its columns: no row sums, said as None.
+    A = np.asfortranarray(np.random.default_rng(0).standard_normal((400, 300)))
+    info = _solve_with_row_sums(A, 2, np.ones(400), max_passes=2)[3]
+    assert info["row_squares"] is None and info["row_weighted"] is None
+    with pytest.raises(ValueError, match="row_weights"):
+        _solve_with_row_sums(np.ones((400, 300)), 2, np.ones(399))

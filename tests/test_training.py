@@ -16,6 +16,7 @@ from specdyn import _core
 from specdyn.config import RunConfig
 from specdyn.data import teacher
 from specdyn.parameterization import scales
+from specdyn.training import build_trainer
 
 K_WEIGHTS = 1 << 32  # rng::kWeights
 
@@ -247,9 +248,10 @@ def test_same_seed_same_run_at_any_thread_count(tmp_path, run):
 
 
 def test_weight_norms_and_beta_f_of_wide_layers(tmp_path):
-    """Layers of >= 2^20 entries are read by all threads, in 16 fixed row ranges with four
-    rows per sweep (1030 rows: ranges of 65, so a tail row in each): the norms match
-    NumPy, beta_f is the product of the weights, and 1 and 2 threads give the same bits."""
+    """A tracked layer's norm and its factor of beta_f (W^T b) come from the first sweep of its
+    solve (panels of 1030 x 1030 in groups over the threads; the layers are solved top-down for
+    b), the small input layer's from a read of its own: the norms match NumPy, beta_f is the
+    product of the weights, and 1 and 2 threads give the same bits."""
     kw = dict(width=1030, depth=2, input_dim=7, samples=8, steps=2, activation="linear", top_k=1,
               track_sharpness=False, eta0=0.5)
     cfg = RunConfig(**kw)
@@ -262,6 +264,33 @@ def test_weight_norms_and_beta_f_of_wide_layers(tmp_path):
         np.testing.assert_allclose(out["weight_norm"][t], norms, rtol=1e-12)
         f = _core.nets_forward(W, sc.multipliers, "linear", X)[:, 0]
         assert_close(X @ out["beta_f"][t] / np.sqrt(cfg.input_dim), f)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_weight_norms_and_beta_f_without_solves(dtype):
+    """Untracked spectra: every layer is read on its own, in 16 fixed row ranges over the
+    threads (1030 rows: ranges of 65, so a tail row in each). The same norms and beta_f as NumPy,
+    and as the run whose solves' sweeps gave them, to rounding."""
+    cfg = RunConfig(width=1030, depth=2, input_dim=7, samples=8, steps=2, activation="linear", top_k=1,
+                    track_sharpness=False, eta0=0.5, dtype=dtype)
+    X, Y = teacher(cfg.samples, cfg.input_dim)
+    recs = []
+    for spectra in (False, True):
+        trainer, _ = build_trainer(cfg, (X, Y), track_spectra=spectra, track_delta=False, track_overlaps=False)
+        trainer.run(cfg.steps)
+        recs.append(trainer.record())
+    assert np.all(np.isnan(recs[0]["singular_values"])) and np.all(np.isfinite(recs[1]["singular_values"]))
+    state = build_trainer(cfg, (X, Y))[0]
+    state.run(cfg.steps)
+    W = [w.astype(np.float64) for w in state.get_state()["weights"]]
+    sc = scales(cfg.scaling, cfg.width, cfg.depth, cfg.input_dim, cfg.output_dim, cfg.gamma0, cfg.eta0, cfg.sigma)
+    norms = [lay.normalizer * np.linalg.norm(w) for lay, w in zip(sc.layers, W)]
+    t = cfg.steps
+    np.testing.assert_allclose(recs[0]["weight_norm"][t], norms, rtol=1e-12)
+    np.testing.assert_allclose(recs[0]["weight_norm"], recs[1]["weight_norm"], rtol=1e-12)
+    np.testing.assert_allclose(recs[0]["beta_f"], recs[1]["beta_f"], rtol=1e-9, atol=1e-12)
+    f = _core.nets_forward(W, sc.multipliers, "linear", X)[:, 0]
+    assert_close(X @ recs[0]["beta_f"][t] / np.sqrt(cfg.input_dim), f)
 
 
 def test_divergence_is_recorded_not_raised():

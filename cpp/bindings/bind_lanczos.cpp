@@ -27,7 +27,8 @@ py::array_t<T> fortran(const std::vector<T>& v, int64_t rows, int64_t cols) {
 }
 
 template <class T>
-py::tuple top_singular(py::array A, int k, const lanczos::Options& opt, py::object v0) {
+py::tuple top_singular(py::array A, int k, const lanczos::Options& opt, py::object v0, bool row_sums,
+                       py::object row_weights) {
   if (A.ndim() != 2 || !py::isinstance<py::array_t<T>>(A)) throw py::value_error("A: wrong dtype or ndim");
   const bool row_major = A.flags() & py::array::c_style;
   if (!row_major && !(A.flags() & py::array::f_style)) throw py::value_error("A must be C or Fortran contiguous");
@@ -42,13 +43,27 @@ py::tuple top_singular(py::array A, int k, const lanczos::Options& opt, py::obje
     pw = w.data();
     k0 = static_cast<int>(w.shape(1));
   }
+  lanczos::RowSums sums;
+  py::array_t<double, py::array::c_style | py::array::forcecast> rw;
+  if (!row_weights.is_none()) {
+    rw = py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(row_weights);
+    if (!rw || rw.ndim() != 1 || rw.shape(0) != n) throw py::value_error("row_weights must have shape (n,)");
+    sums.row_weights = rw.data();
+    row_sums = true;
+  }
   lanczos::Triplets<T> t;
   {
     py::gil_scoped_release nogil;
-    t = lanczos::top_singular<T>(pa, n, m, row_major, k, opt, pw, k0);
+    t = lanczos::top_singular<T>(pa, n, m, row_major, k, opt, pw, k0, row_sums ? &sums : nullptr);
   }
   py::array_t<double> s(static_cast<py::ssize_t>(t.s.size()), t.s.data());
   py::dict info = bindings::lanczos_info(t.info);
+  if (row_sums) {  // RowSums of the first sweep; None when the solve made none (dense, or column-major A)
+    info["row_squares"] = sums.done ? py::object(py::float_(sums.squares)) : py::none();
+    info["row_weighted"] = sums.done && sums.row_weights
+                               ? py::object(py::array_t<double>(static_cast<py::ssize_t>(m), sums.weighted.data()))
+                               : py::none();
+  }
   info["warm"] = fortran(t.warm, m, t.warm_cols);  // V, then Ritz vectors of the next values: the next call's v0
   return py::make_tuple(s, fortran(t.U, n, k), fortran(t.V, m, k), info);
 }
@@ -167,9 +182,9 @@ void bind_lanczos(py::module_& m) {
       "How the fused sweeps chose their kernel in this process: per dtype, block width and matrix size "
       "(bytes, to a power of two), the best time of each kernel (panel by panel, pipelined) and the choice.");
   m.def("top_singular_f64", &top_singular<double>, py::arg("A"), py::arg("k"), py::arg("opt"),
-        py::arg("v0") = py::none());
+        py::arg("v0") = py::none(), py::arg("row_sums") = false, py::arg("row_weights") = py::none());
   m.def("top_singular_f32", &top_singular<float>, py::arg("A"), py::arg("k"), py::arg("opt"),
-        py::arg("v0") = py::none());
+        py::arg("v0") = py::none(), py::arg("row_sums") = false, py::arg("row_weights") = py::none());
   m.def(
       "top_eigs_dense",
       [](py::array_t<double, py::array::f_style> A, int k, bool both, const lanczos::Options& opt, py::object v0) {

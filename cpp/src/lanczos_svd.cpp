@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "fused_panel.hpp"
+#include "row_sums.hpp"
 #include "sweep_pool.hpp"
 #include "specdyn/blas.hpp"
 #include "specdyn/krylov/cpu_backend.hpp"
@@ -221,6 +222,8 @@ struct SweepGroups {
   int64_t pr, npanel, ngroup;
   bool prefetch;  // the next panel is requested during each update (see panel)
   bool pipelined = false;  // each panel's update inside the next one's product (see group)
+  bool row_sums = false;   // each group also sums its rows (RowSums; needs ld == c)
+  const double* row_w = nullptr;  // the rows' weights for RowSums::weighted, or null
 
   SweepGroups(const T* M_, int64_t r_, int64_t c_, int64_t ld_, int b_, bool transposed_ = false)
       : M(M_), r(r_), c(c_), ld(ld_), b(b_), transposed(transposed_), pr(panel_rows(c_, sizeof(T), b_)),
@@ -234,6 +237,13 @@ struct SweepGroups {
       for (int j = 0; j < bc; ++j) y[at(i0 - y0 + i, j0 + j, ldy)] = ybuf[static_cast<size_t>(i) * bc + j];
   }
   int64_t first_row(int64_t g) const { return std::min(r, g * npanel / ngroup * pr); }
+  // Doubles of a group's row sums: c squares, then c weighted sums (with row_w).
+  size_t sums_size() const { return row_sums ? static_cast<size_t>(c) * (row_w ? 2 : 1) : 0; }
+  // Panel rows i0 .. i0 + rows into the group's row sums, re-read from cache
+  // right after the panel's product.
+  void add_sums(int64_t i0, int64_t rows, double* sums) const {
+    if (sums) specdyn::detail::add_row_sums(M, i0, i0 + rows, c, row_w, sums, row_w ? sums + c : nullptr);
+  }
   int64_t max_group_rows() const { return ((npanel + ngroup - 1) / ngroup) * pr; }
 
   // One panel: Y_p = M_p X, then Z += M_p^T Y_p while M_p is in cache. y, when not
@@ -272,11 +282,12 @@ struct SweepGroups {
                yp, ly, T(1), z, static_cast<int>(c));
   }
   // Z_g into z; Y's rows of the group into y (row offset from first_row(g));
-  // ybuf holds 2 pr b values.
-  // Stops early, returning false, once stop() says so (checked per panel).
+  // ybuf holds 2 pr b values; sums (sums_size() values, or null) the group's
+  // row sums. Stops early, returning false, once stop() says so (checked per panel).
   template <class Stop>
-  bool group(const T* in, int64_t g, T* z, T* y, int64_t ldy, T* ybuf, Stop&& stop) const {
+  bool group(const T* in, int64_t g, T* z, T* y, int64_t ldy, T* ybuf, double* sums, Stop&& stop) const {
     std::fill(z, z + static_cast<size_t>(c) * b, T(0));
+    if (sums) std::fill(sums, sums + sums_size(), 0.0);
     const int64_t p0 = g * npanel / ngroup, p1 = (g + 1) * npanel / ngroup;
     if (pipelined) {
       // Panel p's product runs with panel p-1's update; the last update after the
@@ -293,6 +304,7 @@ struct SweepGroups {
           P = nullptr;
         }
         detail::pipelined_panel(M + i0 * ld, ld, rows, c, in, b, ycur, P, yprev, z);
+        add_sums(i0, rows, sums);
         if (y) store_y(ycur, i0, rows, 0, b, y, p0 * pr, ldy);
         P = M + i0 * ld;
         rows_prev = rows;
@@ -303,8 +315,9 @@ struct SweepGroups {
     }
     for (int64_t p = p0; p < p1; ++p) {
       if (stop()) return false;
-      panel(in, p * pr, std::min(pr, r - p * pr), z, y, p0 * pr, ldy, ybuf,
-            prefetch && p + 1 < p1 && (p + 2) * pr <= r);
+      const int64_t i0 = p * pr, rows = std::min(pr, r - i0);
+      panel(in, i0, rows, z, y, p0 * pr, ldy, ybuf, prefetch && p + 1 < p1 && (p + 2) * pr <= r);
+      add_sums(i0, rows, sums);
     }
     return true;
   }
@@ -323,6 +336,7 @@ struct PooledSweep final : detail::PoolJob {
   std::unique_ptr<T[]> slots;  // (uninitialized: a slot's pages are touched only when used)
   T* slot0 = nullptr;          // the first slot, at M's place in a cache line
   size_t slot_size = 0, nslot = 0, capacity = 0;
+  std::vector<double> sums;  // each slot's row sums (plan.sums_size() values a slot)
   std::unique_ptr<std::atomic<T*>[]> result;  // group g's published buffer
   std::unique_ptr<std::atomic<int>[]> tries;
   std::atomic<int64_t> next_group{0};
@@ -351,6 +365,7 @@ struct PooledSweep final : detail::PoolJob {
       slots.reset(new T[capacity]);
     }
     slot0 = line_matched(slots.get(), plan.M);
+    if (sums.size() < plan.sums_size() * nslot) sums.resize(plan.sums_size() * nslot);
     for (int64_t g = 0; g < plan.ngroup; ++g) {
       result[g].store(nullptr, std::memory_order_relaxed);
       tries[g].store(0, std::memory_order_relaxed);
@@ -359,6 +374,11 @@ struct PooledSweep final : detail::PoolJob {
     next_slot.store(0, std::memory_order_relaxed);
   }
   const T* published(int64_t g) const { return result[g].load(std::memory_order_acquire); }
+  double* slot_sums(size_t s) { return plan.row_sums ? sums.data() + plan.sums_size() * s : nullptr; }
+  // The row sums published with group g's result (same slot).
+  const double* published_sums(int64_t g) {
+    return slot_sums(static_cast<size_t>(published(g) - slot0) / slot_size);
+  }
   // Computes group g into a fresh slot and publishes it unless another thread's
   // result came first (then it stops at the next panel).
   void attempt(int64_t g) {
@@ -366,7 +386,7 @@ struct PooledSweep final : detail::PoolJob {
     T* z = slot0 + slot_size * s;
     T* y = z + static_cast<size_t>(plan.c) * plan.b;
     T* ybuf = y + static_cast<size_t>(plan.max_group_rows()) * plan.b;
-    const bool done = plan.group(in, g, z, keep_y ? y : nullptr, plan.max_group_rows(), ybuf,
+    const bool done = plan.group(in, g, z, keep_y ? y : nullptr, plan.max_group_rows(), ybuf, slot_sums(s),
                                  [&] { return result[g].load(std::memory_order_relaxed) != nullptr; });
     T* expected = nullptr;
     if (done) result[g].compare_exchange_strong(expected, z, std::memory_order_acq_rel);
@@ -403,9 +423,23 @@ struct PooledSweep final : detail::PoolJob {
   }
 };
 
-// Z (and Y, when not null and not transposed) for the sweep plan over the input.
+// The row sums of the groups, added in group order, into sums.
+template <class T, class GroupSums>
+void fold_groups(const SweepGroups<T>& plan, GroupSums&& group_sums, RowSums& sums) {
+  double total = 0;
+  sums.weighted.assign(plan.row_w ? static_cast<size_t>(plan.c) : 0, 0.0);
+  for (int64_t g = 0; g < plan.ngroup; ++g) {
+    const double* s = group_sums(g);
+    specdyn::detail::fold_row_sums(s, plan.row_w ? s + plan.c : nullptr, plan.c, total, sums.weighted.data());
+  }
+  sums.squares = total;
+  sums.done = true;
+}
+
+// Z (and Y, when not null and not transposed) for the sweep plan over the input,
+// and the plan's row sums into sums (when plan.row_sums).
 template <class T>
-void run_sweep(const SweepGroups<T>& plan, const T* in, T* Y, T* Z) {
+void run_sweep(const SweepGroups<T>& plan, const T* in, T* Y, T* Z, RowSums* sums = nullptr) {
   const T* const M = plan.M;
   const int64_t r = plan.r, c = plan.c;
   const int b = plan.b;
@@ -418,12 +452,15 @@ void run_sweep(const SweepGroups<T>& plan, const T* in, T* Y, T* Z) {
   auto serial = [&] {
     // Z = Z_0, then Z += Z_g in group order, one group accumulator kept in cache.
     std::vector<T> ybuf(2 * static_cast<size_t>(plan.pr) * b), zg(plan.ngroup > 1 ? zc : 0);
+    std::vector<double> gs(plan.sums_size() * plan.ngroup);
     auto never = [] { return false; };
-    plan.group(in, 0, Z, Y, r, ybuf.data(), never);
+    auto group_sums = [&](int64_t g) { return plan.row_sums ? gs.data() + plan.sums_size() * g : nullptr; };
+    plan.group(in, 0, Z, Y, r, ybuf.data(), group_sums(0), never);
     for (int64_t g = 1; g < plan.ngroup; ++g) {
-      plan.group(in, g, zg.data(), Y ? Y + plan.first_row(g) : nullptr, r, ybuf.data(), never);
+      plan.group(in, g, zg.data(), Y ? Y + plan.first_row(g) : nullptr, r, ybuf.data(), group_sums(g), never);
       for (size_t i = 0; i < zc; ++i) Z[i] += zg[i];
     }
+    if (plan.row_sums) fold_groups(plan, group_sums, *sums);
   };
   if (nt <= 1) return serial();
 
@@ -449,6 +486,7 @@ void run_sweep(const SweepGroups<T>& plan, const T* in, T* Y, T* Z) {
     const T* zg = job->published(g);
     for (size_t i = 0; i < zc; ++i) Z[i] += zg[i];
   }
+  if (plan.row_sums) fold_groups(plan, [&](int64_t g) { return job->published_sums(g); }, *sums);
   if (Y)
     for (int64_t g = 0; g < plan.ngroup; ++g) {
       const T* yg = job->published(g) + zc;
@@ -459,20 +497,27 @@ void run_sweep(const SweepGroups<T>& plan, const T* in, T* Y, T* Z) {
 }
 
 template <class T>
-void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z) {
+void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z, RowSums* sums) {
   SweepGroups<T> plan(M, r, c, ld, b);
+  if (sums) {
+    if (ld != c) throw std::invalid_argument("gram_sweep: row sums need ld == c");
+    plan.row_sums = true;
+    plan.row_w = sums->row_weights;
+  }
   // Both kernels serve where the panel is read in one chunk and every group has
   // at least two panels to pair.
   if (!use_panel_kernels() || b > chunk_width() || !detail::pipelined_panel_supported(b) ||
       plan.npanel < 2 * plan.ngroup)
-    return run_sweep(plan, X, Y, Z);
+    return run_sweep(plan, X, Y, Z, sums);
   const size_t bytes = plan.bytes();
   KernelChoice& choice = KernelChoice::get();
   const int kernel = choice.pick(sizeof(T), b, bytes);
   plan.pipelined = kernel == 1;
   const auto t0 = std::chrono::steady_clock::now();
-  run_sweep(plan, X, Y, Z);
-  choice.record(sizeof(T), b, bytes, kernel, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  run_sweep(plan, X, Y, Z, sums);
+  if (!sums)  // (the choice rests on plain sweeps; the row sums' re-read adds to both kernels alike)
+    choice.record(sizeof(T), b, bytes, kernel,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
 }
 
 std::vector<SweepKernelChoice> sweep_kernel_choices() { return KernelChoice::get().snapshot(); }
@@ -578,9 +623,10 @@ class CpuGram : public krylov::cpu::Vectors {
   static constexpr bool kWideBlock = false;
   static constexpr int kMaxBlock = 64;
 
-  CpuGram(const T* A, int64_t n, int64_t m, bool row_major)
+  // sums (row-major A only, else null): RowSums from the first sweep.
+  CpuGram(const T* A, int64_t n, int64_t m, bool row_major, RowSums* sums = nullptr)
       : krylov::cpu::Vectors{row_major ? m : n}, scope_(A, static_cast<size_t>(n) * m * sizeof(T)), A_(A), n_(n), m_(m), row_major_(row_major),
-        r_(row_major ? n : m), c_(row_major ? m : n) {}
+        r_(row_major ? n : m), c_(row_major ? m : n), sums_(row_major ? sums : nullptr) {}
 
   int64_t n() const { return n_; }
   int64_t m() const { return m_; }
@@ -661,13 +707,14 @@ class CpuGram : public krylov::cpu::Vectors {
   // Z = (scale M)^T (scale M) X and, when L is given, L = (scale M) X.
   void sweep(const double* X, double* Z, int bb, double* L) {
     const size_t xs = static_cast<size_t>(c_) * bb;
+    RowSums* sums = sums_ && !sums_->done ? sums_ : nullptr;
     if constexpr (std::is_same_v<T, double>) {
-      if (scale_ == 1.0) return gram_sweep<T>(A_, r_, c_, c_, X, bb, L, Z);
+      if (scale_ == 1.0) return gram_sweep<T>(A_, r_, c_, c_, X, bb, L, Z, sums);
     }
     const T* xp = scaled_in(X, xs);
     Zt_.resize(xs);
     Yt_.resize(L ? static_cast<size_t>(r_) * bb : 0);
-    gram_sweep<T>(A_, r_, c_, c_, xp, bb, L ? Yt_.data() : nullptr, Zt_.data());
+    gram_sweep<T>(A_, r_, c_, c_, xp, bb, L ? Yt_.data() : nullptr, Zt_.data(), sums);
     for (size_t i = 0; i < xs; ++i) Z[i] = scale_ * static_cast<double>(Zt_[i]);
     if (L) to_double(Yt_.data(), L, Yt_.size());
   }
@@ -681,18 +728,24 @@ class CpuGram : public krylov::cpu::Vectors {
   bool scale_fixed_ = false;
   int64_t passes_ = 0;
   std::vector<T> Xt_, Yt_, Zt_;
+  RowSums* sums_;
 };
 
 }  // namespace
 
 template <class T>
 Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k, const Options& opt, const T* v0,
-                         int k0) {
+                         int k0, RowSums* sums) {
   if (n < 1 || m < 1) throw std::invalid_argument("top_singular: empty matrix");
   if (k < 1 || k > std::min(n, m)) throw std::invalid_argument("top_singular: k must be in [1, min(n, m)]");
   if (k0 < 0 || (k0 > 0 && !v0)) throw std::invalid_argument("top_singular: bad warm start");
   blas::ThreadScope one(1);  // all products are ours; parallelism is the sweep pool over panel groups
-  CpuGram<T> ops(A, n, m, row_major);
+  if (sums) {
+    sums->done = false;
+    sums->squares = 0;
+    sums->weighted.clear();
+  }
+  CpuGram<T> ops(A, n, m, row_major, sums);
   std::vector<double> w;
   if (v0 && k0 > 0) {
     w.resize(static_cast<size_t>(m) * k0);
@@ -718,15 +771,16 @@ Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k
   return out;
 }
 
-template void gram_sweep<double>(const double*, int64_t, int64_t, int64_t, const double*, int, double*, double*);
-template void gram_sweep<float>(const float*, int64_t, int64_t, int64_t, const float*, int, float*, float*);
+template void gram_sweep<double>(const double*, int64_t, int64_t, int64_t, const double*, int, double*, double*,
+                                 RowSums*);
+template void gram_sweep<float>(const float*, int64_t, int64_t, int64_t, const float*, int, float*, float*, RowSums*);
 template void transpose_sweep<double>(const double*, int64_t, int64_t, int64_t, const double*, int, double*);
 template void transpose_sweep<float>(const float*, int64_t, int64_t, int64_t, const float*, int, float*);
 template MatMat gram_operator<double>(const double*, int64_t, int64_t, bool);
 template MatMat gram_operator<float>(const float*, int64_t, int64_t, bool);
 template Triplets<double> top_singular<double>(const double*, int64_t, int64_t, bool, int, const Options&,
-                                               const double*, int);
+                                               const double*, int, RowSums*);
 template Triplets<float> top_singular<float>(const float*, int64_t, int64_t, bool, int, const Options&, const float*,
-                                             int);
+                                             int, RowSums*);
 
 }  // namespace specdyn::lanczos

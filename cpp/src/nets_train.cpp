@@ -16,6 +16,7 @@
 #include "specdyn/lanczos.hpp"
 #include "specdyn/nets.hpp"
 #include "specdyn/rng.hpp"
+#include "row_sums.hpp"
 
 // Spectra of large layers by warm-started Lanczos; 0 falls back to LAPACK everywhere (debugging).
 #ifndef SPECDYN_NETS_USE_LANCZOS
@@ -50,46 +51,6 @@ std::vector<double> singular_values_only(int m, int n, double* A) {
   return s;
 }
 
-// R rows from row i into the range's partials: each column adds the rows' terms
-// in row order (the squares into sq; with b, the b-weighted entries into p).
-template <class T, bool kWithB, int R>
-inline void layer_read_rows(const T* W, int64_t i, int64_t fi, const double* b, double* sq, double* p) {
-  const T* w[R];
-  double bw[R];
-  for (int r = 0; r < R; ++r) {
-    w[r] = W + (i + r) * fi;
-    bw[r] = kWithB ? b[i + r] : 0.0;
-  }
-  for (int64_t j = 0; j < fi; ++j) {
-    double x[R];
-    for (int r = 0; r < R; ++r) x[r] = static_cast<double>(w[r][j]);
-    double t = sq[j];
-    for (int r = 0; r < R; ++r) t += x[r] * x[r];
-    sq[j] = t;
-    if (kWithB) {
-      double u = p[j];
-      for (int r = 0; r < R; ++r) u += bw[r] * x[r];
-      p[j] = u;
-    }
-  }
-}
-
-// Cloned per instruction set (the library's baseline is SSE2: two doubles per
-// operation, and the read ran at about a third of the memory's speed); the
-// per-column sums are the same in every clone (the file is built without FMA
-// contraction, see CMakeLists.txt), so the bits too. Eight rows per sweep
-// load and store each column's partial sums half as often as four (the norms
-// and beta_f of an N = 2048 float32 linear net: 1.8-1.9 -> 1.5-1.7 ms a
-// step), and every column still adds its rows in order: the same bits.
-template <class T, bool kWithB>
-__attribute__((target_clones("avx512f", "avx2", "default"))) void layer_read_range(
-    const T* W, int64_t r0, int64_t r1, int64_t fi, const double* b, double* sq, double* p) {
-  int64_t i = r0;
-  for (; i + 8 <= r1; i += 8) layer_read_rows<T, kWithB, 8>(W, i, fi, b, sq, p);
-  for (; i + 4 <= r1; i += 4) layer_read_rows<T, kWithB, 4>(W, i, fi, b, sq, p);
-  for (; i < r1; ++i) layer_read_rows<T, kWithB, 1>(W, i, fi, b, sq, p);
-}
-
 // One read of a row-major fo x fi layer W: returns the sum of its squared
 // entries (the Frobenius norm squared) and, when b (fo values) is given, sets nb
 // (fi values) to W^T b (the next factor of the linear net's beta_f). The rows are
@@ -110,20 +71,12 @@ double layer_read(const T* W, int64_t fo, int64_t fi, const double* b, double* n
 #pragma omp parallel for schedule(dynamic, 1) if (fo * fi >= (int64_t(1) << 20) && !omp_in_parallel())
   for (int64_t c = 0; c < nr; ++c) {
     const int64_t r0 = std::min(fo, c * len), r1 = std::min(fo, r0 + len);
-    if (b)
-      layer_read_range<T, true>(W, r0, r1, fi, b, sq.data() + c * fi, part.data() + c * fi);
-    else
-      layer_read_range<T, false>(W, r0, r1, fi, nullptr, sq.data() + c * fi, nullptr);
+    specdyn::detail::add_row_sums(W, r0, r1, fi, b, sq.data() + c * fi, b ? part.data() + c * fi : nullptr);
   }
   double acc = 0;
-  for (double v : sq) acc += v;
-  if (b) {
-    for (int64_t j = 0; j < fi; ++j) {
-      double u = 0;
-      for (int64_t c = 0; c < nr; ++c) u += part[c * fi + j];
-      nb[j] = u;
-    }
-  }
+  if (b) std::fill(nb, nb + fi, 0.0);
+  for (int64_t c = 0; c < nr; ++c)
+    specdyn::detail::fold_row_sums(sq.data() + c * fi, b ? part.data() + c * fi : nullptr, fi, acc, nb);
   return acc;
 }
 
@@ -353,7 +306,7 @@ bool Trainer<T>::body() {
 }
 
 template <class T>
-void Trainer<T>::top_singular(int l, const T* A, bool delta, int64_t ti) {
+void Trainer<T>::top_singular(int l, const T* A, bool delta, int64_t ti, lanczos::RowSums* sums) {
   const Arch& a = spec_.arch;
   const int64_t fo = a.fan_out(l), fi = a.fan_in(l), mn = std::min(fo, fi);
   const int64_t K = rec_.k, k = std::min<int64_t>(K, mn);
@@ -391,7 +344,7 @@ void Trainer<T>::top_singular(int l, const T* A, bool delta, int64_t ti) {
                        : 0;
     lanczos::Triplets<T> tr;
     // All threads: the solver's reductions run in a fixed order (same bits at any thread count).
-    tr = lanczos::top_singular<T>(A, fo, fi, true, static_cast<int>(k), opt, k0 ? warm.data() : nullptr, k0);
+    tr = lanczos::top_singular<T>(A, fo, fi, true, static_cast<int>(k), opt, k0 ? warm.data() : nullptr, k0, sums);
     s = tr.s;
     warm.assign(tr.warm.begin(), tr.warm.end());
     if (!delta) {
@@ -415,16 +368,29 @@ void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
   if (ti < 0) return;
   U_.resize(nl);
   V_.resize(nl);
-  if (spec_.track_spectra) {
-    for (int l = 0; l < nl; ++l) {
-      const int64_t sz = a.size(l);
-      top_singular(l, W_[l].data(), false, ti);
+  // Every layer's squared norm, and a linear net's beta_f (b^T = m_L W^L ... m_0 W^0,
+  // read top-down: W^l^T b needs the b of the layers above), come from the solve's
+  // first sweep over the layer (RowSums), else from a read of their own.
+  const bool beta = beta_tracked();
+  std::vector<double> sq(static_cast<size_t>(nl)), b, nb;
+  double c = 1.0;
+  if (beta) {
+    b.assign(W_[a.depth].begin(), W_[a.depth].end());
+    c = a.multipliers[a.depth];
+  }
+  for (int l = nl - 1; l >= 0; --l) {
+    const bool chain = beta && l < a.depth;
+    lanczos::RowSums rs;
+    rs.row_weights = chain ? b.data() : nullptr;
+    if (spec_.track_spectra) {
+      top_singular(l, W_[l].data(), false, ti, &rs);
       if (spec_.track_delta) {
         const int64_t k = std::min<int64_t>(rec_.k, std::min(a.fan_in(l), a.fan_out(l)));
         double* out = rec_.dsv.data() + (ti * rec_.Lw + l) * rec_.k;
         if (step_ == 0) {
           for (int64_t r = 0; r < k; ++r) out[r] = 0.0;  // W(0) - W(0) = 0 exactly
         } else {
+          const int64_t sz = a.size(l);
           scratch_.resize(static_cast<size_t>(sz));
           const T* w = W_[l].data();
           const T* w0 = W0_[l].data();
@@ -434,18 +400,22 @@ void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
         }
       }
     }
-  }
-  // The norms come after the solves, which leave the last layers they read in
-  // cache; a linear net's beta_f reads the same layers, and gives their norms
-  // from that one read.
-  std::vector<double> sq(static_cast<size_t>(nl));
-  const bool beta = beta_tracked();
-  if (beta) beta_f(ti, sq.data());  // layers 0 .. depth - 1
-  for (int l = 0; l < nl; ++l) {
-    if (!beta || l == a.depth) sq[l] = layer_read(W_[l].data(), a.fan_out(l), a.fan_in(l), nullptr, nullptr);
+    if (rs.done) {
+      sq[l] = rs.squares;
+      nb.swap(rs.weighted);
+    } else {
+      nb.resize(chain ? static_cast<size_t>(a.fan_in(l)) : 0);
+      sq[l] = layer_read(W_[l].data(), a.fan_out(l), a.fan_in(l), rs.row_weights, chain ? nb.data() : nullptr);
+    }
     rec_.wnorm[ti * nl + l] = spec_.normalizers[l] * std::sqrt(sq[l]);
+    if (chain) {
+      b.swap(nb);
+      c *= a.multipliers[l];
+    }
   }
-  track_function(ti, ev, !beta);
+  if (beta)
+    for (int64_t j = 0; j < a.input_dim; ++j) rec_.beta_f[ti * a.input_dim + j] = c * b[j] / spec_.teacher_scale;
+  track_function(ti, ev, false);
 }
 
 template <class T>
@@ -453,7 +423,7 @@ void Trainer<T>::track_function(int64_t ti, Pass<T>& ev, bool with_beta) {
   if (spec_.track_sharpness) rec_.sharpness[ti] = spec_.learning_rate * ntk_top(ev) /
                                                  (static_cast<double>(spec_.samples) * spec_.output_normalizer);
   if (spec_.track_hessian) rec_.hessian[ti] = hessian_top(ev);
-  if (with_beta && beta_tracked()) beta_f(ti, nullptr);
+  if (with_beta && beta_tracked()) beta_f(ti);
 }
 
 template <class T>
@@ -463,15 +433,14 @@ bool Trainer<T>::beta_tracked() const {
 }
 
 template <class T>
-void Trainer<T>::beta_f(int64_t ti, double* sq) {
+void Trainer<T>::beta_f(int64_t ti) {
   // f(x) = b . x with b^T = m_L W^L ... m_0 W^0; beta_f = b / teacher_scale.
   const Arch& a = spec_.arch;
   std::vector<double> b(W_[a.depth].begin(), W_[a.depth].end()), nb;
   double c = a.multipliers[a.depth];
   for (int l = a.depth - 1; l >= 0; --l) {
     nb.resize(static_cast<size_t>(a.fan_in(l)));
-    const double s = layer_read(W_[l].data(), a.fan_out(l), a.fan_in(l), b.data(), nb.data());
-    if (sq) sq[l] = s;
+    layer_read(W_[l].data(), a.fan_out(l), a.fan_in(l), b.data(), nb.data());
     b.swap(nb);
     c *= a.multipliers[l];
   }

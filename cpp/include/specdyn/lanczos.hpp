@@ -91,9 +91,25 @@ struct Triplets {
   int warm_cols = 0;
 };
 
+// Sums over a row-major A taken along the first sweep of a solve, as each panel
+// of rows sits in cache after its product: the caller's separate read of A for
+// them (a training step's weight norms, a linear net's beta_f) is saved. The
+// same bits at any thread count (per-column partials per panel group, added in
+// group order); they depend on the panel plan, so they may differ in the last
+// bits from another read's order.
+struct RowSums {
+  const double* row_weights = nullptr;  // n values, one per row of A, or null
+  bool done = false;                    // set by a solve whose sweeps computed them
+  double squares = 0;                   // sum of A_ij^2
+  std::vector<double> weighted;         // m values: A^T row_weights (with row_weights)
+};
+
+// sums, when given and A is row-major, receives RowSums from the solve's first
+// sweep (left not done when the solve needed no sweep: a small matrix solved
+// directly).
 template <class T>
 Triplets<T> top_singular(const T* A, int64_t n, int64_t m, bool row_major, int k, const Options& opt,
-                         const T* v0 = nullptr, int k0 = 0);
+                         const T* v0 = nullptr, int k0 = 0, RowSums* sums = nullptr);
 
 // Y (n x b, column-major) = Op X for a symmetric operator.
 using MatMat = std::function<void(const double* X, double* Y, int b)>;
@@ -144,9 +160,11 @@ MatMat dense_operator(const double* A, int64_t n);
 // Y = M X (r x b) and Z = M^T Y (c x b) for a row-major r x c matrix M (leading
 // dimension ld), in one sweep over row panels of M (threads over fixed panel
 // groups: the same bits at any thread count). Y may be null when only Z is
-// wanted. X is c x b, all column-major.
+// wanted. X is c x b, all column-major. sums, when given, also receives RowSums
+// of M (ld == c), its row weights indexed by M's rows.
 template <class T>
-void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z);
+void gram_sweep(const T* M, int64_t r, int64_t c, int64_t ld, const T* X, int b, T* Y, T* Z,
+                RowSums* sums = nullptr);
 // How gram_sweep has run each kind of sweep (element size, block width, matrix
 // size to a power of two) in this process: it times its two kernels, which give
 // the same bits, on the first sweeps of a kind and keeps the faster.

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "specdyn/activation.hpp"
+#include "specdyn/lanczos.hpp"
 
 namespace specdyn::nets {
 
@@ -191,8 +192,9 @@ class Trainer {
   void track(int64_t ti, int64_t bi, Pass<T>& eval);
   void track_function(int64_t ti, Pass<T>& eval, bool with_beta = true);  // sharpness, Hessian, beta_f
   bool beta_tracked() const;  // a linear net with one output: beta_f is recorded
-  void beta_f(int64_t ti, double* sq);  // also the layers' squared Frobenius norms (sq: depth values), when given
-  void top_singular(int l, const T* A, bool delta, int64_t ti);
+  void beta_f(int64_t ti);  // from a read of the layers of its own (track() takes it from the solves' sweeps)
+  // sums: RowSums of A from the solve's first sweep (left not done by a dense solve).
+  void top_singular(int l, const T* A, bool delta, int64_t ti, lanczos::RowSums* sums = nullptr);
   void overlaps(int64_t ti, const Pass<T>& eval, const std::vector<std::vector<double>>& means);
   double ntk_top(const Pass<T>& eval);
   double hessian_top(const Pass<T>& eval);
