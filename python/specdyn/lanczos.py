@@ -257,9 +257,10 @@ def top_singular(A, k: int, tol: float = 1e-10, v0=None, block: int | None = Non
         ``block``, ``dense`` (True when solved directly by LAPACK because the
         matrix is small), ``warm``: the ``v0`` for the next call on a nearby matrix,
         V, then the Ritz vector of the next value, then (when this call was
-        warm-started) the starting vectors of the isolated values, so that a
-        chain of calls spans each outlier's extrapolation from the last two
-        steps (V alone after a dense solve or for a Fortran-ordered A); ``status`` ("converged", "not_converged" or
+        warm-started) the starting vectors of the isolated values and of the
+        largest one, so that a chain of calls spans each outlier's (and the top
+        of a bulk edge's) extrapolation from the last two steps (V alone after
+        a dense solve or for a Fortran-ordered A); ``status`` ("converged", "not_converged" or
         "numerical_issue": a NaN or infinity in the answer); on the device
         path also ``device`` ("cuda" or "host-emulation") and
         ``host_syncs`` (device-to-host copies during the solve, about 6 per

@@ -86,7 +86,8 @@ struct Triplets {
   // Warm start for the next solve (m x warm_cols, column-major): V followed by
   // up to Options::warm_extra Ritz vectors of the next values (row-major A only)
   // and, when this solve was warm-started with them, the starting vectors of its
-  // isolated values (a chain of solves then spans each outlier's extrapolation).
+  // isolated values and of its largest value (a chain of solves then spans their
+  // extrapolation from the last two steps).
   std::vector<T> warm;
   int warm_cols = 0;
 };
