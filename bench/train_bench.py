@@ -218,7 +218,7 @@ def main():
     _core.set_omp_threads(ARGS.threads)
     results = {"model": dict(depth=ARGS.depth, width=ARGS.width, input_dim=ARGS.input_dim, samples=ARGS.samples,
                              scaling="mup"),
-               "threads": ARGS.threads, "quick": quick, "timed_rounds": steps, "statistic": "min over interleaved rounds (tracking_overhead_paired: median of same-round differences)", "info": specdyn.info(),
+               "threads": ARGS.threads, "quick": quick, "timed_rounds": steps, "statistic": "step times: min over interleaved rounds; tracking cost (tracking_overhead): median over rounds of the same-round difference tracked - untracked, over the untracked median (tracking_overhead_minima: ratio of the two minima)", "info": specdyn.info(),
                "machine": platform.platform(), "cases": []}
     try:
         import torch
@@ -263,16 +263,19 @@ def main():
             row["specdyn_gflops"] = row["gflop_per_step"] / row["specdyn_ms"] * 1e3
             row["tracked_ms"], row["tracked_live_ms"] = ms["tracked"], ms["tracked_live"]
             row["tracked_exact_ms"] = ms["tracked_exact"]
-            row["tracking_overhead"] = row["tracked_ms"] / row["specdyn_ms"] - 1.0
-            row["tracking_overhead_exact"] = row["tracked_exact_ms"] / row["specdyn_ms"] - 1.0
+            # The tracking cost is a difference of a few percent between two noisy series: the
+            # median of same-round differences (each pair shares the machine's state) rather than
+            # a ratio of two minima, which a single lucky round of either side sets.
+            row["tracking_overhead"] = paired_overhead(t, "tracked")
+            row["tracking_overhead_minima"] = row["tracked_ms"] / row["specdyn_ms"] - 1.0
+            row["tracking_overhead_exact"] = paired_overhead(t, "tracked_exact")
             row["certified_at_init"] = certified_accuracy(cfg)
-            row["tracking_overhead_live"] = row["tracked_live_ms"] / row["specdyn_ms"] - 1.0
-            row["tracking_overhead_paired"] = paired_overhead(t, "tracked")
+            row["tracking_overhead_live"] = paired_overhead(t, "tracked_live")
             results["cases"].append(row)
             print(f"{dtype} {act:6s} specdyn {row['specdyn_ms']:7.1f} ms  numpy {row['numpy_ms']:7.1f}  "
                   f"torch {row.get('torch_ms', float('nan')):7.1f}  ratio {row['ratio_vs_faster_peer']:.2f}  "
-                  f"tracked {row['tracked_ms']:7.1f} ms (+{100 * row['tracking_overhead']:.1f}%; "
-                  f"paired rounds +{100 * row['tracking_overhead_paired']:.1f}%), "
+                  f"tracked {row['tracked_ms']:7.1f} ms (+{100 * row['tracking_overhead']:.1f}%, paired rounds; "
+                  f"minima +{100 * row['tracking_overhead_minima']:.1f}%), "
                   f"every value to tol: +{100 * row['tracking_overhead_exact']:.1f}%, "
                   f"tol 1e-4: +{100 * row['tracking_overhead_live']:.1f}%", flush=True)
             for name, acc in row["certified_at_init"].items():
@@ -282,7 +285,7 @@ def main():
     results["goals"] = {"step_ratio_max": 0.9, "tracking_overhead_max": 0.10,
                         "step_ratio_met": all(r["ratio_vs_faster_peer"] <= 0.9 for r in results["cases"]),
                         "tracking_overhead_met": all(r["tracking_overhead"] <= 0.10 for r in results["cases"]),
-                        "tracking_overhead_paired_met": all(r["tracking_overhead_paired"] <= 0.10
+                        "tracking_overhead_minima_met": all(r["tracking_overhead_minima"] <= 0.10
                                                             for r in results["cases"]),
                         "tracking_overhead_live_met": all(r["tracking_overhead_live"] <= 0.10 for r in results["cases"])}
     out = Path(ARGS.out)
