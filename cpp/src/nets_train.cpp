@@ -368,11 +368,21 @@ void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
   if (ti < 0) return;
   U_.resize(nl);
   V_.resize(nl);
-  // Every layer's squared norm, and a linear net's beta_f (b^T = m_L W^L ... m_0 W^0,
-  // read top-down: W^l^T b needs the b of the layers above), come from the solve's
-  // first sweep over the layer (RowSums), else from a read of their own.
+  read_layers(ti, spec_.track_spectra, true);
+  track_function(ti, ev, false);
+}
+
+// The layers top-down: each one's solve (solve), whose first sweep also gives the
+// layer's sums (RowSums); its norm into wnorm (norms); and a linear net's beta_f:
+// f(x) = b . x with b^T = m_L W^L ... m_0 W^0, so W^l^T b needs the b of the layers
+// above, and beta_f = b / teacher_scale. Sums no solve gave come from a read of the
+// layer of their own, when they are wanted.
+template <class T>
+void Trainer<T>::read_layers(int64_t ti, bool solve, bool norms) {
+  const Arch& a = spec_.arch;
+  const int nl = a.layers();
   const bool beta = beta_tracked();
-  std::vector<double> sq(static_cast<size_t>(nl)), b, nb;
+  std::vector<double> b;
   double c = 1.0;
   if (beta) {
     b.assign(W_[a.depth].begin(), W_[a.depth].end());
@@ -382,7 +392,7 @@ void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
     const bool chain = beta && l < a.depth;
     lanczos::RowSums rs;
     rs.row_weights = chain ? b.data() : nullptr;
-    if (spec_.track_spectra) {
+    if (solve) {
       top_singular(l, W_[l].data(), false, ti, &rs);
       if (spec_.track_delta) {
         const int64_t k = std::min<int64_t>(rec_.k, std::min(a.fan_in(l), a.fan_out(l)));
@@ -400,22 +410,19 @@ void Trainer<T>::track(int64_t ti, int64_t bi_, Pass<T>& ev) {
         }
       }
     }
-    if (rs.done) {
-      sq[l] = rs.squares;
-      nb.swap(rs.weighted);
-    } else {
-      nb.resize(chain ? static_cast<size_t>(a.fan_in(l)) : 0);
-      sq[l] = layer_read(W_[l].data(), a.fan_out(l), a.fan_in(l), rs.row_weights, chain ? nb.data() : nullptr);
+    if (!rs.done && (norms || chain)) {
+      rs.weighted.resize(chain ? static_cast<size_t>(a.fan_in(l)) : 0);
+      rs.squares = layer_read(W_[l].data(), a.fan_out(l), a.fan_in(l), rs.row_weights,
+                              chain ? rs.weighted.data() : nullptr);
     }
-    rec_.wnorm[ti * nl + l] = spec_.normalizers[l] * std::sqrt(sq[l]);
+    if (norms) rec_.wnorm[ti * nl + l] = spec_.normalizers[l] * std::sqrt(rs.squares);
     if (chain) {
-      b.swap(nb);
+      b.swap(rs.weighted);
       c *= a.multipliers[l];
     }
   }
   if (beta)
     for (int64_t j = 0; j < a.input_dim; ++j) rec_.beta_f[ti * a.input_dim + j] = c * b[j] / spec_.teacher_scale;
-  track_function(ti, ev, false);
 }
 
 template <class T>
@@ -423,28 +430,13 @@ void Trainer<T>::track_function(int64_t ti, Pass<T>& ev, bool with_beta) {
   if (spec_.track_sharpness) rec_.sharpness[ti] = spec_.learning_rate * ntk_top(ev) /
                                                  (static_cast<double>(spec_.samples) * spec_.output_normalizer);
   if (spec_.track_hessian) rec_.hessian[ti] = hessian_top(ev);
-  if (with_beta && beta_tracked()) beta_f(ti);
+  if (with_beta && beta_tracked()) read_layers(ti, false, false);
 }
 
 template <class T>
 bool Trainer<T>::beta_tracked() const {
   const Arch& a = spec_.arch;
   return spec_.track_beta && a.output_dim == 1 && a.activation == Activation::Linear;
-}
-
-template <class T>
-void Trainer<T>::beta_f(int64_t ti) {
-  // f(x) = b . x with b^T = m_L W^L ... m_0 W^0; beta_f = b / teacher_scale.
-  const Arch& a = spec_.arch;
-  std::vector<double> b(W_[a.depth].begin(), W_[a.depth].end()), nb;
-  double c = a.multipliers[a.depth];
-  for (int l = a.depth - 1; l >= 0; --l) {
-    nb.resize(static_cast<size_t>(a.fan_in(l)));
-    layer_read(W_[l].data(), a.fan_out(l), a.fan_in(l), b.data(), nb.data());
-    b.swap(nb);
-    c *= a.multipliers[l];
-  }
-  for (int64_t j = 0; j < a.input_dim; ++j) rec_.beta_f[ti * a.input_dim + j] = c * b[j] / spec_.teacher_scale;
 }
 
 template <class T>

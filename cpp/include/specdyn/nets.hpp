@@ -192,7 +192,8 @@ class Trainer {
   void track(int64_t ti, int64_t bi, Pass<T>& eval);
   void track_function(int64_t ti, Pass<T>& eval, bool with_beta = true);  // sharpness, Hessian, beta_f
   bool beta_tracked() const;  // a linear net with one output: beta_f is recorded
-  void beta_f(int64_t ti);  // from a read of the layers of its own (track() takes it from the solves' sweeps)
+  // The layers top-down: their solves (solve), norms (norms) and a linear net's beta_f.
+  void read_layers(int64_t ti, bool solve, bool norms);
   // sums: RowSums of A from the solve's first sweep (left not done by a dense solve).
   void top_singular(int l, const T* A, bool delta, int64_t ti, lanczos::RowSums* sums = nullptr);
   void overlaps(int64_t ti, const Pass<T>& eval, const std::vector<std::vector<double>>& means);
